@@ -1,0 +1,429 @@
+//! Request framing: turning the bytes a client sent into argument vectors.
+//!
+//! Clients send either a RESP array of bulk strings (`*2\r\n$3\r\nGET\r\n$1\r\nk\r\n`)
+//! or, as `redis-benchmark`'s `PING_INLINE` and telnet users do, an inline line
+//! (`PING\r\n`). Both RESP2 and RESP3 clients send requests in this one form; the
+//! protocol version only changes replies.
+//!
+//! Every length a client declares is checked against [`Limits`] *before* anything
+//! is allocated or waited for: a declared bulk of 10^11 bytes is refused at once
+//! rather than buffered. A request is only handed to `redis-protocol`'s zero-copy
+//! decoder once [`scan`] has seen that it is complete and well formed, so the
+//! decoder never recurses into nesting or waits on an absurd length.
+
+use bytes::{Bytes, BytesMut};
+use redis_protocol::resp2::{decode::decode_bytes_mut, types::BytesFrame};
+
+use crate::error::ProtocolError;
+
+/// Bounds on what one request may declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest bulk string (one key or value), in bytes. Default: 512 MiB, as Redis's
+    /// `proto-max-bulk-len`.
+    pub max_bulk_len: u64,
+    /// Most elements in one request array. Default: 1,048,576 (a KV.MPUT of half a
+    /// million blocks).
+    pub max_array_len: u64,
+    /// Longest inline request or RESP header line, in bytes. Default: 64 KiB, as Redis.
+    pub max_inline_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bulk_len: 512 * 1024 * 1024,
+            max_array_len: 1024 * 1024,
+            max_inline_len: 64 * 1024,
+        }
+    }
+}
+
+/// What [`scan`] found at the front of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// More bytes are needed before anything can be said.
+    Incomplete,
+    /// A complete RESP array request of this many bytes.
+    Array(usize),
+    /// A complete inline request whose line (without `\r\n`) has this length; the
+    /// whole request, line ending included, takes `consumed` bytes.
+    Inline {
+        /// Length of the line's content.
+        line: usize,
+        /// Bytes to drop from the buffer, line ending included.
+        consumed: usize,
+    },
+    /// A request that holds nothing (`*0\r\n`, `*-1\r\n`, a blank line): skip these bytes.
+    Empty(usize),
+}
+
+/// Finds the end of the line starting at `start`, returning the index of its `\r`
+/// (or of the `\n` when a bare `\n` ends it).
+fn line_end(buf: &[u8], start: usize) -> Option<usize> {
+    memchr::memchr(b'\n', &buf[start..]).map(|i| {
+        let nl = start + i;
+        if nl > start && buf[nl - 1] == b'\r' {
+            nl - 1
+        } else {
+            nl
+        }
+    })
+}
+
+/// Parses a decimal header number (`-1`, `42`); `None` when it is not one.
+fn parse_header_int(s: &[u8]) -> Option<i64> {
+    if s.is_empty() || s.len() > 20 {
+        return None;
+    }
+    let (neg, digits) = match s[0] {
+        b'-' => (true, &s[1..]),
+        _ => (false, s),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for &c in digits {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add((c - b'0') as i64)?;
+    }
+    Some(if neg { -v } else { v })
+}
+
+/// Checks the request at the front of `buf` against `limits` without allocating.
+///
+/// Returns how much of the buffer the next request takes, [`Scan::Incomplete`] when
+/// more bytes are needed, or the protocol error Redis would give. Requests must be
+/// arrays of bulk strings: a nested array or any other element type is refused at
+/// once (`expected '$', got '*'`), which is also what bounds nesting depth.
+pub fn scan(buf: &[u8], limits: &Limits) -> Result<Scan, ProtocolError> {
+    if buf.is_empty() {
+        return Ok(Scan::Incomplete);
+    }
+    if buf[0] != b'*' {
+        return scan_inline(buf, limits);
+    }
+    let Some(end) = line_end(buf, 1) else {
+        if buf.len() > limits.max_inline_len {
+            return Err(ProtocolError::new("too big mbulk count string"));
+        }
+        return Ok(Scan::Incomplete);
+    };
+    if buf[end] != b'\r' {
+        return Err(ProtocolError::new("invalid multibulk length"));
+    }
+    let count = parse_header_int(&buf[1..end])
+        .filter(|n| *n <= limits.max_array_len as i64)
+        .ok_or_else(|| ProtocolError::new("invalid multibulk length"))?;
+    let mut pos = end + 2;
+    if count <= 0 {
+        return Ok(Scan::Empty(pos));
+    }
+    for _ in 0..count {
+        if pos >= buf.len() {
+            return Ok(Scan::Incomplete);
+        }
+        if buf[pos] != b'$' {
+            return Err(ProtocolError::new(format!(
+                "expected '$', got '{}'",
+                char::from(buf[pos]).escape_default()
+            )));
+        }
+        let Some(end) = line_end(buf, pos + 1) else {
+            if buf.len() - pos > limits.max_inline_len {
+                return Err(ProtocolError::new("too big bulk count string"));
+            }
+            return Ok(Scan::Incomplete);
+        };
+        if buf[end] != b'\r' {
+            return Err(ProtocolError::new("invalid bulk length"));
+        }
+        let len = parse_header_int(&buf[pos + 1..end])
+            .filter(|n| *n >= 0 && *n as u64 <= limits.max_bulk_len)
+            .ok_or_else(|| ProtocolError::new("invalid bulk length"))? as usize;
+        let body = end + 2;
+        let after = body + len;
+        if buf.len() < after + 2 {
+            return Ok(Scan::Incomplete);
+        }
+        if &buf[after..after + 2] != b"\r\n" {
+            return Err(ProtocolError::new("bulk string not terminated by CRLF"));
+        }
+        pos = after + 2;
+    }
+    Ok(Scan::Array(pos))
+}
+
+fn scan_inline(buf: &[u8], limits: &Limits) -> Result<Scan, ProtocolError> {
+    let Some(nl) = memchr::memchr(b'\n', buf) else {
+        if buf.len() > limits.max_inline_len {
+            return Err(ProtocolError::new("too big inline request"));
+        }
+        return Ok(Scan::Incomplete);
+    };
+    if nl > limits.max_inline_len {
+        return Err(ProtocolError::new("too big inline request"));
+    }
+    let line = if nl > 0 && buf[nl - 1] == b'\r' { nl - 1 } else { nl };
+    if buf[..line].iter().all(|c| c.is_ascii_whitespace()) {
+        return Ok(Scan::Empty(nl + 1));
+    }
+    Ok(Scan::Inline {
+        line,
+        consumed: nl + 1,
+    })
+}
+
+/// Splits an inline request line into arguments the way Redis does: words
+/// separated by spaces, `"double quoted"` strings with `\n`, `\xHH`-style escapes,
+/// and `'single quoted'` strings.
+pub fn split_inline(line: &[u8]) -> Result<Vec<Bytes>, ProtocolError> {
+    let unbalanced = || ProtocolError::new("unbalanced quotes in request");
+    let mut args = Vec::new();
+    let mut i = 0;
+    while i < line.len() {
+        while i < line.len() && line[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i == line.len() {
+            break;
+        }
+        let mut cur = Vec::new();
+        match line[i] {
+            b'"' => {
+                i += 1;
+                loop {
+                    let c = *line.get(i).ok_or_else(unbalanced)?;
+                    i += 1;
+                    match c {
+                        b'"' => break,
+                        b'\\' => {
+                            let e = *line.get(i).ok_or_else(unbalanced)?;
+                            i += 1;
+                            match e {
+                                b'n' => cur.push(b'\n'),
+                                b'r' => cur.push(b'\r'),
+                                b't' => cur.push(b'\t'),
+                                b'b' => cur.push(8),
+                                b'a' => cur.push(7),
+                                b'x' if i + 1 < line.len()
+                                    && line[i].is_ascii_hexdigit()
+                                    && line[i + 1].is_ascii_hexdigit() =>
+                                {
+                                    let hex = std::str::from_utf8(&line[i..i + 2]).unwrap_or("0");
+                                    cur.push(u8::from_str_radix(hex, 16).unwrap_or(0));
+                                    i += 2;
+                                }
+                                other => cur.push(other),
+                            }
+                        }
+                        other => cur.push(other),
+                    }
+                }
+                if i < line.len() && !line[i].is_ascii_whitespace() {
+                    return Err(unbalanced());
+                }
+            }
+            b'\'' => {
+                i += 1;
+                loop {
+                    let c = *line.get(i).ok_or_else(unbalanced)?;
+                    i += 1;
+                    match c {
+                        b'\'' => break,
+                        b'\\' if line.get(i) == Some(&b'\'') => {
+                            cur.push(b'\'');
+                            i += 1;
+                        }
+                        other => cur.push(other),
+                    }
+                }
+                if i < line.len() && !line[i].is_ascii_whitespace() {
+                    return Err(unbalanced());
+                }
+            }
+            _ => {
+                while i < line.len() && !line[i].is_ascii_whitespace() {
+                    cur.push(line[i]);
+                    i += 1;
+                }
+            }
+        }
+        args.push(Bytes::from(cur));
+    }
+    Ok(args)
+}
+
+/// Pulls whole requests out of a connection's read buffer.
+#[derive(Debug, Default, Clone)]
+pub struct RequestParser {
+    limits: Limits,
+}
+
+impl RequestParser {
+    /// A parser enforcing `limits`.
+    pub fn new(limits: Limits) -> Self {
+        RequestParser { limits }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Takes the next complete request off the front of `buf`.
+    ///
+    /// `Ok(None)` means more bytes are needed (nothing was consumed). An error means
+    /// the stream is broken: the caller MUST answer `-ERR Protocol error: ...` and
+    /// close the connection, since its framing can no longer be trusted. Empty
+    /// requests are skipped. Argument bytes are zero-copy views of `buf`.
+    pub fn next(&self, buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+        loop {
+            match scan(buf, &self.limits)? {
+                Scan::Incomplete => return Ok(None),
+                Scan::Empty(n) => {
+                    let _ = buf.split_to(n);
+                }
+                Scan::Inline { line, consumed } => {
+                    let raw = buf.split_to(consumed);
+                    let args = split_inline(&raw[..line])?;
+                    if !args.is_empty() {
+                        return Ok(Some(args));
+                    }
+                }
+                Scan::Array(_) => {
+                    let (frame, _, _) = decode_bytes_mut(buf)
+                        .map_err(|e| ProtocolError::new(e.to_string()))?
+                        .ok_or_else(|| ProtocolError::new("incomplete request after scan"))?;
+                    return match frame {
+                        BytesFrame::Array(items) => items
+                            .into_iter()
+                            .map(|f| match f {
+                                BytesFrame::BulkString(b) => Ok(b),
+                                _ => Err(ProtocolError::new("expected bulk string")),
+                            })
+                            .collect::<Result<Vec<_>, _>>()
+                            .map(Some),
+                        _ => Err(ProtocolError::new("expected an array")),
+                    };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse_all(input: &[u8]) -> Result<Vec<Vec<Vec<u8>>>, ProtocolError> {
+        let p = RequestParser::default();
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        while let Some(args) = p.next(&mut buf)? {
+            out.push(args.into_iter().map(|b| b.to_vec()).collect());
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn array_and_inline_requests() {
+        let got = parse_all(b"*2\r\n$3\r\nGET\r\n$3\r\na\0b\r\nPING\r\n\r\n*0\r\nset k \"v\\x41\\n\" 'x y'\n")
+            .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                vec![b"GET".to_vec(), b"a\0b".to_vec()],
+                vec![b"PING".to_vec()],
+                vec![b"set".to_vec(), b"k".to_vec(), b"vA\n".to_vec(), b"x y".to_vec()],
+            ]
+        );
+    }
+
+    #[test]
+    fn incomplete_waits_and_consumes_nothing() {
+        let p = RequestParser::default();
+        for cut in [1, 3, 5, 10, 14, 20] {
+            let full = b"*2\r\n$3\r\nGET\r\n$3\r\nabc\r\n";
+            let mut buf = BytesMut::from(&full[..cut]);
+            assert_eq!(p.next(&mut buf).unwrap(), None, "cut at {cut}");
+            assert_eq!(buf.len(), cut);
+        }
+    }
+
+    #[test]
+    fn limits_refuse_before_buffering() {
+        let p = RequestParser::default();
+        let cases: &[(&[u8], &str)] = &[
+            (b"*1\r\n$100000000000\r\n", "invalid bulk length"),
+            (b"*1\r\n$-5\r\n", "invalid bulk length"),
+            (b"*1\r\n$abc\r\n", "invalid bulk length"),
+            (b"*99999999999\r\n", "invalid multibulk length"),
+            (b"*x\r\n", "invalid multibulk length"),
+            (b"*1\r\n*1\r\n*1\r\n", "expected '$', got '*'"),
+            (b"*1\r\n$3\r\nabcde\r\n", "bulk string not terminated by CRLF"),
+            (b"GET \"abc\r\n", "unbalanced quotes in request"),
+        ];
+        for (input, want) in cases {
+            let mut buf = BytesMut::from(*input);
+            let err = p.next(&mut buf).unwrap_err();
+            assert_eq!(err.to_string(), format!("Protocol error: {want}"), "{input:?}");
+        }
+        let mut long = BytesMut::from(&vec![b'a'; 70 * 1024][..]);
+        assert!(p.next(&mut long).is_err());
+        let mut header = BytesMut::from(&b"*"[..]);
+        header.extend_from_slice(&vec![b'1'; 70 * 1024]);
+        assert!(p.next(&mut header).is_err());
+    }
+
+    #[test]
+    fn configured_bulk_limit() {
+        let p = RequestParser::new(Limits {
+            max_bulk_len: 4,
+            ..Limits::default()
+        });
+        let mut ok = BytesMut::from(&b"*1\r\n$4\r\nabcd\r\n"[..]);
+        assert!(p.next(&mut ok).unwrap().is_some());
+        let mut big = BytesMut::from(&b"*1\r\n$5\r\n"[..]);
+        assert!(p.next(&mut big).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn encoded_arrays_round_trip(args in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..8), split in 0usize..400) {
+            let mut wire = format!("*{}\r\n", args.len()).into_bytes();
+            for a in &args {
+                wire.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+                wire.extend_from_slice(a);
+                wire.extend_from_slice(b"\r\n");
+            }
+            let p = RequestParser::default();
+            let split = split.min(wire.len());
+            let mut buf = BytesMut::from(&wire[..split]);
+            let first = p.next(&mut buf).unwrap();
+            if split < wire.len() {
+                prop_assert!(first.is_none());
+                buf.extend_from_slice(&wire[split..]);
+            }
+            let got = match first { Some(g) => g, None => p.next(&mut buf).unwrap().unwrap() };
+            prop_assert_eq!(got.into_iter().map(|b| b.to_vec()).collect::<Vec<_>>(), args);
+            prop_assert!(buf.is_empty());
+        }
+
+        #[test]
+        fn random_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..2048)) {
+            let p = RequestParser::default();
+            let mut buf = BytesMut::from(&data[..]);
+            for _ in 0..64 {
+                match p.next(&mut buf) {
+                    Ok(Some(_)) => continue,
+                    _ => break,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The command table: one row per command, driving name lookup, arity checks,
+//! `COMMAND COUNT/INFO/DOCS` and key positions (for cluster routing later).
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+/// Static description of one command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandSpec {
+    /// Lower-case name as `COMMAND INFO` reports it.
+    pub name: &'static str,
+    /// Redis arity: `n > 0` means exactly n words (name included), `n < 0` at least -n.
+    pub arity: i32,
+    /// Redis command flags (`write`, `readonly`, `fast`, `denyoom`, ...).
+    pub flags: &'static [&'static str],
+    /// Position of the first key (0: none or movable).
+    pub first_key: i32,
+    /// Position of the last key (-1: the last argument).
+    pub last_key: i32,
+    /// Step between keys.
+    pub step: i32,
+    /// Documentation group (`string`, `generic`, `kvcache`, ...).
+    pub group: &'static str,
+    /// One-line summary for `COMMAND DOCS`.
+    pub summary: &'static str,
+    /// Version of tidepool (or of Redis, for Redis's commands) that introduced it.
+    pub since: &'static str,
+}
+
+impl CommandSpec {
+    /// Whether `argc` words (name included) satisfy the arity.
+    pub fn arity_ok(&self, argc: usize) -> bool {
+        if self.arity >= 0 {
+            argc == self.arity as usize
+        } else {
+            argc >= (-self.arity) as usize
+        }
+    }
+
+    /// Positions of the keys in `argc` words, from the table's first/last/step.
+    /// Commands flagged `movablekeys` compute theirs from their arguments.
+    pub fn key_positions(&self, argc: usize) -> impl Iterator<Item = usize> {
+        let first = self.first_key.max(0) as usize;
+        let last = if self.last_key < 0 {
+            (argc as i64 + self.last_key as i64).max(0) as usize
+        } else {
+            self.last_key as usize
+        };
+        let step = self.step.max(1) as usize;
+        let range = if first == 0 { 1..0 } else { first..last + 1 };
+        range.step_by(step)
+    }
+}
+
+macro_rules! spec {
+    ($name:literal, $arity:expr, [$($flag:literal),*], $first:expr, $last:expr, $step:expr, $group:literal, $since:literal, $summary:literal) => {
+        CommandSpec {
+            name: $name,
+            arity: $arity,
+            flags: &[$($flag),*],
+            first_key: $first,
+            last_key: $last,
+            step: $step,
+            group: $group,
+            summary: $summary,
+            since: $since,
+        }
+    };
+}
+
+/// Every command tidepool answers.
+pub static COMMANDS: &[CommandSpec] = &[
+    spec!("ping", -1, ["fast"], 0, 0, 0, "connection", "1.0.0", "Returns the server's liveliness response."),
+    spec!("echo", 2, ["fast"], 0, 0, 0, "connection", "1.0.0", "Returns the given string."),
+    spec!("hello", -1, ["noscript", "loading", "stale", "fast", "no_auth"], 0, 0, 0, "connection", "6.0.0", "Handshakes with the server, optionally switching protocol version."),
+    spec!("auth", -2, ["noscript", "loading", "stale", "fast", "no_auth"], 0, 0, 0, "connection", "1.0.0", "Authenticates the connection."),
+    spec!("select", 2, ["loading", "stale", "fast"], 0, 0, 0, "connection", "1.0.0", "Changes the selected database (only 0 exists)."),
+    spec!("quit", -1, ["noscript", "loading", "stale", "fast", "no_auth"], 0, 0, 0, "connection", "1.0.0", "Closes the connection."),
+    spec!("reset", 1, ["noscript", "loading", "stale", "fast", "no_auth"], 0, 0, 0, "connection", "6.2.0", "Resets the connection."),
+    spec!("client", -2, ["admin", "noscript", "loading", "stale"], 0, 0, 0, "connection", "2.4.0", "Client connection commands (SETNAME, GETNAME, ID, LIST, INFO)."),
+    spec!("command", -1, ["loading", "stale"], 0, 0, 0, "server", "2.8.13", "Returns information about commands (COUNT, INFO, DOCS)."),
+    spec!("config", -2, ["admin", "noscript", "loading", "stale"], 0, 0, 0, "server", "2.0.0", "Reads or changes the server's settings (GET, SET)."),
+    spec!("info", -1, ["loading", "stale"], 0, 0, 0, "server", "1.0.0", "Returns information and statistics about the server."),
+    spec!("dbsize", 1, ["readonly", "fast"], 0, 0, 0, "server", "1.0.0", "Returns the number of keys."),
+    spec!("flushdb", -1, ["write"], 0, 0, 0, "server", "1.0.0", "Removes all keys."),
+    spec!("flushall", -1, ["write"], 0, 0, 0, "server", "1.0.0", "Removes all keys."),
+    spec!("memory", -2, ["readonly"], 0, 0, 0, "server", "4.0.0", "Memory introspection (USAGE)."),
+    spec!("object", -2, ["readonly"], 0, 0, 0, "generic", "2.2.3", "Object introspection (ENCODING)."),
+    spec!("scan", -2, ["readonly"], 0, 0, 0, "generic", "2.8.0", "Iterates over the key names."),
+    spec!("keys", 2, ["readonly"], 0, 0, 0, "generic", "1.0.0", "Returns all key names that match a pattern."),
+    spec!("type", 2, ["readonly", "fast"], 1, 1, 1, "generic", "1.0.0", "Returns the type of the value at a key."),
+    spec!("exists", -2, ["readonly", "fast"], 1, -1, 1, "generic", "1.0.0", "Counts how many of the keys exist."),
+    spec!("del", -2, ["write"], 1, -1, 1, "generic", "1.0.0", "Deletes keys (and the blocks chained under them)."),
+    spec!("unlink", -2, ["write", "fast"], 1, -1, 1, "generic", "4.0.0", "Deletes keys (and the blocks chained under them)."),
+    spec!("ttl", 2, ["readonly", "fast"], 1, 1, 1, "generic", "1.0.0", "Returns the remaining time to live of a key in seconds."),
+    spec!("pttl", 2, ["readonly", "fast"], 1, 1, 1, "generic", "2.6.0", "Returns the remaining time to live of a key in milliseconds."),
+    spec!("expire", -3, ["write", "fast"], 1, 1, 1, "generic", "1.0.0", "Sets a key's time to live in seconds."),
+    spec!("pexpire", -3, ["write", "fast"], 1, 1, 1, "generic", "2.6.0", "Sets a key's time to live in milliseconds."),
+    spec!("persist", 2, ["write", "fast"], 1, 1, 1, "generic", "2.2.0", "Removes a key's expiration."),
+    spec!("get", 2, ["readonly", "fast"], 1, 1, 1, "string", "1.0.0", "Returns the value of a key."),
+    spec!("set", -3, ["write", "denyoom"], 1, 1, 1, "string", "1.0.0", "Sets the value of a key (EX, PX, NX, XX, KEEPTTL, GET)."),
+    spec!("mget", -2, ["readonly", "fast"], 1, -1, 1, "string", "1.0.0", "Returns the values of several keys."),
+    spec!("mset", -3, ["write", "denyoom"], 1, -1, 2, "string", "1.0.1", "Sets several keys."),
+    spec!("strlen", 2, ["readonly", "fast"], 1, 1, 1, "string", "2.2.0", "Returns the length of a value."),
+    spec!("subscribe", -2, ["pubsub", "noscript", "loading", "stale"], 0, 0, 0, "pubsub", "2.0.0", "Listens for messages published to channels."),
+    spec!("psubscribe", -2, ["pubsub", "noscript", "loading", "stale"], 0, 0, 0, "pubsub", "2.0.0", "Listens for messages published to channels matching patterns."),
+    spec!("unsubscribe", -1, ["pubsub", "noscript", "loading", "stale"], 0, 0, 0, "pubsub", "2.0.0", "Stops listening to channels."),
+    spec!("punsubscribe", -1, ["pubsub", "noscript", "loading", "stale"], 0, 0, 0, "pubsub", "2.0.0", "Stops listening to channel patterns."),
+    spec!("publish", 3, ["pubsub", "loading", "stale", "fast"], 0, 0, 0, "pubsub", "2.0.0", "Posts a message to a channel."),
+    spec!("kv.put", -3, ["write", "denyoom"], 1, 1, 1, "kvcache", "0.1.0", "Stores one KV block: KV.PUT key value [PARENT pkey] [TTL ms] [TIER gpu|dram|ssd] [PIN]."),
+    spec!("kv.mput", -4, ["write", "denyoom", "movablekeys"], 0, 0, 0, "kvcache", "0.1.0", "Stores blocks: KV.MPUT numblocks key value [key value ...] [CHAIN] [PARENT pkey]."),
+    spec!("kv.get", 2, ["readonly", "fast"], 1, 1, 1, "kvcache", "0.1.0", "Returns one block's bytes."),
+    spec!("kv.mget", -2, ["readonly", "fast"], 1, -1, 1, "kvcache", "0.1.0", "Returns several blocks' bytes."),
+    spec!("kv.match", -3, ["readonly", "movablekeys"], 0, 0, 0, "kvcache", "0.1.0", "Counts the stored prefix of a chain: KV.MATCH numkeys key [key ...] [LEASE ms] [WITHTIERS]."),
+    spec!("kv.matchtokens", -3, ["readonly"], 0, 0, 0, "kvcache", "0.1.0", "Hashes a token sequence into a chain and counts its stored prefix: KV.MATCHTOKENS seed block_tokens t1 t2 ... [LEASE ms] [WITHTIERS]."),
+    spec!("kv.hash", -3, ["readonly", "fast"], 0, 0, 0, "kvcache", "0.1.0", "Returns the chain keys of a token sequence: KV.HASH seed block_tokens t1 t2 ..."),
+    spec!("kv.exists", -2, ["readonly", "fast"], 1, -1, 1, "kvcache", "0.1.0", "Returns each key's tier, or nil."),
+    spec!("kv.del", -2, ["write"], 1, -1, 1, "kvcache", "0.1.0", "Deletes blocks (and the blocks chained under them)."),
+    spec!("kv.pin", -2, ["write", "fast"], 1, -1, 1, "kvcache", "0.1.0", "Pins blocks against eviction."),
+    spec!("kv.unpin", -2, ["write", "fast"], 1, -1, 1, "kvcache", "0.1.0", "Unpins blocks."),
+    spec!("kv.release", 2, ["write", "fast"], 0, 0, 0, "kvcache", "0.1.0", "Releases a lease taken by KV.MATCH ... LEASE."),
+    spec!("kv.stats", 1, ["readonly"], 0, 0, 0, "kvcache", "0.1.0", "Returns per-tier statistics and the prefix hit ratio."),
+];
+
+static BY_NAME: LazyLock<HashMap<&'static str, &'static CommandSpec>> =
+    LazyLock::new(|| COMMANDS.iter().map(|c| (c.name, c)).collect());
+
+/// Looks a command up by name, ignoring ASCII case.
+pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
+    let mut buf = [0u8; 32];
+    if name.len() > buf.len() {
+        return None;
+    }
+    let lower = &mut buf[..name.len()];
+    lower.copy_from_slice(name);
+    lower.make_ascii_lowercase();
+    let s = std::str::from_utf8(lower).ok()?;
+    BY_NAME.get(s).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_ignores_case_and_checks_arity() {
+        let get = lookup(b"GeT").unwrap();
+        assert_eq!(get.name, "get");
+        assert!(get.arity_ok(2) && !get.arity_ok(3));
+        let mset = lookup(b"MSET").unwrap();
+        assert!(mset.arity_ok(5) && !mset.arity_ok(2));
+        assert_eq!(mset.key_positions(5).collect::<Vec<_>>(), vec![1, 3]);
+        assert!(lookup(b"nope").is_none());
+        assert_eq!(BY_NAME.len(), COMMANDS.len(), "duplicate names in the table");
+    }
+}
