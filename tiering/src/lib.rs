@@ -1,1 +1,20 @@
-//! placeholder
+//! tidepool-tiering: the block store.
+//!
+//! It owns the prefix-chain index (which block is whose parent), the tiers that
+//! hold block bytes, per-tier byte accounting with high and low watermarks,
+//! prefix-aware LRU eviction, pins, leases, TTLs and checksums.
+//!
+//! This crate must never pull in CUDA, io_uring, tokio or any other crate of the
+//! workspace, not even transitively: the tier trait, the LRU and the prefix index
+//! build and test on any laptop. Device-specific tiers live behind features.
+
+pub mod dram;
+pub mod error;
+pub mod event;
+pub mod store;
+pub mod tier;
+
+pub use error::StoreError;
+pub use event::{Event, EventKind, EventSink};
+pub use store::{MatchResult, PutOptions, Store, StoreConfig, StoreStats};
+pub use tier::{Load, Slot, Tier, TierKind};

@@ -1,0 +1,1015 @@
+//! The store: a sharded index of blocks with prefix-aware LRU eviction.
+//!
+//! PERFORMANCE CRITICAL: every GET, SET and KV.* command goes through here.
+//!
+//! # Layout
+//! Keys hash to one of [`SHARDS`] shards, each a `parking_lot::Mutex` around a map
+//! of entries and an LRU index (`BTreeMap<stamp, key>`) of the shard's
+//! *evictable* entries. No request takes more than one shard lock at a time, and
+//! there is no global lock on the request path: recency comes from one atomic
+//! clock, accounting from atomic counters.
+//!
+//! # Eviction
+//! A block is evictable when it has no stored child, is not pinned and holds no
+//! lease. When a write pushes a tier past its high watermark, the writer takes
+//! the eviction lock and removes the least recently used evictable block across
+//! all shards (the minimum stamp of the shards' LRU heads) until usage is back
+//! under the low watermark. Removing a leaf may make its parent a leaf, which then
+//! becomes evictable at its own (older) recency: chains are consumed from the
+//! tail, so the store never holds a block whose parent is gone.
+//!
+//! Removing a block by other means (DEL, TTL, FLUSHALL) removes its stored
+//! descendants too, for the same reason.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::BuildHasherDefault;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use xxhash_rust::xxh3::{xxh3_64, Xxh3Default};
+
+use crate::dram::DramTier;
+use crate::error::StoreError;
+use crate::event::{Event, EventKind, EventSink};
+use crate::tier::{Load, Slot, Tier, TierKind};
+
+/// Number of index shards. A power of two; enough that two to sixteen cores
+/// rarely meet on one lock, few enough that scanning the shards' LRU heads on
+/// eviction stays cheap.
+pub const SHARDS: usize = 32;
+
+/// Bytes charged per block on top of key and value: the map slot, the entry and
+/// the LRU node, rounded up. Charged so that many tiny blocks cannot exceed the
+/// capacity by their bookkeeping.
+pub const ENTRY_OVERHEAD: u64 = 128;
+
+type Key = Bytes;
+type Map<V> = HashMap<Key, V, BuildHasherDefault<Xxh3Default>>;
+
+/// Settings of a store.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StoreConfig {
+    /// Capacity of the DRAM tier in bytes (keys + values + per-block overhead).
+    /// Default: 1 GiB.
+    pub dram_capacity: u64,
+    /// Fraction of capacity above which a write starts evicting. Default: 0.95.
+    pub high_watermark: f64,
+    /// Fraction of capacity eviction brings usage back under. Default: 0.90.
+    pub low_watermark: f64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            dram_capacity: 1 << 30,
+            high_watermark: 0.95,
+            low_watermark: 0.90,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Checks the settings, saying what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0 < self.low_watermark
+            && self.low_watermark <= self.high_watermark
+            && self.high_watermark <= 1.0)
+        {
+            return Err(format!(
+                "watermarks must satisfy 0 < low ({}) <= high ({}) <= 1",
+                self.low_watermark, self.high_watermark
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Options of one put.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    /// The previous block of the chain; it must be stored.
+    pub parent: Option<Bytes>,
+    /// Time to live in milliseconds.
+    pub ttl_ms: Option<u64>,
+    /// Keep the current TTL of an overwritten block (SET KEEPTTL).
+    pub keep_ttl: bool,
+    /// Pin against eviction.
+    pub pin: bool,
+    /// Tier to write to; `None` means the top tier.
+    pub tier: Option<TierKind>,
+}
+
+/// Result of a prefix match.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MatchResult {
+    /// How many leading keys are stored.
+    pub matched: usize,
+    /// The tier of each matched block.
+    pub tiers: Vec<TierKind>,
+    /// The lease taken, when one was asked for.
+    pub lease: Option<u64>,
+}
+
+/// What is known of one block without reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockMeta {
+    /// Value length in bytes.
+    pub len: u64,
+    /// Accounted bytes.
+    pub charge: u64,
+    /// Tier.
+    pub tier: TierKind,
+    /// Absolute expiry in Unix milliseconds.
+    pub expires_at: Option<u64>,
+    /// Pinned.
+    pub pinned: bool,
+    /// Leases held.
+    pub leases: u32,
+    /// Stored children.
+    pub children: usize,
+    /// Parent key.
+    pub parent: Option<Bytes>,
+}
+
+/// Counters of one tier.
+#[derive(Debug, Default)]
+struct TierCounters {
+    capacity: AtomicU64,
+    used: AtomicU64,
+    blocks: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    evictions: AtomicU64,
+    demotions: AtomicU64,
+    promotions: AtomicU64,
+}
+
+/// A snapshot of one tier's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TierStats {
+    /// Which tier.
+    pub kind: Option<TierKind>,
+    /// Capacity in bytes.
+    pub capacity: u64,
+    /// Accounted bytes in use.
+    pub used: u64,
+    /// Blocks stored.
+    pub blocks: u64,
+    /// Reads that found the block here.
+    pub hits: u64,
+    /// Reads that found nothing.
+    pub misses: u64,
+    /// Blocks evicted.
+    pub evictions: u64,
+    /// Blocks moved down to a slower tier.
+    pub demotions: u64,
+    /// Blocks moved up from a slower tier.
+    pub promotions: u64,
+}
+
+/// A snapshot of the store's counters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoreStats {
+    /// One entry per configured tier, fastest first.
+    pub tiers: Vec<TierStats>,
+    /// KV.MATCH calls.
+    pub matches: u64,
+    /// Keys asked about by matches.
+    pub keys_queried: u64,
+    /// Keys found by matches (the prefix hits).
+    pub keys_matched: u64,
+    /// Leases currently held.
+    pub leases: u64,
+}
+
+impl StoreStats {
+    /// Matched keys over queried keys (0 when nothing was asked).
+    pub fn prefix_hit_ratio(&self) -> f64 {
+        if self.keys_queried == 0 {
+            0.0
+        } else {
+            self.keys_matched as f64 / self.keys_queried as f64
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    slot: Slot,
+    len: u64,
+    checksum: u64,
+    parent: Option<Key>,
+    children: Vec<Key>,
+    stamp: u64,
+    expires_at: Option<u64>,
+    pinned: bool,
+    leases: u32,
+    tier: TierKind,
+}
+
+impl Entry {
+    fn evictable(&self) -> bool {
+        self.children.is_empty() && !self.pinned && self.leases == 0
+    }
+
+    fn expired(&self, now: u64) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    map: Map<Entry>,
+    /// Evictable entries by recency stamp (oldest first).
+    lru: BTreeMap<u64, Key>,
+    /// Entries with a TTL, by deadline.
+    ttl: BTreeSet<(u64, Key)>,
+}
+
+impl Shard {
+    /// Moves `key`'s entry to stamp `stamp` and refreshes its LRU membership.
+    fn restamp(&mut self, key: &Key, stamp: u64) {
+        if let Some(e) = self.map.get_mut(key) {
+            if e.evictable() {
+                self.lru.remove(&e.stamp);
+                self.lru.insert(stamp, key.clone());
+            }
+            e.stamp = stamp;
+        }
+    }
+
+    /// Re-files `key` in the LRU index after its evictability may have changed.
+    fn refile(&mut self, key: &Key, was_evictable: bool) {
+        if let Some(e) = self.map.get(key) {
+            match (was_evictable, e.evictable()) {
+                (false, true) => {
+                    self.lru.insert(e.stamp, key.clone());
+                }
+                (true, false) => {
+                    self.lru.remove(&e.stamp);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Takes an entry out of the map and both indexes.
+    fn take(&mut self, key: &[u8]) -> Option<(Key, Entry)> {
+        let (k, e) = self.map.remove_entry(key)?;
+        if e.evictable() {
+            self.lru.remove(&e.stamp);
+        }
+        if let Some(t) = e.expires_at {
+            self.ttl.remove(&(t, k.clone()));
+        }
+        Some((k, e))
+    }
+}
+
+/// A lease: blocks held against eviction until a deadline.
+#[derive(Debug)]
+struct Lease {
+    deadline: u64,
+    keys: Vec<Key>,
+}
+
+/// Source of the current Unix time in milliseconds (injectable for tests).
+pub type ClockFn = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+fn system_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The block store. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct Store {
+    shards: Box<[Mutex<Shard>]>,
+    clock: AtomicU64,
+    dram: Arc<dyn Tier>,
+    dram_counters: TierCounters,
+    watermarks: Mutex<(f64, f64)>,
+    evict_lock: Mutex<()>,
+    leases: Mutex<HashMap<u64, Lease>>,
+    next_lease: AtomicU64,
+    matches: AtomicU64,
+    keys_queried: AtomicU64,
+    keys_matched: AtomicU64,
+    events: Option<Arc<dyn EventSink>>,
+    now: ClockFn,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("stats", &self.stats()).finish()
+    }
+}
+
+fn shard_of(key: &[u8]) -> usize {
+    (xxh3_64(key) as usize) & (SHARDS - 1)
+}
+
+/// Accounted size of a block.
+pub fn charge_of(key_len: usize, value_len: usize) -> u64 {
+    key_len as u64 + value_len as u64 + ENTRY_OVERHEAD
+}
+
+impl Store {
+    /// A store with the given settings and no event sink.
+    pub fn new(config: StoreConfig) -> Store {
+        Self::with_parts(config, None, Arc::new(system_ms))
+    }
+
+    /// A store with an event sink and a clock.
+    pub fn with_parts(
+        config: StoreConfig,
+        events: Option<Arc<dyn EventSink>>,
+        now: ClockFn,
+    ) -> Store {
+        let counters = TierCounters::default();
+        counters.capacity.store(config.dram_capacity, Relaxed);
+        Store {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            clock: AtomicU64::new(1),
+            dram: Arc::new(DramTier),
+            dram_counters: counters,
+            watermarks: Mutex::new((config.high_watermark, config.low_watermark)),
+            evict_lock: Mutex::new(()),
+            leases: Mutex::new(HashMap::new()),
+            next_lease: AtomicU64::new(1),
+            matches: AtomicU64::new(0),
+            keys_queried: AtomicU64::new(0),
+            keys_matched: AtomicU64::new(0),
+            events,
+            now,
+        }
+    }
+
+    fn shard(&self, key: &[u8]) -> parking_lot::MutexGuard<'_, Shard> {
+        self.shards[shard_of(key)].lock()
+    }
+
+    fn tick_clock(&self) -> u64 {
+        self.clock.fetch_add(1, Relaxed)
+    }
+
+    fn now_ms(&self) -> u64 {
+        (self.now)()
+    }
+
+    fn emit(&self, kind: EventKind, key: &Key, tier: TierKind, parent: Option<&Key>) {
+        if let Some(sink) = &self.events {
+            if sink.enabled() {
+                sink.publish(Event {
+                    kind,
+                    key: key.clone(),
+                    tier,
+                    parent: parent.cloned(),
+                });
+            }
+        }
+    }
+
+    /// The DRAM tier's capacity in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.dram_counters.capacity.load(Relaxed)
+    }
+
+    /// Accounted bytes in use in DRAM.
+    pub fn used(&self) -> u64 {
+        self.dram_counters.used.load(Relaxed)
+    }
+
+    /// Changes the DRAM capacity live, evicting down to the new low watermark.
+    pub fn set_capacity(&self, bytes: u64) {
+        self.dram_counters.capacity.store(bytes, Relaxed);
+        let _ = self.make_room();
+    }
+
+    /// Changes the watermarks live.
+    pub fn set_watermarks(&self, high: f64, low: f64) -> Result<(), String> {
+        StoreConfig {
+            dram_capacity: 0,
+            high_watermark: high,
+            low_watermark: low,
+        }
+        .validate()?;
+        *self.watermarks.lock() = (high, low);
+        let _ = self.make_room();
+        Ok(())
+    }
+
+    /// The current (high, low) watermarks.
+    pub fn watermarks(&self) -> (f64, f64) {
+        *self.watermarks.lock()
+    }
+
+    /// Stores a block. Readers see all of it or none of it.
+    pub fn put(&self, key: Bytes, value: Bytes, opts: PutOptions) -> Result<(), StoreError> {
+        match opts.tier {
+            None | Some(TierKind::Dram) => {}
+            Some(other) => return Err(StoreError::NoTier(other.as_str())),
+        }
+        let charge = charge_of(key.len(), value.len());
+        let capacity = self.capacity();
+        if charge > capacity {
+            return Err(StoreError::TooBig {
+                len: charge,
+                tier: "dram",
+                capacity,
+            });
+        }
+        if let Some(p) = &opts.parent {
+            if *p == key {
+                return Err(StoreError::SelfParent);
+            }
+            self.link_child(p, &key)?;
+        }
+        self.dram_counters.used.fetch_add(charge, Relaxed);
+        if let Err(e) = self.make_room() {
+            self.dram_counters.used.fetch_sub(charge, Relaxed);
+            if let Some(p) = &opts.parent {
+                self.unlink_child(p, &key);
+            }
+            return Err(e);
+        }
+        let checksum = xxh3_64(&value);
+        let len = value.len() as u64;
+        let slot = self.dram.store(&key, value);
+        let now = self.now_ms();
+        let old_parent;
+        {
+            let mut shard = self.shard(&key);
+            let stamp = self.tick_clock();
+            let old = shard.take(&key);
+            let (children, pinned, leases, old_expiry) = match &old {
+                Some((_, e)) => (e.children.clone(), e.pinned, e.leases, e.expires_at),
+                None => (Vec::new(), false, 0, None),
+            };
+            let expires_at = match opts.ttl_ms {
+                Some(ms) => Some(now.saturating_add(ms)),
+                None if opts.keep_ttl => old_expiry,
+                None => None,
+            };
+            let entry = Entry {
+                slot,
+                len,
+                checksum,
+                parent: opts.parent.clone(),
+                children,
+                stamp,
+                expires_at,
+                pinned: pinned || opts.pin,
+                leases,
+                tier: TierKind::Dram,
+            };
+            if entry.evictable() {
+                shard.lru.insert(stamp, key.clone());
+            }
+            if let Some(t) = expires_at {
+                shard.ttl.insert((t, key.clone()));
+            }
+            shard.map.insert(key.clone(), entry);
+            old_parent = old.map(|(k, e)| {
+                self.dram_counters
+                    .used
+                    .fetch_sub(charge_of(k.len(), e.len as usize), Relaxed);
+                self.dram.release(e.slot);
+                e.parent
+            });
+            if old_parent.is_none() {
+                self.dram_counters.blocks.fetch_add(1, Relaxed);
+            }
+        }
+        if let Some(Some(op)) = &old_parent {
+            // The old version's link (the new one holds its own).
+            self.unlink_child(op, &key);
+        }
+        if let Some(p) = &opts.parent {
+            // A concurrent removal of the parent may have run between linking and
+            // inserting: if the parent no longer lists us, we are an orphan.
+            let still_linked = self
+                .shard(p)
+                .map
+                .get(p)
+                .is_some_and(|e| e.children.contains(&key));
+            if !still_linked {
+                self.remove_tree(&key, EventKind::Orphaned);
+                return Err(StoreError::NoParent);
+            }
+        }
+        self.emit(EventKind::Stored, &key, TierKind::Dram, opts.parent.as_ref());
+        Ok(())
+    }
+
+    /// Records `child` under `parent`, which must be stored.
+    ///
+    /// Links are counted, not deduplicated: an overwrite links the new version
+    /// before the old one is gone (and the old one may be evicted meanwhile), and
+    /// each version takes its own link away when it goes.
+    fn link_child(&self, parent: &Key, child: &Key) -> Result<(), StoreError> {
+        let now = self.now_ms();
+        let mut shard = self.shard(parent);
+        let e = match shard.map.get_mut(parent) {
+            Some(e) if !e.expired(now) => e,
+            _ => return Err(StoreError::NoParent),
+        };
+        let was = e.evictable();
+        e.children.push(child.clone());
+        shard.refile(parent, was);
+        Ok(())
+    }
+
+    /// Takes one link of `child` away from `parent` (if both are there).
+    fn unlink_child(&self, parent: &Key, child: &Key) {
+        let mut shard = self.shard(parent);
+        if let Some(e) = shard.map.get_mut(parent) {
+            let was = e.evictable();
+            if let Some(i) = e.children.iter().position(|c| c == child) {
+                e.children.swap_remove(i);
+            }
+            shard.refile(parent, was);
+        }
+    }
+
+    /// Evicts until usage is under the low watermark if it is over the high one.
+    /// Fails when usage still exceeds capacity and nothing more can go.
+    fn make_room(&self) -> Result<(), StoreError> {
+        let cap = self.capacity();
+        let (high, low) = self.watermarks();
+        let high_b = (cap as f64 * high) as u64;
+        if self.used() <= high_b {
+            return Ok(());
+        }
+        let low_b = (cap as f64 * low) as u64;
+        let _guard = self.evict_lock.lock();
+        while self.used() > low_b {
+            if !self.evict_one() {
+                break;
+            }
+        }
+        if self.used() > cap {
+            return Err(StoreError::OutOfMemory { tier: "dram" });
+        }
+        Ok(())
+    }
+
+    /// Removes the least recently used evictable block. False when there is none.
+    fn evict_one(&self) -> bool {
+        loop {
+            let mut best: Option<(u64, Key)> = None;
+            for s in self.shards.iter() {
+                let s = s.lock();
+                if let Some((stamp, k)) = s.lru.first_key_value() {
+                    if best.as_ref().is_none_or(|(b, _)| stamp < b) {
+                        best = Some((*stamp, k.clone()));
+                    }
+                }
+            }
+            let Some((stamp, key)) = best else {
+                return false;
+            };
+            let taken = {
+                let mut shard = self.shard(&key);
+                match shard.map.get(&key) {
+                    Some(e) if e.stamp == stamp && e.evictable() => shard.take(&key),
+                    _ => None, // touched or changed since we looked: pick again
+                }
+            };
+            if let Some((k, e)) = taken {
+                self.dram_counters.evictions.fetch_add(1, Relaxed);
+                self.finish_removal(k, e, EventKind::Evicted);
+                return true;
+            }
+        }
+    }
+
+    /// Accounting, parent unlinking and the event for an entry already taken out
+    /// of its shard. Returns its children (for cascades).
+    fn finish_removal(&self, key: Key, e: Entry, kind: EventKind) -> Vec<Key> {
+        self.dram_counters
+            .used
+            .fetch_sub(charge_of(key.len(), e.len as usize), Relaxed);
+        self.dram_counters.blocks.fetch_sub(1, Relaxed);
+        self.dram.release(e.slot);
+        if let Some(p) = &e.parent {
+            self.unlink_child(p, &key);
+        }
+        self.emit(kind, &key, e.tier, e.parent.as_ref());
+        e.children
+    }
+
+    /// Removes `key` and every stored block chained under it. Returns whether
+    /// `key` itself was stored.
+    fn remove_tree(&self, key: &[u8], kind: EventKind) -> bool {
+        let Some((k, e)) = self.shard(key).take(key) else {
+            return false;
+        };
+        let mut stack = self.finish_removal(k, e, kind);
+        while let Some(child) = stack.pop() {
+            // Bind first: a temporary guard in an `if let` scrutinee would stay
+            // locked for the whole block.
+            let taken = self.shard(&child).take(&child);
+            if let Some((k, e)) = taken {
+                stack.extend(self.finish_removal(k, e, EventKind::Orphaned));
+            }
+        }
+        true
+    }
+
+    /// Looks a key up for reading, expiring it lazily. Runs `f` under the shard
+    /// lock with the shard and the stored key (the entry is present).
+    fn with_live<R>(
+        &self,
+        key: &[u8],
+        touch: bool,
+        f: impl FnOnce(&mut Shard, &Key) -> R,
+    ) -> Option<R> {
+        let now = self.now_ms();
+        let mut shard = self.shard(key);
+        let expired = match shard.map.get(key) {
+            None => return None,
+            Some(e) => e.expired(now),
+        };
+        if expired {
+            drop(shard);
+            self.remove_tree(key, EventKind::Expired);
+            return None;
+        }
+        let k = shard.map.get_key_value(key).map(|(k, _)| k.clone())?;
+        if touch {
+            let stamp = self.tick_clock();
+            shard.restamp(&k, stamp);
+        }
+        Some(f(&mut shard, &k))
+    }
+
+    /// Runs `f` on the live entry of `key` (see `with_live`).
+    fn read_entry<R>(&self, key: &[u8], touch: bool, f: impl FnOnce(&Entry) -> R) -> Option<R> {
+        self.with_live(key, touch, |s, k| f(&s.map[k]))
+    }
+
+    /// Reads a block, refreshing its recency. `None` is a miss.
+    pub fn get(&self, key: &[u8]) -> Option<Bytes> {
+        let slot = self.read_entry(key, true, |e| e.slot.clone());
+        match slot.map(|s| self.dram.load(&s)) {
+            Some(Load::Hit(b)) => {
+                self.dram_counters.hits.fetch_add(1, Relaxed);
+                Some(b)
+            }
+            _ => {
+                self.dram_counters.misses.fetch_add(1, Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Reads a block and checks it against its checksum. `Some(false)` means it
+    /// is corrupt (and was dropped).
+    pub fn verify(&self, key: &[u8]) -> Option<bool> {
+        let (slot, sum) = self.read_entry(key, false, |e| (e.slot.clone(), e.checksum))?;
+        let ok = match self.dram.load(&slot) {
+            Load::Hit(b) => xxh3_64(&b) == sum,
+            Load::Miss => false,
+        };
+        if !ok {
+            self.remove_tree(key, EventKind::Deleted);
+        }
+        Some(ok)
+    }
+
+    /// The tier of a stored block, without touching its recency.
+    pub fn tier_of(&self, key: &[u8]) -> Option<TierKind> {
+        self.read_entry(key, false, |e| e.tier)
+    }
+
+    /// What is known of a block, without touching its recency.
+    pub fn meta(&self, key: &[u8]) -> Option<BlockMeta> {
+        self.read_entry(key, false, |e| BlockMeta {
+            len: e.len,
+            charge: 0,
+            tier: e.tier,
+            expires_at: e.expires_at,
+            pinned: e.pinned,
+            leases: e.leases,
+            children: e.children.len(),
+            parent: e.parent.clone(),
+        })
+        .map(|mut m| {
+            m.charge = charge_of(key.len(), m.len as usize);
+            m
+        })
+    }
+
+    /// Removes blocks (and what is chained under them). Returns how many of the
+    /// named keys were stored.
+    pub fn delete<'a>(&self, keys: impl IntoIterator<Item = &'a [u8]>) -> usize {
+        let now = self.now_ms();
+        keys.into_iter()
+            .filter(|k| {
+                let live = self
+                    .shard(k)
+                    .map
+                    .get(*k)
+                    .is_some_and(|e| !e.expired(now));
+                let kind = if live {
+                    EventKind::Deleted
+                } else {
+                    EventKind::Expired
+                };
+                self.remove_tree(k, kind) && live
+            })
+            .count()
+    }
+
+    /// Counts the stored prefix of `keys`, refreshing the matched blocks'
+    /// recency in chain order, and optionally leasing them for `lease_ms`.
+    pub fn match_prefix(&self, keys: &[Bytes], lease_ms: Option<u64>) -> MatchResult {
+        let mut out = MatchResult::default();
+        for k in keys {
+            let got = self.with_live(k, true, |shard, key| {
+                let e = shard.map.get_mut(key).expect("present");
+                let tier = e.tier;
+                if lease_ms.is_some() {
+                    let was = e.evictable();
+                    e.leases += 1;
+                    shard.refile(key, was);
+                }
+                tier
+            });
+            let Some(tier) = got else {
+                break;
+            };
+            out.tiers.push(tier);
+            out.matched += 1;
+        }
+        self.matches.fetch_add(1, Relaxed);
+        self.keys_queried.fetch_add(keys.len() as u64, Relaxed);
+        self.keys_matched.fetch_add(out.matched as u64, Relaxed);
+        if let Some(ms) = lease_ms {
+            let id = self.next_lease.fetch_add(1, Relaxed);
+            let lease = Lease {
+                deadline: self.now_ms().saturating_add(ms),
+                keys: keys[..out.matched].to_vec(),
+            };
+            self.leases.lock().insert(id, lease);
+            out.lease = Some(id);
+        }
+        out
+    }
+
+    /// Drops a lease. False when it does not exist (released or expired).
+    pub fn release(&self, lease: u64) -> bool {
+        let Some(l) = self.leases.lock().remove(&lease) else {
+            return false;
+        };
+        self.drop_lease(l);
+        true
+    }
+
+    fn drop_lease(&self, l: Lease) {
+        for k in &l.keys {
+            let mut shard = self.shard(k);
+            if let Some(e) = shard.map.get_mut(k) {
+                let was = e.evictable();
+                e.leases = e.leases.saturating_sub(1);
+                shard.refile(k, was);
+            }
+        }
+    }
+
+    /// Pins or unpins blocks. Returns how many were stored.
+    pub fn set_pinned<'a>(&self, keys: impl IntoIterator<Item = &'a [u8]>, pinned: bool) -> usize {
+        let mut n = 0;
+        for k in keys {
+            let mut shard = self.shard(k);
+            if let Some((key, e)) = shard.map.get_key_value(k) {
+                let key = key.clone();
+                let was = e.evictable();
+                shard.map.get_mut(k).expect("present").pinned = pinned;
+                shard.refile(&key, was);
+                n += 1;
+            }
+        }
+        if !pinned {
+            let _ = self.make_room();
+        }
+        n
+    }
+
+    /// Sets (`Some`) or clears (`None`) a block's absolute expiry. False when the
+    /// key is not stored.
+    pub fn set_expiry(&self, key: &[u8], expires_at: Option<u64>) -> bool {
+        let now = self.now_ms();
+        if let Some(t) = expires_at {
+            if t <= now {
+                return self.remove_tree(key, EventKind::Expired);
+            }
+        }
+        let mut shard = self.shard(key);
+        let Some((k, e)) = shard.map.get_key_value(key) else {
+            return false;
+        };
+        if e.expired(now) {
+            drop(shard);
+            self.remove_tree(key, EventKind::Expired);
+            return false;
+        }
+        let (k, old) = (k.clone(), e.expires_at);
+        if let Some(t) = old {
+            shard.ttl.remove(&(t, k.clone()));
+        }
+        if let Some(t) = expires_at {
+            shard.ttl.insert((t, k.clone()));
+        }
+        shard.map.get_mut(key).expect("present").expires_at = expires_at;
+        true
+    }
+
+    /// Removes expired blocks and leases. Call periodically.
+    pub fn expire_due(&self) -> usize {
+        let now = self.now_ms();
+        let mut removed = 0;
+        for i in 0..SHARDS {
+            let due: Vec<Key> = {
+                let s = self.shards[i].lock();
+                s.ttl
+                    .iter()
+                    .take_while(|(t, _)| *t <= now)
+                    .map(|(_, k)| k.clone())
+                    .collect()
+            };
+            for k in due {
+                if self.remove_tree(&k, EventKind::Expired) {
+                    removed += 1;
+                }
+            }
+        }
+        let due: Vec<Lease> = {
+            let mut leases = self.leases.lock();
+            let ids: Vec<u64> = leases
+                .iter()
+                .filter(|(_, l)| l.deadline <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.iter().filter_map(|id| leases.remove(id)).collect()
+        };
+        for l in due {
+            self.drop_lease(l);
+        }
+        removed
+    }
+
+    /// Number of blocks stored.
+    pub fn len(&self) -> usize {
+        self.dram_counters.blocks.load(Relaxed) as usize
+    }
+
+    /// True when nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes everything (leases included).
+    pub fn flush(&self) {
+        self.leases.lock().clear();
+        for s in self.shards.iter() {
+            let taken: Vec<(Key, Entry)> = {
+                let mut s = s.lock();
+                s.lru.clear();
+                s.ttl.clear();
+                s.map.drain().collect()
+            };
+            for (k, e) in taken {
+                self.dram_counters
+                    .used
+                    .fetch_sub(charge_of(k.len(), e.len as usize), Relaxed);
+                self.dram_counters.blocks.fetch_sub(1, Relaxed);
+                self.emit(EventKind::Deleted, &k, e.tier, e.parent.as_ref());
+                self.dram.release(e.slot);
+            }
+        }
+    }
+
+    /// One step of a cursor scan: keys of shards from `cursor` on, until at least
+    /// `count` keys passed `filter` or the shards ran out. Returns the next cursor
+    /// (0 when done). Every key stored for the whole scan is returned once.
+    pub fn scan(&self, cursor: u64, count: usize, filter: &dyn Fn(&[u8]) -> bool) -> (u64, Vec<Bytes>) {
+        let now = self.now_ms();
+        let mut out = Vec::new();
+        let mut i = cursor as usize;
+        while i < SHARDS {
+            {
+                let s = self.shards[i].lock();
+                out.extend(
+                    s.map
+                        .iter()
+                        .filter(|(k, e)| !e.expired(now) && filter(k))
+                        .map(|(k, _)| k.clone()),
+                );
+            }
+            i += 1;
+            if out.len() >= count {
+                break;
+            }
+        }
+        (if i >= SHARDS { 0 } else { i as u64 }, out)
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.dram_counters;
+        StoreStats {
+            tiers: vec![TierStats {
+                kind: Some(TierKind::Dram),
+                capacity: c.capacity.load(Relaxed),
+                used: c.used.load(Relaxed),
+                blocks: c.blocks.load(Relaxed),
+                hits: c.hits.load(Relaxed),
+                misses: c.misses.load(Relaxed),
+                evictions: c.evictions.load(Relaxed),
+                demotions: c.demotions.load(Relaxed),
+                promotions: c.promotions.load(Relaxed),
+            }],
+            matches: self.matches.load(Relaxed),
+            keys_queried: self.keys_queried.load(Relaxed),
+            keys_matched: self.keys_matched.load(Relaxed),
+            leases: self.leases.lock().len() as u64,
+        }
+    }
+
+    /// Zeroes the hit, miss and match counters (CONFIG RESETSTAT).
+    pub fn reset_stats(&self) {
+        for c in [
+            &self.dram_counters.hits,
+            &self.dram_counters.misses,
+            &self.dram_counters.evictions,
+            &self.dram_counters.demotions,
+            &self.dram_counters.promotions,
+            &self.matches,
+            &self.keys_queried,
+            &self.keys_matched,
+        ] {
+            c.store(0, Relaxed);
+        }
+    }
+
+    /// Checks the internal invariants (for tests): accounting matches contents,
+    /// every parent of a stored block is stored and lists it, LRU indexes hold
+    /// exactly the evictable entries.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut all: HashMap<Key, (Option<Key>, Vec<Key>)> = HashMap::new();
+        let mut used = 0;
+        for s in self.shards.iter() {
+            let s = s.lock();
+            let evictable = s.map.values().filter(|e| e.evictable()).count();
+            if evictable != s.lru.len() {
+                return Err(format!("lru holds {} entries, {} evictable", s.lru.len(), evictable));
+            }
+            for (k, e) in &s.map {
+                used += charge_of(k.len(), e.len as usize);
+                if e.evictable() && s.lru.get(&e.stamp) != Some(k) {
+                    return Err("evictable entry missing from lru".into());
+                }
+                all.insert(k.clone(), (e.parent.clone(), e.children.clone()));
+            }
+        }
+        if used != self.used() {
+            return Err(format!("accounted {} but entries sum to {used}", self.used()));
+        }
+        if all.len() != self.len() {
+            return Err(format!("block counter {} but {} entries", self.len(), all.len()));
+        }
+        for (k, (parent, children)) in &all {
+            if let Some(p) = parent {
+                match all.get(p) {
+                    None => return Err("orphan: parent not stored".into()),
+                    Some((_, pc)) if !pc.contains(k) => {
+                        return Err("parent does not list its child".into())
+                    }
+                    _ => {}
+                }
+            }
+            let mut sorted = children.clone();
+            sorted.sort();
+            sorted.dedup();
+            if sorted.len() != children.len() {
+                return Err("a child is linked twice".into());
+            }
+            for c in children {
+                if all.get(c).and_then(|(p, _)| p.as_ref()) != Some(k) {
+                    return Err("listed child is not stored under this parent".into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,490 @@
+use super::*;
+use crate::event::EventKind;
+use proptest::prelude::*;
+use std::sync::atomic::AtomicU64;
+
+/// Records every event.
+#[derive(Default)]
+struct Recorder(parking_lot::Mutex<Vec<(EventKind, Bytes)>>);
+
+impl EventSink for Recorder {
+    fn enabled(&self) -> bool {
+        true
+    }
+    fn publish(&self, e: Event) {
+        self.0.lock().push((e.kind, e.key));
+    }
+}
+
+struct Fixture {
+    store: Store,
+    events: Arc<Recorder>,
+    time: Arc<AtomicU64>,
+}
+
+fn fixture(capacity: u64) -> Fixture {
+    let events = Arc::new(Recorder::default());
+    let time = Arc::new(AtomicU64::new(1_000_000));
+    let t = time.clone();
+    let store = Store::with_parts(
+        StoreConfig {
+            dram_capacity: capacity,
+            high_watermark: 1.0,
+            low_watermark: 1.0,
+        },
+        Some(events.clone() as Arc<dyn EventSink>),
+        Arc::new(move || t.load(Relaxed)),
+    );
+    Fixture { store, events, time }
+}
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn put(s: &Store, k: &str, v: &str, parent: Option<&str>) -> Result<(), StoreError> {
+    s.put(
+        b(k),
+        b(v),
+        PutOptions {
+            parent: parent.map(b),
+            ..Default::default()
+        },
+    )
+}
+
+fn evicted(f: &Fixture) -> Vec<String> {
+    f.events
+        .0
+        .lock()
+        .iter()
+        .filter(|(k, _)| *k == EventKind::Evicted)
+        .map(|(_, key)| String::from_utf8_lossy(key).into_owned())
+        .collect()
+}
+
+#[test]
+fn put_get_overwrite_delete() {
+    let f = fixture(1 << 20);
+    put(&f.store, "a", "1", None).unwrap();
+    assert_eq!(f.store.get(b"a"), Some(b("1")));
+    put(&f.store, "a", "22", None).unwrap();
+    assert_eq!(f.store.get(b"a"), Some(b("22")));
+    assert_eq!(f.store.len(), 1);
+    assert_eq!(f.store.used(), charge_of(1, 2));
+    assert_eq!(f.store.delete([&b"a"[..], b"zz"]), 1);
+    assert_eq!(f.store.get(b"a"), None);
+    assert_eq!(f.store.used(), 0);
+    let st = f.store.stats();
+    assert_eq!((st.tiers[0].hits, st.tiers[0].misses), (2, 1));
+    f.store.check_invariants().unwrap();
+}
+
+#[test]
+fn parent_must_be_stored_and_not_self() {
+    let f = fixture(1 << 20);
+    assert_eq!(put(&f.store, "b", "x", Some("a")), Err(StoreError::NoParent));
+    assert_eq!(put(&f.store, "a", "x", Some("a")), Err(StoreError::SelfParent));
+    assert!(f.store.is_empty());
+}
+
+#[test]
+fn eviction_is_leaf_first_lru() {
+    // Room for exactly three one-byte blocks with one-byte keys.
+    let f = fixture(3 * charge_of(1, 1));
+    put(&f.store, "a", "1", None).unwrap();
+    put(&f.store, "b", "1", Some("a")).unwrap();
+    put(&f.store, "x", "1", None).unwrap();
+    // "a" is the oldest but has a child: the leaf "b" goes first, then "a".
+    f.store.get(b"x");
+    put(&f.store, "y", "1", None).unwrap();
+    assert_eq!(evicted(&f), ["b"]);
+    put(&f.store, "z", "1", None).unwrap();
+    assert_eq!(evicted(&f), ["b", "a"]);
+    f.store.check_invariants().unwrap();
+}
+
+#[test]
+fn pinned_and_leased_blocks_survive_and_oom_when_stuck() {
+    let f = fixture(2 * charge_of(1, 1));
+    f.store
+        .put(b("p"), b("1"), PutOptions { pin: true, ..Default::default() })
+        .unwrap();
+    put(&f.store, "l", "1", None).unwrap();
+    let m = f.store.match_prefix(&[b("l")], Some(60_000));
+    assert_eq!(m.matched, 1);
+    let err = put(&f.store, "n", "1", None).unwrap_err();
+    assert_eq!(err.code(), "OOM");
+    assert_eq!(f.store.used(), 2 * charge_of(1, 1));
+    // Releasing the lease makes "l" evictable again.
+    assert!(f.store.release(m.lease.unwrap()));
+    assert!(!f.store.release(m.lease.unwrap()));
+    put(&f.store, "n", "1", None).unwrap();
+    assert_eq!(evicted(&f), ["l"]);
+    f.store.check_invariants().unwrap();
+}
+
+#[test]
+fn leases_expire() {
+    let f = fixture(2 * charge_of(1, 1));
+    put(&f.store, "a", "1", None).unwrap();
+    put(&f.store, "b", "1", None).unwrap();
+    f.store.match_prefix(&[b("a"), b("b")], Some(100));
+    assert!(put(&f.store, "c", "1", None).is_err());
+    f.time.fetch_add(100, Relaxed);
+    f.store.expire_due();
+    assert_eq!(f.store.stats().leases, 0);
+    put(&f.store, "c", "1", None).unwrap();
+}
+
+#[test]
+fn too_big_is_refused() {
+    let f = fixture(100);
+    assert_eq!(put(&f.store, "a", "1", None).unwrap_err().code(), "TOOBIG");
+}
+
+#[test]
+fn match_counts_leading_stored_keys() {
+    let f = fixture(1 << 20);
+    put(&f.store, "a", "1", None).unwrap();
+    put(&f.store, "b", "1", Some("a")).unwrap();
+    put(&f.store, "d", "1", None).unwrap();
+    let m = f.store.match_prefix(&[b("a"), b("b"), b("c"), b("d")], None);
+    assert_eq!((m.matched, m.tiers.len(), m.lease), (2, 2, None));
+    let st = f.store.stats();
+    assert_eq!((st.keys_queried, st.keys_matched, st.matches), (4, 2, 1));
+    assert_eq!(st.prefix_hit_ratio(), 0.5);
+}
+
+#[test]
+fn delete_and_expiry_cascade_to_descendants() {
+    let f = fixture(1 << 20);
+    put(&f.store, "a", "1", None).unwrap();
+    put(&f.store, "b", "1", Some("a")).unwrap();
+    put(&f.store, "c", "1", Some("b")).unwrap();
+    put(&f.store, "c2", "1", Some("b")).unwrap();
+    assert_eq!(f.store.delete([&b"b"[..]]), 1);
+    assert_eq!(f.store.len(), 1);
+    f.store.check_invariants().unwrap();
+    put(&f.store, "b", "1", Some("a")).unwrap();
+    f.store
+        .put(b("t"), b("1"), PutOptions { parent: Some(b("b")), ttl_ms: Some(50), ..Default::default() })
+        .unwrap();
+    assert!(f.store.set_expiry(b"a", Some(1_000_000 + 10)));
+    f.time.fetch_add(10, Relaxed);
+    assert_eq!(f.store.get(b"t"), Some(b("1")), "t's own ttl has not run out");
+    assert_eq!(f.store.expire_due(), 1);
+    assert!(f.store.is_empty());
+    f.store.check_invariants().unwrap();
+}
+
+#[test]
+fn long_chain_removal_does_not_recurse() {
+    let f = fixture(1 << 30);
+    let mut prev: Option<String> = None;
+    for i in 0..50_000 {
+        let k = format!("k{i}");
+        put(&f.store, &k, "", prev.as_deref()).unwrap();
+        prev = Some(k);
+    }
+    assert_eq!(f.store.delete([&b"k0"[..]]), 1);
+    assert!(f.store.is_empty());
+}
+
+#[test]
+fn overwrite_keeps_children_and_moves_parent() {
+    let f = fixture(1 << 20);
+    put(&f.store, "p1", "1", None).unwrap();
+    put(&f.store, "p2", "1", None).unwrap();
+    put(&f.store, "a", "1", Some("p1")).unwrap();
+    put(&f.store, "c", "1", Some("a")).unwrap();
+    put(&f.store, "a", "2", Some("p2")).unwrap();
+    assert_eq!(f.store.meta(b"p1").unwrap().children, 0);
+    assert_eq!(f.store.meta(b"p2").unwrap().children, 1);
+    assert_eq!(f.store.meta(b"a").unwrap().children, 1);
+    f.store.check_invariants().unwrap();
+}
+
+#[test]
+fn scan_visits_every_key_once() {
+    let f = fixture(1 << 24);
+    for i in 0..500 {
+        put(&f.store, &format!("k{i}"), "v", None).unwrap();
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut cursor = 0;
+    loop {
+        let (next, keys) = f.store.scan(cursor, 10, &|_| true);
+        for k in keys {
+            assert!(seen.insert(k));
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    assert_eq!(seen.len(), 500);
+}
+
+#[test]
+fn checksum_detects_corruption_on_demand() {
+    let f = fixture(1 << 20);
+    put(&f.store, "a", "hello", None).unwrap();
+    assert_eq!(f.store.verify(b"a"), Some(true));
+    // Corrupt the stored checksum to simulate a bad copy.
+    f.store.shard(b"a").map.get_mut(&b"a"[..]).unwrap().checksum ^= 1;
+    assert_eq!(f.store.verify(b"a"), Some(false));
+    assert_eq!(f.store.get(b"a"), None, "a corrupt block is dropped, never served");
+}
+
+#[test]
+fn concurrent_writers_keep_invariants() {
+    let f = Arc::new(fixture(64 * charge_of(4, 64)));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let f = f.clone();
+            std::thread::spawn(move || {
+                for i in 0..5_000u32 {
+                    let k = Bytes::from(((t * 100_000 + i) % 300).to_le_bytes().to_vec());
+                    let parent = (i % 3 != 0).then(|| Bytes::from(((t * 100_000 + i - 1) % 300).to_le_bytes().to_vec()));
+                    let _ = f.store.put(k.clone(), Bytes::from(vec![1u8; 64]), PutOptions { parent, ..Default::default() });
+                    f.store.get(&k);
+                    if i % 97 == 0 {
+                        f.store.delete([&k[..]]);
+                    }
+                    assert!(f.store.used() <= f.store.capacity() + 4 * charge_of(4, 64));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    f.store.check_invariants().unwrap();
+    assert!(f.store.used() <= f.store.capacity());
+}
+
+// ---- Property test against a plain model: a HashMap plus an LRU stamp order ----
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put { key: u8, len: u16, parent: Option<u8>, pin: bool },
+    Get(u8),
+    Match { start: u8, n: u8, lease: bool },
+    Release(u8),
+    Delete(u8),
+    Unpin(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0u8..16, 0u16..300, prop::option::weighted(0.6, 0u8..16), prop::bool::weighted(0.1))
+            .prop_map(|(key, len, parent, pin)| Op::Put { key, len, parent, pin }),
+        3 => (0u8..16).prop_map(Op::Get),
+        2 => (0u8..16, 1u8..5, prop::bool::weighted(0.3)).prop_map(|(start, n, lease)| Op::Match { start, n, lease }),
+        1 => (0u8..8).prop_map(Op::Release),
+        1 => (0u8..16).prop_map(Op::Delete),
+        1 => (0u8..16).prop_map(Op::Unpin),
+    ]
+}
+
+#[derive(Debug, Clone)]
+struct MEntry {
+    len: u64,
+    parent: Option<u8>,
+    children: Vec<u8>,
+    stamp: u64,
+    pinned: bool,
+    leases: u32,
+}
+
+#[derive(Default)]
+struct Model {
+    map: HashMap<u8, MEntry>,
+    clock: u64,
+    used: u64,
+    cap: u64,
+    evicted: Vec<u8>,
+    leases: Vec<Option<Vec<u8>>>,
+}
+
+fn mkey(k: u8) -> Bytes {
+    Bytes::from(vec![b'k', k])
+}
+
+impl Model {
+    fn charge(e: &MEntry) -> u64 {
+        charge_of(2, e.len as usize)
+    }
+    fn evictable(e: &MEntry) -> bool {
+        e.children.is_empty() && !e.pinned && e.leases == 0
+    }
+    fn remove(&mut self, k: u8) -> Option<MEntry> {
+        let e = self.map.remove(&k)?;
+        self.used -= Self::charge(&e);
+        if let Some(p) = e.parent {
+            self.unlink(p, k);
+        }
+        Some(e)
+    }
+    fn unlink(&mut self, p: u8, k: u8) {
+        if let Some(pe) = self.map.get_mut(&p) {
+            if let Some(i) = pe.children.iter().position(|c| *c == k) {
+                pe.children.remove(i);
+            }
+        }
+    }
+    fn remove_tree(&mut self, k: u8) -> bool {
+        let Some(e) = self.remove(k) else { return false };
+        let mut stack = e.children;
+        while let Some(c) = stack.pop() {
+            if let Some(ce) = self.remove(c) {
+                stack.extend(ce.children);
+            }
+        }
+        true
+    }
+    fn make_room(&mut self) -> bool {
+        while self.used > self.cap {
+            let victim = self
+                .map
+                .iter()
+                .filter(|(_, e)| Self::evictable(e))
+                .min_by_key(|(_, e)| e.stamp)
+                .map(|(k, _)| *k);
+            match victim {
+                Some(v) => {
+                    self.remove(v);
+                    self.evicted.push(v);
+                }
+                None => return false,
+            }
+        }
+        true
+    }
+    fn put(&mut self, key: u8, len: u64, parent: Option<u8>, pin: bool) -> bool {
+        let charge = charge_of(2, len as usize);
+        if charge > self.cap {
+            return false;
+        }
+        if let Some(p) = parent {
+            if p == key {
+                return false;
+            }
+            let Some(pe) = self.map.get_mut(&p) else { return false };
+            pe.children.push(key);
+        }
+        self.used += charge;
+        if !self.make_room() {
+            self.used -= charge;
+            if let Some(p) = parent {
+                self.unlink(p, key);
+            }
+            return false;
+        }
+        self.clock += 1;
+        let old = self.map.remove(&key);
+        let (children, pinned, leases, old_parent) = match &old {
+            Some(e) => {
+                self.used -= Self::charge(e);
+                (e.children.clone(), e.pinned, e.leases, e.parent)
+            }
+            None => (vec![], false, 0, None),
+        };
+        self.map.insert(key, MEntry { len, parent, children, stamp: self.clock, pinned: pinned || pin, leases });
+        if let Some(op) = old_parent {
+            self.unlink(op, key);
+        }
+        true
+    }
+    fn touch(&mut self, k: u8) -> bool {
+        self.clock += 1;
+        let c = self.clock;
+        match self.map.get_mut(&k) {
+            Some(e) => {
+                e.stamp = c;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #[test]
+    fn store_matches_model(ops in prop::collection::vec(op(), 1..200)) {
+        let cap = 6 * charge_of(2, 150);
+        let f = fixture(cap);
+        let mut m = Model { cap, ..Default::default() };
+        let mut store_leases: Vec<Option<u64>> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Put { key, len, parent, pin } => {
+                    let r = f.store.put(mkey(key), Bytes::from(vec![key; len as usize]), PutOptions {
+                        parent: parent.map(mkey), pin, ..Default::default()
+                    });
+                    let mr = m.put(key, len as u64, parent, pin);
+                    prop_assert_eq!(r.is_ok(), mr, "put {} {:?} -> {:?}", key, parent, r);
+                }
+                Op::Get(k) => {
+                    let got = f.store.get(&mkey(k));
+                    let want = m.map.contains_key(&k);
+                    if want { m.touch(k); }
+                    prop_assert_eq!(got.clone(), want.then(|| Bytes::from(vec![k; m.map[&k].len as usize])));
+                }
+                Op::Match { start, n, lease } => {
+                    let keys: Vec<Bytes> = (start..start.saturating_add(n)).map(mkey).collect();
+                    let r = f.store.match_prefix(&keys, lease.then_some(1_000_000));
+                    let mut matched = 0;
+                    for k in start..start.saturating_add(n) {
+                        if !m.touch(k) { break; }
+                        matched += 1;
+                    }
+                    prop_assert_eq!(r.matched, matched);
+                    if lease {
+                        let held: Vec<u8> = (start..start + matched as u8).collect();
+                        for k in &held { m.map.get_mut(k).unwrap().leases += 1; }
+                        m.leases.push(Some(held));
+                        store_leases.push(r.lease);
+                    }
+                }
+                Op::Release(i) => {
+                    let i = i as usize;
+                    if i < m.leases.len() {
+                        let held = m.leases[i].take();
+                        let r = f.store.release(store_leases[i].unwrap());
+                        prop_assert_eq!(r, held.is_some());
+                        for k in held.unwrap_or_default() {
+                            if let Some(e) = m.map.get_mut(&k) { e.leases = e.leases.saturating_sub(1); }
+                        }
+                    }
+                }
+                Op::Delete(k) => {
+                    let n = f.store.delete([&mkey(k)[..]]);
+                    prop_assert_eq!(n == 1, m.remove_tree(k));
+                }
+                Op::Unpin(k) => {
+                    let n = f.store.set_pinned([&mkey(k)[..]], false);
+                    if let Some(e) = m.map.get_mut(&k) { e.pinned = false; }
+                    prop_assert_eq!(n == 1, m.map.contains_key(&k));
+                    m.make_room();
+                }
+            }
+            f.store.check_invariants().map_err(TestCaseError::fail)?;
+            prop_assert!(f.store.used() <= cap);
+            prop_assert_eq!(f.store.used(), m.used);
+            let mut keys: Vec<u8> = m.map.keys().copied().collect();
+            keys.sort();
+            for k in &keys {
+                let meta = f.store.meta(&mkey(*k));
+                prop_assert!(meta.is_some(), "model has {} but store does not", k);
+                prop_assert_eq!(meta.unwrap().parent, m.map[k].parent.map(mkey));
+            }
+            prop_assert_eq!(f.store.len(), keys.len());
+            let evicted: Vec<Bytes> = f.events.0.lock().iter().filter(|(k, _)| *k == EventKind::Evicted).map(|(_, k)| k.clone()).collect();
+            let want: Vec<Bytes> = m.evicted.iter().copied().map(mkey).collect();
+            prop_assert_eq!(evicted, want, "eviction order");
+        }
+    }
+}
