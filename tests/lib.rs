@@ -1,1 +1,205 @@
-//! helpers
+//! Helpers for the integration tests: start the real `tidepool-server` binary
+//! on a free port, run the real `redis-cli`, talk raw RESP.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the server binary: `$TIDEPOOL_SERVER_BIN`, or `tidepool-server` in
+/// the target directory these tests were built into.
+pub fn server_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TIDEPOOL_SERVER_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/tidepool-server
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("tidepool-server");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build -p tidepool-server` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Panics with a clear message when a tool the tests need is missing.
+pub fn must_have_tool(name: &str) {
+    let ok = Command::new(name)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "`{name}` is not installed: run scripts/test.sh, which installs redis-tools"
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running `tidepool-server`, killed when dropped.
+pub struct Server {
+    /// Its RESP port.
+    pub port: u16,
+    child: Child,
+}
+
+impl Server {
+    /// Starts the server with extra flags and waits until it answers PING.
+    pub fn start(extra: &[&str]) -> Server {
+        for _attempt in 0..5 {
+            let port = free_port();
+            let mut child = Command::new(server_bin())
+                .args(["--port", &port.to_string()])
+                .args(extra)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawning tidepool-server");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // exited: the port was probably taken; try another
+                }
+                if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                    if s.write_all(b"PING\r\n").is_ok() {
+                        let mut buf = [0u8; 7];
+                        if s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n" {
+                            return Server { port, child };
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("tidepool-server did not start");
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A `redis::Connection` (RESP2).
+    pub fn redis(&self) -> redis::Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(10)))
+            .expect("redis connection")
+    }
+
+    /// Runs `redis-cli -p PORT args...` and returns its output.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        must_have_tool("redis-cli");
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("running redis-cli")
+    }
+
+    /// Runs redis-cli and returns stdout as text, asserting it exited 0.
+    pub fn cli_text(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "redis-cli {args:?} failed: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Feeds `input` to redis-cli's stdin (its pipe mode parses quoted `\x..`
+    /// escapes, so binary keys can be written) and returns stdout.
+    pub fn cli_stdin(&self, extra: &[&str], input: &str) -> Vec<u8> {
+        must_have_tool("redis-cli");
+        let mut child = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("running redis-cli");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        out.stdout
+    }
+
+    /// A raw TCP connection with a read timeout.
+    pub fn raw(&self) -> TcpStream {
+        let s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    }
+
+    /// One INFO field as a number.
+    pub fn info_u64(&self, field: &str) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("everything")
+            .query(&mut self.redis())
+            .expect("INFO");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .unwrap_or_else(|| panic!("INFO has no {field}"))
+            .trim()
+            .parse()
+            .expect("numeric INFO field")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads from a raw connection until `pred` holds on what arrived, the peer
+/// closes, or the read times out. Returns what arrived and whether it closed.
+pub fn read_until(s: &mut TcpStream, pred: impl Fn(&[u8]) -> bool) -> (Vec<u8>, bool) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (got, true),
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                if pred(&got) {
+                    return (got, false);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (got, true),
+            Err(_) => return (got, false),
+        }
+    }
+}
+
+/// Encodes a request as a RESP array of bulk strings.
+pub fn resp(args: &[&[u8]]) -> Vec<u8> {
+    let mut v = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        v.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        v.extend_from_slice(a);
+        v.extend_from_slice(b"\r\n");
+    }
+    v
+}

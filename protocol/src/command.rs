@@ -113,6 +113,7 @@ pub enum Command {
     Info(Vec<Bytes>),
     DbSize,
     FlushAll,
+    Shutdown,
     MemoryUsage(Bytes),
     ObjectEncoding(Bytes),
     Scan {
@@ -196,7 +197,7 @@ pub enum Command {
 pub fn parse_i64(b: &[u8]) -> Result<i64, CommandError> {
     std::str::from_utf8(b)
         .ok()
-        .filter(|s| !s.starts_with('+') && !(s.len() > 1 && s.starts_with('0')))
+        .filter(|s| !(s.starts_with('+') || s.len() > 1 && s.starts_with('0')))
         .and_then(|s| s.parse::<i64>().ok())
         .ok_or_else(CommandError::not_integer)
 }
@@ -246,7 +247,10 @@ fn parse_match_opts(opts: &[Bytes]) -> Result<MatchOpts, CommandError> {
 
 /// Parses `seed block_tokens t1 t2 ... [options]`: tokens run up to the first
 /// argument that is not an integer.
-fn parse_tokens(args: &[Bytes]) -> Result<(Bytes, u32, Vec<u32>, &[Bytes]), CommandError> {
+/// A token sequence: seed, block size, tokens, and the arguments after them.
+type Tokens<'a> = (Bytes, u32, Vec<u32>, &'a [Bytes]);
+
+fn parse_tokens(args: &[Bytes]) -> Result<Tokens<'_>, CommandError> {
     let seed = args[0].clone();
     let block_tokens = parse_u64(&args[1])
         .ok()
@@ -331,6 +335,17 @@ impl Command {
             "config" => parse_config(a)?,
             "info" => Command::Info(all()),
             "dbsize" => Command::DbSize,
+            "shutdown" => {
+                for w in a {
+                    if !["NOSAVE", "SAVE", "NOW", "FORCE", "ABORT"]
+                        .iter()
+                        .any(|o| eq(w, o))
+                    {
+                        return Err(CommandError::syntax());
+                    }
+                }
+                Command::Shutdown
+            }
             "flushdb" | "flushall" => {
                 match a {
                     [] => {}
@@ -393,9 +408,11 @@ impl Command {
                             crate::error::printable(&a[2], 64)
                         )))
                     }
-                    _ => return Err(CommandError::err(
-                        "NX and XX, GT or LT options at the same time are not compatible",
-                    )),
+                    _ => {
+                        return Err(CommandError::err(
+                            "NX and XX, GT or LT options at the same time are not compatible",
+                        ))
+                    }
                 };
                 Command::Expire {
                     key: key(),
@@ -408,7 +425,7 @@ impl Command {
             "set" => parse_set(a)?,
             "mget" => Command::MGet(all()),
             "mset" => {
-                if a.len() % 2 != 0 {
+                if !a.len().is_multiple_of(2) {
                     return Err(CommandError::arity("mset"));
                 }
                 Command::MSet(pairs(a))
@@ -591,7 +608,7 @@ fn parse_config(a: &[Bytes]) -> Result<Command, CommandError> {
         }
         Ok(Command::ConfigGet(a[1..].to_vec()))
     } else if eq(sub, "SET") {
-        if a.len() < 3 || a.len() % 2 == 0 {
+        if a.len() < 3 || a.len().is_multiple_of(2) {
             return Err(CommandError::arity("config|set"));
         }
         Ok(Command::ConfigSet(pairs(&a[1..])))
@@ -694,9 +711,10 @@ fn parse_kv_put(a: &[Bytes]) -> Result<Command, CommandError> {
             Some(v) if eq(opt, "PARENT") => parent = Some(v.clone()),
             Some(v) if eq(opt, "TTL") => ttl_ms = Some(parse_ms(v, "TTL")?),
             Some(v) if eq(opt, "TIER") => {
-                tier = Some(TierName::parse(v).ok_or_else(|| {
-                    CommandError::err("TIER must be one of gpu, dram, ssd")
-                })?)
+                tier = Some(
+                    TierName::parse(v)
+                        .ok_or_else(|| CommandError::err("TIER must be one of gpu, dram, ssd"))?,
+                )
             }
             _ if eq(opt, "PIN") => {
                 pin = true;
@@ -746,10 +764,19 @@ mod tests {
             err(&["NOPE", "a", "b"]),
             "ERR unknown command 'NOPE', with args beginning with: 'a' 'b' "
         );
-        assert_eq!(err(&["SET", "k", "v", "EX", "x"]), "ERR value is not an integer or out of range");
-        assert_eq!(err(&["SET", "k", "v", "EX", "0"]), "ERR invalid expire time in 'set' command");
+        assert_eq!(
+            err(&["SET", "k", "v", "EX", "x"]),
+            "ERR value is not an integer or out of range"
+        );
+        assert_eq!(
+            err(&["SET", "k", "v", "EX", "0"]),
+            "ERR invalid expire time in 'set' command"
+        );
         assert_eq!(err(&["SET", "k", "v", "NX", "XX"]), "ERR syntax error");
-        assert_eq!(err(&["CLIENT", "FOO"]), "ERR unknown subcommand 'FOO'. Try CLIENT HELP.");
+        assert_eq!(
+            err(&["CLIENT", "FOO"]),
+            "ERR unknown subcommand 'FOO'. Try CLIENT HELP."
+        );
         assert_eq!(
             err(&["CONFIG", "SET", "a"]),
             "ERR wrong number of arguments for 'config|set' command"
@@ -773,7 +800,8 @@ mod tests {
     #[test]
     fn kv_commands() {
         assert_eq!(
-            parse(&["KV.PUT", "k", "v", "PARENT", "p", "TTL", "10", "TIER", "dram", "PIN"]).unwrap(),
+            parse(&["KV.PUT", "k", "v", "PARENT", "p", "TTL", "10", "TIER", "dram", "PIN"])
+                .unwrap(),
             Command::KvPut {
                 key: "k".into(),
                 value: "v".into(),
@@ -792,7 +820,16 @@ mod tests {
             }
         );
         assert_eq!(
-            parse(&["KV.MATCH", "2", "LEASE", "WITHTIERS", "LEASE", "5", "WITHTIERS"]).unwrap(),
+            parse(&[
+                "KV.MATCH",
+                "2",
+                "LEASE",
+                "WITHTIERS",
+                "LEASE",
+                "5",
+                "WITHTIERS"
+            ])
+            .unwrap(),
             Command::KvMatch {
                 keys: argv(&["LEASE", "WITHTIERS"]),
                 opts: MatchOpts {
@@ -817,11 +854,23 @@ mod tests {
             err(&["KV.MATCH", "3", "a", "b"]),
             "ERR count is greater than the number of arguments"
         );
-        assert_eq!(err(&["KV.MATCH", "1", "a", "LEASE", "-1"]), "ERR LEASE must be a positive integer (milliseconds)");
+        assert_eq!(
+            err(&["KV.MATCH", "1", "a", "LEASE", "-1"]),
+            "ERR LEASE must be a positive integer (milliseconds)"
+        );
         assert_eq!(err(&["KV.MPUT", "1", "a", "b", "FOO"]), "ERR syntax error");
-        assert_eq!(err(&["KV.HASH", "s", "0", "1"]), "ERR block_tokens must be an integer in 1..=1048576");
-        assert_eq!(err(&["KV.HASH", "s", "1", "-1"]), "ERR tokens must be integers in 0..=4294967295");
-        assert_eq!(err(&["KV.PUT", "k", "v", "TIER", "tape"]), "ERR TIER must be one of gpu, dram, ssd");
+        assert_eq!(
+            err(&["KV.HASH", "s", "0", "1"]),
+            "ERR block_tokens must be an integer in 1..=1048576"
+        );
+        assert_eq!(
+            err(&["KV.HASH", "s", "1", "-1"]),
+            "ERR tokens must be integers in 0..=4294967295"
+        );
+        assert_eq!(
+            err(&["KV.PUT", "k", "v", "TIER", "tape"]),
+            "ERR TIER must be one of gpu, dram, ssd"
+        );
     }
 
     #[test]

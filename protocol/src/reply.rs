@@ -128,14 +128,22 @@ impl Reply {
                 }
             }
             Reply::Set(items) => {
-                let tag = if version == Version::Resp3 { b'~' } else { b'*' };
+                let tag = if version == Version::Resp3 {
+                    b'~'
+                } else {
+                    b'*'
+                };
                 out.header(tag, items.len() as i64);
                 for r in items {
                     r.encode(version, out);
                 }
             }
             Reply::Push(items) => {
-                let tag = if version == Version::Resp3 { b'>' } else { b'*' };
+                let tag = if version == Version::Resp3 {
+                    b'>'
+                } else {
+                    b'*'
+                };
                 out.header(tag, items.len() as i64);
                 for r in items {
                     r.encode(version, out);
@@ -286,7 +294,10 @@ impl OutBuf {
 pub fn to_vec(reply: &Reply, version: Version) -> Vec<u8> {
     let mut out = OutBuf::new();
     reply.encode(version, &mut out);
-    out.take_chunks().iter().flat_map(|c| c.iter().copied()).collect()
+    out.take_chunks()
+        .iter()
+        .flat_map(|c| c.iter().copied())
+        .collect()
 }
 
 #[cfg(test)]
@@ -313,7 +324,10 @@ mod tests {
     #[test]
     fn resp3_encodings_decode_with_redis_protocol() {
         let r = Reply::Array(vec![
-            Reply::map([("k", Reply::Double(1.5)), ("s", Reply::Set(vec![Reply::Int(1)]))]),
+            Reply::map([
+                ("k", Reply::Double(1.5)),
+                ("s", Reply::Set(vec![Reply::Int(1)])),
+            ]),
             Reply::Null,
             Reply::Verbatim("hi".into()),
             Reply::Push(vec![Reply::text("message")]),

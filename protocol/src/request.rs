@@ -167,7 +167,11 @@ fn scan_inline(buf: &[u8], limits: &Limits) -> Result<Scan, ProtocolError> {
     if nl > limits.max_inline_len {
         return Err(ProtocolError::new("too big inline request"));
     }
-    let line = if nl > 0 && buf[nl - 1] == b'\r' { nl - 1 } else { nl };
+    let line = if nl > 0 && buf[nl - 1] == b'\r' {
+        nl - 1
+    } else {
+        nl
+    };
     if buf[..line].iter().all(|c| c.is_ascii_whitespace()) {
         return Ok(Scan::Empty(nl + 1));
     }
@@ -332,14 +336,21 @@ mod tests {
 
     #[test]
     fn array_and_inline_requests() {
-        let got = parse_all(b"*2\r\n$3\r\nGET\r\n$3\r\na\0b\r\nPING\r\n\r\n*0\r\nset k \"v\\x41\\n\" 'x y'\n")
-            .unwrap();
+        let got = parse_all(
+            b"*2\r\n$3\r\nGET\r\n$3\r\na\0b\r\nPING\r\n\r\n*0\r\nset k \"v\\x41\\n\" 'x y'\n",
+        )
+        .unwrap();
         assert_eq!(
             got,
             vec![
                 vec![b"GET".to_vec(), b"a\0b".to_vec()],
                 vec![b"PING".to_vec()],
-                vec![b"set".to_vec(), b"k".to_vec(), b"vA\n".to_vec(), b"x y".to_vec()],
+                vec![
+                    b"set".to_vec(),
+                    b"k".to_vec(),
+                    b"vA\n".to_vec(),
+                    b"x y".to_vec()
+                ],
             ]
         );
     }
@@ -365,13 +376,20 @@ mod tests {
             (b"*99999999999\r\n", "invalid multibulk length"),
             (b"*x\r\n", "invalid multibulk length"),
             (b"*1\r\n*1\r\n*1\r\n", "expected '$', got '*'"),
-            (b"*1\r\n$3\r\nabcde\r\n", "bulk string not terminated by CRLF"),
+            (
+                b"*1\r\n$3\r\nabcde\r\n",
+                "bulk string not terminated by CRLF",
+            ),
             (b"GET \"abc\r\n", "unbalanced quotes in request"),
         ];
         for (input, want) in cases {
             let mut buf = BytesMut::from(*input);
             let err = p.next(&mut buf).unwrap_err();
-            assert_eq!(err.to_string(), format!("Protocol error: {want}"), "{input:?}");
+            assert_eq!(
+                err.to_string(),
+                format!("Protocol error: {want}"),
+                "{input:?}"
+            );
         }
         let mut long = BytesMut::from(&vec![b'a'; 70 * 1024][..]);
         assert!(p.next(&mut long).is_err());

@@ -47,7 +47,7 @@ impl CommandSpec {
             self.last_key as usize
         };
         let step = self.step.max(1) as usize;
-        let range = if first == 0 { 1..0 } else { first..last + 1 };
+        let range = if first == 0 { 0..0 } else { first..last + 1 };
         range.step_by(step)
     }
 }
@@ -82,6 +82,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     spec!("config", -2, ["admin", "noscript", "loading", "stale"], 0, 0, 0, "server", "2.0.0", "Reads or changes the server's settings (GET, SET)."),
     spec!("info", -1, ["loading", "stale"], 0, 0, 0, "server", "1.0.0", "Returns information and statistics about the server."),
     spec!("dbsize", 1, ["readonly", "fast"], 0, 0, 0, "server", "1.0.0", "Returns the number of keys."),
+    spec!("shutdown", -1, ["admin", "noscript", "loading", "stale", "no_async_loading"], 0, 0, 0, "server", "1.0.0", "Stops the server (nothing is persisted, so NOSAVE and SAVE are accepted alike)."),
     spec!("flushdb", -1, ["write"], 0, 0, 0, "server", "1.0.0", "Removes all keys."),
     spec!("flushall", -1, ["write"], 0, 0, 0, "server", "1.0.0", "Removes all keys."),
     spec!("memory", -2, ["readonly"], 0, 0, 0, "server", "4.0.0", "Memory introspection (USAGE)."),
@@ -151,6 +152,10 @@ mod tests {
         assert!(mset.arity_ok(5) && !mset.arity_ok(2));
         assert_eq!(mset.key_positions(5).collect::<Vec<_>>(), vec![1, 3]);
         assert!(lookup(b"nope").is_none());
-        assert_eq!(BY_NAME.len(), COMMANDS.len(), "duplicate names in the table");
+        assert_eq!(
+            BY_NAME.len(),
+            COMMANDS.len(),
+            "duplicate names in the table"
+        );
     }
 }

@@ -1,1 +1,24 @@
-fn main(){}
+//! `tidepool-server`: parses flags, starts logging, hands over to [`tidepool_server::run`].
+
+use clap::Parser;
+use tidepool_server::config::{Args, Config};
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = Config::load(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.threads())
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((config.bind.as_str(), config.port)).await?;
+        tidepool_server::run(listener, config, tidepool_server::shutdown_signal()).await
+    })
+}

@@ -100,6 +100,9 @@ pub struct PutOptions {
     pub pin: bool,
     /// Tier to write to; `None` means the top tier.
     pub tier: Option<TierKind>,
+    /// Store only if the key is already stored (`Some(true)`, SET XX) or only if
+    /// it is not (`Some(false)`, SET NX). Checked atomically with the write.
+    pub only_if_exists: Option<bool>,
 }
 
 /// Result of a prefix match.
@@ -183,6 +186,10 @@ pub struct StoreStats {
     pub keys_matched: u64,
     /// Leases currently held.
     pub leases: u64,
+    /// Blocks removed because their TTL ran out.
+    pub expired: u64,
+    /// Blocks that carry a TTL.
+    pub with_ttl: u64,
 }
 
 impl StoreStats {
@@ -297,6 +304,7 @@ pub struct Store {
     leases: Mutex<HashMap<u64, Lease>>,
     next_lease: AtomicU64,
     matches: AtomicU64,
+    expired: AtomicU64,
     keys_queried: AtomicU64,
     keys_matched: AtomicU64,
     events: Option<Arc<dyn EventSink>>,
@@ -305,7 +313,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("stats", &self.stats()).finish()
+        f.debug_struct("Store")
+            .field("stats", &self.stats())
+            .finish()
     }
 }
 
@@ -342,6 +352,7 @@ impl Store {
             leases: Mutex::new(HashMap::new()),
             next_lease: AtomicU64::new(1),
             matches: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
             keys_queried: AtomicU64::new(0),
             keys_matched: AtomicU64::new(0),
             events,
@@ -408,8 +419,9 @@ impl Store {
         *self.watermarks.lock()
     }
 
-    /// Stores a block. Readers see all of it or none of it.
-    pub fn put(&self, key: Bytes, value: Bytes, opts: PutOptions) -> Result<(), StoreError> {
+    /// Stores a block. Readers see all of it or none of it. Returns false when
+    /// `only_if_exists` did not hold (nothing changed).
+    pub fn put(&self, key: Bytes, value: Bytes, opts: PutOptions) -> Result<bool, StoreError> {
         match opts.tier {
             None | Some(TierKind::Dram) => {}
             Some(other) => return Err(StoreError::NoTier(other.as_str())),
@@ -444,6 +456,17 @@ impl Store {
         let old_parent;
         {
             let mut shard = self.shard(&key);
+            if let Some(want) = opts.only_if_exists {
+                let exists = shard.map.get(&key).is_some_and(|e| !e.expired(now));
+                if exists != want {
+                    drop(shard);
+                    self.dram_counters.used.fetch_sub(charge, Relaxed);
+                    if let Some(p) = &opts.parent {
+                        self.unlink_child(p, &key);
+                    }
+                    return Ok(false);
+                }
+            }
             let stamp = self.tick_clock();
             let old = shard.take(&key);
             let (children, pinned, leases, old_expiry) = match &old {
@@ -502,8 +525,13 @@ impl Store {
                 return Err(StoreError::NoParent);
             }
         }
-        self.emit(EventKind::Stored, &key, TierKind::Dram, opts.parent.as_ref());
-        Ok(())
+        self.emit(
+            EventKind::Stored,
+            &key,
+            TierKind::Dram,
+            opts.parent.as_ref(),
+        );
+        Ok(true)
     }
 
     /// Records `child` under `parent`, which must be stored.
@@ -609,6 +637,9 @@ impl Store {
         let Some((k, e)) = self.shard(key).take(key) else {
             return false;
         };
+        if kind == EventKind::Expired {
+            self.expired.fetch_add(1, Relaxed);
+        }
         let mut stack = self.finish_removal(k, e, kind);
         while let Some(child) = stack.pop() {
             // Bind first: a temporary guard in an `if let` scrutinee would stay
@@ -711,11 +742,7 @@ impl Store {
         let now = self.now_ms();
         keys.into_iter()
             .filter(|k| {
-                let live = self
-                    .shard(k)
-                    .map
-                    .get(*k)
-                    .is_some_and(|e| !e.expired(now));
+                let live = self.shard(k).map.get(*k).is_some_and(|e| !e.expired(now));
                 let kind = if live {
                     EventKind::Deleted
                 } else {
@@ -898,7 +925,12 @@ impl Store {
     /// One step of a cursor scan: keys of shards from `cursor` on, until at least
     /// `count` keys passed `filter` or the shards ran out. Returns the next cursor
     /// (0 when done). Every key stored for the whole scan is returned once.
-    pub fn scan(&self, cursor: u64, count: usize, filter: &dyn Fn(&[u8]) -> bool) -> (u64, Vec<Bytes>) {
+    pub fn scan(
+        &self,
+        cursor: u64,
+        count: usize,
+        filter: &dyn Fn(&[u8]) -> bool,
+    ) -> (u64, Vec<Bytes>) {
         let now = self.now_ms();
         let mut out = Vec::new();
         let mut i = cursor as usize;
@@ -939,6 +971,8 @@ impl Store {
             keys_queried: self.keys_queried.load(Relaxed),
             keys_matched: self.keys_matched.load(Relaxed),
             leases: self.leases.lock().len() as u64,
+            expired: self.expired.load(Relaxed),
+            with_ttl: self.shards.iter().map(|s| s.lock().ttl.len() as u64).sum(),
         }
     }
 
@@ -951,6 +985,7 @@ impl Store {
             &self.dram_counters.demotions,
             &self.dram_counters.promotions,
             &self.matches,
+            &self.expired,
             &self.keys_queried,
             &self.keys_matched,
         ] {
@@ -969,7 +1004,11 @@ impl Store {
             let s = s.lock();
             let evictable = s.map.values().filter(|e| e.evictable()).count();
             if evictable != s.lru.len() {
-                return Err(format!("lru holds {} entries, {} evictable", s.lru.len(), evictable));
+                return Err(format!(
+                    "lru holds {} entries, {} evictable",
+                    s.lru.len(),
+                    evictable
+                ));
             }
             for (k, e) in &s.map {
                 used += charge_of(k.len(), e.len as usize);
@@ -980,10 +1019,17 @@ impl Store {
             }
         }
         if used != self.used() {
-            return Err(format!("accounted {} but entries sum to {used}", self.used()));
+            return Err(format!(
+                "accounted {} but entries sum to {used}",
+                self.used()
+            ));
         }
         if all.len() != self.len() {
-            return Err(format!("block counter {} but {} entries", self.len(), all.len()));
+            return Err(format!(
+                "block counter {} but {} entries",
+                self.len(),
+                all.len()
+            ));
         }
         for (k, (parent, children)) in &all {
             if let Some(p) = parent {

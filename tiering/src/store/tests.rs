@@ -35,14 +35,18 @@ fn fixture(capacity: u64) -> Fixture {
         Some(events.clone() as Arc<dyn EventSink>),
         Arc::new(move || t.load(Relaxed)),
     );
-    Fixture { store, events, time }
+    Fixture {
+        store,
+        events,
+        time,
+    }
 }
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
 
-fn put(s: &Store, k: &str, v: &str, parent: Option<&str>) -> Result<(), StoreError> {
+fn put(s: &Store, k: &str, v: &str, parent: Option<&str>) -> Result<bool, StoreError> {
     s.put(
         b(k),
         b(v),
@@ -83,8 +87,14 @@ fn put_get_overwrite_delete() {
 #[test]
 fn parent_must_be_stored_and_not_self() {
     let f = fixture(1 << 20);
-    assert_eq!(put(&f.store, "b", "x", Some("a")), Err(StoreError::NoParent));
-    assert_eq!(put(&f.store, "a", "x", Some("a")), Err(StoreError::SelfParent));
+    assert_eq!(
+        put(&f.store, "b", "x", Some("a")),
+        Err(StoreError::NoParent)
+    );
+    assert_eq!(
+        put(&f.store, "a", "x", Some("a")),
+        Err(StoreError::SelfParent)
+    );
     assert!(f.store.is_empty());
 }
 
@@ -108,7 +118,14 @@ fn eviction_is_leaf_first_lru() {
 fn pinned_and_leased_blocks_survive_and_oom_when_stuck() {
     let f = fixture(2 * charge_of(1, 1));
     f.store
-        .put(b("p"), b("1"), PutOptions { pin: true, ..Default::default() })
+        .put(
+            b("p"),
+            b("1"),
+            PutOptions {
+                pin: true,
+                ..Default::default()
+            },
+        )
         .unwrap();
     put(&f.store, "l", "1", None).unwrap();
     let m = f.store.match_prefix(&[b("l")], Some(60_000));
@@ -138,6 +155,27 @@ fn leases_expire() {
 }
 
 #[test]
+fn conditional_puts() {
+    let f = fixture(1 << 20);
+    let nx = PutOptions {
+        only_if_exists: Some(false),
+        ..Default::default()
+    };
+    let xx = PutOptions {
+        only_if_exists: Some(true),
+        ..Default::default()
+    };
+    assert_eq!(f.store.put(b("a"), b("1"), xx.clone()), Ok(false));
+    assert_eq!(f.store.put(b("a"), b("1"), nx.clone()), Ok(true));
+    assert_eq!(f.store.put(b("a"), b("2"), nx), Ok(false));
+    assert_eq!(f.store.get(b"a"), Some(b("1")));
+    assert_eq!(f.store.put(b("a"), b("3"), xx), Ok(true));
+    assert_eq!(f.store.get(b"a"), Some(b("3")));
+    assert_eq!(f.store.used(), charge_of(1, 1));
+    f.store.check_invariants().unwrap();
+}
+
+#[test]
 fn too_big_is_refused() {
     let f = fixture(100);
     assert_eq!(put(&f.store, "a", "1", None).unwrap_err().code(), "TOOBIG");
@@ -149,7 +187,9 @@ fn match_counts_leading_stored_keys() {
     put(&f.store, "a", "1", None).unwrap();
     put(&f.store, "b", "1", Some("a")).unwrap();
     put(&f.store, "d", "1", None).unwrap();
-    let m = f.store.match_prefix(&[b("a"), b("b"), b("c"), b("d")], None);
+    let m = f
+        .store
+        .match_prefix(&[b("a"), b("b"), b("c"), b("d")], None);
     assert_eq!((m.matched, m.tiers.len(), m.lease), (2, 2, None));
     let st = f.store.stats();
     assert_eq!((st.keys_queried, st.keys_matched, st.matches), (4, 2, 1));
@@ -168,11 +208,23 @@ fn delete_and_expiry_cascade_to_descendants() {
     f.store.check_invariants().unwrap();
     put(&f.store, "b", "1", Some("a")).unwrap();
     f.store
-        .put(b("t"), b("1"), PutOptions { parent: Some(b("b")), ttl_ms: Some(50), ..Default::default() })
+        .put(
+            b("t"),
+            b("1"),
+            PutOptions {
+                parent: Some(b("b")),
+                ttl_ms: Some(50),
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert!(f.store.set_expiry(b"a", Some(1_000_000 + 10)));
     f.time.fetch_add(10, Relaxed);
-    assert_eq!(f.store.get(b"t"), Some(b("1")), "t's own ttl has not run out");
+    assert_eq!(
+        f.store.get(b"t"),
+        Some(b("1")),
+        "t's own ttl has not run out"
+    );
     assert_eq!(f.store.expire_due(), 1);
     assert!(f.store.is_empty());
     f.store.check_invariants().unwrap();
@@ -234,7 +286,11 @@ fn checksum_detects_corruption_on_demand() {
     // Corrupt the stored checksum to simulate a bad copy.
     f.store.shard(b"a").map.get_mut(&b"a"[..]).unwrap().checksum ^= 1;
     assert_eq!(f.store.verify(b"a"), Some(false));
-    assert_eq!(f.store.get(b"a"), None, "a corrupt block is dropped, never served");
+    assert_eq!(
+        f.store.get(b"a"),
+        None,
+        "a corrupt block is dropped, never served"
+    );
 }
 
 #[test]
@@ -246,8 +302,16 @@ fn concurrent_writers_keep_invariants() {
             std::thread::spawn(move || {
                 for i in 0..5_000u32 {
                     let k = Bytes::from(((t * 100_000 + i) % 300).to_le_bytes().to_vec());
-                    let parent = (i % 3 != 0).then(|| Bytes::from(((t * 100_000 + i - 1) % 300).to_le_bytes().to_vec()));
-                    let _ = f.store.put(k.clone(), Bytes::from(vec![1u8; 64]), PutOptions { parent, ..Default::default() });
+                    let parent = (i % 3 != 0)
+                        .then(|| Bytes::from(((t * 100_000 + i - 1) % 300).to_le_bytes().to_vec()));
+                    let _ = f.store.put(
+                        k.clone(),
+                        Bytes::from(vec![1u8; 64]),
+                        PutOptions {
+                            parent,
+                            ..Default::default()
+                        },
+                    );
                     f.store.get(&k);
                     if i % 97 == 0 {
                         f.store.delete([&k[..]]);
@@ -268,9 +332,18 @@ fn concurrent_writers_keep_invariants() {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Put { key: u8, len: u16, parent: Option<u8>, pin: bool },
+    Put {
+        key: u8,
+        len: u16,
+        parent: Option<u8>,
+        pin: bool,
+    },
     Get(u8),
-    Match { start: u8, n: u8, lease: bool },
+    Match {
+        start: u8,
+        n: u8,
+        lease: bool,
+    },
     Release(u8),
     Delete(u8),
     Unpin(u8),
@@ -335,7 +408,9 @@ impl Model {
         }
     }
     fn remove_tree(&mut self, k: u8) -> bool {
-        let Some(e) = self.remove(k) else { return false };
+        let Some(e) = self.remove(k) else {
+            return false;
+        };
         let mut stack = e.children;
         while let Some(c) = stack.pop() {
             if let Some(ce) = self.remove(c) {
@@ -371,7 +446,9 @@ impl Model {
             if p == key {
                 return false;
             }
-            let Some(pe) = self.map.get_mut(&p) else { return false };
+            let Some(pe) = self.map.get_mut(&p) else {
+                return false;
+            };
             pe.children.push(key);
         }
         self.used += charge;
@@ -391,7 +468,17 @@ impl Model {
             }
             None => (vec![], false, 0, None),
         };
-        self.map.insert(key, MEntry { len, parent, children, stamp: self.clock, pinned: pinned || pin, leases });
+        self.map.insert(
+            key,
+            MEntry {
+                len,
+                parent,
+                children,
+                stamp: self.clock,
+                pinned: pinned || pin,
+                leases,
+            },
+        );
         if let Some(op) = old_parent {
             self.unlink(op, key);
         }

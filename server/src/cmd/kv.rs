@@ -1,0 +1,161 @@
+//! The KV.* family: blocks, chains, prefix matches, leases and statistics.
+
+use bytes::Bytes;
+use tidepool_protocol::command::{MatchOpts, TierName};
+use tidepool_protocol::hash::chain_keys;
+use tidepool_protocol::Reply;
+use tidepool_tiering::{MatchResult, PutOptions, TierKind};
+
+use super::store_error;
+use crate::state::Shared;
+
+fn tier_kind(t: TierName) -> TierKind {
+    match t {
+        TierName::Gpu => TierKind::Gpu,
+        TierName::Dram => TierKind::Dram,
+        TierName::Ssd => TierKind::Ssd,
+    }
+}
+
+/// KV.PUT key value [PARENT pkey] [TTL ms] [TIER t] [PIN].
+pub fn put(
+    shared: &Shared,
+    key: Bytes,
+    value: Bytes,
+    parent: Option<Bytes>,
+    ttl_ms: Option<u64>,
+    tier: Option<TierName>,
+    pin: bool,
+) -> Reply {
+    let opts = PutOptions {
+        parent,
+        ttl_ms,
+        pin,
+        tier: tier.map(tier_kind),
+        ..PutOptions::default()
+    };
+    match shared.store.put(key, value, opts) {
+        Ok(_) => Reply::ok(),
+        Err(e) => store_error(e),
+    }
+}
+
+/// KV.MPUT numblocks key value ... [CHAIN] [PARENT pkey]: one reply per block.
+/// With CHAIN each block's parent is the one before it (the first's is PARENT);
+/// without it, PARENT (if given) is the parent of every block.
+pub fn mput(
+    shared: &Shared,
+    blocks: Vec<(Bytes, Bytes)>,
+    chain: bool,
+    parent: Option<Bytes>,
+) -> Reply {
+    let mut prev = parent;
+    let mut replies = Vec::with_capacity(blocks.len());
+    for (key, value) in blocks {
+        let opts = PutOptions {
+            parent: prev.clone(),
+            ..PutOptions::default()
+        };
+        replies.push(match shared.store.put(key.clone(), value, opts) {
+            Ok(_) => Reply::ok(),
+            Err(e) => store_error(e),
+        });
+        if chain {
+            prev = Some(key);
+        }
+    }
+    Reply::Array(replies)
+}
+
+fn match_reply(m: MatchResult, opts: MatchOpts) -> Reply {
+    if opts.lease_ms.is_none() && !opts.with_tiers {
+        return Reply::Int(m.matched as i64);
+    }
+    let mut fields = vec![("matched", Reply::Int(m.matched as i64))];
+    if let Some(id) = m.lease {
+        fields.push(("lease", Reply::Int(id as i64)));
+    }
+    if opts.with_tiers {
+        fields.push((
+            "tiers",
+            Reply::Array(m.tiers.iter().map(|t| Reply::text(t.as_str())).collect()),
+        ));
+    }
+    Reply::map(fields)
+}
+
+/// KV.MATCH numkeys key ... [LEASE ms] [WITHTIERS].
+pub fn match_keys(shared: &Shared, keys: &[Bytes], opts: MatchOpts) -> Reply {
+    match_reply(shared.store.match_prefix(keys, opts.lease_ms), opts)
+}
+
+/// KV.MATCHTOKENS seed block_tokens t1 ... [LEASE ms] [WITHTIERS].
+pub fn match_tokens(
+    shared: &Shared,
+    seed: &[u8],
+    block_tokens: u32,
+    tokens: &[u32],
+    opts: MatchOpts,
+) -> Reply {
+    let keys: Vec<Bytes> = chain_keys(seed, block_tokens as usize, tokens)
+        .into_iter()
+        .map(|k| Bytes::copy_from_slice(&k))
+        .collect();
+    match_keys(shared, &keys, opts)
+}
+
+/// KV.HASH seed block_tokens t1 ...
+pub fn hash(seed: &[u8], block_tokens: u32, tokens: &[u32]) -> Reply {
+    Reply::bulks(
+        chain_keys(seed, block_tokens as usize, tokens)
+            .into_iter()
+            .map(|k| Bytes::copy_from_slice(&k)),
+    )
+}
+
+/// KV.EXISTS key ...: tier name or nil per key.
+pub fn exists(shared: &Shared, keys: &[Bytes]) -> Reply {
+    Reply::Array(
+        keys.iter()
+            .map(|k| {
+                shared
+                    .store
+                    .tier_of(k)
+                    .map_or(Reply::Null, |t| Reply::text(t.as_str()))
+            })
+            .collect(),
+    )
+}
+
+/// KV.STATS.
+pub fn stats(shared: &Shared) -> Reply {
+    let st = shared.store.stats();
+    let tiers = st
+        .tiers
+        .iter()
+        .map(|t| {
+            let name = t.kind.map_or("?", |k| k.as_str());
+            (
+                Reply::text(name),
+                Reply::map([
+                    ("capacity", Reply::Int(t.capacity as i64)),
+                    ("used", Reply::Int(t.used as i64)),
+                    ("blocks", Reply::Int(t.blocks as i64)),
+                    ("hits", Reply::Int(t.hits as i64)),
+                    ("misses", Reply::Int(t.misses as i64)),
+                    ("evictions", Reply::Int(t.evictions as i64)),
+                    ("demotions", Reply::Int(t.demotions as i64)),
+                    ("promotions", Reply::Int(t.promotions as i64)),
+                ]),
+            )
+        })
+        .collect();
+    Reply::map([
+        ("tiers", Reply::Map(tiers)),
+        ("matches", Reply::Int(st.matches as i64)),
+        ("keys_queried", Reply::Int(st.keys_queried as i64)),
+        ("keys_matched", Reply::Int(st.keys_matched as i64)),
+        ("prefix_hit_ratio", Reply::Double(st.prefix_hit_ratio())),
+        ("leases", Reply::Int(st.leases as i64)),
+    ])
+}

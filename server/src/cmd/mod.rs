@@ -1,0 +1,151 @@
+//! Applying typed commands to the shared state. One file per command family:
+//! [`keyspace`] (Redis strings and generic key commands), [`kv`] (the KV.*
+//! family), [`server`] (connection and server commands), [`pubsub`].
+
+pub mod keyspace;
+pub mod kv;
+pub mod pubsub;
+pub mod server;
+
+use tidepool_protocol::reply::OutBuf;
+use tidepool_protocol::{Command, CommandError, Reply};
+use tidepool_tiering::StoreError;
+
+use crate::conn::Session;
+use crate::state::Shared;
+
+/// Whether the connection goes on after a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep serving.
+    Continue,
+    /// Flush and close (QUIT).
+    Close,
+}
+
+/// Maps a store error to its reply, keeping the stable code.
+pub fn store_error(e: StoreError) -> Reply {
+    Reply::Error(CommandError::new(e.code(), e.to_string()))
+}
+
+/// Applies one command. The reply (if any) is returned for the caller to encode;
+/// commands that answer with several frames (SUBSCRIBE) write them to `out`.
+pub fn execute(
+    shared: &Shared,
+    session: &mut Session,
+    cmd: Command,
+    out: &mut OutBuf,
+) -> (Option<Reply>, Flow) {
+    use Command as C;
+    let reply = match cmd {
+        C::Get(k) => keyspace::get(shared, &k),
+        C::Set {
+            key,
+            value,
+            expiry,
+            cond,
+            get,
+        } => keyspace::set(shared, key, value, expiry, cond, get),
+        C::MGet(keys) => keyspace::mget(shared, &keys),
+        C::MSet(pairs) => keyspace::mset(shared, pairs),
+        C::Del(keys) => Reply::Int(shared.store.delete(keys.iter().map(|k| &k[..])) as i64),
+        C::Exists(keys) => keyspace::exists(shared, &keys),
+        C::Strlen(k) => Reply::Int(shared.store.meta(&k).map_or(0, |m| m.len as i64)),
+        C::Type(k) => keyspace::type_of(shared, &k),
+        C::Ttl { key, millis } => keyspace::ttl(shared, &key, millis),
+        C::Expire { key, ms, cond } => keyspace::expire(shared, &key, ms, cond),
+        C::Persist(k) => keyspace::persist(shared, &k),
+        C::Scan {
+            cursor,
+            pattern,
+            count,
+            kind,
+        } => keyspace::scan(shared, cursor, pattern, count, kind),
+        C::Keys(pattern) => keyspace::keys(shared, &pattern),
+        C::DbSize => Reply::Int(shared.store.len() as i64),
+        C::FlushAll => {
+            shared.store.flush();
+            Reply::ok()
+        }
+        C::MemoryUsage(k) => shared
+            .store
+            .meta(&k)
+            .map_or(Reply::Null, |m| Reply::Int(m.charge as i64)),
+        C::ObjectEncoding(k) => match shared.store.meta(&k) {
+            Some(_) => Reply::text("raw"),
+            None => Reply::Null,
+        },
+        C::KvPut {
+            key,
+            value,
+            parent,
+            ttl_ms,
+            tier,
+            pin,
+        } => kv::put(shared, key, value, parent, ttl_ms, tier, pin),
+        C::KvMPut {
+            blocks,
+            chain,
+            parent,
+        } => kv::mput(shared, blocks, chain, parent),
+        C::KvGet(k) => keyspace::get(shared, &k),
+        C::KvMGet(keys) => keyspace::mget(shared, &keys),
+        C::KvMatch { keys, opts } => kv::match_keys(shared, &keys, opts),
+        C::KvMatchTokens {
+            seed,
+            block_tokens,
+            tokens,
+            opts,
+        } => kv::match_tokens(shared, &seed, block_tokens, &tokens, opts),
+        C::KvHash {
+            seed,
+            block_tokens,
+            tokens,
+        } => kv::hash(&seed, block_tokens, &tokens),
+        C::KvExists(keys) => kv::exists(shared, &keys),
+        C::KvDel(keys) => Reply::Int(shared.store.delete(keys.iter().map(|k| &k[..])) as i64),
+        C::KvPin(keys) => {
+            Reply::Int(shared.store.set_pinned(keys.iter().map(|k| &k[..]), true) as i64)
+        }
+        C::KvUnpin(keys) => {
+            Reply::Int(shared.store.set_pinned(keys.iter().map(|k| &k[..]), false) as i64)
+        }
+        C::KvRelease(id) => Reply::Int(shared.store.release(id) as i64),
+        C::KvStats => kv::stats(shared),
+        C::Subscribe(chs) => {
+            return (
+                pubsub::subscribe(shared, session, chs, false, out),
+                Flow::Continue,
+            )
+        }
+        C::PSubscribe(ps) => {
+            return (
+                pubsub::subscribe(shared, session, ps, true, out),
+                Flow::Continue,
+            )
+        }
+        C::Unsubscribe(chs) => {
+            return (
+                pubsub::unsubscribe(shared, session, chs, false, out),
+                Flow::Continue,
+            )
+        }
+        C::PUnsubscribe(ps) => {
+            return (
+                pubsub::unsubscribe(shared, session, ps, true, out),
+                Flow::Continue,
+            )
+        }
+        C::Publish { channel, message } => {
+            Reply::Int(shared.pubsub.publish(&channel, &message) as i64)
+        }
+        C::Quit => return (Some(Reply::ok()), Flow::Close),
+        C::Shutdown => {
+            // As Redis: no reply on success, the connection just closes.
+            shared.shutdown.notify_one();
+            return (None, Flow::Close);
+        }
+        other => server::execute(shared, session, other, out),
+    };
+    (Some(reply), Flow::Continue)
+}

@@ -1,0 +1,128 @@
+//! SUBSCRIBE, PSUBSCRIBE, UNSUBSCRIBE, PUNSUBSCRIBE and message delivery.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use bytes::Bytes;
+use tidepool_protocol::reply::OutBuf;
+use tidepool_protocol::{Reply, Version};
+
+use crate::conn::Session;
+use crate::pubsub::PubMsg;
+use crate::state::Shared;
+
+fn kind_name(pattern: bool, sub: bool) -> &'static str {
+    match (pattern, sub) {
+        (false, true) => "subscribe",
+        (true, true) => "psubscribe",
+        (false, false) => "unsubscribe",
+        (true, false) => "punsubscribe",
+    }
+}
+
+fn confirm(session: &Session, kind: &'static str, name: Option<Bytes>, out: &mut OutBuf) {
+    Reply::Push(vec![
+        Reply::text(kind),
+        name.map_or(Reply::Null, Reply::Bulk),
+        Reply::Int(session.subscriptions() as i64),
+    ])
+    .encode(session.version, out);
+}
+
+fn update_counts(session: &Session) {
+    session.client.subs.store(session.channels.len(), Relaxed);
+    session.client.psubs.store(session.patterns.len(), Relaxed);
+}
+
+/// SUBSCRIBE / PSUBSCRIBE: one confirmation per name, written to `out`.
+pub fn subscribe(
+    shared: &Shared,
+    session: &mut Session,
+    names: Vec<Bytes>,
+    pattern: bool,
+    out: &mut OutBuf,
+) -> Option<Reply> {
+    for name in names {
+        shared.pubsub.subscribe(
+            session.client.id,
+            name.clone(),
+            pattern,
+            &session.subscriber,
+        );
+        if pattern {
+            session.patterns.insert(name.clone());
+        } else {
+            session.channels.insert(name.clone());
+        }
+        confirm(session, kind_name(pattern, true), Some(name), out);
+    }
+    update_counts(session);
+    None
+}
+
+/// UNSUBSCRIBE / PUNSUBSCRIBE; with no names, from everything of that kind.
+pub fn unsubscribe(
+    shared: &Shared,
+    session: &mut Session,
+    names: Vec<Bytes>,
+    pattern: bool,
+    out: &mut OutBuf,
+) -> Option<Reply> {
+    let names = if names.is_empty() {
+        let set = if pattern {
+            &session.patterns
+        } else {
+            &session.channels
+        };
+        set.iter().cloned().collect()
+    } else {
+        names
+    };
+    let kind = kind_name(pattern, false);
+    if names.is_empty() {
+        confirm(session, kind, None, out);
+    }
+    for name in names {
+        shared.pubsub.unsubscribe(session.client.id, &name, pattern);
+        if pattern {
+            session.patterns.remove(&name);
+        } else {
+            session.channels.remove(&name);
+        }
+        confirm(session, kind, Some(name), out);
+    }
+    update_counts(session);
+    None
+}
+
+/// Drops every subscription of a connection (on RESET and on disconnect).
+pub fn unsubscribe_all(shared: &Shared, session: &mut Session) {
+    for c in session.channels.drain() {
+        shared.pubsub.unsubscribe(session.client.id, &c, false);
+    }
+    for p in session.patterns.drain() {
+        shared.pubsub.unsubscribe(session.client.id, &p, true);
+    }
+    update_counts(session);
+}
+
+/// Encodes a delivered message: an array in RESP2, a push in RESP3.
+pub fn encode_message(msg: &PubMsg, version: Version, out: &mut OutBuf) {
+    let r = match msg {
+        PubMsg::Message { channel, payload } => Reply::Push(vec![
+            Reply::text("message"),
+            Reply::Bulk(channel.clone()),
+            Reply::Bulk(payload.clone()),
+        ]),
+        PubMsg::PMessage {
+            pattern,
+            channel,
+            payload,
+        } => Reply::Push(vec![
+            Reply::text("pmessage"),
+            Reply::Bulk(pattern.clone()),
+            Reply::Bulk(channel.clone()),
+            Reply::Bulk(payload.clone()),
+        ]),
+    };
+    r.encode(version, out);
+}

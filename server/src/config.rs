@@ -1,0 +1,177 @@
+//! Server settings: flags (clap) over an optional TOML file (`--config`) over
+//! defaults. Option names follow Redis's where Redis has one.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use bytesize::ByteSize;
+use clap::Parser;
+use serde::Deserialize;
+
+/// Command-line flags. Every flag overrides the same key of the config file.
+#[derive(Debug, Parser, Default)]
+#[command(
+    name = "tidepool-server",
+    version,
+    about = "tidepool: a KV-cache block store speaking RESP"
+)]
+pub struct Args {
+    /// TOML file with settings (keys as the long flags, e.g. `dram = "4GiB"`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// TCP port of the RESP listener. Default: 6379.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Address to listen on. Default: 127.0.0.1.
+    #[arg(long)]
+    pub bind: Option<String>,
+    /// DRAM tier capacity, human size (e.g. 4GiB). Default: 1GiB.
+    #[arg(long)]
+    pub dram: Option<ByteSize>,
+    /// Most simultaneous client connections. Default: 10000.
+    #[arg(long)]
+    pub maxclients: Option<usize>,
+    /// Largest bulk string a client may send. Default: 512MiB.
+    #[arg(long = "proto-max-bulk-len")]
+    pub proto_max_bulk_len: Option<ByteSize>,
+    /// Fraction of a tier's capacity above which writes evict. Default: 0.95.
+    #[arg(long = "high-watermark")]
+    pub high_watermark: Option<f64>,
+    /// Fraction of a tier's capacity eviction brings usage back under. Default: 0.90.
+    #[arg(long = "low-watermark")]
+    pub low_watermark: Option<f64>,
+    /// Worker threads (0: one per core). Default: 0.
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// The server's settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Config {
+    /// TCP port. Default: 6379, as Redis.
+    pub port: u16,
+    /// Listen address. Default: loopback only, so a fresh node is not exposed.
+    pub bind: String,
+    /// DRAM tier capacity. Default: 1 GiB.
+    pub dram: ByteSize,
+    /// Most simultaneous clients. Default: 10000, as Redis.
+    pub maxclients: usize,
+    /// Largest bulk string. Default: 512 MiB, as Redis.
+    pub proto_max_bulk_len: ByteSize,
+    /// High watermark as a fraction of capacity. Default: 0.95.
+    pub high_watermark: f64,
+    /// Low watermark as a fraction of capacity. Default: 0.90: evicting 5% at a
+    /// time amortises the eviction scan over many writes.
+    pub low_watermark: f64,
+    /// Worker threads; 0 means one per core. Default: 0.
+    pub threads: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            port: 6379,
+            bind: "127.0.0.1".into(),
+            dram: ByteSize::gib(1),
+            maxclients: 10_000,
+            proto_max_bulk_len: ByteSize::mib(512),
+            high_watermark: 0.95,
+            low_watermark: 0.90,
+            threads: 0,
+        }
+    }
+}
+
+impl Config {
+    /// Reads the config file named by `args` (if any) and applies the flags.
+    pub fn load(args: &Args) -> anyhow::Result<Config> {
+        let mut c = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        macro_rules! over {
+            ($($f:ident),*) => { $(if let Some(v) = &args.$f { c.$f = v.clone(); })* };
+        }
+        over!(
+            port,
+            bind,
+            dram,
+            maxclients,
+            proto_max_bulk_len,
+            high_watermark,
+            low_watermark,
+            threads
+        );
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks the settings.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.store_config().validate().map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(self.maxclients > 0, "maxclients must be at least 1");
+        anyhow::ensure!(
+            self.proto_max_bulk_len.as_u64() >= 1024,
+            "proto-max-bulk-len must be at least 1KiB"
+        );
+        Ok(())
+    }
+
+    /// The block store's part of the settings.
+    pub fn store_config(&self) -> tidepool_tiering::StoreConfig {
+        tidepool_tiering::StoreConfig {
+            dram_capacity: self.dram.as_u64(),
+            high_watermark: self.high_watermark,
+            low_watermark: self.low_watermark,
+        }
+    }
+
+    /// Worker threads to start.
+    pub fn threads(&self) -> usize {
+        if self.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.threads
+        }
+    }
+}
+
+/// Parses a human size (`4GiB`, `512mb`, `1048576`).
+pub fn parse_size(s: &str) -> Option<u64> {
+    s.trim().parse::<ByteSize>().ok().map(|b| b.as_u64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_defaults() {
+        let dir = std::env::temp_dir().join(format!("tp-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.toml");
+        std::fs::write(&path, "dram = \"2GiB\"\nport = 7000\nmaxclients = 5\n").unwrap();
+        let args = Args {
+            config: Some(path),
+            port: Some(7001),
+            ..Args::default()
+        };
+        let c = Config::load(&args).unwrap();
+        assert_eq!((c.port, c.dram.as_u64(), c.maxclients), (7001, 2 << 30, 5));
+        assert_eq!(c.bind, "127.0.0.1");
+        std::fs::write(dir.join("bad.toml"), "nope = 1\n").unwrap();
+        let bad = Args {
+            config: Some(dir.join("bad.toml")),
+            ..Args::default()
+        };
+        assert!(Config::load(&bad).is_err());
+        assert_eq!(parse_size("4GiB"), Some(4 << 30));
+        assert_eq!(parse_size("1000"), Some(1000));
+        assert_eq!(parse_size("x"), None);
+    }
+}

@@ -1,0 +1,242 @@
+//! One task per connection: read, parse every complete request in the buffer,
+//! apply them in order, and flush all their replies with one write.
+//!
+//! PERFORMANCE CRITICAL: this loop carries every request.
+
+use std::collections::HashSet;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tidepool_protocol::reply::OutBuf;
+use tidepool_protocol::{Command, Limits, Reply, RequestParser, Version};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tracing::debug;
+
+use crate::cmd::{self, Flow};
+use crate::pubsub::{PubMsg, Subscriber, QUEUE_LEN};
+use crate::state::{ClientState, Shared};
+
+/// Initial read buffer; it grows for large values.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Per-connection state the commands see and change.
+pub struct Session {
+    /// Registry entry (id, name, addresses).
+    pub client: Arc<ClientState>,
+    /// Protocol version of replies.
+    pub version: Version,
+    /// Channels subscribed to.
+    pub channels: HashSet<Bytes>,
+    /// Patterns subscribed to.
+    pub patterns: HashSet<Bytes>,
+    /// This connection's pub/sub queue (registered with each subscription).
+    pub subscriber: Subscriber,
+}
+
+impl Session {
+    /// Subscriptions of both kinds.
+    pub fn subscriptions(&self) -> usize {
+        self.channels.len() + self.patterns.len()
+    }
+
+    /// RESP2 subscribed mode restricts the commands a client may send.
+    pub fn in_subscribed_mode(&self) -> bool {
+        self.version == Version::Resp2 && self.subscriptions() > 0
+    }
+}
+
+/// Serves one client until it leaves, breaks the protocol, or the server stops.
+pub async fn serve(
+    shared: Arc<Shared>,
+    mut socket: TcpStream,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = socket.set_nodelay(true);
+    shared.stats.connections.fetch_add(1, Relaxed);
+    let laddr = socket.local_addr().unwrap_or(peer);
+    let max = shared.config.read().maxclients;
+    let Some(client) = shared.clients.register(peer, laddr, max) else {
+        shared.stats.rejected.fetch_add(1, Relaxed);
+        let _ = socket
+            .write_all(b"-ERR max number of clients reached\r\n")
+            .await;
+        return;
+    };
+    let id = client.id;
+    let limits = Limits {
+        max_bulk_len: shared.config.read().proto_max_bulk_len.as_u64(),
+        ..Limits::default()
+    };
+    let (tx, mut rx) = mpsc::channel(QUEUE_LEN);
+    let mut session = Session {
+        client,
+        version: Version::Resp2,
+        channels: HashSet::new(),
+        patterns: HashSet::new(),
+        subscriber: Subscriber {
+            tx,
+            overflowed: Arc::default(),
+        },
+    };
+    let result = run_loop(
+        &shared,
+        &mut socket,
+        &mut session,
+        &mut rx,
+        &mut stop,
+        limits,
+    )
+    .await;
+    if let Err(e) = result {
+        debug!(client = id, error = %e, "connection ended with an error");
+    }
+    cmd::pubsub::unsubscribe_all(&shared, &mut session);
+    shared.clients.unregister(id);
+}
+
+async fn run_loop(
+    shared: &Shared,
+    socket: &mut TcpStream,
+    session: &mut Session,
+    rx: &mut mpsc::Receiver<PubMsg>,
+    stop: &mut watch::Receiver<bool>,
+    limits: Limits,
+) -> std::io::Result<()> {
+    let parser = RequestParser::new(limits);
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut out = OutBuf::new();
+    loop {
+        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+            rbuf.reserve(READ_CHUNK.max(rbuf.len()));
+        }
+        tokio::select! {
+            biased;
+            read = socket.read_buf(&mut rbuf) => {
+                let n = read?;
+                if n == 0 {
+                    return Ok(());
+                }
+                shared.stats.net_in.fetch_add(n as u64, Relaxed);
+                let flow = process(shared, session, &parser, &mut rbuf, &mut out);
+                flush(shared, socket, &mut out).await?;
+                if flow == Flow::Close {
+                    return Ok(());
+                }
+            }
+            msg = rx.recv() => {
+                let Some(msg) = msg else { return Ok(()) };
+                cmd::pubsub::encode_message(&msg, session.version, &mut out);
+                // Drain what else is queued so a burst goes out in one write.
+                while out.len() < 1 << 20 {
+                    match rx.try_recv() {
+                        Ok(m) => cmd::pubsub::encode_message(&m, session.version, &mut out),
+                        Err(_) => break,
+                    }
+                }
+                flush(shared, socket, &mut out).await?;
+                if session.subscriber.overflowed.load(Relaxed) {
+                    debug!(client = session.client.id, "closing a pub/sub client that fell behind");
+                    return Ok(());
+                }
+            }
+            _ = stop.changed() => return Ok(()),
+        }
+    }
+}
+
+/// Applies every complete request in `rbuf`, encoding replies into `out`.
+fn process(
+    shared: &Shared,
+    session: &mut Session,
+    parser: &RequestParser,
+    rbuf: &mut BytesMut,
+    out: &mut OutBuf,
+) -> Flow {
+    let mut count = 0u64;
+    let mut last = None;
+    let flow = loop {
+        let argv = match parser.next(rbuf) {
+            Ok(Some(argv)) => argv,
+            Ok(None) => break Flow::Continue,
+            Err(e) => {
+                shared.stats.protocol_errors.fetch_add(1, Relaxed);
+                Reply::Error(tidepool_protocol::CommandError::err(e.to_string()))
+                    .encode(session.version, out);
+                break Flow::Close;
+            }
+        };
+        count += 1;
+        let (reply, flow) = match Command::parse(&argv) {
+            Ok(cmd) => {
+                last = tidepool_protocol::table::lookup(&argv[0]).map(|s| s.name);
+                if session.in_subscribed_mode() && !cmd.allowed_in_subscribed_mode() {
+                    let e = tidepool_protocol::CommandError::err(format!(
+                        "Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+                        last.unwrap_or("?")
+                    ));
+                    (Some(Reply::Error(e)), Flow::Continue)
+                } else {
+                    cmd::execute(shared, session, cmd, out)
+                }
+            }
+            Err(e) => (Some(Reply::Error(e)), Flow::Continue),
+        };
+        if let Some(r) = reply {
+            r.encode(session.version, out);
+        }
+        if flow == Flow::Close {
+            break Flow::Close;
+        }
+    };
+    if count > 0 {
+        shared.stats.commands.fetch_add(count, Relaxed);
+        session
+            .client
+            .last_active_ms
+            .store(shared.uptime_ms(), Relaxed);
+        if let Some(name) = last {
+            *session.client.last_cmd.lock() = name;
+        }
+    }
+    flow
+}
+
+/// Writes everything in `out`: one plain write for small batches, a vectored
+/// write of headers and (uncopied) values otherwise.
+async fn flush(shared: &Shared, socket: &mut TcpStream, out: &mut OutBuf) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    shared.stats.net_out.fetch_add(out.len() as u64, Relaxed);
+    if let Some(buf) = out.single() {
+        socket.write_all(buf).await?;
+        buf.clear();
+        return Ok(());
+    }
+    let chunks = out.take_chunks();
+    let (mut idx, mut off) = (0usize, 0usize);
+    while idx < chunks.len() {
+        let mut slices = Vec::with_capacity((chunks.len() - idx).min(64));
+        slices.push(IoSlice::new(&chunks[idx][off..]));
+        for c in chunks[idx + 1..].iter().take(63) {
+            slices.push(IoSlice::new(c));
+        }
+        let mut n = socket.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while idx < chunks.len() && n >= chunks[idx].len() - off {
+            n -= chunks[idx].len() - off;
+            idx += 1;
+            off = 0;
+        }
+        off += n;
+    }
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! tidepool-server: the node.
+//!
+//! It owns the RESP listener and connections ([`conn`]), applying commands to the
+//! block store ([`cmd`]), settings ([`config`]), pub/sub and the block event
+//! stream ([`pubsub`]), the client registry and server counters ([`state`]).
+//! Later: auth, cluster membership (etcd) and the data plane's control side.
+
+pub mod cmd;
+pub mod config;
+pub mod conn;
+pub mod info;
+pub mod pubsub;
+pub mod state;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+pub use config::Config;
+pub use state::Shared;
+
+/// How often expired blocks and leases are swept (lazy expiry catches the rest).
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Serves clients on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let shared = Shared::new(config);
+    info!(
+        addr = %listener.local_addr()?,
+        dram = %shared.config.read().dram,
+        "tidepool-server ready to accept connections"
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let sweeper = {
+        let shared = shared.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => { shared.store.expire_due(); }
+                    _ = stop.changed() => break,
+                }
+            }
+        })
+    };
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let shared = shared.clone();
+                    let stop = stop_rx.clone();
+                    tokio::spawn(async move {
+                        conn::serve(shared, socket, peer, stop).await;
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            _ = &mut shutdown => break,
+            _ = shared.shutdown.notified() => break,
+        }
+    }
+    info!("shutting down");
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let _ = sweeper.await;
+    // Give connections a moment to flush and close.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while shared.clients.count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    info!("bye");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Shared state handle used by tests that start a server in-process.
+pub type SharedState = Arc<Shared>;

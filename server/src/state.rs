@@ -1,0 +1,160 @@
+//! State shared by all connections: the store, live settings, the client
+//! registry, pub/sub and server counters.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use tidepool_tiering::{EventSink, Store};
+
+use crate::config::Config;
+use crate::pubsub::PubSub;
+
+/// Everything connections share.
+pub struct Shared {
+    /// The block store.
+    pub store: Store,
+    /// Live settings (CONFIG SET changes some).
+    pub config: RwLock<Config>,
+    /// Connected clients.
+    pub clients: Clients,
+    /// Channels, patterns and the block event stream.
+    pub pubsub: Arc<PubSub>,
+    /// Server counters.
+    pub stats: ServerStats,
+    /// When the server started.
+    pub started: Instant,
+    /// Notified by SHUTDOWN.
+    pub shutdown: tokio::sync::Notify,
+}
+
+impl Shared {
+    /// Builds the shared state for `config`.
+    pub fn new(config: Config) -> Arc<Shared> {
+        let pubsub = Arc::new(PubSub::default());
+        let store = Store::with_parts(
+            config.store_config(),
+            Some(pubsub.clone() as Arc<dyn EventSink>),
+            Arc::new(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0)
+            }),
+        );
+        Arc::new(Shared {
+            store,
+            config: RwLock::new(config),
+            clients: Clients::default(),
+            pubsub,
+            stats: ServerStats::default(),
+            started: Instant::now(),
+            shutdown: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Milliseconds since the server started.
+    pub fn uptime_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+}
+
+/// Server-wide counters (INFO stats).
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Connections refused for maxclients.
+    pub rejected: AtomicU64,
+    /// Commands processed.
+    pub commands: AtomicU64,
+    /// Bytes read from clients.
+    pub net_in: AtomicU64,
+    /// Bytes written to clients.
+    pub net_out: AtomicU64,
+    /// Connections closed for protocol errors.
+    pub protocol_errors: AtomicU64,
+}
+
+/// What CLIENT LIST shows of one connection. Updated by its own connection only.
+#[derive(Debug)]
+pub struct ClientState {
+    /// Client id.
+    pub id: u64,
+    /// Peer address.
+    pub addr: SocketAddr,
+    /// Local address.
+    pub laddr: SocketAddr,
+    /// Connection time.
+    pub created: Instant,
+    /// CLIENT SETNAME.
+    pub name: Mutex<Option<Bytes>>,
+    /// Milliseconds since server start of the last command.
+    pub last_active_ms: AtomicU64,
+    /// Name of the last command.
+    pub last_cmd: Mutex<&'static str>,
+    /// Protocol version (2 or 3).
+    pub resp: AtomicU8,
+    /// Channel subscriptions.
+    pub subs: AtomicUsize,
+    /// Pattern subscriptions.
+    pub psubs: AtomicUsize,
+}
+
+/// Registry of connected clients.
+#[derive(Debug, Default)]
+pub struct Clients {
+    map: Mutex<HashMap<u64, Arc<ClientState>>>,
+    next_id: AtomicU64,
+}
+
+impl Clients {
+    /// Registers a connection if fewer than `max` are connected.
+    pub fn register(
+        &self,
+        addr: SocketAddr,
+        laddr: SocketAddr,
+        max: usize,
+    ) -> Option<Arc<ClientState>> {
+        let mut map = self.map.lock();
+        if map.len() >= max {
+            return None;
+        }
+        let id = self.next_id.fetch_add(1, Relaxed) + 1;
+        let st = Arc::new(ClientState {
+            id,
+            addr,
+            laddr,
+            created: Instant::now(),
+            name: Mutex::new(None),
+            last_active_ms: AtomicU64::new(0),
+            last_cmd: Mutex::new("NULL"),
+            resp: AtomicU8::new(2),
+            subs: AtomicUsize::new(0),
+            psubs: AtomicUsize::new(0),
+        });
+        map.insert(id, st.clone());
+        Some(st)
+    }
+
+    /// Forgets a connection.
+    pub fn unregister(&self, id: u64) {
+        self.map.lock().remove(&id);
+    }
+
+    /// Connected clients.
+    pub fn count(&self) -> usize {
+        self.map.lock().len()
+    }
+
+    /// All clients, by id.
+    pub fn all(&self) -> Vec<Arc<ClientState>> {
+        let mut v: Vec<_> = self.map.lock().values().cloned().collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+}
