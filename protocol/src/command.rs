@@ -292,16 +292,24 @@ fn parse_numkeys(args: &[Bytes], per_item: usize) -> Result<(usize, &[Bytes]), C
 impl Command {
     /// Parses one request. `argv[0]` is the command name.
     pub fn parse(argv: &[Bytes]) -> Result<Command, CommandError> {
+        Self::parse_with_spec(argv).1
+    }
+
+    /// Parses one request and also returns its table row. An error for a known
+    /// command (bad arity, bad argument) still names the row.
+    pub fn parse_with_spec(
+        argv: &[Bytes],
+    ) -> (Option<&'static CommandSpec>, Result<Command, CommandError>) {
         let Some(name) = argv.first() else {
-            return Err(CommandError::err("empty command"));
+            return (None, Err(CommandError::err("empty command")));
         };
         let Some(spec) = table::lookup(name) else {
-            return Err(CommandError::unknown_command(name, &argv[1..]));
+            return (None, Err(CommandError::unknown_command(name, &argv[1..])));
         };
         if !spec.arity_ok(argv.len()) {
-            return Err(CommandError::arity(spec.name));
+            return (Some(spec), Err(CommandError::arity(spec.name)));
         }
-        Self::parse_known(spec, argv)
+        (Some(spec), Self::parse_known(spec, argv))
     }
 
     fn parse_known(spec: &CommandSpec, argv: &[Bytes]) -> Result<Command, CommandError> {

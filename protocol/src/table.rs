@@ -1,7 +1,6 @@
 //! The command table: one row per command, driving name lookup, arity checks,
 //! `COMMAND COUNT/INFO/DOCS` and key positions (for cluster routing later).
 
-use std::collections::HashMap;
 use std::sync::LazyLock;
 
 /// Static description of one command.
@@ -123,20 +122,27 @@ pub static COMMANDS: &[CommandSpec] = &[
     spec!("kv.stats", 1, ["readonly"], 0, 0, 0, "kvcache", "0.1.0", "Returns per-tier statistics and the prefix hit ratio."),
 ];
 
-static BY_NAME: LazyLock<HashMap<&'static str, &'static CommandSpec>> =
-    LazyLock::new(|| COMMANDS.iter().map(|c| (c.name, c)).collect());
+/// Longest command name.
+const MAX_NAME: usize = 16;
+
+/// Commands bucketed by name length: a lookup compares a handful of names,
+/// case-insensitively, without hashing or lower-casing the request's bytes.
+static BY_LEN: LazyLock<Vec<Vec<&'static CommandSpec>>> = LazyLock::new(|| {
+    let mut by_len = vec![Vec::new(); MAX_NAME + 1];
+    for c in COMMANDS {
+        assert!(c.name.len() <= MAX_NAME, "raise MAX_NAME for {}", c.name);
+        by_len[c.name.len()].push(c);
+    }
+    by_len
+});
 
 /// Looks a command up by name, ignoring ASCII case.
 pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
-    let mut buf = [0u8; 32];
-    if name.len() > buf.len() {
-        return None;
-    }
-    let lower = &mut buf[..name.len()];
-    lower.copy_from_slice(name);
-    lower.make_ascii_lowercase();
-    let s = std::str::from_utf8(lower).ok()?;
-    BY_NAME.get(s).copied()
+    BY_LEN
+        .get(name.len())?
+        .iter()
+        .find(|c| c.name.as_bytes().eq_ignore_ascii_case(name))
+        .copied()
 }
 
 #[cfg(test)]
@@ -152,10 +158,13 @@ mod tests {
         assert!(mset.arity_ok(5) && !mset.arity_ok(2));
         assert_eq!(mset.key_positions(5).collect::<Vec<_>>(), vec![1, 3]);
         assert!(lookup(b"nope").is_none());
-        assert_eq!(
-            BY_NAME.len(),
-            COMMANDS.len(),
-            "duplicate names in the table"
-        );
+        assert!(lookup(&[b'x'; 100]).is_none());
+        let mut names: Vec<&str> = COMMANDS.iter().map(|c| c.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), COMMANDS.len(), "duplicate names in the table");
+        for c in COMMANDS {
+            assert_eq!(lookup(c.name.to_uppercase().as_bytes()), Some(c));
+        }
     }
 }

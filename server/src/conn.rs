@@ -108,7 +108,7 @@ async fn run_loop(
     stop: &mut watch::Receiver<bool>,
     limits: Limits,
 ) -> std::io::Result<()> {
-    let parser = RequestParser::new(limits);
+    let mut parser = RequestParser::new(limits);
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut out = OutBuf::new();
     loop {
@@ -123,7 +123,7 @@ async fn run_loop(
                     return Ok(());
                 }
                 shared.stats.net_in.fetch_add(n as u64, Relaxed);
-                let flow = process(shared, session, &parser, &mut rbuf, &mut out);
+                let flow = process(shared, session, &mut parser, &mut rbuf, &mut out);
                 flush(shared, socket, &mut out).await?;
                 if flow == Flow::Close {
                     return Ok(());
@@ -154,7 +154,7 @@ async fn run_loop(
 fn process(
     shared: &Shared,
     session: &mut Session,
-    parser: &RequestParser,
+    parser: &mut RequestParser,
     rbuf: &mut BytesMut,
     out: &mut OutBuf,
 ) -> Flow {
@@ -172,9 +172,12 @@ fn process(
             }
         };
         count += 1;
-        let (reply, flow) = match Command::parse(&argv) {
+        let (spec, parsed) = Command::parse_with_spec(&argv);
+        if let Some(spec) = spec {
+            last = Some(spec.name);
+        }
+        let (reply, flow) = match parsed {
             Ok(cmd) => {
-                last = tidepool_protocol::table::lookup(&argv[0]).map(|s| s.name);
                 if session.in_subscribed_mode() && !cmd.allowed_in_subscribed_mode() {
                     let e = tidepool_protocol::CommandError::err(format!(
                         "Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",

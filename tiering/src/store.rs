@@ -237,23 +237,25 @@ struct Shard {
 }
 
 impl Shard {
-    /// Moves `key`'s entry to stamp `stamp` and refreshes its LRU membership.
-    fn restamp(&mut self, key: &Key, stamp: u64) {
+    /// Moves `key`'s entry to stamp `stamp`, moving (not cloning) its key within
+    /// the LRU index.
+    fn restamp(&mut self, key: &[u8], stamp: u64) {
         if let Some(e) = self.map.get_mut(key) {
+            let old = std::mem::replace(&mut e.stamp, stamp);
             if e.evictable() {
-                self.lru.remove(&e.stamp);
-                self.lru.insert(stamp, key.clone());
+                if let Some(k) = self.lru.remove(&old) {
+                    self.lru.insert(stamp, k);
+                }
             }
-            e.stamp = stamp;
         }
     }
 
     /// Re-files `key` in the LRU index after its evictability may have changed.
-    fn refile(&mut self, key: &Key, was_evictable: bool) {
-        if let Some(e) = self.map.get(key) {
+    fn refile(&mut self, key: &[u8], was_evictable: bool) {
+        if let Some((k, e)) = self.map.get_key_value(key) {
             match (was_evictable, e.evictable()) {
                 (false, true) => {
-                    self.lru.insert(e.stamp, key.clone());
+                    self.lru.insert(e.stamp, k.clone());
                 }
                 (true, false) => {
                     self.lru.remove(&e.stamp);
@@ -452,7 +454,11 @@ impl Store {
         let checksum = xxh3_64(&value);
         let len = value.len() as u64;
         let slot = self.dram.store(&key, value);
-        let now = self.now_ms();
+        let now = if opts.ttl_ms.is_some() || opts.only_if_exists.is_some() {
+            self.now_ms()
+        } else {
+            0 // unused: no TTL to compute and no existence to check
+        };
         let old_parent;
         {
             let mut shard = self.shard(&key);
@@ -653,35 +659,33 @@ impl Store {
     }
 
     /// Looks a key up for reading, expiring it lazily. Runs `f` under the shard
-    /// lock with the shard and the stored key (the entry is present).
+    /// lock with the shard and the key (whose entry is present).
     fn with_live<R>(
         &self,
         key: &[u8],
         touch: bool,
-        f: impl FnOnce(&mut Shard, &Key) -> R,
+        f: impl FnOnce(&mut Shard, &[u8]) -> R,
     ) -> Option<R> {
-        let now = self.now_ms();
         let mut shard = self.shard(key);
-        let expired = match shard.map.get(key) {
-            None => return None,
-            Some(e) => e.expired(now),
+        let expired = match shard.map.get(key)?.expires_at {
+            None => false,
+            Some(t) => t <= self.now_ms(),
         };
         if expired {
             drop(shard);
             self.remove_tree(key, EventKind::Expired);
             return None;
         }
-        let k = shard.map.get_key_value(key).map(|(k, _)| k.clone())?;
         if touch {
             let stamp = self.tick_clock();
-            shard.restamp(&k, stamp);
+            shard.restamp(key, stamp);
         }
-        Some(f(&mut shard, &k))
+        Some(f(&mut shard, key))
     }
 
     /// Runs `f` on the live entry of `key` (see `with_live`).
     fn read_entry<R>(&self, key: &[u8], touch: bool, f: impl FnOnce(&Entry) -> R) -> Option<R> {
-        self.with_live(key, touch, |s, k| f(&s.map[k]))
+        self.with_live(key, touch, |s, k| f(s.map.get(k).expect("present")))
     }
 
     /// Reads a block, refreshing its recency. `None` is a miss.
