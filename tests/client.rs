@@ -191,3 +191,43 @@ fn resp3_client() {
     let missing: Value = cmd("GET").arg("nope").query(&mut c).unwrap();
     assert_eq!(missing, Value::Nil);
 }
+
+#[test]
+fn large_values_round_trip_pipelined() {
+    let s = Server::start(&[]);
+    let mut c = s.redis();
+    // Sizes around the buffer thresholds: copied, own-buffer, and past the
+    // up-front limit (read by doubling).
+    let sizes = [
+        100usize,
+        64 * 1024 - 1,
+        64 * 1024 + 7,
+        1 << 20,
+        3 << 20,
+        20 << 20,
+    ];
+    let values: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (0..*n).map(|j| (j * 31 + i) as u8).collect())
+        .collect();
+    let mut pipe = redis::pipe();
+    for (i, v) in values.iter().enumerate() {
+        pipe.cmd("SET").arg(format!("v{i}")).arg(v).ignore();
+        pipe.cmd("KV.PUT").arg(format!("b{i}")).arg(v).ignore();
+        pipe.cmd("PING").ignore();
+    }
+    let () = pipe.query(&mut c).unwrap();
+    for (i, v) in values.iter().enumerate() {
+        let got: Vec<u8> = cmd("GET").arg(format!("v{i}")).query(&mut c).unwrap();
+        assert!(got == *v, "value {i} of {} bytes differs", v.len());
+        let got: Vec<u8> = cmd("KV.GET").arg(format!("b{i}")).query(&mut c).unwrap();
+        assert!(got == *v, "block {i} of {} bytes differs", v.len());
+    }
+    let total: u64 = sizes.iter().map(|n| 2 * *n as u64).sum();
+    let used = s.info_u64("dram_used");
+    assert!(
+        used >= total && used < total + 64 * 1024,
+        "accounted {used} for {total}"
+    );
+}

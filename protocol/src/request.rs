@@ -49,6 +49,9 @@ impl Default for Limits {
 pub enum Scan {
     /// More bytes are needed before anything can be said.
     Incomplete,
+    /// The request is incomplete and needs at least this many bytes in all (a
+    /// bulk string's declared length is known): read buffers can grow once.
+    NeedBytes(usize),
     /// A complete RESP array request of this many bytes.
     Array(usize),
     /// A complete inline request whose line (without `\r\n`) has this length; the
@@ -159,7 +162,7 @@ pub fn scan(
         let body = end + 2;
         let after = body + len;
         if buf.len() < after + 2 {
-            return Ok(Scan::Incomplete);
+            return Ok(Scan::NeedBytes(after + 2));
         }
         if &buf[after..after + 2] != b"\r\n" {
             return Err(ProtocolError::new("bulk string not terminated by CRLF"));
@@ -279,6 +282,7 @@ pub fn split_inline(line: &[u8]) -> Result<Vec<Bytes>, ProtocolError> {
 pub struct RequestParser {
     limits: Limits,
     spans: Vec<(usize, usize)>,
+    wanted: usize,
 }
 
 impl RequestParser {
@@ -287,7 +291,14 @@ impl RequestParser {
         RequestParser {
             limits,
             spans: Vec::new(),
+            wanted: 0,
         }
+    }
+
+    /// After `next` returned `Ok(None)`: how many bytes the buffer must hold for
+    /// the pending request to make progress, when known (0 otherwise).
+    pub fn wanted(&self) -> usize {
+        self.wanted
     }
 
     /// The limits in force.
@@ -303,8 +314,13 @@ impl RequestParser {
     /// requests are skipped. Argument bytes are zero-copy views of `buf`.
     pub fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
         loop {
+            self.wanted = 0;
             match scan(buf, &self.limits, &mut self.spans)? {
                 Scan::Incomplete => return Ok(None),
+                Scan::NeedBytes(n) => {
+                    self.wanted = n;
+                    return Ok(None);
+                }
                 Scan::Empty(n) => {
                     let _ = buf.split_to(n);
                 }
@@ -373,6 +389,9 @@ mod tests {
             let mut buf = BytesMut::from(&full[..cut]);
             assert_eq!(p.next(&mut buf).unwrap(), None, "cut at {cut}");
             assert_eq!(buf.len(), cut);
+            if cut >= 20 {
+                assert_eq!(p.wanted(), full.len(), "the pending bulk's length is known");
+            }
         }
     }
 

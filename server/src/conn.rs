@@ -36,6 +36,9 @@ pub struct Session {
     pub patterns: HashSet<Bytes>,
     /// This connection's pub/sub queue (registered with each subscription).
     pub subscriber: Subscriber,
+    /// True while the command being applied arrived alone in a read buffer sized
+    /// for it: its value may be stored without a copy.
+    pub exclusive_frame: bool,
 }
 
 impl Session {
@@ -83,6 +86,7 @@ pub async fn serve(
             tx,
             overflowed: Arc::default(),
         },
+        exclusive_frame: false,
     };
     let result = run_loop(
         &shared,
@@ -111,9 +115,21 @@ async fn run_loop(
     let mut parser = RequestParser::new(limits);
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut out = OutBuf::new();
+    let mut rbuf_exact = false;
     loop {
-        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
-            rbuf.reserve(READ_CHUNK.max(rbuf.len()));
+        let wanted = parser.wanted();
+        let exclusive = (EXCLUSIVE_MIN..=UPFRONT_MAX).contains(&wanted) && rbuf.capacity() < wanted;
+        if exclusive {
+            // A large request: read it into a buffer of exactly its size, so its
+            // value can be stored as is, without a copy and without pinning
+            // anything else (only this request's start is in rbuf now).
+            let mut own = BytesMut::with_capacity(wanted);
+            own.extend_from_slice(&rbuf);
+            rbuf = own;
+            rbuf_exact = true;
+        } else if wanted == 0 || rbuf.capacity() < wanted {
+            rbuf_exact = false;
+            reserve_for(&mut rbuf, wanted);
         }
         tokio::select! {
             biased;
@@ -123,7 +139,7 @@ async fn run_loop(
                     return Ok(());
                 }
                 shared.stats.net_in.fetch_add(n as u64, Relaxed);
-                let flow = process(shared, session, &mut parser, &mut rbuf, &mut out);
+                let flow = process(shared, session, &mut parser, &mut rbuf, &mut out, rbuf_exact);
                 flush(shared, socket, &mut out).await?;
                 if flow == Flow::Close {
                     return Ok(());
@@ -150,6 +166,33 @@ async fn run_loop(
     }
 }
 
+/// Requests up to this size get their whole buffer at once when their header
+/// arrives (as Redis does for large arguments); beyond it the buffer doubles as
+/// bytes actually arrive, so a client that declares a huge value and stalls
+/// pins at most this much, or twice what it really sent.
+const UPFRONT_MAX: usize = 16 << 20;
+
+/// Requests at least this large (a KV block, usually) are read into a buffer of
+/// their own so the value is stored without a copy. Smaller values are copied:
+/// cheaper than an allocation per request.
+const EXCLUSIVE_MIN: usize = 64 * 1024;
+
+/// Makes room in `rbuf` for the next read, knowing the pending request needs
+/// `wanted` bytes in all (0 when unknown).
+fn reserve_for(rbuf: &mut BytesMut, wanted: usize) {
+    let cap = rbuf.capacity();
+    if wanted > cap {
+        let target = if wanted <= UPFRONT_MAX {
+            wanted
+        } else {
+            wanted.min((2 * cap).max(UPFRONT_MAX))
+        };
+        rbuf.reserve(target - rbuf.len());
+    } else if cap - rbuf.len() < READ_CHUNK / 4 {
+        rbuf.reserve(READ_CHUNK);
+    }
+}
+
 /// Applies every complete request in `rbuf`, encoding replies into `out`.
 fn process(
     shared: &Shared,
@@ -157,6 +200,7 @@ fn process(
     parser: &mut RequestParser,
     rbuf: &mut BytesMut,
     out: &mut OutBuf,
+    rbuf_exact: bool,
 ) -> Flow {
     let mut count = 0u64;
     let mut last = None;
@@ -171,6 +215,8 @@ fn process(
                 break Flow::Close;
             }
         };
+        // The first request of a buffer allocated exactly for it, and nothing else.
+        session.exclusive_frame = rbuf_exact && count == 0 && rbuf.is_empty();
         count += 1;
         let (spec, parsed) = Command::parse_with_spec(&argv);
         if let Some(spec) = spec {
@@ -197,6 +243,7 @@ fn process(
             break Flow::Close;
         }
     };
+    session.exclusive_frame = false;
     if count > 0 {
         shared.stats.commands.fetch_add(count, Relaxed);
         session
@@ -242,4 +289,26 @@ async fn flush(shared: &Shared, socket: &mut TcpStream, out: &mut OutBuf) -> std
         off += n;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_buffer_growth_is_bounded_by_what_arrives() {
+        let mut b = BytesMut::new();
+        reserve_for(&mut b, 0);
+        assert!(b.capacity() >= READ_CHUNK);
+        reserve_for(&mut b, 1 << 20);
+        assert!(b.capacity() >= 1 << 20 && b.capacity() < 2 << 20);
+        // A 512 MiB declaration gets 16 MiB, then doubles only as data fills it.
+        let mut b = BytesMut::new();
+        reserve_for(&mut b, 512 << 20);
+        assert!(b.capacity() < 32 << 20);
+        let cap = b.capacity();
+        b.resize(cap, 0);
+        reserve_for(&mut b, 512 << 20);
+        assert!(b.capacity() <= 4 * cap);
+    }
 }

@@ -47,7 +47,9 @@ pub const SHARDS: usize = 32;
 pub const ENTRY_OVERHEAD: u64 = 128;
 
 type Key = Bytes;
-type Map<V> = HashMap<Key, V, BuildHasherDefault<Xxh3Default>>;
+/// hashbrown rather than std for `get_key_value_mut`: an overwrite updates the
+/// entry in place and reuses the stored key with one lookup.
+type Map<V> = hashbrown::HashMap<Key, V, BuildHasherDefault<Xxh3Default>>;
 
 /// Settings of a store.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -103,6 +105,11 @@ pub struct PutOptions {
     /// Store only if the key is already stored (`Some(true)`, SET XX) or only if
     /// it is not (`Some(false)`, SET NX). Checked atomically with the write.
     pub only_if_exists: Option<bool>,
+    /// The value's `Bytes` is the only user of an allocation of about its own
+    /// size, so the store may keep it as is. When false (the default) the store
+    /// copies the value into its own allocation: a view into a larger buffer
+    /// (a connection's read buffer, a batch) would pin all of that buffer.
+    pub value_exclusive: bool,
 }
 
 /// Result of a prefix match.
@@ -301,7 +308,8 @@ pub struct Store {
     clock: AtomicU64,
     dram: Arc<dyn Tier>,
     dram_counters: TierCounters,
-    watermarks: Mutex<(f64, f64)>,
+    /// High and low watermarks as `f64` bits (read on every write, so no lock).
+    watermarks: [AtomicU64; 2],
     evict_lock: Mutex<()>,
     leases: Mutex<HashMap<u64, Lease>>,
     next_lease: AtomicU64,
@@ -349,7 +357,10 @@ impl Store {
             clock: AtomicU64::new(1),
             dram: Arc::new(DramTier),
             dram_counters: counters,
-            watermarks: Mutex::new((config.high_watermark, config.low_watermark)),
+            watermarks: [
+                AtomicU64::new(config.high_watermark.to_bits()),
+                AtomicU64::new(config.low_watermark.to_bits()),
+            ],
             evict_lock: Mutex::new(()),
             leases: Mutex::new(HashMap::new()),
             next_lease: AtomicU64::new(1),
@@ -411,14 +422,18 @@ impl Store {
             low_watermark: low,
         }
         .validate()?;
-        *self.watermarks.lock() = (high, low);
+        self.watermarks[0].store(high.to_bits(), Relaxed);
+        self.watermarks[1].store(low.to_bits(), Relaxed);
         let _ = self.make_room();
         Ok(())
     }
 
     /// The current (high, low) watermarks.
     pub fn watermarks(&self) -> (f64, f64) {
-        *self.watermarks.lock()
+        (
+            f64::from_bits(self.watermarks[0].load(Relaxed)),
+            f64::from_bits(self.watermarks[1].load(Relaxed)),
+        )
     }
 
     /// Stores a block. Readers see all of it or none of it. Returns false when
@@ -453,6 +468,11 @@ impl Store {
         }
         let checksum = xxh3_64(&value);
         let len = value.len() as u64;
+        let value = if opts.value_exclusive {
+            value
+        } else {
+            Bytes::copy_from_slice(&value)
+        };
         let slot = self.dram.store(&key, value);
         let now = if opts.ttl_ms.is_some() || opts.only_if_exists.is_some() {
             self.now_ms()
@@ -474,45 +494,78 @@ impl Store {
                 }
             }
             let stamp = self.tick_clock();
-            let old = shard.take(&key);
-            let (children, pinned, leases, old_expiry) = match &old {
-                Some((_, e)) => (e.children.clone(), e.pinned, e.leases, e.expires_at),
-                None => (Vec::new(), false, 0, None),
+            let Shard { map, lru, ttl } = &mut *shard;
+            let old = match map.get_key_value_mut(&key[..]) {
+                Some((k, e)) => {
+                    // Overwrite in place: one hash lookup, the stored key kept.
+                    let k = k.clone();
+                    if e.evictable() {
+                        lru.remove(&e.stamp);
+                    }
+                    if let Some(t) = e.expires_at {
+                        ttl.remove(&(t, k.clone()));
+                    }
+                    let expires_at = match opts.ttl_ms {
+                        Some(ms) => Some(now.saturating_add(ms)),
+                        None if opts.keep_ttl => e.expires_at,
+                        None => None,
+                    };
+                    let old_len = std::mem::replace(&mut e.len, len);
+                    let old_slot = std::mem::replace(&mut e.slot, slot);
+                    let old_parent = std::mem::replace(&mut e.parent, opts.parent.clone());
+                    e.checksum = checksum;
+                    e.stamp = stamp;
+                    e.expires_at = expires_at;
+                    e.pinned |= opts.pin;
+                    if e.evictable() {
+                        lru.insert(stamp, k.clone());
+                    }
+                    if let Some(t) = expires_at {
+                        ttl.insert((t, k));
+                    }
+                    Some((old_len, old_slot, old_parent))
+                }
+                None => {
+                    // The key usually is a view into a connection's read buffer;
+                    // storing the view would pin that whole buffer.
+                    let key = Bytes::copy_from_slice(&key);
+                    let expires_at = opts.ttl_ms.map(|ms| now.saturating_add(ms));
+                    let entry = Entry {
+                        slot,
+                        len,
+                        checksum,
+                        parent: opts.parent.clone(),
+                        children: Vec::new(),
+                        stamp,
+                        expires_at,
+                        pinned: opts.pin,
+                        leases: 0,
+                        tier: TierKind::Dram,
+                    };
+                    if entry.evictable() {
+                        lru.insert(stamp, key.clone());
+                    }
+                    if let Some(t) = expires_at {
+                        ttl.insert((t, key.clone()));
+                    }
+                    map.insert(key, entry);
+                    None
+                }
             };
-            let expires_at = match opts.ttl_ms {
-                Some(ms) => Some(now.saturating_add(ms)),
-                None if opts.keep_ttl => old_expiry,
-                None => None,
+            drop(shard);
+            old_parent = match old {
+                Some((old_len, old_slot, parent)) => {
+                    self.dram_counters
+                        .used
+                        .fetch_sub(charge_of(key.len(), old_len as usize), Relaxed);
+                    self.dram.release(old_slot);
+                    Some(parent)
+                }
+                None => {
+                    self.dram_counters.blocks.fetch_add(1, Relaxed);
+                    None
+                }
             };
-            let entry = Entry {
-                slot,
-                len,
-                checksum,
-                parent: opts.parent.clone(),
-                children,
-                stamp,
-                expires_at,
-                pinned: pinned || opts.pin,
-                leases,
-                tier: TierKind::Dram,
-            };
-            if entry.evictable() {
-                shard.lru.insert(stamp, key.clone());
-            }
-            if let Some(t) = expires_at {
-                shard.ttl.insert((t, key.clone()));
-            }
-            shard.map.insert(key.clone(), entry);
-            old_parent = old.map(|(k, e)| {
-                self.dram_counters
-                    .used
-                    .fetch_sub(charge_of(k.len(), e.len as usize), Relaxed);
-                self.dram.release(e.slot);
-                e.parent
-            });
-            if old_parent.is_none() {
-                self.dram_counters.blocks.fetch_add(1, Relaxed);
-            }
         }
         if let Some(Some(op)) = &old_parent {
             // The old version's link (the new one holds its own).

@@ -34,6 +34,7 @@ pub fn set(
     expiry: Option<SetExpiry>,
     cond: Cond,
     get_old: bool,
+    value_exclusive: bool,
 ) -> Reply {
     let old = get_old.then(|| shared.store.get(&key));
     let mut opts = PutOptions {
@@ -42,6 +43,7 @@ pub fn set(
             Cond::Xx => Some(true),
             _ => None,
         },
+        value_exclusive,
         ..PutOptions::default()
     };
     match expiry {

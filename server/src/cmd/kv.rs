@@ -17,21 +17,29 @@ fn tier_kind(t: TierName) -> TierKind {
     }
 }
 
+/// Options of KV.PUT.
+#[derive(Debug, Default)]
+pub struct PutArgs {
+    /// `PARENT pkey`.
+    pub parent: Option<Bytes>,
+    /// `TTL ms`.
+    pub ttl_ms: Option<u64>,
+    /// `TIER t`.
+    pub tier: Option<TierName>,
+    /// `PIN`.
+    pub pin: bool,
+    /// The value owns its buffer (see `Session::exclusive_frame`).
+    pub exclusive: bool,
+}
+
 /// KV.PUT key value [PARENT pkey] [TTL ms] [TIER t] [PIN].
-pub fn put(
-    shared: &Shared,
-    key: Bytes,
-    value: Bytes,
-    parent: Option<Bytes>,
-    ttl_ms: Option<u64>,
-    tier: Option<TierName>,
-    pin: bool,
-) -> Reply {
+pub fn put(shared: &Shared, key: Bytes, value: Bytes, a: PutArgs) -> Reply {
     let opts = PutOptions {
-        parent,
-        ttl_ms,
-        pin,
-        tier: tier.map(tier_kind),
+        parent: a.parent,
+        ttl_ms: a.ttl_ms,
+        pin: a.pin,
+        tier: a.tier.map(tier_kind),
+        value_exclusive: a.exclusive,
         ..PutOptions::default()
     };
     match shared.store.put(key, value, opts) {

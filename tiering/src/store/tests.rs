@@ -176,6 +176,29 @@ fn conditional_puts() {
 }
 
 #[test]
+fn values_are_copied_unless_exclusive() {
+    let f = fixture(1 << 20);
+    let big = Bytes::from(vec![3u8; 8192]);
+    let view = big.slice(0..100);
+    f.store
+        .put(b("v"), view.clone(), PutOptions::default())
+        .unwrap();
+    assert_ne!(f.store.get(b"v").unwrap().as_ptr(), view.as_ptr());
+    let own = Bytes::from(vec![4u8; 100]);
+    f.store
+        .put(
+            b("o"),
+            own.clone(),
+            PutOptions {
+                value_exclusive: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(f.store.get(b"o").unwrap().as_ptr(), own.as_ptr());
+}
+
+#[test]
 fn too_big_is_refused() {
     let f = fixture(100);
     assert_eq!(put(&f.store, "a", "1", None).unwrap_err().code(), "TOOBIG");
