@@ -229,3 +229,41 @@ fn sigterm_stops_the_server_cleanly() {
     }
     assert!(!s.is_running());
 }
+
+#[test]
+fn maxclients_refuses_extra_connections() {
+    let s = Server::start(&["--maxclients", "2"]);
+    let _a = s.redis();
+    let _b = s.redis();
+    let out = s.cli_text(&["PING"]);
+    assert!(out.contains("max number of clients reached"), "{out}");
+    drop(_a);
+    // The slot frees up once a client leaves.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if s.cli_text(&["PING"]) == "PONG\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slot never freed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(s.info_u64("rejected_connections") >= 1);
+}
+
+#[test]
+fn keys_expire_without_being_touched() {
+    let s = Server::start(&[]);
+    s.cli_text(&["SET", "short", "v", "PX", "150"]);
+    s.cli_text(&["KV.PUT", "block", "v", "TTL", "150"]);
+    s.cli_text(&["KV.PUT", "child", "v", "PARENT", "block"]);
+    s.cli_text(&["SET", "long", "v", "EX", "100"]);
+    assert_eq!(s.cli_text(&["DBSIZE"]), "4\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.cli_text(&["DBSIZE"]) != "1\n" {
+        assert!(Instant::now() < deadline, "expired keys were never swept");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The child went with its expired parent; the long TTL stays.
+    assert_eq!(s.cli_text(&["EXISTS", "long"]), "1\n");
+    assert!(s.info_u64("expired_keys") >= 2);
+}

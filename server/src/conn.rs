@@ -21,6 +21,11 @@ use crate::cmd::{self, Flow};
 use crate::pubsub::{PubMsg, Subscriber, QUEUE_LEN};
 use crate::state::{ClientState, Shared};
 
+/// Replies buffered past this size are written before more requests of the
+/// same batch are applied, so a deep pipeline of large GETs cannot grow the
+/// output without bound.
+const OUT_FLUSH: usize = 4 << 20;
+
 /// Initial read buffer; it grows for large values.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -139,10 +144,17 @@ async fn run_loop(
                     return Ok(());
                 }
                 shared.stats.net_in.fetch_add(n as u64, Relaxed);
-                let flow = process(shared, session, &mut parser, &mut rbuf, &mut out, rbuf_exact);
-                flush(shared, socket, &mut out).await?;
-                if flow == Flow::Close {
-                    return Ok(());
+                let mut flow = process(shared, session, &mut parser, &mut rbuf, &mut out, rbuf_exact);
+                loop {
+                    flush(shared, socket, &mut out).await?;
+                    match flow {
+                        Flow::Continue => break,
+                        Flow::Close => return Ok(()),
+                        // Replies filled the output: sent; now the rest of the batch.
+                        Flow::Flush => {
+                            flow = process(shared, session, &mut parser, &mut rbuf, &mut out, false);
+                        }
+                    }
                 }
             }
             msg = rx.recv() => {
@@ -205,6 +217,9 @@ fn process(
     let mut count = 0u64;
     let mut last = None;
     let flow = loop {
+        if out.len() >= OUT_FLUSH {
+            break Flow::Flush;
+        }
         let argv = match parser.next(rbuf) {
             Ok(Some(argv)) => argv,
             Ok(None) => break Flow::Continue,

@@ -9,6 +9,13 @@
 //! there is no global lock on the request path: recency comes from one atomic
 //! clock, accounting from atomic counters.
 //!
+//! The LRU index is updated lazily: a read only writes the entry's new stamp.
+//! Each evictable entry is filed in the index once, under a stamp no newer than
+//! its real one (`filed <= stamp`); eviction re-files a stale head at its real
+//! stamp before trusting it. The head whose filed stamp is current is then the
+//! shard's true least recently used evictable entry, so eviction order is exact
+//! LRU while reads cost no index work.
+//!
 //! # Eviction
 //! A block is evictable when it has no stored child, is not pinned and holds no
 //! lease. When a write pushes a tier past its high watermark, the writer takes
@@ -217,7 +224,10 @@ struct Entry {
     checksum: u64,
     parent: Option<Key>,
     children: Vec<Key>,
+    /// Recency: the clock value of the last access.
     stamp: u64,
+    /// The stamp this entry is filed under in the LRU index (when evictable).
+    filed: u64,
     expires_at: Option<u64>,
     pinned: bool,
     leases: u32,
@@ -244,31 +254,41 @@ struct Shard {
 }
 
 impl Shard {
-    /// Moves `key`'s entry to stamp `stamp`, moving (not cloning) its key within
-    /// the LRU index.
+    /// Records an access: only the entry's stamp changes (see the module doc).
     fn restamp(&mut self, key: &[u8], stamp: u64) {
         if let Some(e) = self.map.get_mut(key) {
-            let old = std::mem::replace(&mut e.stamp, stamp);
-            if e.evictable() {
-                if let Some(k) = self.lru.remove(&old) {
-                    self.lru.insert(stamp, k);
-                }
-            }
+            e.stamp = stamp;
         }
     }
 
     /// Re-files `key` in the LRU index after its evictability may have changed.
     fn refile(&mut self, key: &[u8], was_evictable: bool) {
-        if let Some((k, e)) = self.map.get_key_value(key) {
+        if let Some((k, e)) = self.map.get_key_value_mut(key) {
             match (was_evictable, e.evictable()) {
                 (false, true) => {
-                    self.lru.insert(e.stamp, k.clone());
+                    e.filed = e.stamp;
+                    self.lru.insert(e.filed, k.clone());
                 }
                 (true, false) => {
-                    self.lru.remove(&e.stamp);
+                    self.lru.remove(&e.filed);
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// The least recently used evictable entry of this shard, as (stamp, key):
+    /// stale heads are re-filed at their real stamp first.
+    fn lru_head(&mut self) -> Option<(u64, Key)> {
+        loop {
+            let (filed, key) = self.lru.first_key_value().map(|(f, k)| (*f, k.clone()))?;
+            let e = self.map.get_mut(&key).expect("filed entries are stored");
+            if e.stamp == filed {
+                return Some((filed, key));
+            }
+            self.lru.pop_first();
+            e.filed = e.stamp;
+            self.lru.insert(e.filed, key);
         }
     }
 
@@ -276,7 +296,7 @@ impl Shard {
     fn take(&mut self, key: &[u8]) -> Option<(Key, Entry)> {
         let (k, e) = self.map.remove_entry(key)?;
         if e.evictable() {
-            self.lru.remove(&e.stamp);
+            self.lru.remove(&e.filed);
         }
         if let Some(t) = e.expires_at {
             self.ttl.remove(&(t, k.clone()));
@@ -499,9 +519,7 @@ impl Store {
                 Some((k, e)) => {
                     // Overwrite in place: one hash lookup, the stored key kept.
                     let k = k.clone();
-                    if e.evictable() {
-                        lru.remove(&e.stamp);
-                    }
+                    let was_evictable = e.evictable();
                     if let Some(t) = e.expires_at {
                         ttl.remove(&(t, k.clone()));
                     }
@@ -517,8 +535,9 @@ impl Store {
                     e.stamp = stamp;
                     e.expires_at = expires_at;
                     e.pinned |= opts.pin;
-                    if e.evictable() {
-                        lru.insert(stamp, k.clone());
+                    // Still filed (lazily) if it stays evictable; a pin unfiles it.
+                    if was_evictable && !e.evictable() {
+                        lru.remove(&e.filed);
                     }
                     if let Some(t) = expires_at {
                         ttl.insert((t, k));
@@ -537,6 +556,7 @@ impl Store {
                         parent: opts.parent.clone(),
                         children: Vec::new(),
                         stamp,
+                        filed: stamp,
                         expires_at,
                         pinned: opts.pin,
                         leases: 0,
@@ -650,10 +670,9 @@ impl Store {
         loop {
             let mut best: Option<(u64, Key)> = None;
             for s in self.shards.iter() {
-                let s = s.lock();
-                if let Some((stamp, k)) = s.lru.first_key_value() {
-                    if best.as_ref().is_none_or(|(b, _)| stamp < b) {
-                        best = Some((*stamp, k.clone()));
+                if let Some((stamp, k)) = s.lock().lru_head() {
+                    if best.as_ref().is_none_or(|(b, _)| stamp < *b) {
+                        best = Some((stamp, k));
                     }
                 }
             }
@@ -1069,8 +1088,8 @@ impl Store {
             }
             for (k, e) in &s.map {
                 used += charge_of(k.len(), e.len as usize);
-                if e.evictable() && s.lru.get(&e.stamp) != Some(k) {
-                    return Err("evictable entry missing from lru".into());
+                if e.evictable() && (s.lru.get(&e.filed) != Some(k) || e.filed > e.stamp) {
+                    return Err("evictable entry missing from lru or filed ahead".into());
                 }
                 all.insert(k.clone(), (e.parent.clone(), e.children.clone()));
             }

@@ -21,6 +21,8 @@ pub enum Flow {
     Continue,
     /// Flush and close (QUIT).
     Close,
+    /// Flush the replies so far, then go on with the requests already read.
+    Flush,
 }
 
 /// Maps a store error to its reply, keeping the stable code.
