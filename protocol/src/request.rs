@@ -18,6 +18,10 @@
 //! encoding against.
 
 use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
+
+/// The arguments of one request, name first. Most requests have few, kept inline.
+pub type Args = SmallVec<[Bytes; 4]>;
 
 use crate::error::ProtocolError;
 
@@ -312,7 +316,7 @@ impl RequestParser {
     /// the stream is broken: the caller MUST answer `-ERR Protocol error: ...` and
     /// close the connection, since its framing can no longer be trusted. Empty
     /// requests are skipped. Argument bytes are zero-copy views of `buf`.
-    pub fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+    pub fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Args>, ProtocolError> {
         loop {
             self.wanted = 0;
             match scan(buf, &self.limits, &mut self.spans)? {
@@ -326,7 +330,7 @@ impl RequestParser {
                 }
                 Scan::Inline { line, consumed } => {
                     let raw = buf.split_to(consumed);
-                    let args = split_inline(&raw[..line])?;
+                    let args: Args = split_inline(&raw[..line])?.into();
                     if !args.is_empty() {
                         return Ok(Some(args));
                     }

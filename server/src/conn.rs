@@ -220,7 +220,7 @@ fn process(
         if out.len() >= OUT_FLUSH {
             break Flow::Flush;
         }
-        let argv = match parser.next(rbuf) {
+        let mut argv = match parser.next(rbuf) {
             Ok(Some(argv)) => argv,
             Ok(None) => break Flow::Continue,
             Err(e) => {
@@ -233,7 +233,7 @@ fn process(
         // The first request of a buffer allocated exactly for it, and nothing else.
         session.exclusive_frame = rbuf_exact && count == 0 && rbuf.is_empty();
         count += 1;
-        let (spec, parsed) = Command::parse_with_spec(&argv);
+        let (spec, parsed) = Command::parse_with_spec(&mut argv);
         if let Some(spec) = spec {
             last = Some(spec.name);
         }
