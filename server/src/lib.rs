@@ -13,7 +13,6 @@ pub mod pubsub;
 pub mod state;
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -95,6 +94,3 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
-
-/// Shared state handle used by tests that start a server in-process.
-pub type SharedState = Arc<Shared>;

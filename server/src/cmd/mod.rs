@@ -166,7 +166,7 @@ pub fn execute(
             shared.shutdown.notify_one();
             return (None, Flow::Close);
         }
-        other => server::execute(shared, session, other, out),
+        other => server::execute(shared, session, other),
     };
     (Some(reply), Flow::Continue)
 }

@@ -4,7 +4,6 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
-use tidepool_protocol::reply::OutBuf;
 use tidepool_protocol::table::{self, CommandSpec};
 use tidepool_protocol::{glob, Command, CommandError, Reply, Version};
 
@@ -17,7 +16,7 @@ use crate::state::{ClientState, Shared};
 pub const REDIS_COMPAT_VERSION: &str = "7.0.0";
 
 /// Applies a connection or server command.
-pub fn execute(shared: &Shared, session: &mut Session, cmd: Command, out: &mut OutBuf) -> Reply {
+pub fn execute(shared: &Shared, session: &mut Session, cmd: Command) -> Reply {
     match cmd {
         Command::Ping(msg) => {
             if session.in_subscribed_mode() {
@@ -130,13 +129,13 @@ pub fn execute(shared: &Shared, session: &mut Session, cmd: Command, out: &mut O
             let now = shared.uptime_ms();
             let mut s = String::new();
             for c in shared.clients.all() {
-                s.push_str(&client_line(shared, &c, now));
+                s.push_str(&client_line(&c, now));
                 s.push('\n');
             }
             Reply::Verbatim(s)
         }
         Command::ClientInfo => {
-            let mut s = client_line(shared, &session.client, shared.uptime_ms());
+            let mut s = client_line(&session.client, shared.uptime_ms());
             s.push('\n');
             Reply::Verbatim(s)
         }
@@ -159,7 +158,6 @@ pub fn execute(shared: &Shared, session: &mut Session, cmd: Command, out: &mut O
         Command::Info(sections) => Reply::Verbatim(crate::info::render(shared, &sections)),
         other => {
             // Every other command is applied by cmd::execute; reaching here is a bug.
-            let _ = out;
             Reply::Error(CommandError::err(format!(
                 "internal error: {other:?} not routed"
             )))
@@ -197,7 +195,7 @@ fn command_info(s: &CommandSpec) -> Reply {
     ])
 }
 
-fn client_line(shared: &Shared, c: &ClientState, now_ms: u64) -> String {
+fn client_line(c: &ClientState, now_ms: u64) -> String {
     let name = c
         .name
         .lock()
@@ -209,7 +207,6 @@ fn client_line(shared: &Shared, c: &ClientState, now_ms: u64) -> String {
     let subs = c.subs.load(Relaxed);
     let psubs = c.psubs.load(Relaxed);
     let flags = if subs + psubs > 0 { "P" } else { "N" };
-    let _ = shared;
     format!(
         "id={} addr={} laddr={} fd=-1 name={} age={} idle={} flags={} db=0 sub={} psub={} ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={}",
         c.id,
