@@ -121,34 +121,9 @@ impl Reply {
                 Version::Resp2 => out.buf_mut().put_slice(b"*-1\r\n"),
                 Version::Resp3 => out.buf_mut().put_slice(b"_\r\n"),
             },
-            Reply::Array(items) => {
-                out.header(b'*', items.len() as i64);
-                for r in items {
-                    r.encode(version, out);
-                }
-            }
-            Reply::Set(items) => {
-                let tag = if version == Version::Resp3 {
-                    b'~'
-                } else {
-                    b'*'
-                };
-                out.header(tag, items.len() as i64);
-                for r in items {
-                    r.encode(version, out);
-                }
-            }
-            Reply::Push(items) => {
-                let tag = if version == Version::Resp3 {
-                    b'>'
-                } else {
-                    b'*'
-                };
-                out.header(tag, items.len() as i64);
-                for r in items {
-                    r.encode(version, out);
-                }
-            }
+            Reply::Array(items) => encode_seq(b'*', items, version, out),
+            Reply::Set(items) => encode_seq(resp3_tag(version, b'~'), items, version, out),
+            Reply::Push(items) => encode_seq(resp3_tag(version, b'>'), items, version, out),
             Reply::Map(pairs) => {
                 match version {
                     Version::Resp3 => out.header(b'%', pairs.len() as i64),
@@ -183,6 +158,21 @@ impl Reply {
 impl From<CommandError> for Reply {
     fn from(e: CommandError) -> Self {
         Reply::Error(e)
+    }
+}
+
+/// `tag` in RESP3; RESP2 has only arrays.
+fn resp3_tag(version: Version, tag: u8) -> u8 {
+    match version {
+        Version::Resp3 => tag,
+        Version::Resp2 => b'*',
+    }
+}
+
+fn encode_seq(tag: u8, items: &[Reply], version: Version, out: &mut OutBuf) {
+    out.header(tag, items.len() as i64);
+    for r in items {
+        r.encode(version, out);
     }
 }
 

@@ -133,17 +133,17 @@ impl PubSub {
     /// Publishes to a channel; returns how many subscribers received it.
     pub fn publish(&self, channel: &Bytes, payload: &Bytes) -> usize {
         let mut n = 0;
+        let mut send = |s: &Subscriber, msg: PubMsg| {
+            if s.deliver(msg) {
+                n += 1;
+            } else {
+                self.dropped.fetch_add(1, Relaxed);
+            }
+        };
         if let Some(subs) = self.channels.read().get(channel) {
             for s in subs.values() {
-                let msg = PubMsg::Message {
-                    channel: channel.clone(),
-                    payload: payload.clone(),
-                };
-                if s.deliver(msg) {
-                    n += 1;
-                } else {
-                    self.dropped.fetch_add(1, Relaxed);
-                }
+                let (channel, payload) = (channel.clone(), payload.clone());
+                send(s, PubMsg::Message { channel, payload });
             }
         }
         for (pattern, subs) in self.patterns.read().iter() {
@@ -156,11 +156,7 @@ impl PubSub {
                     channel: channel.clone(),
                     payload: payload.clone(),
                 };
-                if s.deliver(msg) {
-                    n += 1;
-                } else {
-                    self.dropped.fetch_add(1, Relaxed);
-                }
+                send(s, msg);
             }
         }
         n
