@@ -233,11 +233,25 @@ fn sigterm_stops_the_server_cleanly() {
 #[test]
 fn maxclients_refuses_extra_connections() {
     let s = Server::start(&["--maxclients", "2"]);
-    let _a = s.redis();
+    let mut a = s.redis();
+    // The start-up probe's connection may not be unregistered yet: wait until
+    // `a` is the only client, so the count below is exact.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info: String = redis::cmd("INFO").arg("clients").query(&mut a).unwrap();
+        if info.contains("connected_clients:1\r") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "probe connection never left: {info}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let _b = s.redis();
     let out = s.cli_text(&["PING"]);
     assert!(out.contains("max number of clients reached"), "{out}");
-    drop(_a);
+    drop(a);
     // The slot frees up once a client leaves.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
