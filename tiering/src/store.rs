@@ -331,7 +331,8 @@ pub struct Store {
     /// High and low watermarks as `f64` bits (read on every write, so no lock).
     watermarks: [AtomicU64; 2],
     evict_lock: Mutex<()>,
-    leases: Mutex<HashMap<u64, Lease>>,
+    /// Leases by id, sharded by id so that leasing matches do not meet on one lock.
+    leases: Box<[Mutex<HashMap<u64, Lease>>]>,
     next_lease: AtomicU64,
     matches: AtomicU64,
     expired: AtomicU64,
@@ -382,7 +383,7 @@ impl Store {
                 AtomicU64::new(config.low_watermark.to_bits()),
             ],
             evict_lock: Mutex::new(()),
-            leases: Mutex::new(HashMap::new()),
+            leases: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             next_lease: AtomicU64::new(1),
             matches: AtomicU64::new(0),
             expired: AtomicU64::new(0),
@@ -395,6 +396,10 @@ impl Store {
 
     fn shard(&self, key: &[u8]) -> parking_lot::MutexGuard<'_, Shard> {
         self.shards[shard_of(key)].lock()
+    }
+
+    fn lease_shard(&self, id: u64) -> parking_lot::MutexGuard<'_, HashMap<u64, Lease>> {
+        self.leases[id as usize & (SHARDS - 1)].lock()
     }
 
     fn tick_clock(&self) -> u64 {
@@ -859,7 +864,7 @@ impl Store {
                 deadline: self.now_ms().saturating_add(ms),
                 keys: keys[..out.matched].to_vec(),
             };
-            self.leases.lock().insert(id, lease);
+            self.lease_shard(id).insert(id, lease);
             out.lease = Some(id);
         }
         out
@@ -867,7 +872,7 @@ impl Store {
 
     /// Drops a lease. False when it does not exist (released or expired).
     pub fn release(&self, lease: u64) -> bool {
-        let Some(l) = self.leases.lock().remove(&lease) else {
+        let Some(l) = self.lease_shard(lease).remove(&lease) else {
             return false;
         };
         self.drop_lease(l);
@@ -952,17 +957,19 @@ impl Store {
                 }
             }
         }
-        let due: Vec<Lease> = {
-            let mut leases = self.leases.lock();
-            let ids: Vec<u64> = leases
-                .iter()
-                .filter(|(_, l)| l.deadline <= now)
-                .map(|(id, _)| *id)
-                .collect();
-            ids.iter().filter_map(|id| leases.remove(id)).collect()
-        };
-        for l in due {
-            self.drop_lease(l);
+        for shard in self.leases.iter() {
+            let due: Vec<Lease> = {
+                let mut leases = shard.lock();
+                let ids: Vec<u64> = leases
+                    .iter()
+                    .filter(|(_, l)| l.deadline <= now)
+                    .map(|(id, _)| *id)
+                    .collect();
+                ids.iter().filter_map(|id| leases.remove(id)).collect()
+            };
+            for l in due {
+                self.drop_lease(l);
+            }
         }
         removed
     }
@@ -979,7 +986,9 @@ impl Store {
 
     /// Removes everything (leases included).
     pub fn flush(&self) {
-        self.leases.lock().clear();
+        for l in self.leases.iter() {
+            l.lock().clear();
+        }
         for s in self.shards.iter() {
             let taken: Vec<(Key, Entry)> = {
                 let mut s = s.lock();
@@ -1046,7 +1055,7 @@ impl Store {
             matches: self.matches.load(Relaxed),
             keys_queried: self.keys_queried.load(Relaxed),
             keys_matched: self.keys_matched.load(Relaxed),
-            leases: self.leases.lock().len() as u64,
+            leases: self.leases.iter().map(|l| l.lock().len() as u64).sum(),
             expired: self.expired.load(Relaxed),
             with_ttl: self.shards.iter().map(|s| s.lock().ttl.len() as u64).sum(),
         }
