@@ -4,13 +4,17 @@
 //! hold block bytes, per-tier byte accounting with high and low watermarks,
 //! prefix-aware LRU eviction, pins, leases, TTLs and checksums.
 //!
-//! This crate must never pull in CUDA, io_uring, tokio or any other crate of the
+//! This crate must never pull in CUDA, tokio or any other crate of the
 //! workspace, not even transitively: the tier trait, the LRU and the prefix index
-//! build and test on any laptop. Device-specific tiers live behind features.
+//! build and test on any laptop. Device-specific tiers live behind features; the
+//! SSD tier's I/O needs only a Unix kernel (io_uring, when it comes, will be
+//! Linux-only and chosen at run time, with pread/pwrite as the fallback).
 
 pub mod dram;
 pub mod error;
 pub mod event;
+pub mod io;
+pub mod ssd;
 pub mod store;
 pub mod tier;
 

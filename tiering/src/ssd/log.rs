@@ -1,0 +1,606 @@
+//! The segment log: the SSD tier's space, cut into fixed-size segments that
+//! records are appended to and that are reclaimed whole.
+//!
+//! One file (or block device) holds `capacity / segment_size` segments. Writes
+//! append to the active segment; a full segment is sealed and a free one opened;
+//! when none is free the oldest sealed segment is evicted (its keys are handed
+//! back so the index can drop them) and reused.
+//!
+//! Recovery reads every segment from its start and keeps records while their
+//! headers and bodies check out and their sequence numbers grow: a torn write, a
+//! zeroed block, or the older records of a segment's previous use all stop the
+//! scan of that segment. Where a key was written more than once, the highest
+//! sequence number wins.
+//!
+//! Appends to the log are serialized (one write at a time, in order), which is
+//! what makes "everything before a torn record is intact" hold after a crash.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use super::record::{self, Header};
+use crate::io::{open_direct, AlignedBuf, IoEngine, PsyncEngine, ALIGN};
+
+/// Default segment size: large enough for sequential device throughput and for
+/// the largest blocks, small enough that reclaiming one is not a big loss.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
+
+/// Name of the log file when the tier is given a directory.
+pub const FILE_NAME: &str = "tidepool.ssd";
+
+/// Where a record lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Location {
+    /// Segment index.
+    pub segment: u32,
+    /// Byte offset of the record in the file.
+    pub offset: u64,
+    /// Record length on disk (header and padding included).
+    pub len: u64,
+    /// Sequence number it was written with.
+    pub seq: u64,
+}
+
+/// A record found by recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// Its key.
+    pub key: Bytes,
+    /// Where it is.
+    pub location: Location,
+    /// Value length.
+    pub value_len: u64,
+}
+
+/// Settings of a segment log.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A file, a directory (the log is `FILE_NAME` inside it) or a block device.
+    pub path: PathBuf,
+    /// Bytes to use; rounded down to whole segments. `None`: the size of an
+    /// existing file or block device.
+    pub capacity: Option<u64>,
+    /// Segment size, a multiple of 4 KiB. Default: [`DEFAULT_SEGMENT_SIZE`].
+    pub segment_size: u64,
+    /// Try `O_DIRECT` (bypassing the page cache); buffered I/O plus fdatasync
+    /// when false or refused. Default: true.
+    pub direct: bool,
+}
+
+#[derive(Debug)]
+struct State {
+    active: Option<u32>,
+    write_pos: u64,
+    free: VecDeque<u32>,
+    /// Sealed segments, oldest first.
+    sealed: VecDeque<u32>,
+    /// Keys written to each segment (for handing back on eviction).
+    keys: Vec<Vec<Bytes>>,
+    next_seq: u64,
+}
+
+/// Counters of the log.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    /// Records appended.
+    pub appends: AtomicU64,
+    /// Segments evicted to make room.
+    pub segment_evictions: AtomicU64,
+    /// Reads whose record failed its checks.
+    pub checksum_failures: AtomicU64,
+}
+
+/// The segment log.
+pub struct SegmentLog {
+    file: File,
+    path: PathBuf,
+    direct: bool,
+    engine: Arc<dyn IoEngine>,
+    segment_size: u64,
+    segments: u32,
+    state: Mutex<State>,
+    /// Counters.
+    pub stats: LogStats,
+}
+
+impl std::fmt::Debug for SegmentLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentLog")
+            .field("path", &self.path)
+            .field("direct", &self.direct)
+            .field("engine", &self.engine.name())
+            .field("segments", &self.segments)
+            .finish()
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg.into())
+}
+
+impl SegmentLog {
+    /// Opens (creating if needed) the log and recovers what it holds. Returns the
+    /// log and the live records, newest copy of each key only.
+    pub fn open(config: &LogConfig) -> io::Result<(SegmentLog, Vec<Recovered>)> {
+        Self::open_with(config, Arc::new(PsyncEngine))
+    }
+
+    /// As [`SegmentLog::open`], with a chosen I/O engine.
+    pub fn open_with(
+        config: &LogConfig,
+        engine: Arc<dyn IoEngine>,
+    ) -> io::Result<(SegmentLog, Vec<Recovered>)> {
+        let seg = config.segment_size;
+        if seg == 0 || !seg.is_multiple_of(ALIGN as u64) {
+            return Err(invalid("segment size must be a positive multiple of 4 KiB"));
+        }
+        let path = if config.path.is_dir() {
+            config.path.join(FILE_NAME)
+        } else {
+            config.path.clone()
+        };
+        let (file, direct) = open_direct(&path, true, config.direct)?;
+        let existing = device_or_file_len(&file)?;
+        let capacity = config.capacity.unwrap_or(existing);
+        let segments = capacity / seg;
+        if segments == 0 {
+            return Err(invalid(format!(
+                "{}: capacity {capacity} holds no whole segment of {seg} bytes",
+                path.display()
+            )));
+        }
+        let segments = u32::try_from(segments).map_err(|_| invalid("too many segments"))?;
+        let wanted = segments as u64 * seg;
+        if existing < wanted {
+            file.set_len(wanted)?;
+        }
+        let log = SegmentLog {
+            file,
+            path,
+            direct,
+            engine,
+            segment_size: seg,
+            segments,
+            state: Mutex::new(State {
+                active: None,
+                write_pos: 0,
+                free: VecDeque::new(),
+                sealed: VecDeque::new(),
+                keys: vec![Vec::new(); segments as usize],
+                next_seq: 1,
+            }),
+            stats: LogStats::default(),
+        };
+        let recovered = log.recover()?;
+        Ok((log, recovered))
+    }
+
+    /// Whether the file was opened with `O_DIRECT`.
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    /// The I/O engine's name.
+    pub fn engine_name(&self) -> &'static str {
+        self.engine.name()
+    }
+
+    /// Number of segments.
+    pub fn segments(&self) -> u32 {
+        self.segments
+    }
+
+    /// Segment size in bytes.
+    pub fn segment_size(&self) -> u64 {
+        self.segment_size
+    }
+
+    /// Segments holding data (sealed or active).
+    pub fn used_segments(&self) -> u32 {
+        let s = self.state.lock();
+        s.sealed.len() as u32 + s.active.is_some() as u32
+    }
+
+    /// Path of the log file or device.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn segment_start(&self, segment: u32) -> u64 {
+        segment as u64 * self.segment_size
+    }
+
+    /// Scans every segment; rebuilds the free and sealed lists.
+    fn recover(&self) -> io::Result<Vec<Recovered>> {
+        let mut newest: HashMap<Bytes, Recovered> = HashMap::new();
+        let mut used: Vec<(u64, u32)> = Vec::new(); // (first seq, segment)
+        let mut keys: Vec<Vec<Bytes>> = vec![Vec::new(); self.segments as usize];
+        let mut max_seq = 0;
+        let mut head = AlignedBuf::zeroed(ALIGN);
+        for segment in 0..self.segments {
+            let start = self.segment_start(segment);
+            let mut pos = 0u64;
+            let mut last_seq = 0u64;
+            let mut first_seq = None;
+            while pos + ALIGN as u64 <= self.segment_size {
+                self.engine.read_at(&self.file, &mut head, start + pos)?;
+                let Some(h) = record::decode_header(&head) else {
+                    break;
+                };
+                let len = h.record_len();
+                if h.seq <= last_seq || pos + len > self.segment_size {
+                    break; // an older use of this segment, or nonsense
+                }
+                let Some((key, _)) = self.read_record(&h, start + pos, &head)? else {
+                    break; // torn or corrupt body
+                };
+                let location = Location {
+                    segment,
+                    offset: start + pos,
+                    len,
+                    seq: h.seq,
+                };
+                first_seq.get_or_insert(h.seq);
+                last_seq = h.seq;
+                max_seq = max_seq.max(h.seq);
+                keys[segment as usize].push(key.clone());
+                let rec = Recovered {
+                    key: key.clone(),
+                    location,
+                    value_len: h.value_len,
+                };
+                match newest.get(&key) {
+                    Some(old) if old.location.seq > h.seq => {}
+                    _ => {
+                        newest.insert(key, rec);
+                    }
+                }
+                pos += len;
+            }
+            if let Some(f) = first_seq {
+                used.push((f, segment));
+            }
+        }
+        used.sort_unstable();
+        let mut st = self.state.lock();
+        st.sealed = used.iter().map(|(_, s)| *s).collect();
+        let in_use: std::collections::HashSet<u32> = st.sealed.iter().copied().collect();
+        st.free = (0..self.segments).filter(|s| !in_use.contains(s)).collect();
+        st.keys = keys;
+        st.next_seq = max_seq + 1;
+        let mut out: Vec<Recovered> = newest.into_values().collect();
+        out.sort_by_key(|r| r.location.seq);
+        Ok(out)
+    }
+
+    /// Reads and checks a whole record whose header is `h` (already read into
+    /// `head`, the first 4 KiB). Returns its key and value.
+    fn read_record(
+        &self,
+        h: &Header,
+        offset: u64,
+        head: &AlignedBuf,
+    ) -> io::Result<Option<(Bytes, Bytes)>> {
+        let len = h.record_len() as usize;
+        let full;
+        let rec: &[u8] = if len <= head.len() {
+            head
+        } else {
+            let mut buf = AlignedBuf::zeroed(len);
+            buf[..head.len()].copy_from_slice(head);
+            self.engine.read_at(
+                &self.file,
+                &mut buf[head.len()..],
+                offset + head.len() as u64,
+            )?;
+            full = buf;
+            &full
+        };
+        Ok(record::decode_body(h, rec)
+            .map(|(k, v)| (Bytes::copy_from_slice(k), Bytes::copy_from_slice(v))))
+    }
+
+    /// Appends a record. With `durable`, returns only once it is on stable
+    /// storage. Also returns the keys of a segment evicted to make room (the
+    /// caller drops those still located there).
+    pub fn append(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        durable: bool,
+    ) -> io::Result<(Location, Vec<Bytes>)> {
+        let len = record::record_len(key.len(), value.len());
+        if len > self.segment_size {
+            return Err(invalid(format!(
+                "record of {len} bytes is larger than a segment ({} bytes)",
+                self.segment_size
+            )));
+        }
+        if key.len() > record::MAX_KEY_LEN {
+            return Err(invalid("key too long for the SSD tier"));
+        }
+        let mut st = self.state.lock();
+        let mut evicted = Vec::new();
+        let need_new = match st.active {
+            None => true,
+            Some(_) => st.write_pos + len > self.segment_size,
+        };
+        if need_new {
+            if let Some(a) = st.active.take() {
+                st.sealed.push_back(a);
+            }
+            let next = match st.free.pop_front() {
+                Some(s) => s,
+                None => {
+                    let victim = st.sealed.pop_front().expect("at least one segment exists");
+                    self.stats.segment_evictions.fetch_add(1, Relaxed);
+                    evicted = std::mem::take(&mut st.keys[victim as usize]);
+                    victim
+                }
+            };
+            st.active = Some(next);
+            st.write_pos = 0;
+        }
+        let segment = st.active.expect("set above");
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        let offset = self.segment_start(segment) + st.write_pos;
+        let buf = record::encode(key, value, seq);
+        // Written under the lock: appends reach the device in order.
+        self.engine.write_at(&self.file, &buf, offset)?;
+        if durable {
+            self.engine.sync(&self.file)?;
+        }
+        st.write_pos += len;
+        st.keys[segment as usize].push(Bytes::copy_from_slice(key));
+        self.stats.appends.fetch_add(1, Relaxed);
+        Ok((
+            Location {
+                segment,
+                offset,
+                len,
+                seq,
+            },
+            evicted,
+        ))
+    }
+
+    /// Makes every append so far durable.
+    pub fn sync(&self) -> io::Result<()> {
+        self.engine.sync(&self.file)
+    }
+
+    /// Reads the value at `loc`, checking that it is `key`'s and intact.
+    /// `Ok(None)` is a miss: the record was overwritten or failed its checks (the
+    /// latter is counted).
+    pub fn read(&self, key: &[u8], loc: &Location) -> io::Result<Option<Bytes>> {
+        let mut buf = AlignedBuf::zeroed(loc.len as usize);
+        self.engine.read_at(&self.file, &mut buf, loc.offset)?;
+        let ok = record::decode_header(&buf)
+            .filter(|h| h.seq == loc.seq && h.record_len() == loc.len)
+            .and_then(|h| record::decode_body(&h, &buf).map(|(k, v)| (k == key, v)));
+        match ok {
+            Some((true, v)) => Ok(Some(Bytes::copy_from_slice(v))),
+            Some((false, _)) => Ok(None), // the segment was reused: a plain miss
+            None => {
+                self.stats.checksum_failures.fetch_add(1, Relaxed);
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Size of a regular file, or of a block device (whose metadata length is 0).
+fn device_or_file_len(file: &File) -> io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let meta = file.metadata()?;
+    if meta.is_file() {
+        return Ok(meta.len());
+    }
+    let mut f = file;
+    let end = f.seek(SeekFrom::End(0))?;
+    f.seek(SeekFrom::Start(0))?;
+    Ok(end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ssd::record::HEADER_LEN;
+
+    const SEG: u64 = 64 * 1024;
+
+    fn dir(name: &str, base: &str) -> PathBuf {
+        let d = PathBuf::from(base).join(format!("tidepool-ssd-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    thread_local! {
+        static DIRECT: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+    }
+
+    fn config(d: &Path, segments: u64) -> LogConfig {
+        LogConfig {
+            path: d.to_path_buf(),
+            capacity: Some(segments * SEG),
+            segment_size: SEG,
+            direct: DIRECT.with(|c| c.get()),
+        }
+    }
+
+    fn value(i: usize, len: usize) -> Vec<u8> {
+        (0..len).map(|j| (i * 7 + j) as u8).collect()
+    }
+
+    /// Runs a test body with direct I/O and with buffered I/O.
+    fn on_both(name: &str, body: impl Fn(&Path, bool)) {
+        for direct in [true, false] {
+            DIRECT.with(|c| c.set(direct));
+            let d = dir(
+                &format!("{name}-{direct}"),
+                &std::env::temp_dir().to_string_lossy(),
+            );
+            body(&d, direct);
+            let _ = std::fs::remove_dir_all(&d);
+        }
+    }
+
+    #[test]
+    fn append_read_reopen() {
+        on_both("reopen", |d, want_direct| {
+            let (log, rec) = SegmentLog::open(&config(d, 8)).unwrap();
+            assert!(rec.is_empty());
+            if !want_direct {
+                assert!(!log.is_direct(), "buffered I/O was asked for");
+            } else if !log.is_direct() {
+                eprintln!(
+                    "{}: the file system refused O_DIRECT; ran buffered",
+                    d.display()
+                );
+            }
+            let mut locs = Vec::new();
+            for (i, len) in [0usize, 1, 4000, 4096, 20_000].iter().enumerate() {
+                let k = format!("k{i}");
+                let (loc, ev) = log.append(k.as_bytes(), &value(i, *len), true).unwrap();
+                assert!(ev.is_empty());
+                assert_eq!(
+                    log.read(k.as_bytes(), &loc).unwrap().unwrap(),
+                    value(i, *len)
+                );
+                locs.push((k, loc, *len));
+            }
+            drop(log);
+            let (log, rec) = SegmentLog::open(&config(d, 8)).unwrap();
+            assert_eq!(rec.len(), locs.len());
+            for ((k, loc, len), r) in locs.iter().zip(&rec) {
+                assert_eq!(
+                    (&r.key[..], r.location, r.value_len),
+                    (k.as_bytes(), *loc, *len as u64)
+                );
+                let i = locs.iter().position(|x| &x.0 == k).unwrap();
+                assert_eq!(
+                    log.read(k.as_bytes(), loc).unwrap().unwrap(),
+                    value(i, *len)
+                );
+            }
+            // New writes after recovery get newer sequence numbers.
+            let (loc, _) = log.append(b"k0", b"newer", true).unwrap();
+            assert!(loc.seq > locs.last().unwrap().1.seq);
+            drop(log);
+            let (_, rec) = SegmentLog::open(&config(d, 8)).unwrap();
+            let k0 = rec.iter().find(|r| &r.key[..] == b"k0").unwrap();
+            assert_eq!(k0.location, loc, "the newest copy of a key wins");
+        });
+    }
+
+    #[test]
+    fn torn_tail_is_discarded() {
+        on_both("torn", |d, _| {
+            let (log, _) = SegmentLog::open(&config(d, 4)).unwrap();
+            let (a, _) = log.append(b"a", &value(1, 100), true).unwrap();
+            let (b, _) = log.append(b"b", &value(2, 9000), true).unwrap();
+            let path = log.path().to_path_buf();
+            drop(log);
+            // Crash mid-write of "b": its last 4 KiB never reached the disk.
+            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(&[0u8; 4096], b.offset + b.len - 4096)
+                .unwrap();
+            drop(f);
+            let (log, rec) = SegmentLog::open(&config(d, 4)).unwrap();
+            assert_eq!(rec.iter().map(|r| &r.key[..]).collect::<Vec<_>>(), [b"a"]);
+            assert_eq!(log.read(b"a", &a).unwrap().unwrap(), value(1, 100));
+            // Appends go on after recovery.
+            let (c, _) = log.append(b"c", b"after", true).unwrap();
+            assert_eq!(log.read(b"c", &c).unwrap().unwrap(), &b"after"[..]);
+        });
+    }
+
+    #[test]
+    fn corruption_is_a_counted_miss() {
+        on_both("corrupt", |d, _| {
+            let (log, _) = SegmentLog::open(&config(d, 4)).unwrap();
+            let (a, _) = log.append(b"a", &value(1, 5000), true).unwrap();
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(log.path())
+                .unwrap();
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(&[0xFF], a.offset + HEADER_LEN as u64 + 100)
+                .unwrap();
+            drop(f);
+            assert_eq!(log.read(b"a", &a).unwrap(), None);
+            assert_eq!(log.stats.checksum_failures.load(Relaxed), 1);
+            assert_eq!(log.read(b"zz", &a).unwrap(), None);
+        });
+    }
+
+    #[test]
+    fn full_log_evicts_oldest_segment_and_recovery_ignores_its_old_records() {
+        on_both("evict", |d, _| {
+            let (log, _) = SegmentLog::open(&config(d, 3)).unwrap();
+            // 10 KiB values take 12 KiB records: 5 per 64 KiB segment.
+            let mut evicted = Vec::new();
+            let mut last = HashMap::new();
+            for i in 0..40 {
+                let k = format!("k{i}");
+                let (loc, ev) = log.append(k.as_bytes(), &value(i, 10_000), false).unwrap();
+                evicted.extend(ev);
+                last.insert(k, loc);
+            }
+            log.sync().unwrap();
+            assert!(log.stats.segment_evictions.load(Relaxed) >= 5);
+            assert_eq!(
+                evicted.len() as u64,
+                5 * log.stats.segment_evictions.load(Relaxed)
+            );
+            assert_eq!(&evicted[0][..], b"k0", "oldest first");
+            let live: Vec<String> = (0..40)
+                .map(|i| format!("k{i}"))
+                .filter(|k| !evicted.iter().any(|e| &e[..] == k.as_bytes()))
+                .collect();
+            drop(log);
+            let (log, rec) = SegmentLog::open(&config(d, 3)).unwrap();
+            let mut got: Vec<String> = rec
+                .iter()
+                .map(|r| String::from_utf8(r.key.to_vec()).unwrap())
+                .collect();
+            got.sort();
+            let mut want = live.clone();
+            want.sort();
+            assert_eq!(got, want, "only the keys of live segments come back");
+            for r in &rec {
+                let i: usize = std::str::from_utf8(&r.key[1..]).unwrap().parse().unwrap();
+                assert_eq!(
+                    log.read(&r.key, &r.location).unwrap().unwrap(),
+                    value(i, 10_000)
+                );
+            }
+        });
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let d = dir("bad", "/tmp");
+        let mut c = config(&d, 1);
+        c.segment_size = 1000;
+        assert!(SegmentLog::open(&c).is_err());
+        let c = LogConfig {
+            capacity: Some(SEG - 1),
+            ..config(&d, 1)
+        };
+        assert!(SegmentLog::open(&c).is_err());
+        let (log, _) = SegmentLog::open(&config(&d, 1)).unwrap();
+        assert!(log.append(b"k", &vec![0u8; SEG as usize], true).is_err());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
