@@ -426,6 +426,14 @@ mod tests {
 
     thread_local! {
         static DIRECT: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+        static ENGINE: std::cell::Cell<crate::io::EngineChoice> =
+            const { std::cell::Cell::new(crate::io::EngineChoice::Psync) };
+    }
+
+    /// Opens with the engine of the current round of `on_both`.
+    fn open(c: &LogConfig) -> io::Result<(SegmentLog, Vec<Recovered>)> {
+        let (engine, _) = crate::io::build(ENGINE.with(|e| e.get()))?;
+        SegmentLog::open_with(c, engine)
     }
 
     fn config(d: &Path, segments: u64) -> LogConfig {
@@ -457,7 +465,7 @@ mod tests {
     #[test]
     fn append_read_reopen() {
         on_both("reopen", |d, want_direct| {
-            let (log, rec) = SegmentLog::open(&config(d, 8)).unwrap();
+            let (log, rec) = open(&config(d, 8)).unwrap();
             assert!(rec.is_empty());
             if !want_direct {
                 assert!(!log.is_direct(), "buffered I/O was asked for");
@@ -479,7 +487,7 @@ mod tests {
                 locs.push((k, loc, *len));
             }
             drop(log);
-            let (log, rec) = SegmentLog::open(&config(d, 8)).unwrap();
+            let (log, rec) = open(&config(d, 8)).unwrap();
             assert_eq!(rec.len(), locs.len());
             for ((k, loc, len), r) in locs.iter().zip(&rec) {
                 assert_eq!(
@@ -496,7 +504,7 @@ mod tests {
             let (loc, _) = log.append(b"k0", b"newer", true).unwrap();
             assert!(loc.seq > locs.last().unwrap().1.seq);
             drop(log);
-            let (_, rec) = SegmentLog::open(&config(d, 8)).unwrap();
+            let (_, rec) = open(&config(d, 8)).unwrap();
             let k0 = rec.iter().find(|r| &r.key[..] == b"k0").unwrap();
             assert_eq!(k0.location, loc, "the newest copy of a key wins");
         });
@@ -505,7 +513,7 @@ mod tests {
     #[test]
     fn torn_tail_is_discarded() {
         on_both("torn", |d, _| {
-            let (log, _) = SegmentLog::open(&config(d, 4)).unwrap();
+            let (log, _) = open(&config(d, 4)).unwrap();
             let (a, _) = log.append(b"a", &value(1, 100), true).unwrap();
             let (b, _) = log.append(b"b", &value(2, 9000), true).unwrap();
             let path = log.path().to_path_buf();
@@ -516,7 +524,7 @@ mod tests {
             f.write_all_at(&[0u8; 4096], b.offset + b.len - 4096)
                 .unwrap();
             drop(f);
-            let (log, rec) = SegmentLog::open(&config(d, 4)).unwrap();
+            let (log, rec) = open(&config(d, 4)).unwrap();
             assert_eq!(rec.iter().map(|r| &r.key[..]).collect::<Vec<_>>(), [b"a"]);
             assert_eq!(log.read(b"a", &a).unwrap().unwrap(), value(1, 100));
             // Appends go on after recovery.
@@ -528,7 +536,7 @@ mod tests {
     #[test]
     fn corruption_is_a_counted_miss() {
         on_both("corrupt", |d, _| {
-            let (log, _) = SegmentLog::open(&config(d, 4)).unwrap();
+            let (log, _) = open(&config(d, 4)).unwrap();
             let (a, _) = log.append(b"a", &value(1, 5000), true).unwrap();
             let f = std::fs::OpenOptions::new()
                 .write(true)
@@ -547,7 +555,7 @@ mod tests {
     #[test]
     fn full_log_evicts_oldest_segment_and_recovery_ignores_its_old_records() {
         on_both("evict", |d, _| {
-            let (log, _) = SegmentLog::open(&config(d, 3)).unwrap();
+            let (log, _) = open(&config(d, 3)).unwrap();
             // 10 KiB values take 12 KiB records: 5 per 64 KiB segment.
             let mut evicted = Vec::new();
             let mut last = HashMap::new();
@@ -569,7 +577,7 @@ mod tests {
                 .filter(|k| !evicted.iter().any(|e| &e[..] == k.as_bytes()))
                 .collect();
             drop(log);
-            let (log, rec) = SegmentLog::open(&config(d, 3)).unwrap();
+            let (log, rec) = open(&config(d, 3)).unwrap();
             let mut got: Vec<String> = rec
                 .iter()
                 .map(|r| String::from_utf8(r.key.to_vec()).unwrap())
@@ -599,7 +607,7 @@ mod tests {
             ..config(&d, 1)
         };
         assert!(SegmentLog::open(&c).is_err());
-        let (log, _) = SegmentLog::open(&config(&d, 1)).unwrap();
+        let (log, _) = open(&config(&d, 1)).unwrap();
         assert!(log.append(b"k", &vec![0u8; SEG as usize], true).is_err());
         let _ = std::fs::remove_dir_all(&d);
     }
