@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 
-use crate::tier::{Load, Slot, Tier, TierKind};
+use crate::tier::{Load, Slot, Tier, TierError, TierKind};
 
 /// Host-memory tier.
 #[derive(Debug, Default)]
@@ -17,11 +17,11 @@ impl Tier for DramTier {
         TierKind::Dram
     }
 
-    fn store(&self, _key: &[u8], value: Bytes) -> Slot {
-        Slot::Memory(value)
+    fn store(&self, _key: &[u8], value: Bytes) -> Result<Slot, TierError> {
+        Ok(Slot::Memory(value))
     }
 
-    fn load(&self, slot: &Slot) -> Load {
+    fn load(&self, _key: &[u8], slot: &Slot) -> Load {
         match slot {
             Slot::Memory(b) => Load::Hit(b.clone()),
             Slot::Extent { .. } => Load::Miss,
@@ -38,8 +38,8 @@ mod tests {
     #[test]
     fn store_keeps_what_it_is_given() {
         let v = Bytes::from(vec![1u8; 4096]);
-        let slot = DramTier.store(b"k", v.clone());
-        match DramTier.load(&slot) {
+        let slot = DramTier.store(b"k", v.clone()).unwrap();
+        match DramTier.load(b"k", &slot) {
             Load::Hit(b) => assert_eq!(b.as_ptr(), v.as_ptr()),
             Load::Miss => panic!("miss"),
         }

@@ -29,6 +29,9 @@ pub enum StoreError {
     /// The tier asked for is not configured on this node.
     #[error("the {0} tier is not configured on this node")]
     NoTier(&'static str),
+    /// A tier's device failed.
+    #[error("I/O error: {0}")]
+    Io(String),
 }
 
 impl StoreError {
@@ -40,6 +43,7 @@ impl StoreError {
             StoreError::NoParent => "NOPARENT",
             StoreError::SelfParent => "ERR",
             StoreError::NoTier(_) => "NOTIER",
+            StoreError::Io(_) => "IOERR",
         }
     }
 }

@@ -18,7 +18,10 @@ pub mod ssd;
 pub mod store;
 pub mod tier;
 
+#[cfg(test)]
+mod tier_suite;
+
 pub use error::StoreError;
 pub use event::{Event, EventKind, EventSink};
 pub use store::{MatchResult, PutOptions, Store, StoreConfig, StoreStats};
-pub use tier::{Load, Slot, Tier, TierKind};
+pub use tier::{Load, Slot, Tier, TierError, TierKind};

@@ -498,7 +498,16 @@ impl Store {
         } else {
             Bytes::copy_from_slice(&value)
         };
-        let slot = self.dram.store(&key, value);
+        let slot = match self.dram.store(&key, value) {
+            Ok(slot) => slot,
+            Err(e) => {
+                self.dram_counters.used.fetch_sub(charge, Relaxed);
+                if let Some(p) = &opts.parent {
+                    self.unlink_child(p, &key);
+                }
+                return Err(StoreError::Io(e.to_string()));
+            }
+        };
         let now = if opts.ttl_ms.is_some() || opts.only_if_exists.is_some() {
             self.now_ms()
         } else {
@@ -768,7 +777,7 @@ impl Store {
     /// Reads a block, refreshing its recency. `None` is a miss.
     pub fn get(&self, key: &[u8]) -> Option<Bytes> {
         let slot = self.read_entry(key, true, |e| e.slot.clone());
-        match slot.map(|s| self.dram.load(&s)) {
+        match slot.map(|s| self.dram.load(key, &s)) {
             Some(Load::Hit(b)) => {
                 self.dram_counters.hits.fetch_add(1, Relaxed);
                 Some(b)
@@ -784,7 +793,7 @@ impl Store {
     /// is corrupt (and was dropped).
     pub fn verify(&self, key: &[u8]) -> Option<bool> {
         let (slot, sum) = self.read_entry(key, false, |e| (e.slot.clone(), e.checksum))?;
-        let ok = match self.dram.load(&slot) {
+        let ok = match self.dram.load(key, &slot) {
             Load::Hit(b) => xxh3_64(&b) == sum,
             Load::Miss => false,
         };

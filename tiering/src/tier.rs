@@ -34,12 +34,14 @@ impl TierKind {
 pub enum Slot {
     /// Bytes held in host memory.
     Memory(Bytes),
-    /// An extent of a device or file, for tiers that are not addressable memory.
+    /// A record on a device or file, for tiers that are not addressable memory.
     Extent {
-        /// Byte offset.
+        /// Byte offset of the record.
         offset: u64,
-        /// Length in bytes.
+        /// Length of the record on the device.
         len: u64,
+        /// Write sequence number, told apart from a later record at the same place.
+        seq: u64,
     },
 }
 
@@ -52,20 +54,44 @@ pub enum Load {
     Miss,
 }
 
+/// Why a tier could not store a block.
+#[derive(Debug, thiserror::Error)]
+pub enum TierError {
+    /// The block cannot fit in the tier at all.
+    #[error("block of {0} bytes does not fit in this tier")]
+    TooBig(u64),
+    /// The device failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
 /// A tier holds block bytes. Implementations MUST be safe to call from many
-/// threads at once and MUST NOT block for long in `store`/`load`/`release` when
-/// called from the request path.
+/// threads at once. Tiers backed by a device block in `store`, `load` and `sync`:
+/// callers MUST NOT call those from an async runtime's worker threads.
 pub trait Tier: Send + Sync + 'static {
     /// Which tier this is.
     fn kind(&self) -> TierKind;
 
     /// Holds `value` for `key`. The store has already reserved room in its
-    /// accounting, so this MUST NOT fail for lack of space it was told about.
-    fn store(&self, key: &[u8], value: Bytes) -> Slot;
+    /// accounting for memory tiers; device tiers reclaim their own space (see
+    /// `take_reclaimed`).
+    fn store(&self, key: &[u8], value: Bytes) -> Result<Slot, TierError>;
 
-    /// Reads a slot returned by `store`.
-    fn load(&self, slot: &Slot) -> Load;
+    /// Reads back `key`'s bytes from a slot returned by `store`. A slot whose
+    /// bytes were reclaimed, overwritten or fail their checksum is a `Miss`.
+    fn load(&self, key: &[u8], slot: &Slot) -> Load;
 
     /// Gives a slot up. The caller MUST NOT use it afterwards.
     fn release(&self, slot: Slot);
+
+    /// Makes everything stored so far durable. Default: nothing to do.
+    fn sync(&self) -> Result<(), TierError> {
+        Ok(())
+    }
+
+    /// Keys whose bytes the tier dropped on its own to make room since the last
+    /// call (an SSD tier reclaims whole segments). Default: none.
+    fn take_reclaimed(&self) -> Vec<Bytes> {
+        Vec::new()
+    }
 }

@@ -4,10 +4,13 @@
 //! allows it, recovered by scanning after a restart or a crash.
 //!
 //! Status: the log (format, append, read with checksum checks, segment
-//! eviction, recovery) is built and tested; the store does not use it yet
-//! (demotion, promotion and the server flag `--ssd` come next).
+//! eviction, recovery) and the [`SsdTier`] on top of it are built and tested;
+//! the store does not use them yet (demotion, promotion and the server flag
+//! `--ssd` come next).
 
 pub mod log;
 pub mod record;
+pub mod tier;
 
 pub use log::{Location, LogConfig, Recovered, SegmentLog};
+pub use tier::{Opened, SsdTier};

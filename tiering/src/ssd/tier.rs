@@ -1,0 +1,114 @@
+//! The SSD tier behind the [`Tier`] trait: block bytes as records of the
+//! segment log.
+
+use std::io;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use super::log::{Location, LogConfig, Recovered, SegmentLog};
+use crate::io::{build, EngineChoice};
+use crate::tier::{Load, Slot, Tier, TierError, TierKind};
+
+/// SSD tier: a [`SegmentLog`] plus the keys its segment evictions dropped.
+#[derive(Debug)]
+pub struct SsdTier {
+    log: SegmentLog,
+    reclaimed: Mutex<Vec<Bytes>>,
+}
+
+/// What opening an SSD tier found and chose.
+#[derive(Debug)]
+pub struct Opened {
+    /// The tier.
+    pub tier: SsdTier,
+    /// Live records found on the device (newest copy of each key).
+    pub recovered: Vec<Recovered>,
+    /// Set when the engine asked for was not available and another was used.
+    pub fallback: Option<String>,
+}
+
+impl SsdTier {
+    /// Opens the tier on `config.path` with the chosen I/O engine and recovers
+    /// what the device holds.
+    pub fn open(config: &LogConfig, engine: EngineChoice) -> io::Result<Opened> {
+        let (engine, fallback) = build(engine)?;
+        let (log, recovered) = SegmentLog::open_with(config, engine)?;
+        Ok(Opened {
+            tier: SsdTier {
+                log,
+                reclaimed: Mutex::new(Vec::new()),
+            },
+            recovered,
+            fallback,
+        })
+    }
+
+    /// The underlying log.
+    pub fn log(&self) -> &SegmentLog {
+        &self.log
+    }
+
+    /// Bytes of device space the tier uses.
+    pub fn capacity(&self) -> u64 {
+        self.log.segments() as u64 * self.log.segment_size()
+    }
+
+    /// The slot of a recovered record.
+    pub fn slot_of(loc: &Location) -> Slot {
+        Slot::Extent {
+            offset: loc.offset,
+            len: loc.len,
+            seq: loc.seq,
+        }
+    }
+}
+
+impl Tier for SsdTier {
+    fn kind(&self) -> TierKind {
+        TierKind::Ssd
+    }
+
+    fn store(&self, key: &[u8], value: Bytes) -> Result<Slot, TierError> {
+        match self.log.append(key, &value, false) {
+            Ok((loc, evicted)) => {
+                if !evicted.is_empty() {
+                    self.reclaimed.lock().extend(evicted);
+                }
+                Ok(Self::slot_of(&loc))
+            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                Err(TierError::TooBig(value.len() as u64))
+            }
+            Err(e) => Err(TierError::Io(e)),
+        }
+    }
+
+    fn load(&self, key: &[u8], slot: &Slot) -> Load {
+        let Slot::Extent { offset, len, seq } = *slot else {
+            return Load::Miss;
+        };
+        let loc = Location {
+            segment: (offset / self.log.segment_size()) as u32,
+            offset,
+            len,
+            seq,
+        };
+        match self.log.read(key, &loc) {
+            Ok(Some(b)) => Load::Hit(b),
+            _ => Load::Miss,
+        }
+    }
+
+    fn release(&self, _slot: Slot) {
+        // Space comes back when its whole segment is reclaimed.
+    }
+
+    fn sync(&self) -> Result<(), TierError> {
+        Ok(self.log.sync()?)
+    }
+
+    fn take_reclaimed(&self) -> Vec<Bytes> {
+        std::mem::take(&mut *self.reclaimed.lock())
+    }
+}
