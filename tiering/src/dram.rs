@@ -17,7 +17,7 @@ impl Tier for DramTier {
         TierKind::Dram
     }
 
-    fn store(&self, _key: &[u8], value: Bytes) -> Result<Slot, TierError> {
+    fn store(&self, _key: &[u8], _parent: Option<&[u8]>, value: Bytes) -> Result<Slot, TierError> {
         Ok(Slot::Memory(value))
     }
 
@@ -38,7 +38,7 @@ mod tests {
     #[test]
     fn store_keeps_what_it_is_given() {
         let v = Bytes::from(vec![1u8; 4096]);
-        let slot = DramTier.store(b"k", v.clone()).unwrap();
+        let slot = DramTier.store(b"k", None, v.clone()).unwrap();
         match DramTier.load(b"k", &slot) {
             Load::Hit(b) => assert_eq!(b.as_ptr(), v.as_ptr()),
             Load::Miss => panic!("miss"),

@@ -498,7 +498,7 @@ impl Store {
         } else {
             Bytes::copy_from_slice(&value)
         };
-        let slot = match self.dram.store(&key, value) {
+        let slot = match self.dram.store(&key, opts.parent.as_deref(), value) {
             Ok(slot) => slot,
             Err(e) => {
                 self.dram_counters.used.fetch_sub(charge, Relaxed);

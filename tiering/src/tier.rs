@@ -72,10 +72,11 @@ pub trait Tier: Send + Sync + 'static {
     /// Which tier this is.
     fn kind(&self) -> TierKind;
 
-    /// Holds `value` for `key`. The store has already reserved room in its
-    /// accounting for memory tiers; device tiers reclaim their own space (see
-    /// `take_reclaimed`).
-    fn store(&self, key: &[u8], value: Bytes) -> Result<Slot, TierError>;
+    /// Holds `value` for `key`. `parent` is the previous block of its chain:
+    /// persistent tiers keep it so that recovery restores chains. The store has
+    /// already reserved room in its accounting for memory tiers; device tiers
+    /// reclaim their own space (see `take_reclaimed`).
+    fn store(&self, key: &[u8], parent: Option<&[u8]>, value: Bytes) -> Result<Slot, TierError>;
 
     /// Reads back `key`'s bytes from a slot returned by `store`. A slot whose
     /// bytes were reclaimed, overwritten or fail their checksum is a `Miss`.

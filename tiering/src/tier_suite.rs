@@ -23,15 +23,15 @@ fn round_trips(t: &dyn Tier) {
     for (i, len) in [0usize, 1, 4095, 4096, 100_000, 1 << 20].iter().enumerate() {
         let key = &keys[i % keys.len()];
         let v = value(i, *len);
-        let slot = t.store(key, v.clone()).expect("store");
+        let slot = t.store(key, None, v.clone()).expect("store");
         assert_eq!(t.load(key, &slot), Load::Hit(v), "{:?} len {len}", t.kind());
     }
     t.sync().expect("sync");
 }
 
 fn overwrite_keeps_both_slots_readable_until_released(t: &dyn Tier) {
-    let s1 = t.store(b"k", value(1, 5000)).unwrap();
-    let s2 = t.store(b"k", value(2, 5000)).unwrap();
+    let s1 = t.store(b"k", Some(b"parent"), value(1, 5000)).unwrap();
+    let s2 = t.store(b"k", Some(b"parent"), value(2, 5000)).unwrap();
     assert_eq!(t.load(b"k", &s2), Load::Hit(value(2, 5000)));
     assert_eq!(t.load(b"k", &s1), Load::Hit(value(1, 5000)));
     t.release(s1);
@@ -47,7 +47,7 @@ fn concurrent_stores(t: Arc<dyn Tier>) {
                     .map(|i| {
                         let key = format!("t{th}-{i}").into_bytes();
                         let v = value(th * 100 + i, 3000 + i * 100);
-                        let slot = t.store(&key, v.clone()).unwrap();
+                        let slot = t.store(&key, None, v.clone()).unwrap();
                         (key, v, slot)
                     })
                     .collect::<Vec<_>>()
@@ -115,9 +115,9 @@ fn ssd_tier_reports_reclaimed_keys_and_misses_them() {
         direct: true,
     };
     let t = SsdTier::open(&config, EngineChoice::Auto).unwrap().tier;
-    let first = t.store(b"first", value(0, 500_000)).unwrap();
+    let first = t.store(b"first", None, value(0, 500_000)).unwrap();
     for i in 0..4 {
-        t.store(format!("k{i}").as_bytes(), value(i, 500_000))
+        t.store(format!("k{i}").as_bytes(), None, value(i, 500_000))
             .unwrap();
     }
     let reclaimed = t.take_reclaimed();

@@ -53,6 +53,8 @@ pub struct Location {
 pub struct Recovered {
     /// Its key.
     pub key: Bytes,
+    /// Its parent, when it was stored with one.
+    pub parent: Option<Bytes>,
     /// Where it is.
     pub location: Location,
     /// Value length.
@@ -238,7 +240,7 @@ impl SegmentLog {
                 if h.seq <= last_seq || pos + len > self.segment_size {
                     break; // an older use of this segment, or nonsense
                 }
-                let Some((key, _)) = self.read_record(&h, start + pos, &head)? else {
+                let Some((key, parent)) = self.read_record(&h, start + pos, &head)? else {
                     break; // torn or corrupt body
                 };
                 let location = Location {
@@ -253,6 +255,7 @@ impl SegmentLog {
                 keys[segment as usize].push(key.clone());
                 let rec = Recovered {
                     key: key.clone(),
+                    parent,
                     location,
                     value_len: h.value_len,
                 };
@@ -281,13 +284,13 @@ impl SegmentLog {
     }
 
     /// Reads and checks a whole record whose header is `h` (already read into
-    /// `head`, the first 4 KiB). Returns its key and value.
+    /// `head`, the first 4 KiB). Returns its key and parent.
     fn read_record(
         &self,
         h: &Header,
         offset: u64,
         head: &AlignedBuf,
-    ) -> io::Result<Option<(Bytes, Bytes)>> {
+    ) -> io::Result<Option<(Bytes, Option<Bytes>)>> {
         let len = h.record_len() as usize;
         let full;
         let rec: &[u8] = if len <= head.len() {
@@ -303,8 +306,12 @@ impl SegmentLog {
             full = buf;
             &full
         };
-        Ok(record::decode_body(h, rec)
-            .map(|(k, v)| (Bytes::copy_from_slice(k), Bytes::copy_from_slice(v))))
+        Ok(record::decode_body(h, rec).map(|b| {
+            (
+                Bytes::copy_from_slice(b.key),
+                b.parent.map(Bytes::copy_from_slice),
+            )
+        }))
     }
 
     /// Appends a record. With `durable`, returns only once it is on stable
@@ -313,17 +320,19 @@ impl SegmentLog {
     pub fn append(
         &self,
         key: &[u8],
+        parent: Option<&[u8]>,
         value: &[u8],
         durable: bool,
     ) -> io::Result<(Location, Vec<Bytes>)> {
-        let len = record::record_len(key.len(), value.len());
+        let keys_len = key.len() + parent.map_or(0, |p| p.len());
+        let len = record::record_len(keys_len, value.len());
         if len > self.segment_size {
             return Err(invalid(format!(
                 "record of {len} bytes is larger than a segment ({} bytes)",
                 self.segment_size
             )));
         }
-        if key.len() > record::MAX_KEY_LEN {
+        if key.len().max(parent.map_or(0, |p| p.len())) > record::MAX_KEY_LEN {
             return Err(invalid("key too long for the SSD tier"));
         }
         let mut st = self.state.lock();
@@ -352,7 +361,7 @@ impl SegmentLog {
         let seq = st.next_seq;
         st.next_seq += 1;
         let offset = self.segment_start(segment) + st.write_pos;
-        let buf = record::encode(key, value, seq);
+        let buf = record::encode(key, parent, value, seq);
         // Written under the lock: appends reach the device in order.
         self.engine.write_at(&self.file, &buf, offset)?;
         if durable {
@@ -385,7 +394,7 @@ impl SegmentLog {
         self.engine.read_at(&self.file, &mut buf, loc.offset)?;
         let ok = record::decode_header(&buf)
             .filter(|h| h.seq == loc.seq && h.record_len() == loc.len)
-            .and_then(|h| record::decode_body(&h, &buf).map(|(k, v)| (k == key, v)));
+            .and_then(|h| record::decode_body(&h, &buf).map(|b| (b.key == key, b.value)));
         match ok {
             Some((true, v)) => Ok(Some(Bytes::copy_from_slice(v))),
             Some((false, _)) => Ok(None), // the segment was reused: a plain miss
@@ -478,7 +487,9 @@ mod tests {
             let mut locs = Vec::new();
             for (i, len) in [0usize, 1, 4000, 4096, 20_000].iter().enumerate() {
                 let k = format!("k{i}");
-                let (loc, ev) = log.append(k.as_bytes(), &value(i, *len), true).unwrap();
+                let (loc, ev) = log
+                    .append(k.as_bytes(), None, &value(i, *len), true)
+                    .unwrap();
                 assert!(ev.is_empty());
                 assert_eq!(
                     log.read(k.as_bytes(), &loc).unwrap().unwrap(),
@@ -501,7 +512,7 @@ mod tests {
                 );
             }
             // New writes after recovery get newer sequence numbers.
-            let (loc, _) = log.append(b"k0", b"newer", true).unwrap();
+            let (loc, _) = log.append(b"k0", None, b"newer", true).unwrap();
             assert!(loc.seq > locs.last().unwrap().1.seq);
             drop(log);
             let (_, rec) = open(&config(d, 8)).unwrap();
@@ -511,11 +522,30 @@ mod tests {
     }
 
     #[test]
+    fn parents_survive_recovery() {
+        on_both("parents", |d, _| {
+            let (log, _) = open(&config(d, 4)).unwrap();
+            log.append(b"root", None, b"r", false).unwrap();
+            log.append(b"kid", Some(b"root"), b"k", true).unwrap();
+            drop(log);
+            let (_, rec) = open(&config(d, 4)).unwrap();
+            let parents: Vec<(&[u8], Option<&[u8]>)> = rec
+                .iter()
+                .map(|r| (&r.key[..], r.parent.as_deref()))
+                .collect();
+            assert_eq!(
+                parents,
+                [(&b"root"[..], None), (&b"kid"[..], Some(&b"root"[..]))]
+            );
+        });
+    }
+
+    #[test]
     fn torn_tail_is_discarded() {
         on_both("torn", |d, _| {
             let (log, _) = open(&config(d, 4)).unwrap();
-            let (a, _) = log.append(b"a", &value(1, 100), true).unwrap();
-            let (b, _) = log.append(b"b", &value(2, 9000), true).unwrap();
+            let (a, _) = log.append(b"a", None, &value(1, 100), true).unwrap();
+            let (b, _) = log.append(b"b", None, &value(2, 9000), true).unwrap();
             let path = log.path().to_path_buf();
             drop(log);
             // Crash mid-write of "b": its last 4 KiB never reached the disk.
@@ -528,7 +558,7 @@ mod tests {
             assert_eq!(rec.iter().map(|r| &r.key[..]).collect::<Vec<_>>(), [b"a"]);
             assert_eq!(log.read(b"a", &a).unwrap().unwrap(), value(1, 100));
             // Appends go on after recovery.
-            let (c, _) = log.append(b"c", b"after", true).unwrap();
+            let (c, _) = log.append(b"c", None, b"after", true).unwrap();
             assert_eq!(log.read(b"c", &c).unwrap().unwrap(), &b"after"[..]);
         });
     }
@@ -537,7 +567,7 @@ mod tests {
     fn corruption_is_a_counted_miss() {
         on_both("corrupt", |d, _| {
             let (log, _) = open(&config(d, 4)).unwrap();
-            let (a, _) = log.append(b"a", &value(1, 5000), true).unwrap();
+            let (a, _) = log.append(b"a", None, &value(1, 5000), true).unwrap();
             let f = std::fs::OpenOptions::new()
                 .write(true)
                 .open(log.path())
@@ -561,7 +591,9 @@ mod tests {
             let mut last = HashMap::new();
             for i in 0..40 {
                 let k = format!("k{i}");
-                let (loc, ev) = log.append(k.as_bytes(), &value(i, 10_000), false).unwrap();
+                let (loc, ev) = log
+                    .append(k.as_bytes(), None, &value(i, 10_000), false)
+                    .unwrap();
                 evicted.extend(ev);
                 last.insert(k, loc);
             }
@@ -608,7 +640,9 @@ mod tests {
         };
         assert!(SegmentLog::open(&c).is_err());
         let (log, _) = open(&config(&d, 1)).unwrap();
-        assert!(log.append(b"k", &vec![0u8; SEG as usize], true).is_err());
+        assert!(log
+            .append(b"k", None, &vec![0u8; SEG as usize], true)
+            .is_err());
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -69,8 +69,8 @@ impl Tier for SsdTier {
         TierKind::Ssd
     }
 
-    fn store(&self, key: &[u8], value: Bytes) -> Result<Slot, TierError> {
-        match self.log.append(key, &value, false) {
+    fn store(&self, key: &[u8], parent: Option<&[u8]>, value: Bytes) -> Result<Slot, TierError> {
+        match self.log.append(key, parent, &value, false) {
             Ok((loc, evicted)) => {
                 if !evicted.is_empty() {
                     self.reclaimed.lock().extend(evicted);
