@@ -24,4 +24,4 @@ mod tier_suite;
 pub use error::StoreError;
 pub use event::{Event, EventKind, EventSink};
 pub use store::{MatchResult, PutOptions, Store, StoreConfig, StoreStats};
-pub use tier::{Load, Slot, Tier, TierError, TierKind};
+pub use tier::{Load, Reclaimed, Slot, Tier, TierError, TierKind};

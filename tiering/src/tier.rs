@@ -54,6 +54,16 @@ pub enum Load {
     Miss,
 }
 
+/// A block whose bytes a tier dropped on its own to make room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Its key.
+    pub key: Bytes,
+    /// The slot that no longer holds it (an entry pointing elsewhere, after an
+    /// overwrite, is unaffected).
+    pub slot: Slot,
+}
+
 /// Why a tier could not store a block.
 #[derive(Debug, thiserror::Error)]
 pub enum TierError {
@@ -90,9 +100,9 @@ pub trait Tier: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Keys whose bytes the tier dropped on its own to make room since the last
-    /// call (an SSD tier reclaims whole segments). Default: none.
-    fn take_reclaimed(&self) -> Vec<Bytes> {
+    /// Blocks whose bytes the tier dropped on its own to make room since the
+    /// last call (an SSD tier reclaims whole segments). Default: none.
+    fn take_reclaimed(&self) -> Vec<Reclaimed> {
         Vec::new()
     }
 }

@@ -122,7 +122,9 @@ fn ssd_tier_reports_reclaimed_keys_and_misses_them() {
     }
     let reclaimed = t.take_reclaimed();
     assert!(
-        reclaimed.iter().any(|k| &k[..] == b"first"),
+        reclaimed
+            .iter()
+            .any(|r| &r.key[..] == b"first" && r.slot == first),
         "{reclaimed:?}"
     );
     assert_eq!(

@@ -84,7 +84,7 @@ struct State {
     /// Sealed segments, oldest first.
     sealed: VecDeque<u32>,
     /// Keys written to each segment (for handing back on eviction).
-    keys: Vec<Vec<Bytes>>,
+    keys: Vec<Vec<(Bytes, Location)>>,
     next_seq: u64,
 }
 
@@ -223,7 +223,7 @@ impl SegmentLog {
     fn recover(&self) -> io::Result<Vec<Recovered>> {
         let mut newest: HashMap<Bytes, Recovered> = HashMap::new();
         let mut used: Vec<(u64, u32)> = Vec::new(); // (first seq, segment)
-        let mut keys: Vec<Vec<Bytes>> = vec![Vec::new(); self.segments as usize];
+        let mut keys: Vec<Vec<(Bytes, Location)>> = vec![Vec::new(); self.segments as usize];
         let mut max_seq = 0;
         let mut head = AlignedBuf::zeroed(ALIGN);
         for segment in 0..self.segments {
@@ -252,7 +252,7 @@ impl SegmentLog {
                 first_seq.get_or_insert(h.seq);
                 last_seq = h.seq;
                 max_seq = max_seq.max(h.seq);
-                keys[segment as usize].push(key.clone());
+                keys[segment as usize].push((key.clone(), location));
                 let rec = Recovered {
                     key: key.clone(),
                     parent,
@@ -315,7 +315,7 @@ impl SegmentLog {
     }
 
     /// Appends a record. With `durable`, returns only once it is on stable
-    /// storage. Also returns the keys of a segment evicted to make room (the
+    /// storage. Also returns the records of a segment evicted to make room (the
     /// caller drops those still located there).
     pub fn append(
         &self,
@@ -323,7 +323,7 @@ impl SegmentLog {
         parent: Option<&[u8]>,
         value: &[u8],
         durable: bool,
-    ) -> io::Result<(Location, Vec<Bytes>)> {
+    ) -> io::Result<(Location, Vec<(Bytes, Location)>)> {
         let keys_len = key.len() + parent.map_or(0, |p| p.len());
         let len = record::record_len(keys_len, value.len());
         if len > self.segment_size {
@@ -368,17 +368,15 @@ impl SegmentLog {
             self.engine.sync(&self.file)?;
         }
         st.write_pos += len;
-        st.keys[segment as usize].push(Bytes::copy_from_slice(key));
+        let location = Location {
+            segment,
+            offset,
+            len,
+            seq,
+        };
+        st.keys[segment as usize].push((Bytes::copy_from_slice(key), location));
         self.stats.appends.fetch_add(1, Relaxed);
-        Ok((
-            Location {
-                segment,
-                offset,
-                len,
-                seq,
-            },
-            evicted,
-        ))
+        Ok((location, evicted))
     }
 
     /// Makes every append so far durable.
@@ -589,12 +587,21 @@ mod tests {
             // 10 KiB values take 12 KiB records: 5 per 64 KiB segment.
             let mut evicted = Vec::new();
             let mut last = HashMap::new();
+            let mut first = Location {
+                segment: 0,
+                offset: 0,
+                len: 0,
+                seq: 0,
+            };
             for i in 0..40 {
                 let k = format!("k{i}");
                 let (loc, ev) = log
                     .append(k.as_bytes(), None, &value(i, 10_000), false)
                     .unwrap();
                 evicted.extend(ev);
+                if i == 0 {
+                    first = loc;
+                }
                 last.insert(k, loc);
             }
             log.sync().unwrap();
@@ -603,10 +610,11 @@ mod tests {
                 evicted.len() as u64,
                 5 * log.stats.segment_evictions.load(Relaxed)
             );
-            assert_eq!(&evicted[0][..], b"k0", "oldest first");
+            assert_eq!(&evicted[0].0[..], b"k0", "oldest first");
+            assert_eq!(evicted[0].1, first, "with the location that was reclaimed");
             let live: Vec<String> = (0..40)
                 .map(|i| format!("k{i}"))
-                .filter(|k| !evicted.iter().any(|e| &e[..] == k.as_bytes()))
+                .filter(|k| !evicted.iter().any(|e| &e.0[..] == k.as_bytes()))
                 .collect();
             drop(log);
             let (log, rec) = open(&config(d, 3)).unwrap();

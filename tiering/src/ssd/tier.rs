@@ -8,13 +8,13 @@ use parking_lot::Mutex;
 
 use super::log::{Location, LogConfig, Recovered, SegmentLog};
 use crate::io::{build, EngineChoice};
-use crate::tier::{Load, Slot, Tier, TierError, TierKind};
+use crate::tier::{Load, Reclaimed, Slot, Tier, TierError, TierKind};
 
 /// SSD tier: a [`SegmentLog`] plus the keys its segment evictions dropped.
 #[derive(Debug)]
 pub struct SsdTier {
     log: SegmentLog,
-    reclaimed: Mutex<Vec<Bytes>>,
+    reclaimed: Mutex<Vec<Reclaimed>>,
 }
 
 /// What opening an SSD tier found and chose.
@@ -73,7 +73,12 @@ impl Tier for SsdTier {
         match self.log.append(key, parent, &value, false) {
             Ok((loc, evicted)) => {
                 if !evicted.is_empty() {
-                    self.reclaimed.lock().extend(evicted);
+                    self.reclaimed
+                        .lock()
+                        .extend(evicted.into_iter().map(|(key, loc)| Reclaimed {
+                            key,
+                            slot: Self::slot_of(&loc),
+                        }));
                 }
                 Ok(Self::slot_of(&loc))
             }
@@ -108,7 +113,7 @@ impl Tier for SsdTier {
         Ok(self.log.sync()?)
     }
 
-    fn take_reclaimed(&self) -> Vec<Bytes> {
+    fn take_reclaimed(&self) -> Vec<Reclaimed> {
         std::mem::take(&mut *self.reclaimed.lock())
     }
 }
