@@ -18,6 +18,10 @@ use tidepool_tiering::io::EngineChoice;
 use tidepool_tiering::ssd::{LogConfig, SsdTier};
 use tidepool_tiering::Tier;
 
+/// The allocator the server uses, so buffer reuse behaves as it does there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()

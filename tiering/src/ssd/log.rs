@@ -392,15 +392,33 @@ impl SegmentLog {
         self.engine.read_at(&self.file, &mut buf, loc.offset)?;
         let ok = record::decode_header(&buf)
             .filter(|h| h.seq == loc.seq && h.record_len() == loc.len)
-            .and_then(|h| record::decode_body(&h, &buf).map(|b| (b.key == key, b.value)));
+            .and_then(|h| {
+                let b = record::decode_body(&h, &buf)?;
+                // Where the value sits in the buffer, to hand it out uncopied.
+                let start = b.value.as_ptr() as usize - buf.as_ptr() as usize;
+                Some((b.key == key, start..start + b.value.len()))
+            });
         match ok {
-            Some((true, v)) => Ok(Some(Bytes::copy_from_slice(v))),
+            Some((true, range)) => Ok(Some(Bytes::from_owner(ValueIn { buf, range }))),
             Some((false, _)) => Ok(None), // the segment was reused: a plain miss
             None => {
                 self.stats.checksum_failures.fetch_add(1, Relaxed);
                 Ok(None)
             }
         }
+    }
+}
+
+/// A value read from the device, still in the aligned buffer it was read into
+/// (handed out as `Bytes` without a copy; it pins at most its record's padding).
+struct ValueIn {
+    buf: AlignedBuf,
+    range: std::ops::Range<usize>,
+}
+
+impl AsRef<[u8]> for ValueIn {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[self.range.clone()]
     }
 }
 
