@@ -204,6 +204,29 @@ pub struct StoreStats {
     pub expired: u64,
     /// Blocks that carry a TTL.
     pub with_ttl: u64,
+    /// The SSD tier's own figures, when one is attached.
+    pub ssd: Option<SsdStats>,
+}
+
+/// Figures particular to the SSD tier.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SsdStats {
+    /// Segments in all.
+    pub segments: u64,
+    /// Segments holding data.
+    pub segments_used: u64,
+    /// Segment size in bytes.
+    pub segment_size: u64,
+    /// Demotions dropped because the SSD fell behind.
+    pub dropped_demotions: u64,
+    /// Demotions queued and not yet written.
+    pub pending_demotions: u64,
+    /// Records that failed their checksum on read.
+    pub checksum_failures: u64,
+    /// I/O engine (`io_uring` or `psync`).
+    pub engine: &'static str,
+    /// Whether the device is opened with O_DIRECT.
+    pub direct: bool,
 }
 
 impl StoreStats {
@@ -232,11 +255,19 @@ struct Entry {
     pinned: bool,
     leases: u32,
     tier: TierKind,
+    /// Children whose bytes are in DRAM. A DRAM block leaves DRAM (demoted or
+    /// dropped) only after all of them: chains leave DRAM from the tail.
+    dram_children: u32,
+    /// Clock value of the write that made this version (tells a finished
+    /// demotion whether the block was rewritten meanwhile).
+    written: u64,
 }
 
 impl Entry {
+    /// Whether the block may leave DRAM: it is in DRAM, no child of it is, and
+    /// nothing holds it there.
     fn evictable(&self) -> bool {
-        self.children.is_empty() && !self.pinned && self.leases == 0
+        self.tier == TierKind::Dram && self.dram_children == 0 && !self.pinned && self.leases == 0
     }
 
     fn expired(&self, now: u64) -> bool {
@@ -340,6 +371,47 @@ pub struct Store {
     keys_matched: AtomicU64,
     events: Option<Arc<dyn EventSink>>,
     now: ClockFn,
+    /// The SSD tier, once attached.
+    ssd: std::sync::OnceLock<SsdState>,
+}
+
+/// Settings of the SSD tier's place in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SsdSettings {
+    /// Blocks waiting to be written to SSD before further demotions are dropped
+    /// (and counted). Default: 256.
+    pub queue: usize,
+    /// Move a block read from SSD back to DRAM. Default: true.
+    pub promote: bool,
+}
+
+impl Default for SsdSettings {
+    fn default() -> Self {
+        SsdSettings {
+            queue: 256,
+            promote: true,
+        }
+    }
+}
+
+/// A block on its way from DRAM to SSD.
+struct Demotion {
+    key: Key,
+    parent: Option<Key>,
+    value: Bytes,
+    written: u64,
+}
+
+/// The attached SSD tier.
+struct SsdState {
+    tier: Arc<crate::ssd::SsdTier>,
+    capacity: u64,
+    counters: TierCounters,
+    queue: std::sync::mpsc::SyncSender<Demotion>,
+    settings: SsdSettings,
+    dropped: AtomicU64,
+    /// Demotions queued and not yet written.
+    pending: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -391,6 +463,162 @@ impl Store {
             keys_matched: AtomicU64::new(0),
             events,
             now,
+            ssd: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn counters(&self, tier: TierKind) -> &TierCounters {
+        match (tier, self.ssd.get()) {
+            (TierKind::Ssd, Some(s)) => &s.counters,
+            _ => &self.dram_counters,
+        }
+    }
+
+    fn release_slot(&self, tier: TierKind, slot: Slot) {
+        match (tier, self.ssd.get()) {
+            (TierKind::Ssd, Some(s)) => s.tier.release(slot),
+            _ => self.dram.release(slot),
+        }
+    }
+
+    /// Attaches an SSD tier: blocks evicted from DRAM are demoted to it, reads
+    /// of demoted blocks are served (and promoted) from it, `TIER ssd` writes go
+    /// to it. `recovered` (what the tier found on its device) is indexed first:
+    /// records whose parent was not recovered are dropped, so chains stay
+    /// prefix-closed. Fails if an SSD tier is already attached.
+    pub fn attach_ssd(
+        self: &Arc<Self>,
+        tier: Arc<crate::ssd::SsdTier>,
+        capacity: u64,
+        recovered: Vec<crate::ssd::Recovered>,
+        settings: SsdSettings,
+    ) -> Result<(), String> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Demotion>(settings.queue);
+        let counters = TierCounters::default();
+        counters.capacity.store(capacity, Relaxed);
+        let state = SsdState {
+            tier,
+            capacity,
+            counters,
+            queue: tx,
+            settings,
+            dropped: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+        };
+        self.ssd
+            .set(state)
+            .map_err(|_| "an SSD tier is already attached".to_string())?;
+        self.index_recovered(recovered);
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("tidepool-demote".into())
+            .spawn(move || {
+                while let Ok(d) = rx.recv() {
+                    match weak.upgrade() {
+                        Some(store) => {
+                            store.finish_demotion(d);
+                            if let Some(s) = store.ssd.get() {
+                                s.pending.fetch_sub(1, Relaxed);
+                            }
+                        }
+                        None => return,
+                    }
+                }
+            })
+            .map_err(|e| format!("starting the demotion thread: {e}"))?;
+        Ok(())
+    }
+
+    fn index_recovered(&self, recovered: Vec<crate::ssd::Recovered>) {
+        let ssd = self.ssd.get().expect("attached");
+        let mut with_parent = Vec::new();
+        for r in recovered {
+            let charge = charge_of(r.key.len(), r.value_len as usize);
+            let stamp = self.tick_clock();
+            let entry = Entry {
+                slot: crate::ssd::SsdTier::slot_of(&r.location),
+                len: r.value_len,
+                checksum: 0,
+                parent: r.parent.clone(),
+                children: Vec::new(),
+                stamp,
+                filed: stamp,
+                expires_at: None,
+                pinned: false,
+                leases: 0,
+                tier: TierKind::Ssd,
+                dram_children: 0,
+                written: stamp,
+            };
+            if let Some(p) = &r.parent {
+                with_parent.push((r.key.clone(), p.clone()));
+            }
+            self.shard(&r.key).map.insert(r.key, entry);
+            ssd.counters.used.fetch_add(charge, Relaxed);
+            ssd.counters.blocks.fetch_add(1, Relaxed);
+        }
+        let mut orphans = Vec::new();
+        for (key, parent) in with_parent {
+            if self.link_child(&parent, &key, false).is_err() {
+                orphans.push(key);
+            }
+        }
+        for key in orphans {
+            self.remove_tree(&key, EventKind::Orphaned);
+        }
+    }
+
+    /// Writes a demoted block to SSD (on the demotion thread) and points its
+    /// entry at the record, unless the block changed meanwhile.
+    fn finish_demotion(&self, d: Demotion) {
+        let ssd = self.ssd.get().expect("attached");
+        let stored = ssd.tier.store(&d.key, d.parent.as_deref(), d.value);
+        self.drain_reclaimed();
+        let slot = match stored {
+            Ok(slot) => slot,
+            Err(_) => {
+                // The device failed: the block is lost, which is a miss later.
+                let still = self
+                    .shard(&d.key)
+                    .map
+                    .get(&d.key[..])
+                    .is_some_and(|e| e.written == d.written && e.tier == TierKind::Ssd);
+                if still {
+                    ssd.dropped.fetch_add(1, Relaxed);
+                    self.remove_tree(&d.key, EventKind::Evicted);
+                }
+                return;
+            }
+        };
+        let mut shard = self.shard(&d.key);
+        if let Some(e) = shard.map.get_mut(&d.key[..]) {
+            if e.written == d.written
+                && e.tier == TierKind::Ssd
+                && matches!(e.slot, Slot::Memory(_))
+            {
+                e.slot = slot;
+            }
+        }
+    }
+
+    /// Demotions queued and not yet written to SSD (0 without an SSD tier).
+    pub fn pending_demotions(&self) -> u64 {
+        self.ssd.get().map_or(0, |s| s.pending.load(Relaxed))
+    }
+
+    /// Drops the blocks whose SSD space was reclaimed (and what hangs under them).
+    fn drain_reclaimed(&self) {
+        let Some(ssd) = self.ssd.get() else { return };
+        for r in ssd.tier.take_reclaimed() {
+            let gone = self
+                .shard(&r.key)
+                .map
+                .get(&r.key[..])
+                .is_some_and(|e| e.tier == TierKind::Ssd && e.slot == r.slot);
+            if gone {
+                ssd.counters.evictions.fetch_add(1, Relaxed);
+                self.remove_tree(&r.key, EventKind::Evicted);
+            }
         }
     }
 
@@ -463,17 +691,26 @@ impl Store {
 
     /// Stores a block. Readers see all of it or none of it. Returns false when
     /// `only_if_exists` did not hold (nothing changed).
+    ///
+    /// `TIER ssd` writes straight to the SSD tier and returns once the block is
+    /// durable; this blocks on the device, so async callers MUST call it off
+    /// their runtime's worker threads.
     pub fn put(&self, key: Bytes, value: Bytes, opts: PutOptions) -> Result<bool, StoreError> {
-        match opts.tier {
-            None | Some(TierKind::Dram) => {}
+        let to_ssd = match opts.tier {
+            None | Some(TierKind::Dram) => false,
+            Some(TierKind::Ssd) if self.ssd.get().is_some() => true,
             Some(other) => return Err(StoreError::NoTier(other.as_str())),
-        }
+        };
         let charge = charge_of(key.len(), value.len());
-        let capacity = self.capacity();
+        let capacity = if to_ssd {
+            self.ssd.get().map_or(0, |s| s.capacity)
+        } else {
+            self.capacity()
+        };
         if charge > capacity {
             return Err(StoreError::TooBig {
                 len: charge,
-                tier: "dram",
+                tier: if to_ssd { "ssd" } else { "dram" },
                 capacity,
             });
         }
@@ -481,55 +718,73 @@ impl Store {
             if *p == key {
                 return Err(StoreError::SelfParent);
             }
-            self.link_child(p, &key)?;
+            self.link_child(p, &key, !to_ssd)?;
         }
-        self.dram_counters.used.fetch_add(charge, Relaxed);
-        if let Err(e) = self.make_room() {
-            self.dram_counters.used.fetch_sub(charge, Relaxed);
+        let unlink = |this: &Self| {
             if let Some(p) = &opts.parent {
-                self.unlink_child(p, &key);
+                this.unlink_child(p, &key, !to_ssd);
             }
-            return Err(e);
-        }
+        };
         let checksum = xxh3_64(&value);
         let len = value.len() as u64;
-        let value = if opts.value_exclusive {
-            value
-        } else {
-            Bytes::copy_from_slice(&value)
-        };
-        let slot = match self.dram.store(&key, opts.parent.as_deref(), value) {
-            Ok(slot) => slot,
-            Err(e) => {
-                self.dram_counters.used.fetch_sub(charge, Relaxed);
-                if let Some(p) = &opts.parent {
-                    self.unlink_child(p, &key);
+        let (slot, tier) = if to_ssd {
+            let ssd = self.ssd.get().expect("checked above");
+            let stored = ssd
+                .tier
+                .store(&key, opts.parent.as_deref(), value)
+                .and_then(|slot| ssd.tier.sync().map(|_| slot));
+            self.drain_reclaimed();
+            match stored {
+                Ok(slot) => (slot, TierKind::Ssd),
+                Err(e) => {
+                    unlink(self);
+                    return Err(StoreError::Io(e.to_string()));
                 }
-                return Err(StoreError::Io(e.to_string()));
+            }
+        } else {
+            self.dram_counters.used.fetch_add(charge, Relaxed);
+            if let Err(e) = self.make_room() {
+                self.dram_counters.used.fetch_sub(charge, Relaxed);
+                unlink(self);
+                return Err(e);
+            }
+            let value = if opts.value_exclusive {
+                value
+            } else {
+                Bytes::copy_from_slice(&value)
+            };
+            match self.dram.store(&key, opts.parent.as_deref(), value) {
+                Ok(slot) => (slot, TierKind::Dram),
+                Err(e) => {
+                    self.dram_counters.used.fetch_sub(charge, Relaxed);
+                    unlink(self);
+                    return Err(StoreError::Io(e.to_string()));
+                }
             }
         };
+        if to_ssd {
+            self.counters(TierKind::Ssd).used.fetch_add(charge, Relaxed);
+        }
         let now = if opts.ttl_ms.is_some() || opts.only_if_exists.is_some() {
             self.now_ms()
         } else {
             0 // unused: no TTL to compute and no existence to check
         };
-        let old_parent;
+        let old;
         {
             let mut shard = self.shard(&key);
             if let Some(want) = opts.only_if_exists {
                 let exists = shard.map.get(&key).is_some_and(|e| !e.expired(now));
                 if exists != want {
                     drop(shard);
-                    self.dram_counters.used.fetch_sub(charge, Relaxed);
-                    if let Some(p) = &opts.parent {
-                        self.unlink_child(p, &key);
-                    }
+                    self.counters(tier).used.fetch_sub(charge, Relaxed);
+                    unlink(self);
                     return Ok(false);
                 }
             }
             let stamp = self.tick_clock();
             let Shard { map, lru, ttl } = &mut *shard;
-            let old = match map.get_key_value_mut(&key[..]) {
+            old = match map.get_key_value_mut(&key[..]) {
                 Some((k, e)) => {
                     // Overwrite in place: one hash lookup, the stored key kept.
                     let k = k.clone();
@@ -545,18 +800,27 @@ impl Store {
                     let old_len = std::mem::replace(&mut e.len, len);
                     let old_slot = std::mem::replace(&mut e.slot, slot);
                     let old_parent = std::mem::replace(&mut e.parent, opts.parent.clone());
+                    let old_tier = std::mem::replace(&mut e.tier, tier);
                     e.checksum = checksum;
                     e.stamp = stamp;
+                    e.written = stamp;
                     e.expires_at = expires_at;
                     e.pinned |= opts.pin;
-                    // Still filed (lazily) if it stays evictable; a pin unfiles it.
-                    if was_evictable && !e.evictable() {
-                        lru.remove(&e.filed);
+                    // Still filed (lazily) if it stays evictable.
+                    match (was_evictable, e.evictable()) {
+                        (true, false) => {
+                            lru.remove(&e.filed);
+                        }
+                        (false, true) => {
+                            e.filed = stamp;
+                            lru.insert(stamp, k.clone());
+                        }
+                        _ => {}
                     }
                     if let Some(t) = expires_at {
                         ttl.insert((t, k));
                     }
-                    Some((old_len, old_slot, old_parent))
+                    Some((old_len, old_slot, old_parent, old_tier))
                 }
                 None => {
                     // The key usually is a view into a connection's read buffer;
@@ -574,7 +838,9 @@ impl Store {
                         expires_at,
                         pinned: opts.pin,
                         leases: 0,
-                        tier: TierKind::Dram,
+                        tier,
+                        dram_children: 0,
+                        written: stamp,
                     };
                     if entry.evictable() {
                         lru.insert(stamp, key.clone());
@@ -586,24 +852,18 @@ impl Store {
                     None
                 }
             };
-            drop(shard);
-            old_parent = match old {
-                Some((old_len, old_slot, parent)) => {
-                    self.dram_counters
-                        .used
-                        .fetch_sub(charge_of(key.len(), old_len as usize), Relaxed);
-                    self.dram.release(old_slot);
-                    Some(parent)
-                }
-                None => {
-                    self.dram_counters.blocks.fetch_add(1, Relaxed);
-                    None
-                }
-            };
         }
-        if let Some(Some(op)) = &old_parent {
-            // The old version's link (the new one holds its own).
-            self.unlink_child(op, &key);
+        self.counters(tier).blocks.fetch_add(1, Relaxed);
+        if let Some((old_len, old_slot, old_parent, old_tier)) = old {
+            let c = self.counters(old_tier);
+            c.used
+                .fetch_sub(charge_of(key.len(), old_len as usize), Relaxed);
+            c.blocks.fetch_sub(1, Relaxed);
+            self.release_slot(old_tier, old_slot);
+            if let Some(op) = &old_parent {
+                // The old version's link (the new one holds its own).
+                self.unlink_child(op, &key, old_tier == TierKind::Dram);
+            }
         }
         if let Some(p) = &opts.parent {
             // A concurrent removal of the parent may have run between linking and
@@ -618,12 +878,7 @@ impl Store {
                 return Err(StoreError::NoParent);
             }
         }
-        self.emit(
-            EventKind::Stored,
-            &key,
-            TierKind::Dram,
-            opts.parent.as_ref(),
-        );
+        self.emit(EventKind::Stored, &key, tier, opts.parent.as_ref());
         Ok(true)
     }
 
@@ -632,7 +887,7 @@ impl Store {
     /// Links are counted, not deduplicated: an overwrite links the new version
     /// before the old one is gone (and the old one may be evicted meanwhile), and
     /// each version takes its own link away when it goes.
-    fn link_child(&self, parent: &Key, child: &Key) -> Result<(), StoreError> {
+    fn link_child(&self, parent: &Key, child: &Key, child_in_dram: bool) -> Result<(), StoreError> {
         let now = self.now_ms();
         let mut shard = self.shard(parent);
         let e = match shard.map.get_mut(parent) {
@@ -641,17 +896,33 @@ impl Store {
         };
         let was = e.evictable();
         e.children.push(child.clone());
+        e.dram_children += child_in_dram as u32;
         shard.refile(parent, was);
         Ok(())
     }
 
     /// Takes one link of `child` away from `parent` (if both are there).
-    fn unlink_child(&self, parent: &Key, child: &Key) {
+    fn unlink_child(&self, parent: &Key, child: &Key, child_in_dram: bool) {
         let mut shard = self.shard(parent);
         if let Some(e) = shard.map.get_mut(parent) {
             let was = e.evictable();
             if let Some(i) = e.children.iter().position(|c| c == child) {
                 e.children.swap_remove(i);
+                e.dram_children -= child_in_dram as u32;
+            }
+            shard.refile(parent, was);
+        }
+    }
+
+    /// A child of `parent` moved into DRAM (`true`) or out of it.
+    fn child_moved(&self, parent: &Key, into_dram: bool) {
+        let mut shard = self.shard(parent);
+        if let Some(e) = shard.map.get_mut(parent) {
+            let was = e.evictable();
+            if into_dram {
+                e.dram_children += 1;
+            } else {
+                e.dram_children = e.dram_children.saturating_sub(1);
             }
             shard.refile(parent, was);
         }
@@ -669,7 +940,7 @@ impl Store {
         let low_b = (cap as f64 * low) as u64;
         let _guard = self.evict_lock.lock();
         while self.used() > low_b {
-            if !self.evict_one() {
+            if !self.evict_one() && !self.demote_any() {
                 break;
             }
         }
@@ -693,6 +964,12 @@ impl Store {
             let Some((stamp, key)) = best else {
                 return false;
             };
+            if let Some(ssd) = self.ssd.get() {
+                if self.demote(ssd, &key, stamp, true) {
+                    return true;
+                }
+                continue;
+            }
             let taken = {
                 let mut shard = self.shard(&key);
                 match shard.map.get(&key) {
@@ -708,16 +985,103 @@ impl Store {
         }
     }
 
+    /// Moves the DRAM block `key` (if it is still the LRU victim with `stamp`)
+    /// to the SSD tier: its DRAM bytes are accounted to SSD at once and queued
+    /// for the demotion thread; when the queue is full the block is dropped
+    /// instead, and counted. False when the victim changed meanwhile.
+    ///
+    /// With `leaf_only` false the block may still have children in DRAM (see
+    /// `demote_any`).
+    fn demote(&self, ssd: &SsdState, key: &Key, stamp: u64, leaf_only: bool) -> bool {
+        let (demotion, charge) = {
+            let mut shard = self.shard(key);
+            let Some(e) = shard.map.get_mut(&key[..]) else {
+                return false;
+            };
+            let movable = e.tier == TierKind::Dram && !e.pinned && e.leases == 0;
+            if e.stamp != stamp || !movable || (leaf_only && !e.evictable()) {
+                return false;
+            }
+            let was_filed = e.evictable();
+            let value = match &e.slot {
+                Slot::Memory(b) => b.clone(),
+                Slot::Extent { .. } => return false,
+            };
+            e.tier = TierKind::Ssd;
+            let filed = e.filed;
+            let d = Demotion {
+                key: key.clone(),
+                parent: e.parent.clone(),
+                value,
+                written: e.written,
+            };
+            let charge = charge_of(key.len(), e.len as usize);
+            if was_filed {
+                shard.lru.remove(&filed);
+            }
+            (d, charge)
+        };
+        self.dram_counters.used.fetch_sub(charge, Relaxed);
+        self.dram_counters.blocks.fetch_sub(1, Relaxed);
+        self.dram_counters.evictions.fetch_add(1, Relaxed);
+        ssd.counters.used.fetch_add(charge, Relaxed);
+        ssd.counters.blocks.fetch_add(1, Relaxed);
+        if let Some(p) = &demotion.parent {
+            self.child_moved(p, false);
+        }
+        ssd.pending.fetch_add(1, Relaxed);
+        match ssd.queue.try_send(demotion) {
+            Ok(()) => {
+                self.dram_counters.demotions.fetch_add(1, Relaxed);
+            }
+            Err(_) => {
+                // The SSD is behind: drop rather than stall the writer.
+                ssd.pending.fetch_sub(1, Relaxed);
+                ssd.dropped.fetch_add(1, Relaxed);
+                self.remove_tree(key, EventKind::Evicted);
+            }
+        }
+        true
+    }
+
+    /// When every DRAM block has a child in DRAM (one chain longer than DRAM),
+    /// no leaf can go: with an SSD tier the least recently used unpinned block
+    /// is demoted anyway (it stays stored, so chains stay whole). A scan of every
+    /// shard, but only in that corner. False without an SSD tier or a candidate.
+    fn demote_any(&self) -> bool {
+        let Some(ssd) = self.ssd.get() else {
+            return false;
+        };
+        loop {
+            let mut best: Option<(u64, Key)> = None;
+            for s in self.shards.iter() {
+                let s = s.lock();
+                for (k, e) in s.map.iter() {
+                    let movable = e.tier == TierKind::Dram && !e.pinned && e.leases == 0;
+                    if movable && best.as_ref().is_none_or(|(b, _)| e.stamp < *b) {
+                        best = Some((e.stamp, k.clone()));
+                    }
+                }
+            }
+            let Some((stamp, key)) = best else {
+                return false;
+            };
+            if self.demote(ssd, &key, stamp, false) {
+                return true;
+            }
+        }
+    }
+
     /// Accounting, parent unlinking and the event for an entry already taken out
     /// of its shard. Returns its children (for cascades).
     fn finish_removal(&self, key: Key, e: Entry, kind: EventKind) -> Vec<Key> {
-        self.dram_counters
-            .used
+        let c = self.counters(e.tier);
+        c.used
             .fetch_sub(charge_of(key.len(), e.len as usize), Relaxed);
-        self.dram_counters.blocks.fetch_sub(1, Relaxed);
-        self.dram.release(e.slot);
+        c.blocks.fetch_sub(1, Relaxed);
+        self.release_slot(e.tier, e.slot);
         if let Some(p) = &e.parent {
-            self.unlink_child(p, &key);
+            self.unlink_child(p, &key, e.tier == TierKind::Dram);
         }
         self.emit(kind, &key, e.tier, e.parent.as_ref());
         e.children
@@ -775,16 +1139,103 @@ impl Store {
     }
 
     /// Reads a block, refreshing its recency. `None` is a miss.
+    ///
+    /// A block on SSD is read from the device (blocking: async callers MUST call
+    /// this off their runtime's workers when an SSD tier is attached) and, by
+    /// default, promoted back to DRAM.
     pub fn get(&self, key: &[u8]) -> Option<Bytes> {
-        let slot = self.read_entry(key, true, |e| e.slot.clone());
-        match slot.map(|s| self.dram.load(key, &s)) {
-            Some(Load::Hit(b)) => {
-                self.dram_counters.hits.fetch_add(1, Relaxed);
+        let found = self.read_entry(key, true, |e| (e.slot.clone(), e.tier, e.written));
+        let Some((slot, tier, written)) = found else {
+            self.dram_counters.misses.fetch_add(1, Relaxed);
+            return None;
+        };
+        let ssd = match (&slot, self.ssd.get()) {
+            (Slot::Extent { .. }, Some(ssd)) => ssd,
+            _ => {
+                // In memory: a DRAM block, or one still on its way to SSD.
+                return match self.dram.load(key, &slot) {
+                    Load::Hit(b) => {
+                        self.counters(tier).hits.fetch_add(1, Relaxed);
+                        Some(b)
+                    }
+                    Load::Miss => {
+                        self.counters(tier).misses.fetch_add(1, Relaxed);
+                        None
+                    }
+                };
+            }
+        };
+        match ssd.tier.load(key, &slot) {
+            Load::Hit(b) => {
+                ssd.counters.hits.fetch_add(1, Relaxed);
+                if ssd.settings.promote {
+                    self.promote(key, &b, written, &slot);
+                }
                 Some(b)
             }
-            _ => {
-                self.dram_counters.misses.fetch_add(1, Relaxed);
+            Load::Miss => {
+                // Reclaimed or corrupt on the device: never served; forget it.
+                ssd.counters.misses.fetch_add(1, Relaxed);
+                let unchanged = self
+                    .shard(key)
+                    .map
+                    .get(key)
+                    .is_some_and(|e| e.written == written && e.slot == slot);
+                if unchanged {
+                    self.remove_tree(key, EventKind::Evicted);
+                }
                 None
+            }
+        }
+    }
+
+    /// Moves a block just read from SSD back into DRAM, unless DRAM has no room
+    /// or the block changed meanwhile.
+    fn promote(&self, key: &[u8], value: &Bytes, written: u64, slot: &Slot) {
+        let Some(ssd) = self.ssd.get() else { return };
+        let charge = charge_of(key.len(), value.len());
+        if charge > self.capacity() {
+            return;
+        }
+        self.dram_counters.used.fetch_add(charge, Relaxed);
+        if self.make_room().is_err() {
+            self.dram_counters.used.fetch_sub(charge, Relaxed);
+            return;
+        }
+        let checksum = xxh3_64(value);
+        let promoted = {
+            let mut shard = self.shard(key);
+            let stamp = self.tick_clock();
+            let Shard { map, lru, .. } = &mut *shard;
+            match map.get_key_value_mut(key) {
+                Some((k, e))
+                    if e.written == written && e.tier == TierKind::Ssd && e.slot == *slot =>
+                {
+                    e.slot = Slot::Memory(value.clone());
+                    e.tier = TierKind::Dram;
+                    e.checksum = checksum;
+                    e.stamp = stamp;
+                    if e.evictable() {
+                        e.filed = stamp;
+                        lru.insert(stamp, k.clone());
+                    }
+                    Some(e.parent.clone())
+                }
+                _ => None,
+            }
+        };
+        match promoted {
+            Some(parent) => {
+                ssd.counters.used.fetch_sub(charge, Relaxed);
+                ssd.counters.blocks.fetch_sub(1, Relaxed);
+                self.dram_counters.blocks.fetch_add(1, Relaxed);
+                self.dram_counters.promotions.fetch_add(1, Relaxed);
+                if let Some(p) = parent {
+                    self.child_moved(&p, true);
+                }
+            }
+            None => {
+                self.dram_counters.used.fetch_sub(charge, Relaxed);
             }
         }
     }
@@ -793,9 +1244,13 @@ impl Store {
     /// is corrupt (and was dropped).
     pub fn verify(&self, key: &[u8]) -> Option<bool> {
         let (slot, sum) = self.read_entry(key, false, |e| (e.slot.clone(), e.checksum))?;
-        let ok = match self.dram.load(key, &slot) {
-            Load::Hit(b) => xxh3_64(&b) == sum,
-            Load::Miss => false,
+        let ok = match (&slot, self.ssd.get()) {
+            // The SSD tier checks its own record checksums on every read.
+            (Slot::Extent { .. }, Some(ssd)) => matches!(ssd.tier.load(key, &slot), Load::Hit(_)),
+            _ => match self.dram.load(key, &slot) {
+                Load::Hit(b) => xxh3_64(&b) == sum,
+                Load::Miss => false,
+            },
         };
         if !ok {
             self.remove_tree(key, EventKind::Deleted);
@@ -985,7 +1440,11 @@ impl Store {
 
     /// Number of blocks stored.
     pub fn len(&self) -> usize {
-        self.dram_counters.blocks.load(Relaxed) as usize
+        let ssd = self
+            .ssd
+            .get()
+            .map_or(0, |s| s.counters.blocks.load(Relaxed));
+        (self.dram_counters.blocks.load(Relaxed) + ssd) as usize
     }
 
     /// True when nothing is stored.
@@ -1006,12 +1465,12 @@ impl Store {
                 s.map.drain().collect()
             };
             for (k, e) in taken {
-                self.dram_counters
-                    .used
+                let c = self.counters(e.tier);
+                c.used
                     .fetch_sub(charge_of(k.len(), e.len as usize), Relaxed);
-                self.dram_counters.blocks.fetch_sub(1, Relaxed);
+                c.blocks.fetch_sub(1, Relaxed);
                 self.emit(EventKind::Deleted, &k, e.tier, e.parent.as_ref());
-                self.dram.release(e.slot);
+                self.release_slot(e.tier, e.slot);
             }
         }
     }
@@ -1048,19 +1507,35 @@ impl Store {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> StoreStats {
-        let c = &self.dram_counters;
+        let snapshot = |kind: TierKind, c: &TierCounters| TierStats {
+            kind: Some(kind),
+            capacity: c.capacity.load(Relaxed),
+            used: c.used.load(Relaxed),
+            blocks: c.blocks.load(Relaxed),
+            hits: c.hits.load(Relaxed),
+            misses: c.misses.load(Relaxed),
+            evictions: c.evictions.load(Relaxed),
+            demotions: c.demotions.load(Relaxed),
+            promotions: c.promotions.load(Relaxed),
+        };
+        let mut tiers = vec![snapshot(TierKind::Dram, &self.dram_counters)];
+        let ssd = self.ssd.get().map(|s| {
+            tiers.push(snapshot(TierKind::Ssd, &s.counters));
+            let log = s.tier.log();
+            SsdStats {
+                segments: log.segments() as u64,
+                segments_used: log.used_segments() as u64,
+                segment_size: log.segment_size(),
+                dropped_demotions: s.dropped.load(Relaxed),
+                pending_demotions: s.pending.load(Relaxed),
+                checksum_failures: log.stats.checksum_failures.load(Relaxed),
+                engine: log.engine_name(),
+                direct: log.is_direct(),
+            }
+        });
         StoreStats {
-            tiers: vec![TierStats {
-                kind: Some(TierKind::Dram),
-                capacity: c.capacity.load(Relaxed),
-                used: c.used.load(Relaxed),
-                blocks: c.blocks.load(Relaxed),
-                hits: c.hits.load(Relaxed),
-                misses: c.misses.load(Relaxed),
-                evictions: c.evictions.load(Relaxed),
-                demotions: c.demotions.load(Relaxed),
-                promotions: c.promotions.load(Relaxed),
-            }],
+            tiers,
+            ssd,
             matches: self.matches.load(Relaxed),
             keys_queried: self.keys_queried.load(Relaxed),
             keys_matched: self.keys_matched.load(Relaxed),
@@ -1092,8 +1567,9 @@ impl Store {
     /// exactly the evictable entries.
     #[doc(hidden)]
     pub fn check_invariants(&self) -> Result<(), String> {
-        let mut all: HashMap<Key, (Option<Key>, Vec<Key>)> = HashMap::new();
-        let mut used = 0;
+        type Node = (Option<Key>, Vec<Key>, TierKind, u32);
+        let mut all: HashMap<Key, Node> = HashMap::new();
+        let (mut used, mut ssd_used) = (0, 0);
         for s in self.shards.iter() {
             let s = s.lock();
             let evictable = s.map.values().filter(|e| e.evictable()).count();
@@ -1105,17 +1581,34 @@ impl Store {
                 ));
             }
             for (k, e) in &s.map {
-                used += charge_of(k.len(), e.len as usize);
+                match e.tier {
+                    TierKind::Ssd => ssd_used += charge_of(k.len(), e.len as usize),
+                    _ => used += charge_of(k.len(), e.len as usize),
+                }
                 if e.evictable() && (s.lru.get(&e.filed) != Some(k) || e.filed > e.stamp) {
                     return Err("evictable entry missing from lru or filed ahead".into());
                 }
-                all.insert(k.clone(), (e.parent.clone(), e.children.clone()));
+                all.insert(
+                    k.clone(),
+                    (
+                        e.parent.clone(),
+                        e.children.clone(),
+                        e.tier,
+                        e.dram_children,
+                    ),
+                );
             }
         }
         if used != self.used() {
             return Err(format!(
                 "accounted {} but entries sum to {used}",
                 self.used()
+            ));
+        }
+        let ssd_accounted = self.ssd.get().map_or(0, |s| s.counters.used.load(Relaxed));
+        if ssd_used != ssd_accounted {
+            return Err(format!(
+                "SSD accounted {ssd_accounted} but entries sum to {ssd_used}"
             ));
         }
         if all.len() != self.len() {
@@ -1125,11 +1618,11 @@ impl Store {
                 all.len()
             ));
         }
-        for (k, (parent, children)) in &all {
+        for (k, (parent, children, _, dram_children)) in &all {
             if let Some(p) = parent {
                 match all.get(p) {
                     None => return Err("orphan: parent not stored".into()),
-                    Some((_, pc)) if !pc.contains(k) => {
+                    Some((_, pc, _, _)) if !pc.contains(k) => {
                         return Err("parent does not list its child".into())
                     }
                     _ => {}
@@ -1142,9 +1635,18 @@ impl Store {
                 return Err("a child is linked twice".into());
             }
             for c in children {
-                if all.get(c).and_then(|(p, _)| p.as_ref()) != Some(k) {
+                if all.get(c).and_then(|(p, ..)| p.as_ref()) != Some(k) {
                     return Err("listed child is not stored under this parent".into());
                 }
+            }
+            let in_dram = children
+                .iter()
+                .filter(|c| all.get(*c).is_some_and(|n| n.2 == TierKind::Dram))
+                .count() as u32;
+            if in_dram != *dram_children {
+                return Err(format!(
+                    "{dram_children} DRAM children counted, {in_dram} found"
+                ));
             }
         }
         Ok(())

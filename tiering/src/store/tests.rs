@@ -598,3 +598,222 @@ proptest! {
         }
     }
 }
+
+// ---- With an SSD tier attached ----
+
+mod with_ssd {
+    use super::*;
+    use crate::io::EngineChoice;
+    use crate::ssd::{LogConfig, SsdTier};
+    use std::path::PathBuf;
+
+    struct SsdFixture {
+        store: Arc<Store>,
+        dir: PathBuf,
+    }
+
+    impl Drop for SsdFixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn log_config(dir: &std::path::Path, segments: u64, segment: u64) -> LogConfig {
+        LogConfig {
+            path: dir.to_path_buf(),
+            capacity: Some(segments * segment),
+            segment_size: segment,
+            direct: true,
+        }
+    }
+
+    fn open_store(dir: &std::path::Path, dram: u64, segments: u64, segment: u64) -> Arc<Store> {
+        let store = Arc::new(Store::new(StoreConfig {
+            dram_capacity: dram,
+            high_watermark: 1.0,
+            low_watermark: 1.0,
+        }));
+        let opened =
+            SsdTier::open(&log_config(dir, segments, segment), EngineChoice::Auto).unwrap();
+        let tier = Arc::new(opened.tier);
+        let cap = tier.capacity();
+        store
+            .attach_ssd(tier, cap, opened.recovered, SsdSettings::default())
+            .unwrap();
+        store
+    }
+
+    fn fixture(name: &str, dram: u64, segments: u64, segment: u64) -> SsdFixture {
+        let dir =
+            std::env::temp_dir().join(format!("tidepool-store-ssd-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = open_store(&dir, dram, segments, segment);
+        SsdFixture { store, dir }
+    }
+
+    fn settle(s: &Store) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while s.pending_demotions() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "demotions never finished"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    fn val(i: usize) -> Bytes {
+        Bytes::from(vec![i as u8; 1000])
+    }
+
+    #[test]
+    fn evicted_blocks_move_to_ssd_and_come_back() {
+        let f = fixture("demote", 3 * charge_of(2, 1000), 8, 1 << 20);
+        for i in 0..10 {
+            f.store
+                .put(Bytes::from(format!("k{i}")), val(i), PutOptions::default())
+                .unwrap();
+        }
+        settle(&f.store);
+        f.store.check_invariants().unwrap();
+        let st = f.store.stats();
+        assert_eq!((st.tiers[0].blocks, st.tiers[1].blocks), (3, 7));
+        assert_eq!(st.tiers[0].demotions, 7);
+        assert!(st.tiers[0].used <= 3 * charge_of(2, 1000));
+        assert_eq!(f.store.tier_of(b"k0"), Some(TierKind::Ssd));
+        assert_eq!(f.store.tier_of(b"k9"), Some(TierKind::Dram));
+        // A read from SSD serves the bytes and promotes the block.
+        assert_eq!(f.store.get(b"k0"), Some(val(0)));
+        settle(&f.store);
+        assert_eq!(f.store.tier_of(b"k0"), Some(TierKind::Dram));
+        assert_eq!(f.store.stats().tiers[0].promotions, 1);
+        for i in 0..10 {
+            assert_eq!(
+                f.store.get(format!("k{i}").as_bytes()),
+                Some(val(i)),
+                "k{i}"
+            );
+            settle(&f.store);
+        }
+        f.store.check_invariants().unwrap();
+        let m = f.store.match_prefix(&[b("k1"), b("k2")], None);
+        assert_eq!(m.matched, 2);
+    }
+
+    fn chain(store: &Store, name: &str, n: usize) -> Vec<Bytes> {
+        let mut keys: Vec<Bytes> = Vec::new();
+        for i in 0..n {
+            let k = Bytes::from(format!("{name}{i}"));
+            let opts = PutOptions {
+                parent: keys.last().cloned(),
+                ..Default::default()
+            };
+            store.put(k.clone(), val(i), opts).unwrap();
+            keys.push(k);
+        }
+        keys
+    }
+
+    #[test]
+    fn chains_leave_dram_from_the_tail() {
+        let f = fixture("chain", 3 * charge_of(2, 1000), 8, 1 << 20);
+        let a = chain(&f.store, "a", 2);
+        let b = chain(&f.store, "b", 2);
+        settle(&f.store);
+        // Four blocks, room for three: the leaf of the older chain went, not its head.
+        assert_eq!(f.store.tier_of(&a[0]), Some(TierKind::Dram));
+        assert_eq!(f.store.tier_of(&a[1]), Some(TierKind::Ssd));
+        assert_eq!(f.store.tier_of(&b[1]), Some(TierKind::Dram));
+        f.store.check_invariants().unwrap();
+        // Deleting a head removes its whole chain, on both tiers.
+        assert_eq!(f.store.delete([&a[0][..]]), 1);
+        settle(&f.store);
+        assert_eq!(f.store.len(), 2);
+        f.store.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn a_chain_longer_than_dram_is_kept_whole() {
+        let f = fixture("long", 3 * charge_of(2, 1000), 8, 1 << 20);
+        let keys = chain(&f.store, "c", 8);
+        settle(&f.store);
+        f.store.check_invariants().unwrap();
+        let st = f.store.stats();
+        assert_eq!((st.tiers[0].blocks, st.tiers[1].blocks), (3, 5));
+        assert_eq!(f.store.match_prefix(&keys, None).matched, 8);
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(f.store.get(k), Some(val(i)));
+            settle(&f.store);
+        }
+        f.store.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn reclaimed_segments_drop_their_blocks_and_descendants() {
+        // 2 segments of 64 KiB hold 10 records of 5 KiB + 4 KiB header pages... of
+        // 8 KiB each: 16 records; far more are demoted.
+        let f = fixture("reclaim", 2 * charge_of(2, 5000), 2, 64 << 10);
+        for i in 0..60 {
+            f.store
+                .put(
+                    Bytes::from(format!("r{i:02}")),
+                    Bytes::from(vec![i as u8; 5000]),
+                    PutOptions::default(),
+                )
+                .unwrap();
+            settle(&f.store);
+        }
+        f.store.check_invariants().unwrap();
+        let st = f.store.stats();
+        assert!(st.tiers[1].evictions > 0, "segments were reclaimed");
+        assert!(f.store.len() < 60);
+        assert_eq!(f.store.get(b"r00"), None, "the oldest blocks are gone");
+        assert_eq!(f.store.get(b"r59"), Some(Bytes::from(vec![59u8; 5000])));
+    }
+
+    #[test]
+    fn ssd_writes_are_durable_and_recovered_with_their_chains() {
+        let dir =
+            std::env::temp_dir().join(format!("tidepool-store-ssd-recover-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            let store = open_store(&dir, 1 << 20, 8, 1 << 20);
+            let ssd = |parent: Option<&str>| PutOptions {
+                parent: parent.map(b),
+                tier: Some(TierKind::Ssd),
+                ..Default::default()
+            };
+            store.put(b("a"), val(1), ssd(None)).unwrap();
+            store.put(b("b"), val(2), ssd(Some("a"))).unwrap();
+            store.put(b("c"), val(3), ssd(Some("b"))).unwrap();
+            store.put(b("a"), val(4), ssd(None)).unwrap(); // overwrite: newest wins
+            assert_eq!(store.tier_of(b"c"), Some(TierKind::Ssd));
+            store.check_invariants().unwrap();
+        } // dropped without any shutdown step, as after kill -9
+        let store = open_store(&dir, 1 << 20, 8, 1 << 20);
+        store.check_invariants().unwrap();
+        assert_eq!(store.len(), 3);
+        assert_eq!(store.get(b"a"), Some(val(4)));
+        assert_eq!(store.get(b"c"), Some(val(3)));
+        assert_eq!(store.meta(b"c").unwrap().parent, Some(b("b")));
+        // Chains came back: deleting the head takes the rest.
+        assert_eq!(store.delete([&b"a"[..]]), 1);
+        assert!(store.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn without_an_ssd_tier_ssd_writes_are_refused() {
+        let f = super::fixture(1 << 20);
+        let opts = PutOptions {
+            tier: Some(TierKind::Ssd),
+            ..Default::default()
+        };
+        assert_eq!(
+            f.store.put(b("k"), b("v"), opts).unwrap_err().code(),
+            "NOTIER"
+        );
+    }
+}
