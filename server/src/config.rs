@@ -43,6 +43,21 @@ pub struct Args {
     /// Worker threads (0: one per core). Default: 0.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// SSD tier: PATH[:SIZE], PATH a file, a directory or a block device (a
+    /// local NVMe drive or an NVMe-oF namespace). SIZE defaults to the size of
+    /// an existing file or device. Default: no SSD tier.
+    #[arg(long)]
+    pub ssd: Option<String>,
+    /// I/O engine of the SSD tier: auto (io_uring, else psync), io_uring, psync.
+    /// Default: auto.
+    #[arg(long = "ssd-engine")]
+    pub ssd_engine: Option<String>,
+    /// Segment size of the SSD tier. Default: 64MiB.
+    #[arg(long = "ssd-segment-size")]
+    pub ssd_segment_size: Option<ByteSize>,
+    /// Move blocks read from SSD back to DRAM. Default: true.
+    #[arg(long = "ssd-promote")]
+    pub ssd_promote: Option<bool>,
 }
 
 /// The server's settings.
@@ -66,6 +81,15 @@ pub struct Config {
     pub low_watermark: f64,
     /// Worker threads; 0 means one per core. Default: 0.
     pub threads: usize,
+    /// SSD tier as `PATH[:SIZE]`. Default: none.
+    pub ssd: Option<String>,
+    /// SSD I/O engine: `auto`, `io_uring` or `psync`. Default: auto.
+    pub ssd_engine: String,
+    /// SSD segment size. Default: 64 MiB: large sequential writes, and the unit
+    /// of space reclaimed at once.
+    pub ssd_segment_size: ByteSize,
+    /// Promote blocks read from SSD to DRAM. Default: true.
+    pub ssd_promote: bool,
 }
 
 impl Default for Config {
@@ -79,6 +103,10 @@ impl Default for Config {
             high_watermark: 0.95,
             low_watermark: 0.90,
             threads: 0,
+            ssd: None,
+            ssd_engine: "auto".into(),
+            ssd_segment_size: ByteSize::mib(64),
+            ssd_promote: true,
         }
     }
 }
@@ -107,6 +135,10 @@ impl Config {
             low_watermark,
             threads
         );
+        if let Some(v) = &args.ssd {
+            c.ssd = Some(v.clone());
+        }
+        over!(ssd_engine, ssd_segment_size, ssd_promote);
         c.validate()?;
         Ok(c)
     }
@@ -119,7 +151,27 @@ impl Config {
             self.proto_max_bulk_len.as_u64() >= 1024,
             "proto-max-bulk-len must be at least 1KiB"
         );
+        self.ssd_engine_choice()?;
+        let seg = self.ssd_segment_size.as_u64();
+        anyhow::ensure!(
+            seg >= 64 * 1024 && seg.is_multiple_of(4096),
+            "ssd-segment-size must be at least 64KiB and a multiple of 4KiB"
+        );
+        if let Some(spec) = &self.ssd {
+            parse_ssd(spec)?;
+        }
         Ok(())
+    }
+
+    /// The SSD engine setting, parsed.
+    pub fn ssd_engine_choice(&self) -> anyhow::Result<tidepool_tiering::io::EngineChoice> {
+        use tidepool_tiering::io::EngineChoice;
+        match self.ssd_engine.as_str() {
+            "auto" => Ok(EngineChoice::Auto),
+            "io_uring" | "uring" => Ok(EngineChoice::Uring),
+            "psync" => Ok(EngineChoice::Psync),
+            other => anyhow::bail!("ssd-engine must be auto, io_uring or psync, not {other:?}"),
+        }
     }
 
     /// The block store's part of the settings.
@@ -139,6 +191,18 @@ impl Config {
             self.threads
         }
     }
+}
+
+/// Splits `PATH[:SIZE]` into the path and the size (when one is given).
+pub fn parse_ssd(spec: &str) -> anyhow::Result<(std::path::PathBuf, Option<u64>)> {
+    if let Some((path, size)) = spec.rsplit_once(':') {
+        if let Some(bytes) = parse_size(size) {
+            anyhow::ensure!(!path.is_empty(), "--ssd needs a path before the size");
+            return Ok((path.into(), Some(bytes)));
+        }
+    }
+    anyhow::ensure!(!spec.is_empty(), "--ssd needs a path");
+    Ok((spec.into(), None))
 }
 
 /// Parses a human size (`4GiB`, `512mb`, `1048576`).
@@ -173,5 +237,16 @@ mod tests {
         assert_eq!(parse_size("4GiB"), Some(4 << 30));
         assert_eq!(parse_size("1000"), Some(1000));
         assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_ssd("/d:1GiB").unwrap(), ("/d".into(), Some(1 << 30)));
+        assert_eq!(
+            parse_ssd("/dev/nvme0n1").unwrap(),
+            ("/dev/nvme0n1".into(), None)
+        );
+        assert!(parse_ssd(":1GiB").is_err());
+        let bad = Config {
+            ssd_engine: "floppy".into(),
+            ..Config::default()
+        };
+        assert!(bad.validate().is_err());
     }
 }

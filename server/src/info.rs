@@ -157,8 +157,20 @@ fn section(shared: &Shared, name: &str, o: &mut String) {
                 line!(format!("{n}_evictions"), t.evictions);
                 line!(format!("{n}_demotions"), t.demotions);
                 line!(format!("{n}_promotions"), t.promotions);
-                line!(format!("{n}_high_watermark"), high);
-                line!(format!("{n}_low_watermark"), low);
+                if n == "dram" {
+                    line!(format!("{n}_high_watermark"), high);
+                    line!(format!("{n}_low_watermark"), low);
+                }
+            }
+            if let Some(s) = &st.ssd {
+                line!("ssd_segments", s.segments);
+                line!("ssd_segments_used", s.segments_used);
+                line!("ssd_segment_size", s.segment_size);
+                line!("ssd_pending_demotions", s.pending_demotions);
+                line!("ssd_dropped_demotions", s.dropped_demotions);
+                line!("ssd_checksum_failures", s.checksum_failures);
+                line!("ssd_engine", s.engine);
+                line!("ssd_direct_io", if s.direct { "yes" } else { "no" });
             }
         }
         _ => {}

@@ -31,7 +31,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let shared = Shared::new(config);
+    let shared = Shared::new(config)?;
     info!(
         addr = %listener.local_addr()?,
         dram = %shared.config.read().dram,

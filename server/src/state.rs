@@ -17,7 +17,7 @@ use crate::pubsub::PubSub;
 /// Everything connections share.
 pub struct Shared {
     /// The block store.
-    pub store: Store,
+    pub store: Arc<Store>,
     /// Live settings (CONFIG SET changes some).
     pub config: RwLock<Config>,
     /// Connected clients.
@@ -33,10 +33,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Builds the shared state for `config`.
-    pub fn new(config: Config) -> Arc<Shared> {
+    /// Builds the shared state for `config`, opening and recovering the SSD
+    /// tier when one is configured.
+    pub fn new(config: Config) -> anyhow::Result<Arc<Shared>> {
         let pubsub = Arc::new(PubSub::default());
-        let store = Store::with_parts(
+        let store = Arc::new(Store::with_parts(
             config.store_config(),
             Some(pubsub.clone() as Arc<dyn EventSink>),
             Arc::new(|| {
@@ -45,8 +46,11 @@ impl Shared {
                     .map(|d| d.as_millis() as u64)
                     .unwrap_or(0)
             }),
-        );
-        Arc::new(Shared {
+        ));
+        if let Some(spec) = &config.ssd {
+            attach_ssd(&store, &config, spec)?;
+        }
+        Ok(Arc::new(Shared {
             store,
             config: RwLock::new(config),
             clients: Clients::default(),
@@ -54,13 +58,48 @@ impl Shared {
             stats: ServerStats::default(),
             started: Instant::now(),
             shutdown: tokio::sync::Notify::new(),
-        })
+        }))
     }
 
     /// Milliseconds since the server started.
     pub fn uptime_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
+}
+
+fn attach_ssd(store: &Arc<Store>, config: &Config, spec: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let (path, capacity) = crate::config::parse_ssd(spec)?;
+    let log = tidepool_tiering::ssd::LogConfig {
+        path: path.clone(),
+        capacity,
+        segment_size: config.ssd_segment_size.as_u64(),
+        direct: true,
+    };
+    let started = Instant::now();
+    let opened = tidepool_tiering::ssd::SsdTier::open(&log, config.ssd_engine_choice()?)
+        .with_context(|| format!("opening the SSD tier at {}", path.display()))?;
+    if let Some(why) = &opened.fallback {
+        tracing::warn!("{why}");
+    }
+    let tier = Arc::new(opened.tier);
+    tracing::info!(
+        path = %tier.log().path().display(),
+        capacity = tier.capacity(),
+        engine = tier.log().engine_name(),
+        direct = tier.log().is_direct(),
+        recovered_blocks = opened.recovered.len(),
+        recovery_ms = started.elapsed().as_millis() as u64,
+        "SSD tier ready"
+    );
+    let capacity = tier.capacity();
+    let settings = tidepool_tiering::SsdSettings {
+        promote: config.ssd_promote,
+        ..Default::default()
+    };
+    store
+        .attach_ssd(tier, capacity, opened.recovered, settings)
+        .map_err(anyhow::Error::msg)
 }
 
 /// Server-wide counters (INFO stats).

@@ -143,19 +143,26 @@ pub fn stats(shared: &Shared) -> Reply {
         .iter()
         .map(|t| {
             let name = t.kind.map_or("?", |k| k.as_str());
-            (
-                Reply::text(name),
-                Reply::map([
-                    ("capacity", Reply::Int(t.capacity as i64)),
-                    ("used", Reply::Int(t.used as i64)),
-                    ("blocks", Reply::Int(t.blocks as i64)),
-                    ("hits", Reply::Int(t.hits as i64)),
-                    ("misses", Reply::Int(t.misses as i64)),
-                    ("evictions", Reply::Int(t.evictions as i64)),
-                    ("demotions", Reply::Int(t.demotions as i64)),
-                    ("promotions", Reply::Int(t.promotions as i64)),
-                ]),
-            )
+            let mut fields = vec![
+                ("capacity", Reply::Int(t.capacity as i64)),
+                ("used", Reply::Int(t.used as i64)),
+                ("blocks", Reply::Int(t.blocks as i64)),
+                ("hits", Reply::Int(t.hits as i64)),
+                ("misses", Reply::Int(t.misses as i64)),
+                ("evictions", Reply::Int(t.evictions as i64)),
+                ("demotions", Reply::Int(t.demotions as i64)),
+                ("promotions", Reply::Int(t.promotions as i64)),
+            ];
+            if let (Some(TierKind::Ssd), Some(s)) = (t.kind, &st.ssd) {
+                fields.extend([
+                    ("segments", Reply::Int(s.segments as i64)),
+                    ("segments_used", Reply::Int(s.segments_used as i64)),
+                    ("dropped_demotions", Reply::Int(s.dropped_demotions as i64)),
+                    ("checksum_failures", Reply::Int(s.checksum_failures as i64)),
+                    ("engine", Reply::text(s.engine)),
+                ]);
+            }
+            (Reply::text(name), Reply::map(fields))
         })
         .collect();
     Reply::map([
