@@ -3,10 +3,8 @@
 //! NVMe-oF namespace alike), written with direct I/O where the file system
 //! allows it, recovered by scanning after a restart or a crash.
 //!
-//! Status: the log (format, append, read with checksum checks, segment
-//! eviction, recovery) and the [`SsdTier`] on top of it are built and tested;
-//! the store does not use them yet (demotion, promotion and the server flag
-//! `--ssd` come next).
+//! The store attaches an [`SsdTier`] with `Store::attach_ssd`: DRAM evictions
+//! are demoted to it, reads promote back, `TIER ssd` writes go straight to it.
 
 pub mod log;
 pub mod record;
