@@ -7,10 +7,11 @@
 //! back so the index can drop them) and reused.
 //!
 //! Recovery reads every segment from its start and keeps records while their
-//! headers and bodies check out and their sequence numbers grow: a torn write, a
-//! zeroed block, or the older records of a segment's previous use all stop the
-//! scan of that segment. Where a key was written more than once, the highest
-//! sequence number wins.
+//! headers check out and their sequence numbers grow: a zeroed block, a torn
+//! header, or the older records of a segment's previous use stop the scan of
+//! that segment. A record whose header is intact but whose body fails its
+//! checksum (torn or corrupted) is skipped and counted, and the scan goes on.
+//! Where a key was written more than once, the highest sequence number wins.
 //!
 //! Appends to the log are serialized (one write at a time, in order), which is
 //! what makes "everything before a torn record is intact" hold after a crash.
@@ -241,7 +242,12 @@ impl SegmentLog {
                     break; // an older use of this segment, or nonsense
                 }
                 let Some((key, parent)) = self.read_record(&h, start + pos, &head)? else {
-                    break; // torn or corrupt body
+                    // Torn or corrupt body under an intact header: its length is
+                    // known, so skip it (never serve it) and read on.
+                    self.stats.checksum_failures.fetch_add(1, Relaxed);
+                    last_seq = h.seq;
+                    pos += len;
+                    continue;
                 };
                 let location = Location {
                     segment,
@@ -576,6 +582,25 @@ mod tests {
             // Appends go on after recovery.
             let (c, _) = log.append(b"c", None, b"after", true).unwrap();
             assert_eq!(log.read(b"c", &c).unwrap().unwrap(), &b"after"[..]);
+        });
+    }
+
+    #[test]
+    fn a_corrupt_record_is_skipped_and_the_rest_recovered() {
+        on_both("skip", |d, _| {
+            let (log, _) = open(&config(d, 4)).unwrap();
+            let (a, _) = log.append(b"a", None, &value(1, 5000), true).unwrap();
+            log.append(b"b", None, &value(2, 5000), true).unwrap();
+            let path = log.path().to_path_buf();
+            drop(log);
+            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(&[0xEE], a.offset + HEADER_LEN as u64 + 2000)
+                .unwrap();
+            drop(f);
+            let (log, rec) = open(&config(d, 4)).unwrap();
+            assert_eq!(rec.iter().map(|r| &r.key[..]).collect::<Vec<_>>(), [b"b"]);
+            assert_eq!(log.stats.checksum_failures.load(Relaxed), 1);
         });
     }
 
