@@ -28,7 +28,13 @@ fn wait_demotions(s: &Server) {
 
 #[test]
 fn demotion_and_promotion_through_the_server() {
-    let dir = temp_dir("demote");
+    for engine in ["io_uring", "psync"] {
+        demotion_and_promotion(engine);
+    }
+}
+
+fn demotion_and_promotion(engine: &str) {
+    let dir = temp_dir(&format!("demote-{engine}"));
     let ssd = format!("{}:32MiB", dir.display());
     let s = Server::start(&[
         "--dram",
@@ -37,7 +43,14 @@ fn demotion_and_promotion_through_the_server() {
         &ssd,
         "--ssd-segment-size",
         "1MiB",
+        "--ssd-engine",
+        engine,
     ]);
+    let info: String = redis::cmd("INFO")
+        .arg("tiers")
+        .query(&mut s.redis())
+        .unwrap();
+    assert!(info.contains(&format!("ssd_engine:{engine}")), "{info}");
     let mut c = s.redis();
     for i in 0..200 {
         let _: () = cmd("KV.PUT")

@@ -24,6 +24,7 @@ mod tier_suite;
 pub use error::StoreError;
 pub use event::{Event, EventKind, EventSink};
 pub use store::{
-    MatchResult, PutOptions, SsdSettings, SsdStats, Store, StoreConfig, StoreStats, TierStats,
+    Fetch, MatchResult, PutOptions, SsdSettings, SsdStats, Store, StoreConfig, StoreStats,
+    TierStats,
 };
 pub use tier::{Load, Reclaimed, Slot, Tier, TierError, TierKind};

@@ -375,6 +375,17 @@ pub struct Store {
     ssd: std::sync::OnceLock<SsdState>,
 }
 
+/// What [`Store::fetch_memory`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetch {
+    /// The bytes, from memory.
+    Memory(Bytes),
+    /// Not stored.
+    Missing,
+    /// Stored on a device: reading it blocks.
+    Device,
+}
+
 /// Settings of the SSD tier's place in the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SsdSettings {
@@ -1136,6 +1147,36 @@ impl Store {
     /// Runs `f` on the live entry of `key` (see `with_live`).
     fn read_entry<R>(&self, key: &[u8], touch: bool, f: impl FnOnce(&Entry) -> R) -> Option<R> {
         self.with_live(key, touch, |s, k| f(s.map.get(k).expect("present")))
+    }
+
+    /// Reads a block if that needs no device I/O: a block in memory is returned
+    /// (recency refreshed, counted as `get` does), a missing one is a miss, and
+    /// a block on SSD is `Fetch::Device`, for the caller to `get` where blocking
+    /// is allowed.
+    pub fn fetch_memory(&self, key: &[u8]) -> Fetch {
+        let found = self.with_live(key, false, |shard, k| {
+            let e = shard.map.get_mut(k).expect("present");
+            match &e.slot {
+                Slot::Memory(b) => {
+                    let found = (b.clone(), e.tier);
+                    // The access, under the same lock (see `Shard::restamp`).
+                    e.stamp = self.tick_clock();
+                    Some(found)
+                }
+                Slot::Extent { .. } => None,
+            }
+        });
+        match found {
+            None => {
+                self.dram_counters.misses.fetch_add(1, Relaxed);
+                Fetch::Missing
+            }
+            Some(None) => Fetch::Device,
+            Some(Some((b, tier))) => {
+                self.counters(tier).hits.fetch_add(1, Relaxed);
+                Fetch::Memory(b)
+            }
+        }
     }
 
     /// Reads a block, refreshing its recency. `None` is a miss.

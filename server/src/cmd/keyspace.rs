@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use tidepool_protocol::command::{Cond, SetExpiry};
 use tidepool_protocol::{glob, CommandError, Reply};
-use tidepool_tiering::PutOptions;
+use tidepool_tiering::{Fetch, PutOptions};
 
 use super::store_error;
 use crate::state::Shared;
@@ -16,9 +16,16 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// GET / KV.GET.
+/// GET / KV.GET. A block on SSD is read with the worker marked as blocking
+/// (`block_in_place`), so the runtime moves other connections elsewhere.
 pub fn get(shared: &Shared, key: &[u8]) -> Reply {
-    shared.store.get(key).map_or(Reply::Null, Reply::Bulk)
+    match shared.store.fetch_memory(key) {
+        Fetch::Memory(b) => Reply::Bulk(b),
+        Fetch::Missing => Reply::Null,
+        Fetch::Device => {
+            tokio::task::block_in_place(|| shared.store.get(key)).map_or(Reply::Null, Reply::Bulk)
+        }
+    }
 }
 
 /// MGET / KV.MGET.

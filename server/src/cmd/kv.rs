@@ -42,7 +42,14 @@ pub fn put(shared: &Shared, key: Bytes, value: Bytes, a: PutArgs) -> Reply {
         value_exclusive: a.exclusive,
         ..PutOptions::default()
     };
-    match shared.store.put(key, value, opts) {
+    let put = || shared.store.put(key, value, opts);
+    // A write to SSD waits for the device: mark the worker as blocking.
+    let result = if a.tier == Some(TierName::Ssd) {
+        tokio::task::block_in_place(put)
+    } else {
+        put()
+    };
+    match result {
         Ok(_) => Reply::ok(),
         Err(e) => store_error(e),
     }
