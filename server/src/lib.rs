@@ -43,9 +43,13 @@ pub async fn run(
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            let mut failures_seen = 0;
             loop {
                 tokio::select! {
-                    _ = tick.tick() => { shared.store.expire_due(); }
+                    _ = tick.tick() => {
+                        shared.store.expire_due();
+                        failures_seen = report_checksum_failures(&shared, failures_seen);
+                    }
                     _ = stop.changed() => break,
                 }
             }
@@ -83,6 +87,20 @@ pub async fn run(
     }
     info!("bye");
     Ok(())
+}
+
+/// Logs when SSD records failed their checksum since the last look (once per
+/// sweep, not once per record). Returns the count seen.
+fn report_checksum_failures(shared: &Shared, seen: u64) -> u64 {
+    let now = shared.store.stats().ssd.map_or(0, |s| s.checksum_failures);
+    if now > seen {
+        warn!(
+            new = now - seen,
+            total = now,
+            "SSD records failed their checksum: dropped, answered as misses"
+        );
+    }
+    now
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -805,6 +805,56 @@ mod with_ssd {
     }
 
     #[test]
+    fn demotions_are_dropped_and_counted_when_the_ssd_falls_behind() {
+        let dir =
+            std::env::temp_dir().join(format!("tidepool-store-ssd-drop-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Arc::new(Store::new(StoreConfig {
+            dram_capacity: 100 * charge_of(3, 1000),
+            high_watermark: 1.0,
+            low_watermark: 1.0,
+        }));
+        let opened = SsdTier::open(&log_config(&dir, 8, 1 << 20), EngineChoice::Auto).unwrap();
+        let tier = Arc::new(opened.tier);
+        let cap = tier.capacity();
+        // A queue of zero: a demotion is taken only while the demotion thread
+        // waits, so a burst of evictions overruns it.
+        let settings = SsdSettings {
+            queue: 0,
+            promote: true,
+        };
+        store
+            .attach_ssd(tier, cap, opened.recovered, settings)
+            .unwrap();
+        let mut prev: Option<Bytes> = None;
+        for i in 0..100 {
+            let k = Bytes::from(format!("k{i:02}"));
+            // Chains of two, so dropped blocks take their children with them.
+            let parent = if i % 2 == 1 { prev.clone() } else { None };
+            store
+                .put(
+                    k.clone(),
+                    val(i),
+                    PutOptions {
+                        parent,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            prev = Some(k);
+        }
+        store.set_capacity(5 * charge_of(3, 1000));
+        settle(&store);
+        let st = store.stats();
+        let ssd = st.ssd.unwrap();
+        assert!(ssd.dropped_demotions > 0, "{ssd:?}");
+        assert!(store.len() < 100);
+        store.check_invariants().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn without_an_ssd_tier_ssd_writes_are_refused() {
         let f = super::fixture(1 << 20);
         let opts = PutOptions {
