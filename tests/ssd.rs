@@ -116,12 +116,16 @@ fn ssd_writes_survive_kill_9() {
                 .query(&mut c)
                 .unwrap();
         }
+        // A deleted block must stay deleted across the crash.
+        let _: i64 = cmd("DEL").arg("solo19").query(&mut c).unwrap();
         // Dropping the server sends SIGKILL: no shutdown step runs.
     }
     let s = Server::start(&args);
     let mut c = s.redis();
     let n: i64 = cmd("DBSIZE").query(&mut c).unwrap();
-    assert_eq!(n, 25);
+    assert_eq!(n, 24, "24 blocks were acknowledged and not deleted");
+    let gone: Option<Vec<u8>> = cmd("GET").arg("solo19").query(&mut c).unwrap();
+    assert_eq!(gone, None, "a deleted block came back");
     let matched: i64 = cmd("KV.MATCH")
         .arg(chain.len())
         .arg(&chain)
@@ -132,14 +136,14 @@ fn ssd_writes_survive_kill_9() {
         let got: Vec<u8> = cmd("KV.GET").arg(k).query(&mut c).unwrap();
         assert!(got == block(i, 70_000), "{k} differs after restart");
     }
-    for i in 0..20 {
+    for i in 0..19 {
         let got: Vec<u8> = cmd("GET").arg(format!("solo{i}")).query(&mut c).unwrap();
         assert!(got == block(100 + i, 5000));
     }
     // The chain came back as a chain: deleting its head removes it all.
     let _: i64 = cmd("KV.DEL").arg("chain0").query(&mut c).unwrap();
     let n: i64 = cmd("DBSIZE").query(&mut c).unwrap();
-    assert_eq!(n, 20);
+    assert_eq!(n, 19);
     drop(s);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -261,6 +261,10 @@ struct Entry {
     /// Clock value of the write that made this version (tells a finished
     /// demotion whether the block was rewritten meanwhile).
     written: u64,
+    /// This version's record on SSD, if it has one (kept after a promotion):
+    /// deleting or replacing the block writes a tombstone for it, so a restart
+    /// does not bring it back.
+    disk: Option<Slot>,
 }
 
 impl Entry {
@@ -546,8 +550,10 @@ impl Store {
         for r in recovered {
             let charge = charge_of(r.key.len(), r.value_len as usize);
             let stamp = self.tick_clock();
+            let slot = crate::ssd::SsdTier::slot_of(&r.location);
             let entry = Entry {
-                slot: crate::ssd::SsdTier::slot_of(&r.location),
+                disk: Some(slot.clone()),
+                slot,
                 len: r.value_len,
                 checksum: 0,
                 parent: r.parent.clone(),
@@ -601,14 +607,34 @@ impl Store {
                 return;
             }
         };
-        let mut shard = self.shard(&d.key);
-        if let Some(e) = shard.map.get_mut(&d.key[..]) {
-            if e.written == d.written
-                && e.tier == TierKind::Ssd
-                && matches!(e.slot, Slot::Memory(_))
-            {
-                e.slot = slot;
+        let applied = {
+            let mut shard = self.shard(&d.key);
+            match shard.map.get_mut(&d.key[..]) {
+                Some(e)
+                    if e.written == d.written
+                        && e.tier == TierKind::Ssd
+                        && matches!(e.slot, Slot::Memory(_)) =>
+                {
+                    e.disk = Some(slot.clone());
+                    e.slot = slot.clone();
+                    true
+                }
+                _ => false,
             }
+        };
+        if !applied {
+            // Deleted or rewritten while it was being written: the record must
+            // not come back after a restart.
+            self.forget_on_disk(&d.key, Some(&slot));
+        }
+    }
+
+    /// Writes a tombstone for a block's SSD record, if it has one.
+    fn forget_on_disk(&self, key: &[u8], disk: Option<&Slot>) {
+        if let (Some(slot), Some(ssd)) = (disk, self.ssd.get()) {
+            // A failed tombstone only risks bringing a deleted block back after
+            // a restart; the device error shows up on the next write.
+            let _ = ssd.tier.forget(key, slot);
         }
     }
 
@@ -621,11 +647,16 @@ impl Store {
     fn drain_reclaimed(&self) {
         let Some(ssd) = self.ssd.get() else { return };
         for r in ssd.tier.take_reclaimed() {
-            let gone = self
-                .shard(&r.key)
-                .map
-                .get(&r.key[..])
-                .is_some_and(|e| e.tier == TierKind::Ssd && e.slot == r.slot);
+            let gone = {
+                let mut shard = self.shard(&r.key);
+                match shard.map.get_mut(&r.key[..]) {
+                    Some(e) if e.tier == TierKind::Ssd && e.slot == r.slot => {
+                        e.disk = None; // the record itself is gone: no tombstone
+                        true
+                    }
+                    _ => false,
+                }
+            };
             if gone {
                 ssd.counters.evictions.fetch_add(1, Relaxed);
                 self.remove_tree(&r.key, EventKind::Evicted);
@@ -809,6 +840,8 @@ impl Store {
                         None => None,
                     };
                     let old_len = std::mem::replace(&mut e.len, len);
+                    let new_disk = (tier == TierKind::Ssd).then(|| slot.clone());
+                    let old_disk = std::mem::replace(&mut e.disk, new_disk);
                     let old_slot = std::mem::replace(&mut e.slot, slot);
                     let old_parent = std::mem::replace(&mut e.parent, opts.parent.clone());
                     let old_tier = std::mem::replace(&mut e.tier, tier);
@@ -831,7 +864,7 @@ impl Store {
                     if let Some(t) = expires_at {
                         ttl.insert((t, k));
                     }
-                    Some((old_len, old_slot, old_parent, old_tier))
+                    Some((old_len, old_slot, old_parent, old_tier, old_disk))
                 }
                 None => {
                     // The key usually is a view into a connection's read buffer;
@@ -839,7 +872,6 @@ impl Store {
                     let key = Bytes::copy_from_slice(&key);
                     let expires_at = opts.ttl_ms.map(|ms| now.saturating_add(ms));
                     let entry = Entry {
-                        slot,
                         len,
                         checksum,
                         parent: opts.parent.clone(),
@@ -852,6 +884,8 @@ impl Store {
                         tier,
                         dram_children: 0,
                         written: stamp,
+                        disk: (tier == TierKind::Ssd).then(|| slot.clone()),
+                        slot,
                     };
                     if entry.evictable() {
                         lru.insert(stamp, key.clone());
@@ -865,7 +899,11 @@ impl Store {
             };
         }
         self.counters(tier).blocks.fetch_add(1, Relaxed);
-        if let Some((old_len, old_slot, old_parent, old_tier)) = old {
+        if let Some((old_len, old_slot, old_parent, old_tier, old_disk)) = old {
+            // A new SSD record supersedes the old one on recovery by itself.
+            if tier != TierKind::Ssd {
+                self.forget_on_disk(&key, old_disk.as_ref());
+            }
             let c = self.counters(old_tier);
             c.used
                 .fetch_sub(charge_of(key.len(), old_len as usize), Relaxed);
@@ -1086,6 +1124,7 @@ impl Store {
     /// Accounting, parent unlinking and the event for an entry already taken out
     /// of its shard. Returns its children (for cascades).
     fn finish_removal(&self, key: Key, e: Entry, kind: EventKind) -> Vec<Key> {
+        self.forget_on_disk(&key, e.disk.as_ref());
         let c = self.counters(e.tier);
         c.used
             .fetch_sub(charge_of(key.len(), e.len as usize), Relaxed);
@@ -1506,6 +1545,7 @@ impl Store {
                 s.map.drain().collect()
             };
             for (k, e) in taken {
+                self.forget_on_disk(&k, e.disk.as_ref());
                 let c = self.counters(e.tier);
                 c.used
                     .fetch_sub(charge_of(k.len(), e.len as usize), Relaxed);

@@ -95,6 +95,14 @@ pub trait Tier: Send + Sync + 'static {
     /// Gives a slot up. The caller MUST NOT use it afterwards.
     fn release(&self, slot: Slot);
 
+    /// Says that the block stored in `slot` for `key` is deleted or replaced, so
+    /// that a persistent tier does not bring it back after a restart. Default:
+    /// nothing to do.
+    fn forget(&self, key: &[u8], slot: &Slot) -> Result<(), TierError> {
+        let _ = (key, slot);
+        Ok(())
+    }
+
     /// Makes everything stored so far durable. Default: nothing to do.
     fn sync(&self) -> Result<(), TierError> {
         Ok(())

@@ -89,6 +89,10 @@ struct State {
     next_seq: u64,
 }
 
+/// A record as recovery reads it: key, parent, and for a tombstone the
+/// sequence number it cancels.
+type Scanned = (Bytes, Option<Bytes>, Option<u64>);
+
 /// Counters of the log.
 #[derive(Debug, Default)]
 pub struct LogStats {
@@ -223,6 +227,8 @@ impl SegmentLog {
     /// Scans every segment; rebuilds the free and sealed lists.
     fn recover(&self) -> io::Result<Vec<Recovered>> {
         let mut newest: HashMap<Bytes, Recovered> = HashMap::new();
+        // Per key, the newest sequence number a tombstone cancels.
+        let mut cancelled: HashMap<Bytes, u64> = HashMap::new();
         let mut used: Vec<(u64, u32)> = Vec::new(); // (first seq, segment)
         let mut keys: Vec<Vec<(Bytes, Location)>> = vec![Vec::new(); self.segments as usize];
         let mut max_seq = 0;
@@ -241,7 +247,7 @@ impl SegmentLog {
                 if h.seq <= last_seq || pos + len > self.segment_size {
                     break; // an older use of this segment, or nonsense
                 }
-                let Some((key, parent)) = self.read_record(&h, start + pos, &head)? else {
+                let Some((key, parent, cancels)) = self.read_record(&h, start + pos, &head)? else {
                     // Torn or corrupt body under an intact header: its length is
                     // known, so skip it (never serve it) and read on.
                     self.stats.checksum_failures.fetch_add(1, Relaxed);
@@ -258,6 +264,12 @@ impl SegmentLog {
                 first_seq.get_or_insert(h.seq);
                 last_seq = h.seq;
                 max_seq = max_seq.max(h.seq);
+                if let Some(target) = cancels {
+                    let t = cancelled.entry(key).or_insert(0);
+                    *t = (*t).max(target);
+                    pos += len;
+                    continue;
+                }
                 keys[segment as usize].push((key.clone(), location));
                 let rec = Recovered {
                     key: key.clone(),
@@ -284,19 +296,23 @@ impl SegmentLog {
         st.free = (0..self.segments).filter(|s| !in_use.contains(s)).collect();
         st.keys = keys;
         st.next_seq = max_seq + 1;
-        let mut out: Vec<Recovered> = newest.into_values().collect();
+        let mut out: Vec<Recovered> = newest
+            .into_values()
+            .filter(|r| cancelled.get(&r.key).is_none_or(|t| r.location.seq > *t))
+            .collect();
         out.sort_by_key(|r| r.location.seq);
         Ok(out)
     }
 
     /// Reads and checks a whole record whose header is `h` (already read into
-    /// `head`, the first 4 KiB). Returns its key and parent.
+    /// `head`, the first 4 KiB). Returns its key, its parent, and for a
+    /// tombstone the sequence number it cancels.
     fn read_record(
         &self,
         h: &Header,
         offset: u64,
         head: &AlignedBuf,
-    ) -> io::Result<Option<(Bytes, Option<Bytes>)>> {
+    ) -> io::Result<Option<Scanned>> {
         let len = h.record_len() as usize;
         let full;
         let rec: &[u8] = if len <= head.len() {
@@ -312,11 +328,17 @@ impl SegmentLog {
             full = buf;
             &full
         };
-        Ok(record::decode_body(h, rec).map(|b| {
-            (
+        Ok(record::decode_body(h, rec).and_then(|b| {
+            let cancels = if h.tombstone {
+                Some(record::tombstone_target(b.value)?)
+            } else {
+                None
+            };
+            Some((
                 Bytes::copy_from_slice(b.key),
                 b.parent.map(Bytes::copy_from_slice),
-            )
+                cancels,
+            ))
         }))
     }
 
@@ -332,13 +354,42 @@ impl SegmentLog {
     ) -> io::Result<(Location, Vec<(Bytes, Location)>)> {
         let keys_len = key.len() + parent.map_or(0, |p| p.len());
         let len = record::record_len(keys_len, value.len());
+        self.append_with(key, keys_len, len, durable, true, |seq| {
+            record::encode(key, parent, value, seq)
+        })
+    }
+
+    /// Appends a tombstone: after a restart, `key`'s records up to sequence
+    /// `cancels` are not recovered (the block was deleted or replaced).
+    pub fn append_tombstone(
+        &self,
+        key: &[u8],
+        cancels: u64,
+        durable: bool,
+    ) -> io::Result<Vec<(Bytes, Location)>> {
+        let len = record::record_len(key.len(), 8);
+        self.append_with(key, key.len(), len, durable, false, |seq| {
+            record::encode_tombstone(key, cancels, seq)
+        })
+        .map(|(_, evicted)| evicted)
+    }
+
+    fn append_with(
+        &self,
+        key: &[u8],
+        keys_len: usize,
+        len: u64,
+        durable: bool,
+        track: bool,
+        encode: impl FnOnce(u64) -> AlignedBuf,
+    ) -> io::Result<(Location, Vec<(Bytes, Location)>)> {
         if len > self.segment_size {
             return Err(invalid(format!(
                 "record of {len} bytes is larger than a segment ({} bytes)",
                 self.segment_size
             )));
         }
-        if key.len().max(parent.map_or(0, |p| p.len())) > record::MAX_KEY_LEN {
+        if key.len().max(keys_len - key.len()) > record::MAX_KEY_LEN {
             return Err(invalid("key too long for the SSD tier"));
         }
         let mut st = self.state.lock();
@@ -367,7 +418,7 @@ impl SegmentLog {
         let seq = st.next_seq;
         st.next_seq += 1;
         let offset = self.segment_start(segment) + st.write_pos;
-        let buf = record::encode(key, parent, value, seq);
+        let buf = encode(seq);
         // Written under the lock: appends reach the device in order.
         self.engine.write_at(&self.file, &buf, offset)?;
         if durable {
@@ -380,7 +431,9 @@ impl SegmentLog {
             len,
             seq,
         };
-        st.keys[segment as usize].push((Bytes::copy_from_slice(key), location));
+        if track {
+            st.keys[segment as usize].push((Bytes::copy_from_slice(key), location));
+        }
         self.stats.appends.fetch_add(1, Relaxed);
         Ok((location, evicted))
     }
@@ -559,6 +612,24 @@ mod tests {
                 parents,
                 [(&b"root"[..], None), (&b"kid"[..], Some(&b"root"[..]))]
             );
+        });
+    }
+
+    #[test]
+    fn tombstones_cancel_older_records_only() {
+        on_both("tomb", |d, _| {
+            let (log, _) = open(&config(d, 4)).unwrap();
+            let (a1, _) = log.append(b"a", None, b"one", false).unwrap();
+            log.append_tombstone(b"a", a1.seq, false).unwrap();
+            let (b1, _) = log.append(b"b", None, b"one", false).unwrap();
+            let (b2, _) = log.append(b"b", None, b"two", false).unwrap();
+            // A tombstone for b's first record must not cancel its newer one.
+            log.append_tombstone(b"b", b1.seq, true).unwrap();
+            drop(log);
+            let (log, rec) = open(&config(d, 4)).unwrap();
+            assert_eq!(rec.len(), 1, "{rec:?}");
+            assert_eq!((&rec[0].key[..], rec[0].location), (&b"b"[..], b2));
+            assert_eq!(log.read(b"b", &b2).unwrap().unwrap(), &b"two"[..]);
         });
     }
 

@@ -8,13 +8,17 @@
 //! |---|---|---|
 //! | 0 | 4 | magic `TPR1` (0x54 0x50 0x52 0x31) |
 //! | 4 | 2 | format version (1), little-endian like every field |
-//! | 6 | 2 | flags: bit 0 set when the block has a parent |
+//! | 6 | 2 | flags: bit 0 set when the block has a parent; bit 1 set for a tombstone |
 //! | 8 | 4 | key length |
 //! | 12 | 4 | parent key length (0 without a parent) |
 //! | 16 | 8 | value length |
 //! | 24 | 8 | sequence number (grows with every write; the newest copy of a key wins on recovery) |
 //! | 32 | 8 | XXH3-64 of key ‖ parent ‖ value |
 //! | 40 | 8 | XXH3-64 of header bytes 0..40 |
+//!
+//! A tombstone (flag bit 1) carries no block: its value is the 8-byte
+//! little-endian sequence number of the newest record of its key that it
+//! cancels (a deleted or superseded block must not come back on recovery).
 //!
 //! A torn write (crash mid-record) leaves a header whose checksum fails or a
 //! body whose checksum fails: either way the record is not served, and recovery
@@ -34,6 +38,8 @@ pub const HEADER_LEN: usize = 48;
 pub const MAX_KEY_LEN: usize = 64 * 1024;
 /// Flag: the record names a parent.
 const HAS_PARENT: u16 = 1;
+/// Flag: the record is a tombstone.
+const TOMBSTONE: u16 = 2;
 
 /// A decoded, checksum-verified header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +48,8 @@ pub struct Header {
     pub key_len: u32,
     /// Parent key length, when the block has a parent.
     pub parent_len: Option<u32>,
+    /// A tombstone rather than a block.
+    pub tombstone: bool,
     /// Value length.
     pub value_len: u64,
     /// Sequence number.
@@ -85,6 +93,26 @@ fn body_checksum(key: &[u8], parent: &[u8], value: &[u8]) -> u64 {
 
 /// Encodes a record into an aligned buffer ready for one direct write.
 pub fn encode(key: &[u8], parent: Option<&[u8]>, value: &[u8], seq: u64) -> AlignedBuf {
+    encode_with(key, parent, value, seq, 0)
+}
+
+/// Encodes a tombstone cancelling `key`'s records up to sequence `cancels`.
+pub fn encode_tombstone(key: &[u8], cancels: u64, seq: u64) -> AlignedBuf {
+    encode_with(key, None, &cancels.to_le_bytes(), seq, TOMBSTONE)
+}
+
+/// The sequence number a tombstone's value cancels.
+pub fn tombstone_target(value: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(value.try_into().ok()?))
+}
+
+fn encode_with(
+    key: &[u8],
+    parent: Option<&[u8]>,
+    value: &[u8],
+    seq: u64,
+    extra: u16,
+) -> AlignedBuf {
     let p = parent.unwrap_or(&[]);
     assert!(
         key.len() <= MAX_KEY_LEN && p.len() <= MAX_KEY_LEN,
@@ -93,7 +121,7 @@ pub fn encode(key: &[u8], parent: Option<&[u8]>, value: &[u8], seq: u64) -> Alig
     let mut buf = AlignedBuf::zeroed(HEADER_LEN + key.len() + p.len() + value.len());
     buf[0..4].copy_from_slice(&MAGIC);
     buf[4..6].copy_from_slice(&VERSION.to_le_bytes());
-    let flags = if parent.is_some() { HAS_PARENT } else { 0 };
+    let flags = if parent.is_some() { HAS_PARENT } else { 0 } | extra;
     buf[6..8].copy_from_slice(&flags.to_le_bytes());
     buf[8..12].copy_from_slice(&(key.len() as u32).to_le_bytes());
     buf[12..16].copy_from_slice(&(p.len() as u32).to_le_bytes());
@@ -141,6 +169,7 @@ pub fn decode_header(b: &[u8]) -> Option<Header> {
     Some(Header {
         key_len,
         parent_len: (flags & HAS_PARENT != 0).then_some(parent_len),
+        tombstone: flags & TOMBSTONE != 0,
         value_len: u64_at(b, 16),
         seq: u64_at(b, 24),
         body_checksum: u64_at(b, 32),
@@ -197,6 +226,13 @@ mod tests {
             value: b"v",
         };
         assert_eq!(decode_body(&h, &child), Some(want));
+        let t = encode_tombstone(b"k", 41, 42);
+        let h = decode_header(&t).unwrap();
+        assert!(h.tombstone && h.seq == 42);
+        assert_eq!(
+            tombstone_target(decode_body(&h, &t).unwrap().value),
+            Some(41)
+        );
         let empty_parent = encode(b"k", Some(b""), b"v", 9);
         let h = decode_header(&empty_parent).unwrap();
         assert_eq!(

@@ -54,6 +54,17 @@ impl SsdTier {
         self.log.segments() as u64 * self.log.segment_size()
     }
 
+    fn note_reclaimed(&self, evicted: Vec<(Bytes, Location)>) {
+        if !evicted.is_empty() {
+            self.reclaimed
+                .lock()
+                .extend(evicted.into_iter().map(|(key, loc)| Reclaimed {
+                    key,
+                    slot: Self::slot_of(&loc),
+                }));
+        }
+    }
+
     /// The slot of a recovered record.
     pub fn slot_of(loc: &Location) -> Slot {
         Slot::Extent {
@@ -72,14 +83,7 @@ impl Tier for SsdTier {
     fn store(&self, key: &[u8], parent: Option<&[u8]>, value: Bytes) -> Result<Slot, TierError> {
         match self.log.append(key, parent, &value, false) {
             Ok((loc, evicted)) => {
-                if !evicted.is_empty() {
-                    self.reclaimed
-                        .lock()
-                        .extend(evicted.into_iter().map(|(key, loc)| Reclaimed {
-                            key,
-                            slot: Self::slot_of(&loc),
-                        }));
-                }
+                self.note_reclaimed(evicted);
                 Ok(Self::slot_of(&loc))
             }
             Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
@@ -103,6 +107,15 @@ impl Tier for SsdTier {
             Ok(Some(b)) => Load::Hit(b),
             _ => Load::Miss,
         }
+    }
+
+    fn forget(&self, key: &[u8], slot: &Slot) -> Result<(), TierError> {
+        let Slot::Extent { seq, .. } = *slot else {
+            return Ok(());
+        };
+        let evicted = self.log.append_tombstone(key, seq, false)?;
+        self.note_reclaimed(evicted);
+        Ok(())
     }
 
     fn release(&self, _slot: Slot) {

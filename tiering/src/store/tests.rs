@@ -855,6 +855,61 @@ mod with_ssd {
     }
 
     #[test]
+    fn deleted_and_replaced_blocks_do_not_come_back_after_a_restart() {
+        let dir =
+            std::env::temp_dir().join(format!("tidepool-store-ssd-tomb-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ssd = || PutOptions {
+            tier: Some(TierKind::Ssd),
+            ..Default::default()
+        };
+        {
+            let store = open_store(&dir, 3 * charge_of(2, 1000), 8, 1 << 20);
+            for k in ["d1", "r1", "p1", "f1", "kept"] {
+                store.put(b(k), val(1), ssd()).unwrap();
+            }
+            assert_eq!(store.delete([&b"d1"[..]]), 1); // deleted
+            store.put(b("r1"), val(2), PutOptions::default()).unwrap(); // replaced in DRAM
+            assert_eq!(store.get(b"p1"), Some(val(1))); // promoted, then replaced in DRAM
+            store.put(b("p1"), val(3), PutOptions::default()).unwrap();
+            // Demoted, then deleted.
+            for i in 0..6 {
+                store
+                    .put(Bytes::from(format!("x{i}")), val(i), PutOptions::default())
+                    .unwrap();
+            }
+            settle(&store);
+            assert_eq!(store.tier_of(b"x0"), Some(TierKind::Ssd));
+            assert_eq!(store.delete([&b"x0"[..]]), 1);
+            store.check_invariants().unwrap();
+        }
+        let store = open_store(&dir, 3 * charge_of(2, 1000), 8, 1 << 20);
+        store.check_invariants().unwrap();
+        for gone in ["d1", "x0"] {
+            assert_eq!(store.get(gone.as_bytes()), None, "{gone} came back");
+        }
+        // Replaced blocks come back only as their newest version (when that
+        // version reached SSD by demotion), never as the old one.
+        for (k, newest) in [("r1", val(2)), ("p1", val(3))] {
+            let got = store.get(k.as_bytes());
+            assert!(got.is_none() || got == Some(newest), "{k} came back stale");
+        }
+        assert_eq!(store.get(b"kept"), Some(val(1)));
+        assert_eq!(store.get(b"f1"), Some(val(1)));
+        // FLUSHALL is remembered too.
+        store.flush();
+        drop(store);
+        let store = open_store(&dir, 3 * charge_of(2, 1000), 8, 1 << 20);
+        assert!(
+            store.is_empty(),
+            "{} blocks came back after FLUSHALL",
+            store.len()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn without_an_ssd_tier_ssd_writes_are_refused() {
         let f = super::fixture(1 << 20);
         let opts = PutOptions {
