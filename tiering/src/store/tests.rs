@@ -628,6 +628,16 @@ mod with_ssd {
     }
 
     fn open_store(dir: &std::path::Path, dram: u64, segments: u64, segment: u64) -> Arc<Store> {
+        open_store_with(dir, dram, segments, segment, SsdSettings::default())
+    }
+
+    fn open_store_with(
+        dir: &std::path::Path,
+        dram: u64,
+        segments: u64,
+        segment: u64,
+        settings: SsdSettings,
+    ) -> Arc<Store> {
         let store = Arc::new(Store::new(StoreConfig {
             dram_capacity: dram,
             high_watermark: 1.0,
@@ -638,16 +648,22 @@ mod with_ssd {
         let tier = Arc::new(opened.tier);
         let cap = tier.capacity();
         store
-            .attach_ssd(tier, cap, opened.recovered, SsdSettings::default())
+            .attach_ssd(tier, cap, opened.recovered, settings)
             .unwrap();
         store
     }
 
-    fn fixture(name: &str, dram: u64, segments: u64, segment: u64) -> SsdFixture {
+    /// A fresh, empty directory for one test.
+    fn fresh_dir(name: &str) -> PathBuf {
         let dir =
             std::env::temp_dir().join(format!("tidepool-store-ssd-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn fixture(name: &str, dram: u64, segments: u64, segment: u64) -> SsdFixture {
+        let dir = fresh_dir(name);
         let store = open_store(&dir, dram, segments, segment);
         SsdFixture { store, dir }
     }
@@ -774,10 +790,7 @@ mod with_ssd {
 
     #[test]
     fn ssd_writes_are_durable_and_recovered_with_their_chains() {
-        let dir =
-            std::env::temp_dir().join(format!("tidepool-store-ssd-recover-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("recover");
         {
             let store = open_store(&dir, 1 << 20, 8, 1 << 20);
             let ssd = |parent: Option<&str>| PutOptions {
@@ -806,27 +819,14 @@ mod with_ssd {
 
     #[test]
     fn demotions_are_dropped_and_counted_when_the_ssd_falls_behind() {
-        let dir =
-            std::env::temp_dir().join(format!("tidepool-store-ssd-drop-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = Arc::new(Store::new(StoreConfig {
-            dram_capacity: 100 * charge_of(3, 1000),
-            high_watermark: 1.0,
-            low_watermark: 1.0,
-        }));
-        let opened = SsdTier::open(&log_config(&dir, 8, 1 << 20), EngineChoice::Auto).unwrap();
-        let tier = Arc::new(opened.tier);
-        let cap = tier.capacity();
+        let dir = fresh_dir("drop");
         // A queue of zero: a demotion is taken only while the demotion thread
         // waits, so a burst of evictions overruns it.
         let settings = SsdSettings {
             queue: 0,
             promote: true,
         };
-        store
-            .attach_ssd(tier, cap, opened.recovered, settings)
-            .unwrap();
+        let store = open_store_with(&dir, 100 * charge_of(3, 1000), 8, 1 << 20, settings);
         let mut prev: Option<Bytes> = None;
         for i in 0..100 {
             let k = Bytes::from(format!("k{i:02}"));
@@ -856,10 +856,7 @@ mod with_ssd {
 
     #[test]
     fn deleted_and_replaced_blocks_do_not_come_back_after_a_restart() {
-        let dir =
-            std::env::temp_dir().join(format!("tidepool-store-ssd-tomb-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("tomb");
         let ssd = || PutOptions {
             tier: Some(TierKind::Ssd),
             ..Default::default()
