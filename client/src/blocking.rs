@@ -1,0 +1,111 @@
+//! A blocking client for callers without an async runtime: the async
+//! [`crate::Client`] driven by a runtime of its own (one client, two faces).
+
+use bytes::Bytes;
+
+use crate::{ClientError, Match, PutOptions, Stats};
+
+/// Blocking tidepool client. Every method blocks the calling thread until the
+/// reply is in. MUST NOT be used from inside an async runtime.
+#[derive(Debug)]
+pub struct Client {
+    inner: crate::Client,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Client {
+    /// Connects `connections` sockets to a tidepool server.
+    pub fn connect(addr: &str, connections: usize) -> Result<Client, ClientError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let inner = rt.block_on(crate::Client::connect(addr, connections))?;
+        Ok(Client { inner, rt })
+    }
+
+    /// See [`crate::Client::put`].
+    pub fn put(&self, key: Bytes, value: Bytes, opts: &PutOptions) -> Result<(), ClientError> {
+        self.rt.block_on(self.inner.put(key, value, opts))
+    }
+
+    /// See [`crate::Client::put_many`].
+    pub fn put_many(
+        &self,
+        blocks: &[(Bytes, Bytes)],
+        chain: bool,
+        parent: Option<Bytes>,
+    ) -> Result<Vec<Result<(), ClientError>>, ClientError> {
+        self.rt.block_on(self.inner.put_many(blocks, chain, parent))
+    }
+
+    /// See [`crate::Client::put_chain`].
+    pub fn put_chain(
+        &self,
+        blocks: &[(Bytes, Bytes)],
+        parent: Option<Bytes>,
+    ) -> Result<(), ClientError> {
+        self.rt.block_on(self.inner.put_chain(blocks, parent))
+    }
+
+    /// See [`crate::Client::get`].
+    pub fn get(&self, key: Bytes) -> Result<Option<Bytes>, ClientError> {
+        self.rt.block_on(self.inner.get(key))
+    }
+
+    /// See [`crate::Client::get_many`].
+    pub fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Option<Bytes>>, ClientError> {
+        self.rt.block_on(self.inner.get_many(keys))
+    }
+
+    /// See [`crate::Client::get_many_into`].
+    pub fn get_many_into(
+        &self,
+        keys: &[Bytes],
+        bufs: &mut [&mut [u8]],
+    ) -> Result<Vec<Option<usize>>, ClientError> {
+        self.rt.block_on(self.inner.get_many_into(keys, bufs))
+    }
+
+    /// See [`crate::Client::match_prefix`].
+    pub fn match_prefix(
+        &self,
+        keys: &[Bytes],
+        lease_ms: Option<u64>,
+    ) -> Result<Match, ClientError> {
+        self.rt.block_on(self.inner.match_prefix(keys, lease_ms))
+    }
+
+    /// See [`crate::Client::match_tokens`].
+    pub fn match_tokens(
+        &self,
+        seed: &[u8],
+        block_tokens: u32,
+        tokens: &[u32],
+        lease_ms: Option<u64>,
+    ) -> Result<Match, ClientError> {
+        self.rt.block_on(
+            self.inner
+                .match_tokens(seed, block_tokens, tokens, lease_ms),
+        )
+    }
+
+    /// See [`crate::Client::release`].
+    pub fn release(&self, lease: u64) -> Result<bool, ClientError> {
+        self.rt.block_on(self.inner.release(lease))
+    }
+
+    /// See [`crate::Client::exists`].
+    pub fn exists(&self, keys: &[Bytes]) -> Result<Vec<Option<String>>, ClientError> {
+        self.rt.block_on(self.inner.exists(keys))
+    }
+
+    /// See [`crate::Client::delete`].
+    pub fn delete(&self, keys: &[Bytes]) -> Result<usize, ClientError> {
+        self.rt.block_on(self.inner.delete(keys))
+    }
+
+    /// See [`crate::Client::stats`].
+    pub fn stats(&self) -> Result<Stats, ClientError> {
+        self.rt.block_on(self.inner.stats())
+    }
+}

@@ -1,0 +1,390 @@
+//! The async client: a pool of connections and the tidepool operations.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use bytes::Bytes;
+use redis_protocol::resp2::types::BytesFrame;
+use tokio::sync::Mutex;
+
+use crate::conn::Conn;
+use crate::ClientError;
+
+/// Options of one put.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    /// The previous block of the chain (must be stored).
+    pub parent: Option<Bytes>,
+    /// Time to live in milliseconds.
+    pub ttl_ms: Option<u64>,
+    /// Pin against eviction.
+    pub pin: bool,
+    /// Tier to write to (`"dram"`, `"ssd"`); `None` for the server's default.
+    pub tier: Option<&'static str>,
+}
+
+/// Result of a prefix match.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Match {
+    /// How many leading keys are stored.
+    pub matched: usize,
+    /// The lease holding the matched blocks, when one was asked for; give it
+    /// back with [`Client::release`].
+    pub lease: Option<u64>,
+}
+
+/// The server's `KV.STATS`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Stats {
+    /// Per tier (`dram`, `ssd`): capacity, used, blocks, hits, misses, ...
+    pub tiers: HashMap<String, HashMap<String, i64>>,
+    /// `KV.MATCH` calls.
+    pub matches: i64,
+    /// Keys asked about by matches.
+    pub keys_queried: i64,
+    /// Keys found by matches.
+    pub keys_matched: i64,
+    /// Matched over queried.
+    pub prefix_hit_ratio: f64,
+}
+
+/// A tidepool client: cheap to share (`&Client` from many tasks); each call
+/// takes one pooled connection for its pipeline.
+pub struct Client {
+    conns: Vec<Mutex<Conn>>,
+    next: AtomicUsize,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("connections", &self.conns.len())
+            .finish()
+    }
+}
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn num(n: impl ToString) -> Bytes {
+    Bytes::from(n.to_string())
+}
+
+/// Turns an error frame into an error, anything else into itself.
+fn check(frame: BytesFrame) -> Result<BytesFrame, ClientError> {
+    match frame {
+        BytesFrame::Error(e) => Err(ClientError::server(&e)),
+        f => Ok(f),
+    }
+}
+
+fn int(frame: BytesFrame) -> Result<i64, ClientError> {
+    match check(frame)? {
+        BytesFrame::Integer(i) => Ok(i),
+        other => Err(ClientError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+fn bulk_or_nil(frame: BytesFrame) -> Result<Option<Bytes>, ClientError> {
+    match check(frame)? {
+        BytesFrame::BulkString(b) => Ok(Some(b)),
+        BytesFrame::Null => Ok(None),
+        other => Err(ClientError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+fn array(frame: BytesFrame) -> Result<Vec<BytesFrame>, ClientError> {
+    match check(frame)? {
+        BytesFrame::Array(v) => Ok(v),
+        other => Err(ClientError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+fn text(frame: &BytesFrame) -> Option<String> {
+    match frame {
+        BytesFrame::BulkString(b) | BytesFrame::SimpleString(b) => {
+            Some(String::from_utf8_lossy(b).into_owned())
+        }
+        _ => None,
+    }
+}
+
+/// A RESP2 map (flat array of key, value) as pairs.
+fn pairs(frame: BytesFrame) -> Result<Vec<(String, BytesFrame)>, ClientError> {
+    let items = array(frame)?;
+    let mut out = Vec::with_capacity(items.len() / 2);
+    let mut it = items.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        let key = text(&k).ok_or_else(|| ClientError::Unexpected(format!("map key {k:?}")))?;
+        out.push((key, v));
+    }
+    Ok(out)
+}
+
+impl Client {
+    /// Connects `connections` sockets (at least one) to a tidepool server.
+    pub async fn connect(addr: &str, connections: usize) -> Result<Client, ClientError> {
+        let mut conns = Vec::with_capacity(connections.max(1));
+        for _ in 0..connections.max(1) {
+            conns.push(Mutex::new(Conn::connect(addr).await?));
+        }
+        Ok(Client {
+            conns,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    async fn pipeline(&self, cmds: &[Vec<Bytes>]) -> Result<Vec<BytesFrame>, ClientError> {
+        let i = self.next.fetch_add(1, Relaxed) % self.conns.len();
+        self.conns[i].lock().await.pipeline(cmds).await
+    }
+
+    async fn one(&self, cmd: Vec<Bytes>) -> Result<BytesFrame, ClientError> {
+        let mut replies = self.pipeline(&[cmd]).await?;
+        replies
+            .pop()
+            .ok_or_else(|| ClientError::Unexpected("no reply".into()))
+    }
+
+    /// Sends a raw command (name first) and returns the reply frame; server
+    /// errors become [`ClientError::Server`].
+    pub async fn command(&self, args: Vec<Bytes>) -> Result<BytesFrame, ClientError> {
+        check(self.one(args).await?)
+    }
+
+    /// Stores one block.
+    pub async fn put(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        opts: &PutOptions,
+    ) -> Result<(), ClientError> {
+        let mut cmd = vec![b("KV.PUT"), key, value];
+        if let Some(p) = &opts.parent {
+            cmd.extend([b("PARENT"), p.clone()]);
+        }
+        if let Some(ms) = opts.ttl_ms {
+            cmd.extend([b("TTL"), num(ms)]);
+        }
+        if let Some(t) = opts.tier {
+            cmd.extend([b("TIER"), b(t)]);
+        }
+        if opts.pin {
+            cmd.push(b("PIN"));
+        }
+        check(self.one(cmd).await?).map(|_| ())
+    }
+
+    /// Stores blocks in one pipelined `KV.MPUT`; each gets its own result.
+    /// Without `chain` the blocks are independent (all under `parent`, if given).
+    pub async fn put_many(
+        &self,
+        blocks: &[(Bytes, Bytes)],
+        chain: bool,
+        parent: Option<Bytes>,
+    ) -> Result<Vec<Result<(), ClientError>>, ClientError> {
+        if blocks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = Vec::with_capacity(2 * blocks.len() + 5);
+        cmd.extend([b("KV.MPUT"), num(blocks.len())]);
+        for (k, v) in blocks {
+            cmd.extend([k.clone(), v.clone()]);
+        }
+        if chain {
+            cmd.push(b("CHAIN"));
+        }
+        if let Some(p) = parent {
+            cmd.extend([b("PARENT"), p]);
+        }
+        Ok(array(self.one(cmd).await?)?
+            .into_iter()
+            .map(|f| check(f).map(|_| ()))
+            .collect())
+    }
+
+    /// Stores a chain (each block's parent is the one before it; the first's is
+    /// `parent`). Fails on the first block the server refused.
+    pub async fn put_chain(
+        &self,
+        blocks: &[(Bytes, Bytes)],
+        parent: Option<Bytes>,
+    ) -> Result<(), ClientError> {
+        for r in self.put_many(blocks, true, parent).await? {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Reads one block.
+    pub async fn get(&self, key: Bytes) -> Result<Option<Bytes>, ClientError> {
+        bulk_or_nil(self.one(vec![b("KV.GET"), key]).await?)
+    }
+
+    /// Reads many blocks in one `KV.MGET`.
+    pub async fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Option<Bytes>>, ClientError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = vec![b("KV.MGET")];
+        cmd.extend(keys.iter().cloned());
+        array(self.one(cmd).await?)?
+            .into_iter()
+            .map(bulk_or_nil)
+            .collect()
+    }
+
+    /// Reads many blocks into caller buffers: `bufs[i]` receives block `i`.
+    /// Returns, per key, the length written (`None` for a miss). A buffer too
+    /// small for its block is an error, and nothing is written past it.
+    pub async fn get_many_into(
+        &self,
+        keys: &[Bytes],
+        bufs: &mut [&mut [u8]],
+    ) -> Result<Vec<Option<usize>>, ClientError> {
+        if keys.len() != bufs.len() {
+            return Err(ClientError::Unexpected(format!(
+                "{} keys but {} buffers",
+                keys.len(),
+                bufs.len()
+            )));
+        }
+        let blocks = self.get_many(keys).await?;
+        let mut out = Vec::with_capacity(blocks.len());
+        for (i, block) in blocks.into_iter().enumerate() {
+            match block {
+                None => out.push(None),
+                Some(v) if v.len() <= bufs[i].len() => {
+                    bufs[i][..v.len()].copy_from_slice(&v);
+                    out.push(Some(v.len()));
+                }
+                Some(v) => {
+                    return Err(ClientError::Unexpected(format!(
+                        "block {i} has {} bytes, its buffer {}",
+                        v.len(),
+                        bufs[i].len()
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn match_reply(frame: BytesFrame) -> Result<Match, ClientError> {
+        match check(frame)? {
+            BytesFrame::Integer(n) => Ok(Match {
+                matched: n as usize,
+                lease: None,
+            }),
+            f @ BytesFrame::Array(_) => {
+                let mut m = Match::default();
+                for (k, v) in pairs(f)? {
+                    match (k.as_str(), v) {
+                        ("matched", BytesFrame::Integer(n)) => m.matched = n as usize,
+                        ("lease", BytesFrame::Integer(n)) => m.lease = Some(n as u64),
+                        _ => {}
+                    }
+                }
+                Ok(m)
+            }
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// How many leading `keys` are stored; with `lease_ms`, they are also held
+    /// against eviction until the lease is released or runs out.
+    pub async fn match_prefix(
+        &self,
+        keys: &[Bytes],
+        lease_ms: Option<u64>,
+    ) -> Result<Match, ClientError> {
+        if keys.is_empty() {
+            return Ok(Match::default());
+        }
+        let mut cmd = vec![b("KV.MATCH"), num(keys.len())];
+        cmd.extend(keys.iter().cloned());
+        if let Some(ms) = lease_ms {
+            cmd.extend([b("LEASE"), num(ms)]);
+        }
+        Self::match_reply(self.one(cmd).await?)
+    }
+
+    /// The same as [`Client::match_prefix`] with the chain hashed by the server
+    /// from token ids.
+    pub async fn match_tokens(
+        &self,
+        seed: &[u8],
+        block_tokens: u32,
+        tokens: &[u32],
+        lease_ms: Option<u64>,
+    ) -> Result<Match, ClientError> {
+        let mut cmd = vec![
+            b("KV.MATCHTOKENS"),
+            Bytes::copy_from_slice(seed),
+            num(block_tokens),
+        ];
+        cmd.extend(tokens.iter().map(num));
+        if let Some(ms) = lease_ms {
+            cmd.extend([b("LEASE"), num(ms)]);
+        }
+        Self::match_reply(self.one(cmd).await?)
+    }
+
+    /// Gives a lease back. False when it was already gone.
+    pub async fn release(&self, lease: u64) -> Result<bool, ClientError> {
+        Ok(int(self.one(vec![b("KV.RELEASE"), num(lease)]).await?)? == 1)
+    }
+
+    /// The tier of each key (`"dram"`, `"ssd"`), or `None` when it is not stored.
+    pub async fn exists(&self, keys: &[Bytes]) -> Result<Vec<Option<String>>, ClientError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = vec![b("KV.EXISTS")];
+        cmd.extend(keys.iter().cloned());
+        array(self.one(cmd).await?)?
+            .into_iter()
+            .map(|f| bulk_or_nil(f).map(|o| o.map(|b| String::from_utf8_lossy(&b).into_owned())))
+            .collect()
+    }
+
+    /// Deletes blocks (and what is chained under them); returns how many of the
+    /// named keys were stored.
+    pub async fn delete(&self, keys: &[Bytes]) -> Result<usize, ClientError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut cmd = vec![b("KV.DEL")];
+        cmd.extend(keys.iter().cloned());
+        Ok(int(self.one(cmd).await?)? as usize)
+    }
+
+    /// The server's statistics.
+    pub async fn stats(&self) -> Result<Stats, ClientError> {
+        let mut stats = Stats::default();
+        for (k, v) in pairs(self.one(vec![b("KV.STATS")]).await?)? {
+            match (k.as_str(), v) {
+                ("tiers", f) => {
+                    for (tier, fields) in pairs(f)? {
+                        let mut m = HashMap::new();
+                        for (name, value) in pairs(fields)? {
+                            if let BytesFrame::Integer(i) = value {
+                                m.insert(name, i);
+                            }
+                        }
+                        stats.tiers.insert(tier, m);
+                    }
+                }
+                ("matches", BytesFrame::Integer(i)) => stats.matches = i,
+                ("keys_queried", BytesFrame::Integer(i)) => stats.keys_queried = i,
+                ("keys_matched", BytesFrame::Integer(i)) => stats.keys_matched = i,
+                ("prefix_hit_ratio", f) => {
+                    stats.prefix_hit_ratio = text(&f).and_then(|t| t.parse().ok()).unwrap_or(0.0)
+                }
+                _ => {}
+            }
+        }
+        Ok(stats)
+    }
+}

@@ -1,0 +1,90 @@
+//! One connection: pipelined requests, replies decoded with `redis-protocol`.
+
+use std::io::IoSlice;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use redis_protocol::resp2::{decode::decode_bytes_mut, types::BytesFrame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::ClientError;
+
+/// Arguments this large go out as their own slice of a vectored write.
+const INLINE_MAX: usize = 16 * 1024;
+
+pub(crate) struct Conn {
+    stream: TcpStream,
+    rbuf: BytesMut,
+}
+
+impl Conn {
+    pub(crate) async fn connect(addr: &str) -> Result<Conn, ClientError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            rbuf: BytesMut::with_capacity(64 * 1024),
+        })
+    }
+
+    /// Sends every command, then reads one reply per command, in order.
+    pub(crate) async fn pipeline(
+        &mut self,
+        cmds: &[Vec<Bytes>],
+    ) -> Result<Vec<BytesFrame>, ClientError> {
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut cur = BytesMut::new();
+        for cmd in cmds {
+            cur.put_slice(format!("*{}\r\n", cmd.len()).as_bytes());
+            for arg in cmd {
+                cur.put_slice(format!("${}\r\n", arg.len()).as_bytes());
+                if arg.len() >= INLINE_MAX {
+                    chunks.push(cur.split().freeze());
+                    chunks.push(arg.clone());
+                } else {
+                    cur.put_slice(arg);
+                }
+                cur.put_slice(b"\r\n");
+            }
+        }
+        chunks.push(cur.freeze());
+        write_all_chunks(&mut self.stream, &chunks).await?;
+        let mut out = Vec::with_capacity(cmds.len());
+        while out.len() < cmds.len() {
+            match decode_bytes_mut(&mut self.rbuf)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+            {
+                Some((frame, _, _)) => out.push(frame),
+                None => {
+                    self.rbuf.reserve(64 * 1024);
+                    if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                        return Err(ClientError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+async fn write_all_chunks(stream: &mut TcpStream, chunks: &[Bytes]) -> std::io::Result<()> {
+    let (mut idx, mut off) = (0usize, 0usize);
+    while idx < chunks.len() {
+        let mut slices = Vec::with_capacity((chunks.len() - idx).min(64));
+        slices.push(IoSlice::new(&chunks[idx][off..]));
+        for c in chunks[idx + 1..].iter().take(63) {
+            slices.push(IoSlice::new(c));
+        }
+        let mut n = stream.write_vectored(&slices).await?;
+        if n == 0 && chunks[idx].len() > off {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while idx < chunks.len() && n >= chunks[idx].len() - off {
+            n -= chunks[idx].len() - off;
+            idx += 1;
+            off = 0;
+        }
+        off += n;
+    }
+    Ok(())
+}

@@ -1,0 +1,41 @@
+//! Client errors.
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The connection failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server's bytes were not valid RESP.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The server answered with an error.
+    #[error("{code} {message}")]
+    Server {
+        /// The stable code (`OOM`, `NOPARENT`, `ERR`, ...).
+        code: String,
+        /// The rest of the message.
+        message: String,
+    },
+    /// The reply had an unexpected shape.
+    #[error("unexpected reply: {0}")]
+    Unexpected(String),
+}
+
+impl ClientError {
+    /// The server's error code, when the server answered with an error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Server { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn server(text: &str) -> ClientError {
+        let (code, message) = text.split_once(' ').unwrap_or((text, ""));
+        ClientError::Server {
+            code: code.to_string(),
+            message: message.to_string(),
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! tidepool-client against the real server.
+
+use bytes::Bytes;
+use tidepool_client::{blocking, chain_keys, Client, PutOptions};
+use tidepool_tests::Server;
+
+fn addr(s: &Server) -> String {
+    format!("127.0.0.1:{}", s.port)
+}
+
+fn block(i: usize, len: usize) -> Bytes {
+    (0..len)
+        .map(|j| (i * 13 + j) as u8)
+        .collect::<Vec<_>>()
+        .into()
+}
+
+#[test]
+fn async_client_round_trip() {
+    let s = Server::start(&[]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = Client::connect(&addr(&s), 4).await.unwrap();
+        let tokens: Vec<u32> = (0..100).collect();
+        let keys = chain_keys(b"model", 16, &tokens);
+        assert_eq!(keys.len(), 6, "only full blocks");
+        let blocks: Vec<(Bytes, Bytes)> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), block(i, 70_000)))
+            .collect();
+        c.put_chain(&blocks[..4], None).await.unwrap();
+        // The client's hash is the server's: KV.MATCHTOKENS agrees.
+        assert_eq!(c.match_prefix(&keys, None).await.unwrap().matched, 4);
+        assert_eq!(
+            c.match_tokens(b"model", 16, &tokens, None)
+                .await
+                .unwrap()
+                .matched,
+            4
+        );
+        let m = c.match_prefix(&keys, Some(60_000)).await.unwrap();
+        assert_eq!(m.matched, 4);
+        assert!(c.release(m.lease.unwrap()).await.unwrap());
+        assert!(!c.release(m.lease.unwrap()).await.unwrap());
+        // Reads into caller buffers.
+        let mut storage = vec![vec![0u8; 70_000]; 6];
+        let mut bufs: Vec<&mut [u8]> = storage.iter_mut().map(|v| &mut v[..]).collect();
+        let got = c.get_many_into(&keys, &mut bufs).await.unwrap();
+        assert_eq!(
+            got,
+            [
+                Some(70_000),
+                Some(70_000),
+                Some(70_000),
+                Some(70_000),
+                None,
+                None
+            ]
+        );
+        assert_eq!(&storage[2][..], &block(2, 70_000)[..]);
+        let mut small = [0u8; 10];
+        let mut one: Vec<&mut [u8]> = vec![&mut small[..]];
+        assert!(
+            c.get_many_into(&keys[..1], &mut one).await.is_err(),
+            "buffer too small"
+        );
+        assert_eq!(
+            c.exists(&keys[3..5]).await.unwrap(),
+            [Some("dram".to_string()), None]
+        );
+        // Per-block results of a batch, and typed server errors.
+        let results = c
+            .put_many(
+                &[(keys[5].clone(), block(5, 10))],
+                false,
+                Some(Bytes::from_static(b"missing")),
+            )
+            .await
+            .unwrap();
+        assert_eq!(results[0].as_ref().unwrap_err().code(), Some("NOPARENT"));
+        let e = c
+            .put(
+                Bytes::from_static(b"k"),
+                Bytes::from_static(b"v"),
+                &PutOptions {
+                    tier: Some("gpu"),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some("NOTIER"));
+        let st = c.stats().await.unwrap();
+        assert_eq!(st.tiers["dram"]["blocks"], 4);
+        assert!(st.keys_queried >= 18 && st.prefix_hit_ratio > 0.0);
+        assert_eq!(c.delete(&keys[..1]).await.unwrap(), 1);
+        assert_eq!(c.match_prefix(&keys, None).await.unwrap().matched, 0);
+        // Many tasks share one client.
+        let c = std::sync::Arc::new(c);
+        let tasks: Vec<_> = (0..16)
+            .map(|t| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    for i in 0..50 {
+                        let k = Bytes::from(format!("t{t}-{i}"));
+                        c.put(k.clone(), block(t + i, 1000), &PutOptions::default())
+                            .await
+                            .unwrap();
+                        assert_eq!(c.get(k).await.unwrap().unwrap(), block(t + i, 1000));
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn blocking_client() {
+    let s = Server::start(&[]);
+    let c = blocking::Client::connect(&addr(&s), 2).unwrap();
+    let keys = chain_keys(b"s", 4, &[1, 2, 3, 4, 5, 6, 7, 8]);
+    let blocks: Vec<(Bytes, Bytes)> = keys
+        .iter()
+        .map(|k| (k.clone(), Bytes::from_static(b"kv")))
+        .collect();
+    c.put_chain(&blocks, None).unwrap();
+    assert_eq!(
+        c.match_tokens(b"s", 4, &[1, 2, 3, 4, 5, 6, 7, 8], None)
+            .unwrap()
+            .matched,
+        2
+    );
+    assert_eq!(
+        c.get_many(&keys).unwrap(),
+        [
+            Some(Bytes::from_static(b"kv")),
+            Some(Bytes::from_static(b"kv"))
+        ]
+    );
+    assert_eq!(c.delete(&keys[..1]).unwrap(), 1);
+    assert_eq!(
+        c.exists(&keys).unwrap(),
+        [None, None],
+        "the chain went with its head"
+    );
+}
