@@ -153,6 +153,12 @@ impl Client {
         check(self.one(args).await?)
     }
 
+    /// Sends commands (name first) in one pipeline and returns their integer
+    /// replies, in order (for EXISTS-style batches).
+    pub async fn pipeline_ints(&self, cmds: &[Vec<Bytes>]) -> Result<Vec<i64>, ClientError> {
+        self.pipeline(cmds).await?.into_iter().map(int).collect()
+    }
+
     /// Stores one block.
     pub async fn put(
         &self,

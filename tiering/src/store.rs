@@ -1381,22 +1381,30 @@ impl Store {
     /// Counts the stored prefix of `keys`, refreshing the matched blocks'
     /// recency in chain order, and optionally leasing them for `lease_ms`.
     pub fn match_prefix(&self, keys: &[Bytes], lease_ms: Option<u64>) -> MatchResult {
-        let mut out = MatchResult::default();
+        let mut out = MatchResult {
+            tiers: Vec::with_capacity(keys.len()),
+            ..MatchResult::default()
+        };
+        // One hash lookup per key (this runs for every key of every prompt).
         for k in keys {
-            let got = self.with_live(k, true, |shard, key| {
-                let e = shard.map.get_mut(key).expect("present");
-                let tier = e.tier;
-                if lease_ms.is_some() {
-                    let was = e.evictable();
-                    e.leases += 1;
-                    shard.refile(key, was);
-                }
-                tier
-            });
-            let Some(tier) = got else {
+            let mut guard = self.shard(k);
+            let Shard { map, lru, .. } = &mut *guard;
+            let Some(e) = map.get_mut(&k[..]) else {
                 break;
             };
-            out.tiers.push(tier);
+            if e.expires_at.is_some_and(|t| t <= self.now_ms()) {
+                drop(guard);
+                self.remove_tree(k, EventKind::Expired);
+                break;
+            }
+            e.stamp = self.tick_clock();
+            if lease_ms.is_some() {
+                if e.evictable() {
+                    lru.remove(&e.filed);
+                }
+                e.leases += 1;
+            }
+            out.tiers.push(e.tier);
             out.matched += 1;
         }
         self.matches.fetch_add(1, Relaxed);

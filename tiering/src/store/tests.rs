@@ -879,6 +879,7 @@ mod with_ssd {
             settle(&store);
             assert_eq!(store.tier_of(b"x0"), Some(TierKind::Ssd));
             assert_eq!(store.delete([&b"x0"[..]]), 1);
+            settle(&store);
             store.check_invariants().unwrap();
         }
         let store = open_store(&dir, 3 * charge_of(2, 1000), 8, 1 << 20);
@@ -895,7 +896,9 @@ mod with_ssd {
         assert_eq!(store.get(b"kept"), Some(val(1)));
         assert_eq!(store.get(b"f1"), Some(val(1)));
         // FLUSHALL is remembered too.
+        settle(&store); // reads above promoted blocks and so demoted others
         store.flush();
+        settle(&store);
         drop(store);
         let store = open_store(&dir, 3 * charge_of(2, 1000), 8, 1 << 20);
         assert!(

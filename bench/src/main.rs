@@ -1,0 +1,250 @@
+//! `tidepool-bench`: benchmarks that need more than redis-benchmark.
+//!
+//! `tidepool-bench match`: how fast a router learns the cached prefix of a
+//! 256-block chain. tidepool answers with one `KV.MATCH`; a Redis user today
+//! sends a pipeline of 256 `EXISTS` (as LMCache's Redis connector and llm-d do)
+//! and counts the leading hits. Both run here side by side, against a
+//! tidepool-server and a redis-server the bench starts on free loopback ports.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use tidepool_client::{chain_keys, Client};
+
+#[derive(Parser)]
+#[command(name = "tidepool-bench", about = "tidepool benchmarks")]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// KV.MATCH of a chain against a pipeline of EXISTS, side by side.
+    Match {
+        /// Blocks in the chain.
+        #[arg(long, default_value_t = 256)]
+        chain: usize,
+        /// How many of them are stored (the prefix hit).
+        #[arg(long, default_value_t = 192)]
+        stored: usize,
+        /// Queries per run.
+        #[arg(long, default_value_t = 5000)]
+        queries: usize,
+        /// Runs (alternating); medians are reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// tidepool-server binary.
+        #[arg(long, default_value = "target/release/tidepool-server")]
+        server: String,
+        /// Write the results as JSON here too.
+        #[arg(long)]
+        json: Option<String>,
+    },
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_up(port: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(c) = Client::connect(&format!("127.0.0.1:{port}"), 1).await {
+            if c.command(vec![Bytes::from_static(b"PING")]).await.is_ok() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("server on port {port} did not come up")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    v[v.len() / 2]
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p) as usize]
+}
+
+/// Times `queries` calls of `f`, returning (queries/s, p50 µs, p99 µs).
+async fn time_it<F, Fut>(queries: usize, mut f: F) -> anyhow::Result<(f64, f64, f64)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut lat = Vec::with_capacity(queries);
+    let start = Instant::now();
+    for _ in 0..queries {
+        let t = Instant::now();
+        f().await?;
+        lat.push(t.elapsed());
+    }
+    let rate = queries as f64 / start.elapsed().as_secs_f64();
+    lat.sort();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    Ok((rate, us(percentile(&lat, 0.5)), us(percentile(&lat, 0.99))))
+}
+
+async fn bench_match(
+    chain: usize,
+    stored: usize,
+    queries: usize,
+    runs: usize,
+    server: &str,
+    json: Option<String>,
+) -> anyhow::Result<()> {
+    let tp_port = free_port()?;
+    let rd_port = free_port()?;
+    let _tp = Proc(
+        Command::new(server)
+            .args(["--port", &tp_port.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {server} (build it with cargo build --release)"))?,
+    );
+    let _rd = Proc(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &rd_port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting redis-server (apt-get install redis-server)")?,
+    );
+    wait_up(tp_port).await?;
+    wait_up(rd_port).await?;
+    let tp = Client::connect(&format!("127.0.0.1:{tp_port}"), 1).await?;
+    let rd = Client::connect(&format!("127.0.0.1:{rd_port}"), 1).await?;
+
+    let tokens: Vec<u32> = (0..(chain * 16) as u32).collect();
+    let keys = chain_keys(b"bench", 16, &tokens);
+    let value = Bytes::from(vec![0u8; 64]);
+    let blocks: Vec<(Bytes, Bytes)> = keys[..stored]
+        .iter()
+        .map(|k| (k.clone(), value.clone()))
+        .collect();
+    tp.put_chain(&blocks, None).await?;
+    for (k, v) in &blocks {
+        rd.command(vec![Bytes::from_static(b"SET"), k.clone(), v.clone()])
+            .await?;
+    }
+    // The Redis way: a pipeline of EXISTS, leading hits counted by the caller.
+    let exists_cmds: Vec<Vec<Bytes>> = keys
+        .iter()
+        .map(|k| vec![Bytes::from_static(b"EXISTS"), k.clone()])
+        .collect();
+    let (mut m_rate, mut m_p50, mut m_p99) = (vec![], vec![], vec![]);
+    let (mut r_rate, mut r_p50, mut r_p99) = (vec![], vec![], vec![]);
+    let (mut t_rate, mut t_p50, mut t_p99) = (vec![], vec![], vec![]);
+    for _ in 0..runs {
+        let (r, a, b) = time_it(queries, || async {
+            let m = tp.match_prefix(&keys, None).await?;
+            anyhow::ensure!(m.matched == stored, "KV.MATCH said {}", m.matched);
+            Ok(())
+        })
+        .await?;
+        m_rate.push(r);
+        m_p50.push(a);
+        m_p99.push(b);
+        for (client, rate, p50, p99) in [
+            (&rd, &mut r_rate, &mut r_p50, &mut r_p99),
+            (&tp, &mut t_rate, &mut t_p50, &mut t_p99),
+        ] {
+            let (r, a, b) = time_it(queries, || async {
+                let replies = client.pipeline_ints(&exists_cmds).await?;
+                let n = replies.iter().take_while(|r| **r == 1).count();
+                anyhow::ensure!(
+                    n == stored,
+                    "EXISTS pipeline counted {n}, expected {stored}"
+                );
+                Ok(())
+            })
+            .await?;
+            rate.push(r);
+            p50.push(a);
+            p99.push(b);
+        }
+    }
+    let rows = [
+        (
+            "tidepool KV.MATCH",
+            median(m_rate),
+            median(m_p50),
+            median(m_p99),
+        ),
+        (
+            "redis EXISTS x chain, pipelined",
+            median(r_rate),
+            median(r_p50),
+            median(r_p99),
+        ),
+        (
+            "tidepool EXISTS x chain, pipelined",
+            median(t_rate),
+            median(t_p50),
+            median(t_p99),
+        ),
+    ];
+    println!(
+        "# prefix of a {chain}-block chain ({stored} stored), {queries} sequential queries a run, median of {runs} alternating runs"
+    );
+    println!("| how | queries/s | p50 µs | p99 µs | vs redis EXISTS |");
+    println!("|---|---|---|---|---|");
+    for (name, rate, p50, p99) in rows {
+        println!(
+            "| {name} | {rate:.0} | {p50:.1} | {p99:.1} | {:.1}x |",
+            rate / rows[1].1
+        );
+    }
+    if let Some(path) = json {
+        let j = serde_json::json!({
+            "bench": "match",
+            "chain": chain,
+            "stored": stored,
+            "queries": queries,
+            "runs": runs,
+            "rows": rows.iter().map(|(n, r, a, b)| serde_json::json!({"how": n, "qps": r, "p50_us": a, "p99_us": b})).collect::<Vec<_>>(),
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&j)?)?;
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match args.cmd {
+        Cmd::Match {
+            chain,
+            stored,
+            queries,
+            runs,
+            server,
+            json,
+        } => rt.block_on(bench_match(chain, stored, queries, runs, &server, json)),
+    }
+}
