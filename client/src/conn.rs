@@ -34,10 +34,15 @@ impl Conn {
     ) -> Result<Vec<BytesFrame>, ClientError> {
         let mut chunks: Vec<Bytes> = Vec::new();
         let mut cur = BytesMut::new();
+        let mut n = itoa::Buffer::new();
         for cmd in cmds {
-            cur.put_slice(format!("*{}\r\n", cmd.len()).as_bytes());
+            cur.put_u8(b'*');
+            cur.put_slice(n.format(cmd.len()).as_bytes());
+            cur.put_slice(b"\r\n");
             for arg in cmd {
-                cur.put_slice(format!("${}\r\n", arg.len()).as_bytes());
+                cur.put_u8(b'$');
+                cur.put_slice(n.format(arg.len()).as_bytes());
+                cur.put_slice(b"\r\n");
                 if arg.len() >= INLINE_MAX {
                     chunks.push(cur.split().freeze());
                     chunks.push(arg.clone());
