@@ -1,9 +1,8 @@
 //! One connection: pipelined requests, replies decoded with `redis-protocol`.
 
-use std::io::IoSlice;
-
 use bytes::{BufMut, Bytes, BytesMut};
 use redis_protocol::resp2::{decode::decode_bytes_mut, types::BytesFrame};
+use tidepool_protocol::chunks::ChunkCursor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -73,23 +72,13 @@ impl Conn {
 }
 
 async fn write_all_chunks(stream: &mut TcpStream, chunks: &[Bytes]) -> std::io::Result<()> {
-    let (mut idx, mut off) = (0usize, 0usize);
-    while idx < chunks.len() {
-        let mut slices = Vec::with_capacity((chunks.len() - idx).min(64));
-        slices.push(IoSlice::new(&chunks[idx][off..]));
-        for c in chunks[idx + 1..].iter().take(63) {
-            slices.push(IoSlice::new(c));
-        }
-        let mut n = stream.write_vectored(&slices).await?;
-        if n == 0 && chunks[idx].len() > off {
+    let mut cursor = ChunkCursor::new(chunks);
+    while !cursor.is_done() {
+        let n = stream.write_vectored(&cursor.slices()).await?;
+        if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        while idx < chunks.len() && n >= chunks[idx].len() - off {
-            n -= chunks[idx].len() - off;
-            idx += 1;
-            off = 0;
-        }
-        off += n;
+        cursor.advance(n);
     }
     Ok(())
 }

@@ -4,12 +4,12 @@
 //! PERFORMANCE CRITICAL: this loop carries every request.
 
 use std::collections::HashSet;
-use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use tidepool_protocol::chunks::ChunkCursor;
 use tidepool_protocol::reply::OutBuf;
 use tidepool_protocol::{Command, Limits, Reply, RequestParser, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -285,23 +285,13 @@ async fn flush(shared: &Shared, socket: &mut TcpStream, out: &mut OutBuf) -> std
         return Ok(());
     }
     let chunks = out.take_chunks();
-    let (mut idx, mut off) = (0usize, 0usize);
-    while idx < chunks.len() {
-        let mut slices = Vec::with_capacity((chunks.len() - idx).min(64));
-        slices.push(IoSlice::new(&chunks[idx][off..]));
-        for c in chunks[idx + 1..].iter().take(63) {
-            slices.push(IoSlice::new(c));
-        }
-        let mut n = socket.write_vectored(&slices).await?;
+    let mut cursor = ChunkCursor::new(&chunks);
+    while !cursor.is_done() {
+        let n = socket.write_vectored(&cursor.slices()).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        while idx < chunks.len() && n >= chunks[idx].len() - off {
-            n -= chunks[idx].len() - off;
-            idx += 1;
-            off = 0;
-        }
-        off += n;
+        cursor.advance(n);
     }
     Ok(())
 }
