@@ -8,6 +8,7 @@
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -38,6 +39,9 @@ enum Cmd {
         /// Runs (alternating); medians are reported.
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Concurrent clients (1: one query in flight, latency-bound).
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
         /// tidepool-server binary.
         #[arg(long, default_value = "target/release/tidepool-server")]
         server: String,
@@ -82,18 +86,56 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p) as usize]
 }
 
-/// Times `queries` calls of `f`, returning (queries/s, p50 µs, p99 µs).
-async fn time_it<F, Fut>(queries: usize, mut f: F) -> anyhow::Result<(f64, f64, f64)>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    let mut lat = Vec::with_capacity(queries);
+/// What one query does.
+#[derive(Clone, Copy)]
+enum Op {
+    /// One KV.MATCH of the chain.
+    Match,
+    /// A pipeline of EXISTS, one per key, leading hits counted here.
+    Exists,
+}
+
+/// Runs `queries` queries of `op` from `clients` concurrent tasks (each with
+/// its own pooled connection) and returns (queries/s, p50 µs, p99 µs).
+async fn run_op(
+    client: Arc<Client>,
+    op: Op,
+    keys: Arc<Vec<Bytes>>,
+    exists: Arc<Vec<Vec<Bytes>>>,
+    stored: usize,
+    queries: usize,
+    clients: usize,
+) -> anyhow::Result<(f64, f64, f64)> {
     let start = Instant::now();
-    for _ in 0..queries {
-        let t = Instant::now();
-        f().await?;
-        lat.push(t.elapsed());
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..clients {
+        let (client, keys, exists) = (client.clone(), keys.clone(), exists.clone());
+        let n = queries / clients + usize::from(t < queries % clients);
+        tasks.spawn(async move {
+            let mut lat = Vec::with_capacity(n);
+            for _ in 0..n {
+                let q = Instant::now();
+                let hit = match op {
+                    Op::Match => client.match_prefix(&keys, None).await?.matched,
+                    Op::Exists => client
+                        .pipeline_ints(&exists)
+                        .await?
+                        .iter()
+                        .take_while(|r| **r == 1)
+                        .count(),
+                };
+                anyhow::ensure!(
+                    hit == stored,
+                    "counted {hit} stored blocks, expected {stored}"
+                );
+                lat.push(q.elapsed());
+            }
+            Ok::<_, anyhow::Error>(lat)
+        });
+    }
+    let mut lat = Vec::with_capacity(queries);
+    while let Some(r) = tasks.join_next().await {
+        lat.extend(r??);
     }
     let rate = queries as f64 / start.elapsed().as_secs_f64();
     lat.sort();
@@ -106,9 +148,11 @@ async fn bench_match(
     stored: usize,
     queries: usize,
     runs: usize,
+    clients: usize,
     server: &str,
     json: Option<String>,
 ) -> anyhow::Result<()> {
+    let clients = clients.max(1);
     let tp_port = free_port()?;
     let rd_port = free_port()?;
     let _tp = Proc(
@@ -135,8 +179,8 @@ async fn bench_match(
     );
     wait_up(tp_port).await?;
     wait_up(rd_port).await?;
-    let tp = Client::connect(&format!("127.0.0.1:{tp_port}"), 1).await?;
-    let rd = Client::connect(&format!("127.0.0.1:{rd_port}"), 1).await?;
+    let tp = Arc::new(Client::connect(&format!("127.0.0.1:{tp_port}"), clients).await?);
+    let rd = Arc::new(Client::connect(&format!("127.0.0.1:{rd_port}"), clients).await?);
 
     let tokens: Vec<u32> = (0..(chain * 16) as u32).collect();
     let keys = chain_keys(b"bench", 16, &tokens);
@@ -158,29 +202,23 @@ async fn bench_match(
     let (mut m_rate, mut m_p50, mut m_p99) = (vec![], vec![], vec![]);
     let (mut r_rate, mut r_p50, mut r_p99) = (vec![], vec![], vec![]);
     let (mut t_rate, mut t_p50, mut t_p99) = (vec![], vec![], vec![]);
+    let keys = Arc::new(keys);
+    let exists_cmds = Arc::new(exists_cmds);
     for _ in 0..runs {
-        let (r, a, b) = time_it(queries, || async {
-            let m = tp.match_prefix(&keys, None).await?;
-            anyhow::ensure!(m.matched == stored, "KV.MATCH said {}", m.matched);
-            Ok(())
-        })
-        .await?;
-        m_rate.push(r);
-        m_p50.push(a);
-        m_p99.push(b);
-        for (client, rate, p50, p99) in [
-            (&rd, &mut r_rate, &mut r_p50, &mut r_p99),
-            (&tp, &mut t_rate, &mut t_p50, &mut t_p99),
+        for (client, op, rate, p50, p99) in [
+            (&tp, Op::Match, &mut m_rate, &mut m_p50, &mut m_p99),
+            (&rd, Op::Exists, &mut r_rate, &mut r_p50, &mut r_p99),
+            (&tp, Op::Exists, &mut t_rate, &mut t_p50, &mut t_p99),
         ] {
-            let (r, a, b) = time_it(queries, || async {
-                let replies = client.pipeline_ints(&exists_cmds).await?;
-                let n = replies.iter().take_while(|r| **r == 1).count();
-                anyhow::ensure!(
-                    n == stored,
-                    "EXISTS pipeline counted {n}, expected {stored}"
-                );
-                Ok(())
-            })
+            let (r, a, b) = run_op(
+                client.clone(),
+                op,
+                keys.clone(),
+                exists_cmds.clone(),
+                stored,
+                queries,
+                clients,
+            )
             .await?;
             rate.push(r);
             p50.push(a);
@@ -208,7 +246,7 @@ async fn bench_match(
         ),
     ];
     println!(
-        "# prefix of a {chain}-block chain ({stored} stored), {queries} sequential queries a run, median of {runs} alternating runs"
+        "# prefix of a {chain}-block chain ({stored} stored), {queries} queries a run from {clients} concurrent clients, median of {runs} alternating runs"
     );
     println!("| how | queries/s | p50 µs | p99 µs | vs redis EXISTS |");
     println!("|---|---|---|---|---|");
@@ -225,6 +263,7 @@ async fn bench_match(
             "stored": stored,
             "queries": queries,
             "runs": runs,
+            "clients": clients,
             "rows": rows.iter().map(|(n, r, a, b)| serde_json::json!({"how": n, "qps": r, "p50_us": a, "p99_us": b})).collect::<Vec<_>>(),
         });
         std::fs::write(&path, serde_json::to_string_pretty(&j)?)?;
@@ -234,7 +273,7 @@ async fn bench_match(
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     match args.cmd {
@@ -243,8 +282,11 @@ fn main() -> anyhow::Result<()> {
             stored,
             queries,
             runs,
+            clients,
             server,
             json,
-        } => rt.block_on(bench_match(chain, stored, queries, runs, &server, json)),
+        } => rt.block_on(bench_match(
+            chain, stored, queries, runs, clients, &server, json,
+        )),
     }
 }
