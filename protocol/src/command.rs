@@ -339,6 +339,12 @@ impl Command {
                     pin: false,
                 })
             }
+            ("kv.match", _) => {
+                let (n, _) = parse_numkeys(&argv[1..], 1)?;
+                let opts = parse_match_opts(&argv[2 + n..])?;
+                let keys = argv[2..2 + n].iter_mut().map(take).collect();
+                return Ok(Command::KvMatch { keys, opts });
+            }
             _ => {}
         }
         let a = &argv[1..];
@@ -501,13 +507,6 @@ impl Command {
             }
             "kv.get" => Command::KvGet(key()),
             "kv.mget" => Command::KvMGet(all()),
-            "kv.match" => {
-                let (n, rest) = parse_numkeys(a, 1)?;
-                Command::KvMatch {
-                    keys: rest[..n].to_vec(),
-                    opts: parse_match_opts(&rest[n..])?,
-                }
-            }
             "kv.matchtokens" => {
                 let (seed, block_tokens, tokens, rest) = parse_tokens(a)?;
                 Command::KvMatchTokens {
