@@ -922,3 +922,148 @@ mod with_ssd {
         );
     }
 }
+
+// ---- Random operations with an SSD tier: never a stale or foreign value ----
+
+mod ssd_random {
+    use super::*;
+    use crate::io::EngineChoice;
+    use crate::ssd::{LogConfig, SsdTier};
+
+    #[derive(Debug, Clone)]
+    enum SOp {
+        Put {
+            key: u8,
+            len: u16,
+            parent: Option<u8>,
+            ssd: bool,
+        },
+        Get(u8),
+        Del(u8),
+        Match(u8, u8),
+        Flush,
+    }
+
+    fn sop() -> impl Strategy<Value = SOp> {
+        prop_oneof![
+            24 => (0u8..24, 1u16..3000, prop::option::weighted(0.5, 0u8..24), prop::bool::weighted(0.2))
+                .prop_map(|(key, len, parent, ssd)| SOp::Put { key, len, parent, ssd }),
+            15 => (0u8..24).prop_map(SOp::Get),
+            3 => (0u8..24).prop_map(SOp::Del),
+            6 => (0u8..24, 1u8..6).prop_map(|(a, n)| SOp::Match(a, n)),
+            1 => Just(SOp::Flush),
+        ]
+    }
+
+    fn open(dir: &std::path::Path) -> Arc<Store> {
+        let store = Arc::new(Store::new(StoreConfig {
+            dram_capacity: 6 * charge_of(2, 3000),
+            high_watermark: 1.0,
+            low_watermark: 1.0,
+        }));
+        let config = LogConfig {
+            path: dir.to_path_buf(),
+            capacity: Some(3 * (64 << 10)),
+            segment_size: 64 << 10,
+            direct: true,
+        };
+        let opened = SsdTier::open(&config, EngineChoice::Psync).unwrap();
+        let tier = Arc::new(opened.tier);
+        let cap = tier.capacity();
+        store
+            .attach_ssd(tier, cap, opened.recovered, SsdSettings::default())
+            .unwrap();
+        store
+    }
+
+    fn settle(s: &Store) {
+        while s.pending_demotions() > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Value of the `version`-th write of `key`: every write is distinct.
+    fn value(key: u8, version: u32, len: u16) -> Bytes {
+        let mut v = vec![key; len as usize];
+        v[..4.min(len as usize)].copy_from_slice(&version.to_le_bytes()[..4.min(len as usize)]);
+        Bytes::from(v)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        #[test]
+        fn reads_are_latest_or_missing_before_and_after_restart(ops in prop::collection::vec(sop(), 1..200)) {
+            static RUN: AtomicU64 = AtomicU64::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "tidepool-ssd-random-{}-{}",
+                std::process::id(),
+                RUN.fetch_add(1, Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let store = open(&dir);
+            // The latest value written for each key (None after delete/flush).
+            let mut latest: HashMap<u8, Option<Bytes>> = HashMap::new();
+            let mut version = 0u32;
+            for op in ops {
+                match op {
+                    SOp::Put { key, len, parent, ssd } => {
+                        version += 1;
+                        let v = value(key, version, len);
+                        let opts = PutOptions {
+                            parent: parent.map(mkey),
+                            tier: ssd.then_some(TierKind::Ssd),
+                            ..Default::default()
+                        };
+                        if store.put(mkey(key), v.clone(), opts).is_ok() {
+                            latest.insert(key, Some(v));
+                        }
+                    }
+                    SOp::Get(k) => {
+                        let got = store.get(&mkey(k));
+                        if let Some(g) = got {
+                            prop_assert_eq!(Some(&Some(g)), latest.get(&k), "stale or foreign value for {}", k);
+                        }
+                    }
+                    SOp::Del(k) => {
+                        store.delete([&mkey(k)[..]]);
+                        latest.insert(k, None);
+                    }
+                    SOp::Match(a, n) => {
+                        let keys: Vec<Bytes> = (a..a.saturating_add(n)).map(mkey).collect();
+                        store.match_prefix(&keys, None);
+                    }
+                    SOp::Flush => {
+                        store.flush();
+                        latest.clear();
+                    }
+                }
+                settle(&store);
+                store.check_invariants().map_err(TestCaseError::fail)?;
+                // A deleted key's descendants go too: forget what may have gone.
+                for (k, v) in latest.iter_mut() {
+                    if v.is_some() && store.tier_of(&mkey(*k)).is_none() {
+                        *v = None;
+                    }
+                }
+            }
+            settle(&store);
+            if std::env::var_os("TIDEPOOL_TEST_VERBOSE").is_some() {
+                let st = store.stats();
+                eprintln!("ops done: version {version}, blocks {}, ssd {:?}", store.len(), st.ssd);
+            }
+            drop(store);
+            // After a restart: whatever comes back is the latest value written.
+            let store = open(&dir);
+            store.check_invariants().map_err(TestCaseError::fail)?;
+            for k in 0..24u8 {
+                if let Some(got) = store.get(&mkey(k)) {
+                    prop_assert_eq!(Some(&Some(got)), latest.get(&k), "stale value of {} after restart", k);
+                }
+                settle(&store);
+            }
+            drop(store);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
