@@ -16,6 +16,8 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use tidepool_client::{chain_keys, Client};
 
+mod sim;
+
 #[derive(Parser)]
 #[command(name = "tidepool-bench", about = "tidepool benchmarks")]
 struct Args {
@@ -25,6 +27,18 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Offline replay of a trace against a cache of a given size (no server).
+    Simulate {
+        /// Trace in Mooncake's format (JSON lines with hash_ids).
+        #[arg(long, default_value = "../shared/traces/conversation_trace.jsonl")]
+        trace: std::path::PathBuf,
+        /// Cache sizes in blocks.
+        #[arg(long, value_delimiter = ',', default_value = "5000,20000")]
+        capacity_blocks: Vec<usize>,
+        /// Use only the first N requests.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// KV.MATCH of a chain against a pipeline of EXISTS, side by side.
     Match {
         /// Blocks in the chain.
@@ -277,6 +291,25 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match args.cmd {
+        Cmd::Simulate {
+            trace,
+            capacity_blocks,
+            limit,
+        } => {
+            let trace = sim::read_trace(&trace, limit)?;
+            println!(
+                "# offline replay of {} requests: prefix hit ratio",
+                trace.len()
+            );
+            println!("| capacity (blocks) | lru | leaf-first lru (tidepool) |");
+            println!("|---|---|---|");
+            for c in capacity_blocks {
+                let lru = sim::simulate(&trace, c, sim::Policy::Lru).hit_ratio();
+                let leaf = sim::simulate(&trace, c, sim::Policy::LeafLru).hit_ratio();
+                println!("| {c} | {lru:.4} | {leaf:.4} |");
+            }
+            Ok(())
+        }
         Cmd::Match {
             chain,
             stored,
