@@ -261,6 +261,9 @@ struct Entry {
     /// Clock value of the write that made this version (tells a finished
     /// demotion whether the block was rewritten meanwhile).
     written: u64,
+    /// Writes in progress that replace this block: it stays in place until they
+    /// land (not a lease: nobody else can give it back by mistake).
+    held: u32,
     /// This version's record on SSD, if it has one (kept after a promotion):
     /// deleting or replacing the block writes a tombstone for it, so a restart
     /// does not bring it back.
@@ -271,7 +274,11 @@ impl Entry {
     /// Whether the block may leave DRAM: it is in DRAM, no child of it is, and
     /// nothing holds it there.
     fn evictable(&self) -> bool {
-        self.tier == TierKind::Dram && self.dram_children == 0 && !self.pinned && self.leases == 0
+        self.tier == TierKind::Dram
+            && self.dram_children == 0
+            && !self.pinned
+            && self.leases == 0
+            && self.held == 0
     }
 
     fn expired(&self, now: u64) -> bool {
@@ -566,6 +573,7 @@ impl Store {
                 tier: TierKind::Ssd,
                 dram_children: 0,
                 written: stamp,
+                held: 0,
             };
             if let Some(p) = &r.parent {
                 with_parent.push((r.key.clone(), p.clone()));
@@ -769,6 +777,8 @@ impl Store {
         };
         let checksum = xxh3_64(&value);
         let len = value.len() as u64;
+        let mut reserved = charge;
+        let mut held_old = false;
         let (slot, tier) = if to_ssd {
             let ssd = self.ssd.get().expect("checked above");
             let stored = ssd
@@ -784,9 +794,17 @@ impl Store {
                 }
             }
         } else {
-            self.dram_counters.used.fetch_add(charge, Relaxed);
+            // The version being replaced stays put while room is made (it is
+            // replaced, not evicted), so only the growth needs room.
+            let held = self.hold_dram(&key);
+            reserved = charge.saturating_sub(held.unwrap_or(0));
+            held_old = held.is_some();
+            self.dram_counters.used.fetch_add(reserved, Relaxed);
             if let Err(e) = self.make_room() {
-                self.dram_counters.used.fetch_sub(charge, Relaxed);
+                self.dram_counters.used.fetch_sub(reserved, Relaxed);
+                if held_old {
+                    self.unhold(&key);
+                }
                 unlink(self);
                 return Err(e);
             }
@@ -798,7 +816,10 @@ impl Store {
             match self.dram.store(&key, opts.parent.as_deref(), value) {
                 Ok(slot) => (slot, TierKind::Dram),
                 Err(e) => {
-                    self.dram_counters.used.fetch_sub(charge, Relaxed);
+                    self.dram_counters.used.fetch_sub(reserved, Relaxed);
+                    if held_old {
+                        self.unhold(&key);
+                    }
                     unlink(self);
                     return Err(StoreError::Io(e.to_string()));
                 }
@@ -819,7 +840,10 @@ impl Store {
                 let exists = shard.map.get(&key).is_some_and(|e| !e.expired(now));
                 if exists != want {
                     drop(shard);
-                    self.counters(tier).used.fetch_sub(charge, Relaxed);
+                    self.counters(tier).used.fetch_sub(reserved, Relaxed);
+                    if held_old {
+                        self.unhold(&key);
+                    }
                     unlink(self);
                     return Ok(false);
                 }
@@ -848,6 +872,11 @@ impl Store {
                     e.checksum = checksum;
                     e.stamp = stamp;
                     e.written = stamp;
+                    // Our hold is over (the entry may be another version by
+                    // now, whose holds saturate at zero).
+                    if held_old {
+                        e.held = e.held.saturating_sub(1);
+                    }
                     e.expires_at = expires_at;
                     e.pinned |= opts.pin;
                     // Still filed (lazily) if it stays evictable.
@@ -884,6 +913,7 @@ impl Store {
                         tier,
                         dram_children: 0,
                         written: stamp,
+                        held: 0,
                         disk: (tier == TierKind::Ssd).then(|| slot.clone()),
                         slot,
                     };
@@ -898,6 +928,10 @@ impl Store {
                 }
             };
         }
+        // Settle the reservation: the new version counts in full.
+        self.counters(tier)
+            .used
+            .fetch_add(charge - reserved, Relaxed);
         self.counters(tier).blocks.fetch_add(1, Relaxed);
         if let Some((old_len, old_slot, old_parent, old_tier, old_disk)) = old {
             // A new SSD record supersedes the old one on recovery by itself.
@@ -929,6 +963,32 @@ impl Store {
         }
         self.emit(EventKind::Stored, &key, tier, opts.parent.as_ref());
         Ok(true)
+    }
+
+    /// Holds `key`'s DRAM version against eviction (as a lease does) while it is
+    /// being replaced; returns its charge, or `None` when there is no DRAM
+    /// version to hold.
+    fn hold_dram(&self, key: &[u8]) -> Option<u64> {
+        let mut shard = self.shard(key);
+        let e = shard
+            .map
+            .get_mut(key)
+            .filter(|e| e.tier == TierKind::Dram)?;
+        let was = e.evictable();
+        e.held += 1;
+        let charge = charge_of(key.len(), e.len as usize);
+        shard.refile(key, was);
+        Some(charge)
+    }
+
+    /// Undoes `hold_dram` when the replacement did not happen.
+    fn unhold(&self, key: &[u8]) {
+        let mut shard = self.shard(key);
+        if let Some(e) = shard.map.get_mut(key) {
+            let was = e.evictable();
+            e.held = e.held.saturating_sub(1);
+            shard.refile(key, was);
+        }
     }
 
     /// Records `child` under `parent`, which must be stored.
@@ -1047,7 +1107,7 @@ impl Store {
             let Some(e) = shard.map.get_mut(&key[..]) else {
                 return false;
             };
-            let movable = e.tier == TierKind::Dram && !e.pinned && e.leases == 0;
+            let movable = e.tier == TierKind::Dram && !e.pinned && e.leases == 0 && e.held == 0;
             if e.stamp != stamp || !movable || (leaf_only && !e.evictable()) {
                 return false;
             }
@@ -1106,7 +1166,8 @@ impl Store {
             for s in self.shards.iter() {
                 let s = s.lock();
                 for (k, e) in s.map.iter() {
-                    let movable = e.tier == TierKind::Dram && !e.pinned && e.leases == 0;
+                    let movable =
+                        e.tier == TierKind::Dram && !e.pinned && e.leases == 0 && e.held == 0;
                     if movable && best.as_ref().is_none_or(|(b, _)| e.stamp < *b) {
                         best = Some((e.stamp, k.clone()));
                     }

@@ -115,6 +115,24 @@ fn eviction_is_leaf_first_lru() {
 }
 
 #[test]
+fn overwriting_at_capacity_evicts_only_for_growth() {
+    let f = fixture(3 * charge_of(1, 10));
+    for k in ["a", "b", "c"] {
+        put(&f.store, k, "0123456789", None).unwrap();
+    }
+    // Same size: the old version makes room for the new one; nothing else goes,
+    // not even the old version itself (it is the least recently used).
+    put(&f.store, "a", "9876543210", None).unwrap();
+    assert!(evicted(&f).is_empty(), "{:?}", evicted(&f));
+    assert_eq!(f.store.get(b"a"), Some(b("9876543210")));
+    // Growing by a byte needs a byte more: one neighbour (the LRU, "b") goes.
+    put(&f.store, "c", "0123456789x", None).unwrap();
+    assert_eq!(evicted(&f), ["b"]);
+    assert!(f.store.used() <= f.store.capacity());
+    f.store.check_invariants().unwrap();
+}
+
+#[test]
 fn pinned_and_leased_blocks_survive_and_oom_when_stuck() {
     let f = fixture(2 * charge_of(1, 1));
     f.store
@@ -474,14 +492,28 @@ impl Model {
             };
             pe.children.push(key);
         }
-        self.used += charge;
+        // The old version is held in place (like a lease) while room is made,
+        // and only the growth is reserved.
+        let old_charge = self.map.get(&key).map(Self::charge);
+        if let Some(e) = self.map.get_mut(&key) {
+            e.leases += 1;
+        }
+        let reserved = charge.saturating_sub(old_charge.unwrap_or(0));
+        self.used += reserved;
         if !self.make_room() {
-            self.used -= charge;
+            self.used -= reserved;
+            if let Some(e) = self.map.get_mut(&key) {
+                e.leases -= 1;
+            }
             if let Some(p) = parent {
                 self.unlink(p, key);
             }
             return false;
         }
+        if let Some(e) = self.map.get_mut(&key) {
+            e.leases -= 1;
+        }
+        self.used += charge - reserved;
         self.clock += 1;
         let old = self.map.remove(&key);
         let (children, pinned, leases, old_parent) = match &old {
