@@ -794,11 +794,14 @@ impl Store {
                 }
             }
         } else {
-            // The version being replaced stays put while room is made (it is
-            // replaced, not evicted), so only the growth needs room.
-            let held = self.hold_dram(&key);
-            reserved = charge.saturating_sub(held.unwrap_or(0));
-            held_old = held.is_some();
+            // When room must be made, the version being replaced stays put (it is
+            // replaced, not evicted) and only the growth needs room. Below the
+            // high watermark nothing is evicted, so the hold is skipped.
+            if self.over_high_with(charge) {
+                let held = self.hold_dram(&key);
+                reserved = charge.saturating_sub(held.unwrap_or(0));
+                held_old = held.is_some();
+            }
             self.dram_counters.used.fetch_add(reserved, Relaxed);
             if let Err(e) = self.make_room() {
                 self.dram_counters.used.fetch_sub(reserved, Relaxed);
@@ -1035,6 +1038,12 @@ impl Store {
             }
             shard.refile(parent, was);
         }
+    }
+
+    /// Whether adding `extra` bytes would take DRAM past its high watermark.
+    fn over_high_with(&self, extra: u64) -> bool {
+        let high = f64::from_bits(self.watermarks[0].load(Relaxed));
+        self.used() + extra > (self.capacity() as f64 * high) as u64
     }
 
     /// Evicts until usage is under the low watermark if it is over the high one.
