@@ -133,29 +133,22 @@ pub fn execute(
         }
         C::KvRelease(id) => Reply::Int(shared.store.release(id) as i64),
         C::KvStats => kv::stats(shared),
+        // These answer with one confirmation frame per name, written to `out`.
         C::Subscribe(chs) => {
-            return (
-                pubsub::subscribe(shared, session, chs, false, out),
-                Flow::Continue,
-            )
+            pubsub::subscribe(shared, session, chs, false, out);
+            return (None, Flow::Continue);
         }
         C::PSubscribe(ps) => {
-            return (
-                pubsub::subscribe(shared, session, ps, true, out),
-                Flow::Continue,
-            )
+            pubsub::subscribe(shared, session, ps, true, out);
+            return (None, Flow::Continue);
         }
         C::Unsubscribe(chs) => {
-            return (
-                pubsub::unsubscribe(shared, session, chs, false, out),
-                Flow::Continue,
-            )
+            pubsub::unsubscribe(shared, session, chs, false, out);
+            return (None, Flow::Continue);
         }
         C::PUnsubscribe(ps) => {
-            return (
-                pubsub::unsubscribe(shared, session, ps, true, out),
-                Flow::Continue,
-            )
+            pubsub::unsubscribe(shared, session, ps, true, out);
+            return (None, Flow::Continue);
         }
         C::Publish { channel, message } => {
             Reply::Int(shared.pubsub.publish(&channel, &message) as i64)

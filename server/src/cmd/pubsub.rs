@@ -1,5 +1,6 @@
 //! SUBSCRIBE, PSUBSCRIBE, UNSUBSCRIBE, PUNSUBSCRIBE and message delivery.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
@@ -33,6 +34,15 @@ fn update_counts(session: &Session) {
     session.client.psubs.store(session.patterns.len(), Relaxed);
 }
 
+/// The session's channels or patterns.
+fn names_mut(session: &mut Session, pattern: bool) -> &mut HashSet<Bytes> {
+    if pattern {
+        &mut session.patterns
+    } else {
+        &mut session.channels
+    }
+}
+
 /// SUBSCRIBE / PSUBSCRIBE: one confirmation per name, written to `out`.
 pub fn subscribe(
     shared: &Shared,
@@ -40,7 +50,7 @@ pub fn subscribe(
     names: Vec<Bytes>,
     pattern: bool,
     out: &mut OutBuf,
-) -> Option<Reply> {
+) {
     for name in names {
         shared.pubsub.subscribe(
             session.client.id,
@@ -48,15 +58,10 @@ pub fn subscribe(
             pattern,
             &session.subscriber,
         );
-        if pattern {
-            session.patterns.insert(name.clone());
-        } else {
-            session.channels.insert(name.clone());
-        }
+        names_mut(session, pattern).insert(name.clone());
         confirm(session, kind_name(pattern, true), Some(name), out);
     }
     update_counts(session);
-    None
 }
 
 /// UNSUBSCRIBE / PUNSUBSCRIBE; with no names, from everything of that kind.
@@ -66,14 +71,9 @@ pub fn unsubscribe(
     names: Vec<Bytes>,
     pattern: bool,
     out: &mut OutBuf,
-) -> Option<Reply> {
+) {
     let names = if names.is_empty() {
-        let set = if pattern {
-            &session.patterns
-        } else {
-            &session.channels
-        };
-        set.iter().cloned().collect()
+        names_mut(session, pattern).iter().cloned().collect()
     } else {
         names
     };
@@ -83,15 +83,10 @@ pub fn unsubscribe(
     }
     for name in names {
         shared.pubsub.unsubscribe(session.client.id, &name, pattern);
-        if pattern {
-            session.patterns.remove(&name);
-        } else {
-            session.channels.remove(&name);
-        }
+        names_mut(session, pattern).remove(&name);
         confirm(session, kind, Some(name), out);
     }
     update_counts(session);
-    None
 }
 
 /// Drops every subscription of a connection (on RESET and on disconnect).
