@@ -8,7 +8,8 @@ use redis_protocol::resp2::types::BytesFrame;
 use tokio::sync::Mutex;
 
 use crate::conn::Conn;
-use crate::ClientError;
+use crate::data::{self, Plane, Reserved, ServerPlanes};
+use crate::{ClientError, ClientOptions, PlaneChoice};
 
 /// Options of one put.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,12 +54,15 @@ pub struct Stats {
 pub struct Client {
     conns: Vec<Mutex<Conn>>,
     next: AtomicUsize,
+    plane: Option<Plane>,
+    opts: ClientOptions,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("connections", &self.conns.len())
+            .field("plane", &self.data_plane())
             .finish()
     }
 }
@@ -123,16 +127,58 @@ fn pairs(frame: BytesFrame) -> Result<Vec<(String, BytesFrame)>, ClientError> {
 }
 
 impl Client {
-    /// Connects `connections` sockets (at least one) to a tidepool server.
+    /// Connects `connections` sockets (at least one) to a tidepool server,
+    /// with the data plane chosen automatically (see [`ClientOptions`]).
     pub async fn connect(addr: &str, connections: usize) -> Result<Client, ClientError> {
-        let mut conns = Vec::with_capacity(connections.max(1));
-        for _ in 0..connections.max(1) {
+        Self::connect_with(
+            addr,
+            ClientOptions {
+                connections,
+                ..ClientOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// Connects with explicit settings. With [`PlaneChoice::Auto`] the data
+    /// plane is shared memory when the server runs on this host, else TCP,
+    /// else inline RESP; naming a plane makes its absence an error.
+    pub async fn connect_with(addr: &str, opts: ClientOptions) -> Result<Client, ClientError> {
+        let resp_addr = tokio::net::lookup_host(addr)
+            .await?
+            .next()
+            .ok_or_else(|| ClientError::Unexpected(format!("{addr} resolves to nothing")))?;
+        let mut conns = Vec::with_capacity(opts.connections.max(1));
+        for _ in 0..opts.connections.max(1) {
             conns.push(Mutex::new(Conn::connect(addr).await?));
         }
-        Ok(Client {
+        let mut client = Client {
             conns,
             next: AtomicUsize::new(0),
-        })
+            plane: None,
+            opts,
+        };
+        if opts.plane != PlaneChoice::Inline {
+            let planes = match client.one(vec![b("KV.DATAPLANE")]).await.and_then(pairs) {
+                Ok(fields) => ServerPlanes::parse(fields),
+                Err(e) if opts.plane != PlaneChoice::Auto => return Err(e),
+                Err(_) => ServerPlanes::default(),
+            };
+            client.plane = data::choose(opts.plane, &planes, resp_addr, opts.tcp).await?;
+        }
+        Ok(client)
+    }
+
+    /// The data plane in use (`"shm"`, `"tcp"`), or `None` for inline RESP.
+    pub fn data_plane(&self) -> Option<&'static str> {
+        self.plane.as_ref().map(|p| p.kind().as_str())
+    }
+
+    /// The plane to use for a batch whose largest block is `largest` bytes.
+    fn plane_for(&self, largest: usize) -> Option<&Plane> {
+        self.plane
+            .as_ref()
+            .filter(|_| largest >= self.opts.inline_below)
     }
 
     async fn pipeline(&self, cmds: &[Vec<Bytes>]) -> Result<Vec<BytesFrame>, ClientError> {
@@ -193,6 +239,10 @@ impl Client {
         if blocks.is_empty() {
             return Ok(Vec::new());
         }
+        let largest = blocks.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
+        if let Some(plane) = self.plane_for(largest) {
+            return self.put_many_via(plane, blocks, chain, parent).await;
+        }
         let mut cmd = Vec::with_capacity(2 * blocks.len() + 5);
         cmd.extend([b("KV.MPUT"), num(blocks.len())]);
         for (k, v) in blocks {
@@ -207,6 +257,78 @@ impl Client {
         Ok(array(self.one(cmd).await?)?
             .into_iter()
             .map(|f| check(f).map(|_| ()))
+            .collect())
+    }
+
+    /// `put_many` over the data plane: reserve every block, move the bytes,
+    /// commit. A block the server already holds is left as it is (a key
+    /// names its prefix, so its bytes are the same).
+    async fn put_many_via(
+        &self,
+        plane: &Plane,
+        blocks: &[(Bytes, Bytes)],
+        chain: bool,
+        parent: Option<Bytes>,
+    ) -> Result<Vec<Result<(), ClientError>>, ClientError> {
+        let mut cmd = Vec::with_capacity(2 * blocks.len() + 7);
+        cmd.extend([b("KV.RESERVE"), num(blocks.len())]);
+        for (k, v) in blocks {
+            cmd.extend([k.clone(), num(v.len())]);
+        }
+        cmd.extend([b("VIA"), b(plane.kind().as_str())]);
+        if chain {
+            cmd.push(b("CHAIN"));
+        }
+        if let Some(p) = parent {
+            cmd.extend([b("PARENT"), p]);
+        }
+        let reserved = array(self.one(cmd).await?)?;
+        if reserved.len() != blocks.len() {
+            return Err(ClientError::Unexpected(format!(
+                "{} reservations for {} blocks",
+                reserved.len(),
+                blocks.len()
+            )));
+        }
+        let mut results = Vec::with_capacity(blocks.len());
+        let mut writes = Vec::new();
+        for (frame, (_, v)) in reserved.into_iter().zip(blocks) {
+            match data::reserved(frame)? {
+                Reserved::Desc(d) => {
+                    writes.push((d, &v[..]));
+                    results.push(None);
+                }
+                Reserved::Exists => results.push(Some(Ok(()))),
+                Reserved::Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        let tokens: Vec<Bytes> = writes.iter().map(|(d, _)| num(d.token)).collect();
+        if tokens.is_empty() {
+            return Ok(results
+                .into_iter()
+                .map(|r| r.expect("no reservations"))
+                .collect());
+        }
+        if let Err(e) = plane.write(&writes).await {
+            let mut abort = vec![b("KV.ABORT")];
+            abort.extend(tokens);
+            let _ = self.one(abort).await;
+            return Err(e.into());
+        }
+        let mut commit = vec![b("KV.COMMIT")];
+        let n = tokens.len();
+        commit.extend(tokens);
+        let reply = self.one(commit).await?;
+        let mut committed = if n == 1 { vec![reply] } else { array(reply)? }.into_iter();
+        Ok(results
+            .into_iter()
+            .map(|r| match r {
+                Some(r) => r,
+                None => committed.next().map_or_else(
+                    || Err(ClientError::Unexpected("missing commit reply".into())),
+                    |f| check(f).map(|_| ()),
+                ),
+            })
             .collect())
     }
 
@@ -256,6 +378,10 @@ impl Client {
                 bufs.len()
             )));
         }
+        let smallest = bufs.iter().map(|b| b.len()).min().unwrap_or(0);
+        if let Some(plane) = self.plane_for(smallest) {
+            return self.get_many_into_via(plane, keys, bufs).await;
+        }
         let blocks = self.get_many(keys).await?;
         let mut out = Vec::with_capacity(blocks.len());
         for (i, block) in blocks.into_iter().enumerate() {
@@ -274,6 +400,71 @@ impl Client {
                 }
             }
         }
+        Ok(out)
+    }
+
+    /// `get_many_into` over the data plane: locate the blocks under a
+    /// lease, move their bytes straight into the buffers, release.
+    async fn get_many_into_via(
+        &self,
+        plane: &Plane,
+        keys: &[Bytes],
+        bufs: &mut [&mut [u8]],
+    ) -> Result<Vec<Option<usize>>, ClientError> {
+        let mut cmd = Vec::with_capacity(keys.len() + 6);
+        cmd.extend([b("KV.LOCATE"), num(keys.len())]);
+        cmd.extend(keys.iter().cloned());
+        cmd.extend([
+            b("LEASE"),
+            num(self.opts.read_lease_ms),
+            b("VIA"),
+            b(plane.kind().as_str()),
+        ]);
+        let (mut lease, mut located) = (None, Vec::new());
+        for (k, v) in pairs(self.one(cmd).await?)? {
+            match (k.as_str(), v) {
+                ("lease", BytesFrame::Integer(l)) => lease = Some(l),
+                ("blocks", f) => located = array(f)?,
+                _ => {}
+            }
+        }
+        let lease =
+            lease.ok_or_else(|| ClientError::Unexpected("KV.LOCATE without a lease".into()))?;
+        let moved = async {
+            if located.len() != keys.len() {
+                return Err(ClientError::Unexpected(format!(
+                    "{} locations for {} keys",
+                    located.len(),
+                    keys.len()
+                )));
+            }
+            let mut out = Vec::with_capacity(keys.len());
+            let mut reads = Vec::new();
+            for (i, (frame, buf)) in located.into_iter().zip(bufs.iter_mut()).enumerate() {
+                match check(frame)? {
+                    BytesFrame::Null => out.push(None),
+                    f => {
+                        let d = data::descriptor(f)?;
+                        let len = d.len as usize;
+                        if len > buf.len() {
+                            return Err(ClientError::Unexpected(format!(
+                                "block {i} has {len} bytes, its buffer {}",
+                                buf.len()
+                            )));
+                        }
+                        reads.push((d, &mut buf[..len]));
+                        out.push(Some(len));
+                    }
+                }
+            }
+            plane.read(&mut reads).await?;
+            Ok(out)
+        }
+        .await;
+        // Give the lease back whatever happened.
+        let released = self.one(vec![b("KV.RELEASE"), num(lease)]).await;
+        let out = moved?;
+        released?;
         Ok(out)
     }
 

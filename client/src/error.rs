@@ -17,6 +17,9 @@ pub enum ClientError {
         /// The rest of the message.
         message: String,
     },
+    /// The data plane failed or is not available.
+    #[error("data plane: {0}")]
+    Transport(#[from] tidepool_transport::TransportError),
     /// The reply had an unexpected shape.
     #[error("unexpected reply: {0}")]
     Unexpected(String),

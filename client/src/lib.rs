@@ -25,10 +25,13 @@
 pub mod blocking;
 mod client;
 mod conn;
+mod data;
 mod error;
 
 pub use client::{Client, Match, PutOptions, Stats};
+pub use data::{ClientOptions, PlaneChoice};
 pub use error::ClientError;
+pub use tidepool_transport::tcp::TcpOptions;
 
 use bytes::Bytes;
 

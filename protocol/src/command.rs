@@ -80,6 +80,44 @@ pub struct MatchOpts {
     pub with_tiers: bool,
 }
 
+/// A data-plane transport named in `VIA` (see the transport crate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The TCP data port.
+    Tcp,
+    /// The shared-memory arena.
+    Shm,
+    /// RDMA.
+    Rdma,
+}
+
+impl Via {
+    fn parse(b: &[u8]) -> Result<Via, CommandError> {
+        if eq(b, "tcp") {
+            Ok(Via::Tcp)
+        } else if eq(b, "shm") {
+            Ok(Via::Shm)
+        } else if eq(b, "rdma") {
+            Ok(Via::Rdma)
+        } else {
+            Err(CommandError::err("VIA must be tcp, shm or rdma"))
+        }
+    }
+}
+
+/// Options of `KV.RESERVE`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReserveOpts {
+    /// `VIA t`: the transport the client will write with (default tcp).
+    pub via: Option<Via>,
+    /// `PARENT pkey`: parent of the first block (of every block without CHAIN).
+    pub parent: Option<Bytes>,
+    /// `CHAIN`: each block's parent is the one before it.
+    pub chain: bool,
+    /// `TTL ms` of the committed blocks.
+    pub ttl_ms: Option<u64>,
+}
+
 /// A parsed request.
 #[derive(Debug, Clone, PartialEq)]
 #[allow(missing_docs)] // variant fields are named after the command's arguments
@@ -191,6 +229,18 @@ pub enum Command {
     KvUnpin(Vec<Bytes>),
     KvRelease(u64),
     KvStats,
+    KvReserve {
+        blocks: Vec<(Bytes, u64)>,
+        opts: ReserveOpts,
+    },
+    KvCommit(Vec<u64>),
+    KvAbort(Vec<u64>),
+    KvLocate {
+        keys: Vec<Bytes>,
+        lease_ms: Option<u64>,
+        via: Option<Via>,
+    },
+    KvDataplane,
 }
 
 /// Parses a signed decimal integer argument (Redis's `string2ll` rules).
@@ -220,6 +270,60 @@ fn parse_ms(b: &[u8], what: &str) -> Result<u64, CommandError> {
             "{what} must be a positive integer (milliseconds)"
         ))),
     }
+}
+
+/// Parses KV.RESERVE's arguments, in either of its forms:
+/// `key len [key len ...]` (no options), or
+/// `numblocks key len [key len ...] [VIA t] [PARENT pkey] [CHAIN] [TTL ms]`.
+/// The plain form has an even number of arguments, every second one an
+/// integer; the counted form never does (an odd count without CHAIN, and
+/// CHAIN, not an integer, at an odd position with it), so the two never
+/// read the same arguments differently.
+fn parse_reserve(a: &[Bytes]) -> Result<(Vec<(Bytes, u64)>, ReserveOpts), CommandError> {
+    let len_of = |b: &Bytes| {
+        parse_u64(b).map_err(|_| CommandError::err("block length must be a non-negative integer"))
+    };
+    let plain =
+        a.len().is_multiple_of(2) && a.iter().skip(1).step_by(2).all(|b| parse_u64(b).is_ok());
+    if plain {
+        let blocks = a
+            .chunks_exact(2)
+            .map(|p| Ok((p[0].clone(), len_of(&p[1])?)))
+            .collect::<Result<_, CommandError>>()?;
+        return Ok((blocks, ReserveOpts::default()));
+    }
+    let (n, rest) = parse_numkeys(a, 2)?;
+    let blocks = rest[..2 * n]
+        .chunks_exact(2)
+        .map(|p| Ok((p[0].clone(), len_of(&p[1])?)))
+        .collect::<Result<_, CommandError>>()?;
+    let mut opts = ReserveOpts::default();
+    let o = &rest[2 * n..];
+    let mut i = 0;
+    while i < o.len() {
+        let has_arg = i + 1 < o.len();
+        if eq(&o[i], "CHAIN") {
+            opts.chain = true;
+            i += 1;
+            continue;
+        } else if eq(&o[i], "VIA") && has_arg {
+            opts.via = Some(Via::parse(&o[i + 1])?);
+        } else if eq(&o[i], "PARENT") && has_arg {
+            opts.parent = Some(o[i + 1].clone());
+        } else if eq(&o[i], "TTL") && has_arg {
+            opts.ttl_ms = Some(parse_ms(&o[i + 1], "TTL")?);
+        } else {
+            return Err(CommandError::syntax());
+        }
+        i += 2;
+    }
+    Ok((blocks, opts))
+}
+
+fn parse_tokens_list(a: &[Bytes]) -> Result<Vec<u64>, CommandError> {
+    a.iter()
+        .map(|b| parse_u64(b).map_err(|_| CommandError::err("invalid token")))
+        .collect()
 }
 
 fn pairs(args: &[Bytes]) -> Vec<(Bytes, Bytes)> {
@@ -535,6 +639,35 @@ impl Command {
                 parse_u64(&a[0]).map_err(|_| CommandError::err("invalid lease id"))?,
             ),
             "kv.stats" => Command::KvStats,
+            "kv.reserve" => {
+                let (blocks, opts) = parse_reserve(a)?;
+                Command::KvReserve { blocks, opts }
+            }
+            "kv.commit" => Command::KvCommit(parse_tokens_list(a)?),
+            "kv.abort" => Command::KvAbort(parse_tokens_list(a)?),
+            "kv.locate" => {
+                let (n, rest) = parse_numkeys(a, 1)?;
+                let keys = rest[..n].to_vec();
+                let (mut lease_ms, mut via) = (None, None);
+                let o = &rest[n..];
+                let mut i = 0;
+                while i < o.len() {
+                    if eq(&o[i], "LEASE") && i + 1 < o.len() {
+                        lease_ms = Some(parse_ms(&o[i + 1], "LEASE")?);
+                    } else if eq(&o[i], "VIA") && i + 1 < o.len() {
+                        via = Some(Via::parse(&o[i + 1])?);
+                    } else {
+                        return Err(CommandError::syntax());
+                    }
+                    i += 2;
+                }
+                Command::KvLocate {
+                    keys,
+                    lease_ms,
+                    via,
+                }
+            }
+            "kv.dataplane" => Command::KvDataplane,
             other => unreachable!("command {other} is in the table but has no parser"),
         })
     }
@@ -918,5 +1051,97 @@ mod tests {
             // Must not panic; errors are fine (e.g. unknown subcommand "1").
             let _ = parse(&refs);
         }
+    }
+
+    #[test]
+    fn reserve_takes_both_forms() {
+        let b = |k: &str, n: u64| (Bytes::copy_from_slice(k.as_bytes()), n);
+        // Plain: pairs only.
+        assert_eq!(
+            parse(&["KV.RESERVE", "a", "10", "b", "20"]).unwrap(),
+            Command::KvReserve {
+                blocks: vec![b("a", 10), b("b", 20)],
+                opts: ReserveOpts::default()
+            }
+        );
+        // Numeric keys are still keys in the plain form.
+        assert_eq!(
+            parse(&["KV.RESERVE", "1", "5"]).unwrap(),
+            Command::KvReserve {
+                blocks: vec![b("1", 5)],
+                opts: ReserveOpts::default()
+            }
+        );
+        // Counted, with options.
+        assert_eq!(
+            parse(&[
+                "KV.RESERVE",
+                "2",
+                "a",
+                "1",
+                "b",
+                "2",
+                "VIA",
+                "shm",
+                "CHAIN",
+                "PARENT",
+                "p",
+                "TTL",
+                "9"
+            ])
+            .unwrap(),
+            Command::KvReserve {
+                blocks: vec![b("a", 1), b("b", 2)],
+                opts: ReserveOpts {
+                    via: Some(Via::Shm),
+                    parent: Some(Bytes::from_static(b"p")),
+                    chain: true,
+                    ttl_ms: Some(9)
+                }
+            }
+        );
+        assert_eq!(
+            parse(&["KV.RESERVE", "1", "k", "5", "CHAIN"]).unwrap(),
+            Command::KvReserve {
+                blocks: vec![b("k", 5)],
+                opts: ReserveOpts {
+                    chain: true,
+                    ..ReserveOpts::default()
+                }
+            }
+        );
+        assert_eq!(
+            err(&["KV.RESERVE", "1", "k", "5", "VIA", "udp"]),
+            "ERR VIA must be tcp, shm or rdma"
+        );
+        assert_eq!(
+            err(&["KV.RESERVE", "a", "-1"]),
+            "ERR value is not an integer or out of range"
+        );
+        assert_eq!(
+            err(&["KV.RESERVE", "1", "k", "x", "CHAIN"]),
+            "ERR block length must be a non-negative integer"
+        );
+        assert_eq!(
+            err(&["KV.RESERVE", "1", "k", "5", "NOPE"]),
+            "ERR syntax error"
+        );
+        assert_eq!(
+            parse(&["KV.COMMIT", "3", "4"]).unwrap(),
+            Command::KvCommit(vec![3, 4])
+        );
+        assert_eq!(err(&["KV.ABORT", "x"]), "ERR invalid token");
+        assert_eq!(
+            parse(&["KV.LOCATE", "2", "a", "b", "LEASE", "50", "VIA", "tcp"]).unwrap(),
+            Command::KvLocate {
+                keys: vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+                lease_ms: Some(50),
+                via: Some(Via::Tcp)
+            }
+        );
+        assert_eq!(
+            err(&["KV.LOCATE", "1", "a", "LEASE", "0"]),
+            "ERR LEASE must be a positive integer (milliseconds)"
+        );
     }
 }

@@ -118,7 +118,12 @@ pub static COMMANDS: &[CommandSpec] = &[
     spec!("kv.del", -2, ["write"], 1, -1, 1, "kvcache", "0.1.0", "Deletes blocks (and the blocks chained under them)."),
     spec!("kv.pin", -2, ["write", "fast"], 1, -1, 1, "kvcache", "0.1.0", "Pins blocks against eviction."),
     spec!("kv.unpin", -2, ["write", "fast"], 1, -1, 1, "kvcache", "0.1.0", "Unpins blocks."),
-    spec!("kv.release", 2, ["write", "fast"], 0, 0, 0, "kvcache", "0.1.0", "Releases a lease taken by KV.MATCH ... LEASE."),
+    spec!("kv.release", 2, ["write", "fast"], 0, 0, 0, "kvcache", "0.1.0", "Releases a lease taken by KV.MATCH ... LEASE or KV.LOCATE."),
+    spec!("kv.reserve", -3, ["write", "denyoom", "movablekeys"], 0, 0, 0, "kvcache", "0.1.0", "Reserves blocks to be written over the data plane: KV.RESERVE key len [key len ...], or KV.RESERVE numblocks key len [key len ...] [VIA tcp|shm|rdma] [PARENT pkey] [CHAIN] [TTL ms]."),
+    spec!("kv.commit", -2, ["write", "fast"], 0, 0, 0, "kvcache", "0.1.0", "Makes reserved blocks visible once their bytes are written: KV.COMMIT token [token ...]."),
+    spec!("kv.abort", -2, ["write", "fast"], 0, 0, 0, "kvcache", "0.1.0", "Drops reservations: KV.ABORT token [token ...]."),
+    spec!("kv.locate", -3, ["readonly", "movablekeys"], 0, 0, 0, "kvcache", "0.1.0", "Returns read descriptors of blocks under a lease: KV.LOCATE numkeys key [key ...] [LEASE ms] [VIA tcp|shm|rdma]."),
+    spec!("kv.dataplane", 1, ["readonly", "fast"], 0, 0, 0, "kvcache", "0.1.0", "Describes the data plane: the tcp data port, the shm socket and arena, rdma."),
     spec!("kv.stats", 1, ["readonly"], 0, 0, 0, "kvcache", "0.1.0", "Returns per-tier statistics and the prefix hit ratio."),
 ];
 

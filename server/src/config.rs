@@ -58,6 +58,25 @@ pub struct Args {
     /// Move blocks read from SSD back to DRAM. Default: true.
     #[arg(long = "ssd-promote")]
     pub ssd_promote: Option<bool>,
+    /// TCP port of the data plane (0: any free port). Default: the RESP port
+    /// + 10000, or any free port when that one is taken.
+    #[arg(long = "data-port")]
+    pub data_port: Option<u16>,
+    /// Serve the DRAM arena to clients on this host over shared memory.
+    /// Default: true.
+    #[arg(long)]
+    pub shm: Option<bool>,
+    /// Unix socket that hands the arena to local clients. Default:
+    /// /tmp/tidepool-PORT.sock.
+    #[arg(long = "shm-socket")]
+    pub shm_socket: Option<PathBuf>,
+    /// Size of the shared DRAM arena (memfd; pages are backed once used).
+    /// Default: the DRAM capacity.
+    #[arg(long = "shm-arena")]
+    pub shm_arena: Option<ByteSize>,
+    /// Milliseconds before an uncommitted reservation is dropped. Default: 30000.
+    #[arg(long = "reserve-timeout")]
+    pub reserve_timeout: Option<u64>,
 }
 
 /// The server's settings.
@@ -90,6 +109,17 @@ pub struct Config {
     pub ssd_segment_size: ByteSize,
     /// Promote blocks read from SSD to DRAM. Default: true.
     pub ssd_promote: bool,
+    /// Data plane TCP port; `None` is the RESP port + 10000 (any free port
+    /// when taken), 0 any free port.
+    pub data_port: Option<u16>,
+    /// Serve the arena over shared memory. Default: true.
+    pub shm: bool,
+    /// The shm socket path; `None` is /tmp/tidepool-PORT.sock.
+    pub shm_socket: Option<PathBuf>,
+    /// Arena size; `None` is the DRAM capacity.
+    pub shm_arena: Option<ByteSize>,
+    /// Milliseconds an uncommitted reservation lives. Default: 30000.
+    pub reserve_timeout: u64,
 }
 
 impl Default for Config {
@@ -107,6 +137,11 @@ impl Default for Config {
             ssd_engine: "auto".into(),
             ssd_segment_size: ByteSize::mib(64),
             ssd_promote: true,
+            data_port: None,
+            shm: true,
+            shm_socket: None,
+            shm_arena: None,
+            reserve_timeout: 30_000,
         }
     }
 }
@@ -138,7 +173,22 @@ impl Config {
         if let Some(v) = &args.ssd {
             c.ssd = Some(v.clone());
         }
-        over!(ssd_engine, ssd_segment_size, ssd_promote);
+        over!(
+            ssd_engine,
+            ssd_segment_size,
+            ssd_promote,
+            shm,
+            reserve_timeout
+        );
+        if let Some(v) = args.data_port {
+            c.data_port = Some(v);
+        }
+        if let Some(v) = &args.shm_socket {
+            c.shm_socket = Some(v.clone());
+        }
+        if let Some(v) = args.shm_arena {
+            c.shm_arena = Some(v);
+        }
         c.validate()?;
         Ok(c)
     }
@@ -160,6 +210,10 @@ impl Config {
         if let Some(spec) = &self.ssd {
             parse_ssd(spec)?;
         }
+        anyhow::ensure!(
+            self.reserve_timeout > 0,
+            "reserve-timeout must be at least 1 ms"
+        );
         Ok(())
     }
 

@@ -107,6 +107,8 @@ pub async fn serve(
     }
     cmd::pubsub::unsubscribe_all(&shared, &mut session);
     shared.clients.unregister(id);
+    // Nothing a departed client half-wrote may linger.
+    shared.data.abort_owned(id);
 }
 
 async fn run_loop(

@@ -1,4 +1,5 @@
-//! INFO: sections server, clients, memory, stats, keyspace, kvcache and tiers,
+//! INFO: sections server, clients, memory, stats, keyspace, kvcache, tiers and
+//! dataplane,
 //! as `# Section` headers and `field:value` lines.
 
 use std::fmt::Write;
@@ -10,7 +11,14 @@ use crate::cmd::server::REDIS_COMPAT_VERSION;
 use crate::state::Shared;
 
 const SECTIONS: &[&str] = &[
-    "server", "clients", "memory", "stats", "keyspace", "kvcache", "tiers",
+    "server",
+    "clients",
+    "memory",
+    "stats",
+    "keyspace",
+    "kvcache",
+    "tiers",
+    "dataplane",
 ];
 
 /// Renders the asked sections (all of them for none, `all`, `default` or `everything`).
@@ -172,6 +180,29 @@ fn section(shared: &Shared, name: &str, o: &mut String) {
                 line!("ssd_engine", s.engine);
                 line!("ssd_direct_io", if s.direct { "yes" } else { "no" });
             }
+        }
+        "dataplane" => {
+            let d = &shared.data;
+            o.push_str("# Dataplane\r\n");
+            line!("data_tcp_port", d.tcp_addr.get().map_or(0, |a| a.port()));
+            line!(
+                "data_shm_socket",
+                d.shm_path
+                    .get()
+                    .map_or(String::new(), |p| p.display().to_string())
+            );
+            line!("data_arena_size", d.arena.as_ref().map_or(0, |a| a.size()));
+            line!("data_arena_used", d.arena.as_ref().map_or(0, |a| a.used()));
+            line!("data_reservations_open", d.open_reservations());
+            line!("data_held_blocks", d.held_blocks());
+            let s = &d.stats;
+            line!("data_reserved", s.reserved.load(Relaxed));
+            line!("data_committed", s.committed.load(Relaxed));
+            line!("data_committed_bytes", s.committed_bytes.load(Relaxed));
+            line!("data_aborted", s.aborted.load(Relaxed));
+            line!("data_expired", s.expired.load(Relaxed));
+            line!("data_located", s.located.load(Relaxed));
+            line!("data_located_copies", s.located_copies.load(Relaxed));
         }
         _ => {}
     }

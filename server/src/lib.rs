@@ -8,11 +8,13 @@
 pub mod cmd;
 pub mod config;
 pub mod conn;
+pub mod data;
 pub mod info;
 pub mod pubsub;
 pub mod state;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -37,6 +39,7 @@ pub async fn run(
         dram = %shared.config.read().dram,
         "tidepool-server ready to accept connections"
     );
+    let planes = start_data_plane(&shared, listener.local_addr()?.port()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let sweeper = {
         let shared = shared.clone();
@@ -48,6 +51,7 @@ pub async fn run(
                 tokio::select! {
                     _ = tick.tick() => {
                         shared.store.expire_due();
+                        shared.data.sweep();
                         failures_seen = report_checksum_failures(&shared, failures_seen);
                     }
                     _ = stop.changed() => break,
@@ -80,6 +84,12 @@ pub async fn run(
     drop(listener);
     let _ = stop_tx.send(true);
     let _ = sweeper.await;
+    for task in planes {
+        task.abort();
+    }
+    if let Some(path) = shared.data.shm_path.get() {
+        let _ = std::fs::remove_file(path);
+    }
     // Give connections a moment to flush and close.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     while shared.clients.count() > 0 && tokio::time::Instant::now() < deadline {
@@ -87,6 +97,59 @@ pub async fn run(
     }
     info!("bye");
     Ok(())
+}
+
+/// Binds the TCP data port and the shm socket and starts serving them.
+async fn start_data_plane(
+    shared: &Arc<Shared>,
+    resp_port: u16,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    use anyhow::Context;
+    let (bind, wanted, shm, socket) = {
+        let c = shared.config.read();
+        (c.bind.clone(), c.data_port, c.shm, c.shm_socket.clone())
+    };
+    let data = match wanted {
+        Some(port) => TcpListener::bind((bind.as_str(), port))
+            .await
+            .with_context(|| format!("binding the data port {bind}:{port}"))?,
+        None => {
+            let port = resp_port.checked_add(10_000).unwrap_or(0);
+            match TcpListener::bind((bind.as_str(), port)).await {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!("data port {port} unavailable ({e}); taking any free port");
+                    TcpListener::bind((bind.as_str(), 0)).await?
+                }
+            }
+        }
+    };
+    let addr = data.local_addr()?;
+    let _ = shared.data.tcp_addr.set(addr);
+    let mut tasks = vec![tokio::spawn(tidepool_transport::tcp::serve(
+        data,
+        shared.data.clone() as Arc<dyn tidepool_transport::tcp::Resolver>,
+    ))];
+    let mut shm_path = None;
+    if let (true, Some(arena)) = (shm, shared.data.arena.clone()) {
+        let path = socket
+            .unwrap_or_else(|| std::path::PathBuf::from(format!("/tmp/tidepool-{resp_port}.sock")));
+        match tidepool_transport::shm::bind(&path) {
+            Ok(l) => {
+                let _ = shared.data.shm_path.set(path.clone());
+                tasks.push(tokio::spawn(tidepool_transport::shm::serve(l, arena)));
+                shm_path = Some(path);
+            }
+            Err(e) => warn!("shm socket {} unavailable ({e}): shm off", path.display()),
+        }
+    }
+    info!(
+        data_port = addr.port(),
+        shm_socket = ?shm_path,
+        arena = shared.data.arena.as_ref().map_or(0, |a| a.size()),
+        "data plane ready"
+    );
+    Ok(tasks)
 }
 
 /// Logs when SSD records failed their checksum since the last look (once per

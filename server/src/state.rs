@@ -30,6 +30,8 @@ pub struct Shared {
     pub started: Instant,
     /// Notified by SHUTDOWN.
     pub shutdown: tokio::sync::Notify,
+    /// Reservations and located blocks of the data plane.
+    pub data: Arc<crate::data::DataState>,
 }
 
 impl Shared {
@@ -50,7 +52,15 @@ impl Shared {
         if let Some(spec) = &config.ssd {
             attach_ssd(&store, &config, spec)?;
         }
+        let arena = config
+            .shm
+            .then(|| config.shm_arena.unwrap_or(config.dram).as_u64());
+        let data = Arc::new(crate::data::DataState::new(
+            arena,
+            std::time::Duration::from_millis(config.reserve_timeout),
+        ));
         Ok(Arc::new(Shared {
+            data,
             store,
             config: RwLock::new(config),
             clients: Clients::default(),

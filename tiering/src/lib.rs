@@ -24,7 +24,7 @@ mod tier_suite;
 pub use error::StoreError;
 pub use event::{Event, EventKind, EventSink};
 pub use store::{
-    Fetch, MatchResult, PutOptions, SsdSettings, SsdStats, Store, StoreConfig, StoreStats,
-    TierStats,
+    charge_of, Fetch, MatchResult, PutOptions, SsdSettings, SsdStats, Store, StoreConfig,
+    StoreStats, TierStats,
 };
 pub use tier::{Load, Reclaimed, Slot, Tier, TierError, TierKind};

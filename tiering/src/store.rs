@@ -1492,6 +1492,48 @@ impl Store {
         out
     }
 
+    /// Leases the stored ones of `keys` against eviction for `lease_ms` (as
+    /// `match_prefix` does for a prefix). Returns the lease id and how many
+    /// keys were stored.
+    pub fn lease(&self, keys: &[Bytes], lease_ms: u64) -> (u64, usize) {
+        let mut held = Vec::with_capacity(keys.len());
+        for k in keys {
+            let mut guard = self.shard(k);
+            let Shard { map, lru, .. } = &mut *guard;
+            if let Some(e) = map.get_mut(&k[..]) {
+                if e.evictable() {
+                    lru.remove(&e.filed);
+                }
+                e.leases += 1;
+                held.push(k.clone());
+            }
+        }
+        let n = held.len();
+        let id = self.next_lease.fetch_add(1, Relaxed);
+        let lease = Lease {
+            deadline: self.now_ms().saturating_add(lease_ms),
+            keys: held,
+        };
+        self.lease_shard(id).insert(id, lease);
+        (id, n)
+    }
+
+    /// Evicts least recently used DRAM blocks until at least `bytes` were
+    /// freed (or nothing more can go), for memory the store does not account
+    /// itself (room in the shared arena for a reservation). Returns the bytes
+    /// freed.
+    pub fn shed(&self, bytes: u64) -> u64 {
+        let before = self.used();
+        let target = before.saturating_sub(bytes);
+        let _guard = self.evict_lock.lock();
+        while self.used() > target {
+            if !self.evict_one() && !self.demote_any() {
+                break;
+            }
+        }
+        before.saturating_sub(self.used())
+    }
+
     /// Drops a lease. False when it does not exist (released or expired).
     pub fn release(&self, lease: u64) -> bool {
         let Some(l) = self.lease_shard(lease).remove(&lease) else {

@@ -131,7 +131,25 @@ pub fn execute(
         C::KvUnpin(keys) => {
             Reply::Int(shared.store.set_pinned(keys.iter().map(|k| &k[..]), false) as i64)
         }
-        C::KvRelease(id) => Reply::Int(shared.store.release(id) as i64),
+        C::KvRelease(id) => {
+            let held = shared.data.release(id);
+            Reply::Int((shared.store.release(id) || held) as i64)
+        }
+        C::KvReserve { blocks, opts } => shared.data.reserve(
+            &shared.store,
+            session.client.id,
+            shared.config.read().proto_max_bulk_len.as_u64(),
+            blocks,
+            opts,
+        ),
+        C::KvCommit(tokens) => shared.data.commit(&shared.store, &tokens),
+        C::KvAbort(tokens) => shared.data.abort(&tokens),
+        C::KvLocate {
+            keys,
+            lease_ms,
+            via,
+        } => shared.data.locate(&shared.store, &keys, lease_ms, via),
+        C::KvDataplane => shared.data.describe(),
         C::KvStats => kv::stats(shared),
         // These answer with one confirmation frame per name, written to `out`.
         C::Subscribe(chs) => {

@@ -173,6 +173,41 @@ fn leases_expire() {
 }
 
 #[test]
+fn a_lease_over_any_keys_holds_the_stored_ones() {
+    let f = fixture(3 * charge_of(1, 1));
+    put(&f.store, "a", "1", None).unwrap();
+    put(&f.store, "b", "1", None).unwrap();
+    put(&f.store, "c", "1", None).unwrap();
+    // Not a prefix: "x" is missing and "c" still counts.
+    let (id, n) = f.store.lease(&[b("x"), b("c"), b("a")], 60_000);
+    assert_eq!(n, 2);
+    put(&f.store, "d", "1", None).unwrap();
+    assert_eq!(evicted(&f), ["b"]);
+    put(&f.store, "e", "1", None).unwrap();
+    assert_eq!(evicted(&f), ["b", "d"]);
+    f.store.check_invariants().unwrap();
+    assert!(f.store.release(id));
+    put(&f.store, "f", "1", None).unwrap();
+    assert_eq!(evicted(&f), ["b", "d", "a"]);
+    f.store.check_invariants().unwrap();
+}
+
+#[test]
+fn shedding_frees_at_least_what_is_asked() {
+    let f = fixture(10 * charge_of(1, 1));
+    for k in ["a", "b", "c", "d"] {
+        put(&f.store, k, "1", None).unwrap();
+    }
+    let freed = f.store.shed(charge_of(1, 1) + 1);
+    assert_eq!(freed, 2 * charge_of(1, 1));
+    assert_eq!(evicted(&f), ["a", "b"]);
+    assert_eq!(f.store.shed(u64::MAX), 2 * charge_of(1, 1));
+    assert!(f.store.is_empty());
+    assert_eq!(f.store.shed(1), 0);
+    f.store.check_invariants().unwrap();
+}
+
+#[test]
 fn conditional_puts() {
     let f = fixture(1 << 20);
     let nx = PutOptions {

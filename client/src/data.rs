@@ -1,0 +1,217 @@
+//! The client's use of the data plane: choosing a transport, and putting and
+//! getting blocks through `KV.RESERVE`/`KV.COMMIT` and `KV.LOCATE`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use redis_protocol::resp2::types::BytesFrame;
+use tidepool_transport::shm::ShmPlane;
+use tidepool_transport::tcp::{TcpOptions, TcpPlane};
+use tidepool_transport::{DataPlane, Descriptor, Kind, TransportError};
+
+use crate::ClientError;
+
+/// Which way block bytes travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PlaneChoice {
+    /// Shared memory when the server is on this host, else RDMA when a
+    /// device exists, else TCP; blocks under the inline threshold go in RESP.
+    #[default]
+    Auto,
+    /// Always inline in RESP bulk strings (`KV.MPUT`, `KV.MGET`).
+    Inline,
+    /// The TCP data port.
+    Tcp,
+    /// Shared memory (fails to connect when the server is not on this host).
+    Shm,
+    /// RDMA (fails to connect without the `rdma` feature and a device).
+    Rdma,
+}
+
+/// Settings of [`crate::Client::connect_with`].
+#[derive(Debug, Clone, Copy)]
+pub struct ClientOptions {
+    /// RESP connections in the pool. Default 4.
+    pub connections: usize,
+    /// The data plane. Default [`PlaneChoice::Auto`].
+    pub plane: PlaneChoice,
+    /// Batches whose largest block is smaller than this travel inline in
+    /// RESP (one round trip, where the data plane needs three). Default 64 KiB.
+    pub inline_below: usize,
+    /// Settings of the TCP data plane.
+    pub tcp: TcpOptions,
+    /// Lease of blocks read through the data plane, in ms (released as soon
+    /// as the bytes are in). Default 30000.
+    pub read_lease_ms: u64,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connections: 4,
+            plane: PlaneChoice::Auto,
+            inline_below: 64 * 1024,
+            tcp: TcpOptions::default(),
+            read_lease_ms: 30_000,
+        }
+    }
+}
+
+/// A connected data plane.
+#[derive(Debug)]
+pub(crate) enum Plane {
+    Tcp(TcpPlane),
+    Shm(ShmPlane),
+}
+
+impl Plane {
+    pub(crate) fn kind(&self) -> Kind {
+        match self {
+            Plane::Tcp(p) => p.kind(),
+            Plane::Shm(p) => p.kind(),
+        }
+    }
+
+    pub(crate) async fn write(&self, blocks: &[(Descriptor, &[u8])]) -> Result<(), TransportError> {
+        match self {
+            Plane::Tcp(p) => p.write(blocks).await,
+            Plane::Shm(p) => p.write(blocks).await,
+        }
+    }
+
+    pub(crate) async fn read(
+        &self,
+        blocks: &mut [(Descriptor, &mut [u8])],
+    ) -> Result<(), TransportError> {
+        match self {
+            Plane::Tcp(p) => p.read(blocks).await,
+            Plane::Shm(p) => p.read(blocks).await,
+        }
+    }
+}
+
+/// What `KV.DATAPLANE` says.
+#[derive(Debug, Default)]
+pub(crate) struct ServerPlanes {
+    tcp_port: Option<u16>,
+    shm_socket: Option<PathBuf>,
+    arena_id: Option<u64>,
+}
+
+impl ServerPlanes {
+    pub(crate) fn parse(fields: Vec<(String, BytesFrame)>) -> ServerPlanes {
+        let mut s = ServerPlanes::default();
+        for (k, v) in fields {
+            match (k.as_str(), v) {
+                ("tcp_port", BytesFrame::Integer(p)) => s.tcp_port = u16::try_from(p).ok(),
+                ("shm_socket", BytesFrame::BulkString(b)) => {
+                    s.shm_socket = Some(PathBuf::from(String::from_utf8_lossy(&b).into_owned()))
+                }
+                ("shm_arena_id", BytesFrame::BulkString(b)) => {
+                    s.arena_id = std::str::from_utf8(&b)
+                        .ok()
+                        .and_then(|t| u64::from_str_radix(t, 16).ok())
+                }
+                _ => {}
+            }
+        }
+        s
+    }
+}
+
+fn unavailable(e: TransportError) -> ClientError {
+    ClientError::Transport(e)
+}
+
+/// Connects the data plane `choice` asks for. `Ok(None)` is inline RESP.
+pub(crate) async fn choose(
+    choice: PlaneChoice,
+    server: &ServerPlanes,
+    resp_addr: SocketAddr,
+    tcp: TcpOptions,
+) -> Result<Option<Plane>, ClientError> {
+    let shm = || -> Result<Plane, ClientError> {
+        match (&server.shm_socket, server.arena_id) {
+            (Some(path), Some(id)) => Ok(Plane::Shm(
+                ShmPlane::connect(path, id).map_err(unavailable)?,
+            )),
+            _ => Err(unavailable(TransportError::Unavailable(
+                "the server offers no shm socket".into(),
+            ))),
+        }
+    };
+    let tcp_plane = || async {
+        let port = server.tcp_port.ok_or_else(|| {
+            unavailable(TransportError::Unavailable(
+                "the server offers no data port".into(),
+            ))
+        })?;
+        let addr = SocketAddr::new(resp_addr.ip(), port);
+        Ok::<_, ClientError>(Plane::Tcp(
+            TcpPlane::connect(addr, tcp).await.map_err(unavailable)?,
+        ))
+    };
+    match choice {
+        PlaneChoice::Inline => Ok(None),
+        PlaneChoice::Shm => shm().map(Some),
+        PlaneChoice::Tcp => tcp_plane().await.map(Some),
+        PlaneChoice::Rdma => Err(unavailable(rdma_unavailable())),
+        PlaneChoice::Auto => {
+            // Same host: the shm socket answers with the arena the server
+            // named. Anything else (another host, another server's socket
+            // at that path) falls through.
+            if let Ok(p) = shm() {
+                return Ok(Some(p));
+            }
+            // No data port (an older server, a firewall): inline RESP still
+            // does every operation.
+            Ok(tcp_plane().await.ok())
+        }
+    }
+}
+
+fn rdma_unavailable() -> TransportError {
+    TransportError::Unavailable(
+        "rdma: this client was built without RDMA support, or there is no RDMA device".into(),
+    )
+}
+
+/// One block's reply to KV.RESERVE.
+pub(crate) enum Reserved {
+    /// Write here, then commit.
+    Desc(Descriptor),
+    /// Already stored.
+    Exists,
+    /// Refused.
+    Err(ClientError),
+}
+
+/// Parses a `[transport, offset, len, token]` descriptor.
+pub(crate) fn descriptor(frame: BytesFrame) -> Result<Descriptor, ClientError> {
+    let bad = |f: &dyn std::fmt::Debug| ClientError::Unexpected(format!("descriptor {f:?}"));
+    let BytesFrame::Array(v) = frame else {
+        return Err(bad(&frame));
+    };
+    match &v[..] {
+        [BytesFrame::BulkString(k), BytesFrame::Integer(off), BytesFrame::Integer(len), BytesFrame::Integer(token)] => {
+            Ok(Descriptor {
+                kind: std::str::from_utf8(k)
+                    .ok()
+                    .and_then(|k| k.parse().ok())
+                    .ok_or_else(|| bad(k))?,
+                offset: *off as u64,
+                len: *len as u64,
+                token: *token as u64,
+            })
+        }
+        _ => Err(bad(&v)),
+    }
+}
+
+pub(crate) fn reserved(frame: BytesFrame) -> Result<Reserved, ClientError> {
+    Ok(match frame {
+        BytesFrame::SimpleString(s) if &s[..] == b"EXISTS" => Reserved::Exists,
+        BytesFrame::Error(e) => Reserved::Err(ClientError::server(&e)),
+        f => Reserved::Desc(descriptor(f)?),
+    })
+}

@@ -1,0 +1,456 @@
+//! The control side of the data plane: reservations (`KV.RESERVE`,
+//! `KV.COMMIT`, `KV.ABORT`), located blocks (`KV.LOCATE`), and the listeners
+//! of the TCP data port and the shm socket.
+//!
+//! A reservation owns a region of memory (in the shared arena when there is
+//! room, else on the heap) that nobody but its writer sees. `KV.COMMIT` hands
+//! the region to the store as the block's value, without a copy; until then
+//! no reader can see the block. Reservations die with the connection that
+//! made them, on `KV.ABORT`, or after `reserve-timeout`; the region goes back
+//! once the last in-flight write into it ends.
+//!
+//! A located block is a `Bytes` over the stored value, held here (and leased
+//! in the store) until its lease is released or expires: eviction, deletion
+//! or an overwrite of the key cannot free or reuse that memory meanwhile.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tidepool_protocol::command::{ReserveOpts, Via};
+use tidepool_protocol::{CommandError, Reply};
+use tidepool_tiering::{Fetch, PutOptions, Store};
+use tidepool_transport::tcp::Resolver;
+use tidepool_transport::{Arena, Inbound, Kind, Region};
+
+/// How long a located block is held when KV.LOCATE names no LEASE.
+pub const DEFAULT_LOCATE_LEASE_MS: u64 = 30_000;
+
+fn kind_of(v: Option<Via>) -> Kind {
+    match v {
+        None | Some(Via::Tcp) => Kind::Tcp,
+        Some(Via::Shm) => Kind::Shm,
+        Some(Via::Rdma) => Kind::Rdma,
+    }
+}
+
+struct Reservation {
+    key: Bytes,
+    kind: Kind,
+    inbound: Arc<Inbound>,
+    parent: Option<Bytes>,
+    ttl_ms: Option<u64>,
+    deadline: Instant,
+    owner: u64,
+}
+
+struct Hold {
+    tokens: Vec<u64>,
+    deadline: Instant,
+}
+
+/// Data plane counters (INFO dataplane).
+#[derive(Debug, Default)]
+pub struct DataStats {
+    /// Blocks reserved.
+    pub reserved: AtomicU64,
+    /// Blocks committed.
+    pub committed: AtomicU64,
+    /// Bytes committed.
+    pub committed_bytes: AtomicU64,
+    /// Reservations aborted (KV.ABORT or the connection closing).
+    pub aborted: AtomicU64,
+    /// Reservations dropped after the timeout.
+    pub expired: AtomicU64,
+    /// Blocks located.
+    pub located: AtomicU64,
+    /// Located blocks copied into the arena for a shm reader.
+    pub located_copies: AtomicU64,
+}
+
+/// Reservations and located blocks.
+pub struct DataState {
+    /// The shared DRAM arena, when shm is on.
+    pub arena: Option<Arc<Arena>>,
+    reservations: Mutex<HashMap<u64, Reservation>>,
+    located: Mutex<HashMap<u64, Bytes>>,
+    holds: Mutex<HashMap<u64, Hold>>,
+    next_token: AtomicU64,
+    timeout: Duration,
+    /// Where the TCP data port listens, once bound.
+    pub tcp_addr: OnceLock<SocketAddr>,
+    /// The shm socket, once bound.
+    pub shm_path: OnceLock<PathBuf>,
+    /// Counters.
+    pub stats: DataStats,
+}
+
+impl DataState {
+    /// A data plane with an arena of `arena_size` bytes (none when `None` or
+    /// when memfd fails, with a warning), reservations living `timeout`.
+    pub fn new(arena_size: Option<u64>, timeout: Duration) -> DataState {
+        let arena = arena_size.and_then(|size| match Arena::new(size) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::warn!("no shared arena (shm off): {e}");
+                None
+            }
+        });
+        DataState {
+            arena,
+            reservations: Mutex::new(HashMap::new()),
+            located: Mutex::new(HashMap::new()),
+            holds: Mutex::new(HashMap::new()),
+            next_token: AtomicU64::new(1),
+            timeout,
+            tcp_addr: OnceLock::new(),
+            shm_path: OnceLock::new(),
+            stats: DataStats::default(),
+        }
+    }
+
+    fn token(&self) -> u64 {
+        self.next_token.fetch_add(1, Relaxed)
+    }
+
+    /// Open reservations.
+    pub fn open_reservations(&self) -> usize {
+        self.reservations.lock().len()
+    }
+
+    /// Blocks held for readers.
+    pub fn held_blocks(&self) -> usize {
+        self.located.lock().len()
+    }
+
+    fn unavailable(&self, kind: Kind) -> Option<Reply> {
+        let why = match kind {
+            Kind::Tcp => return None,
+            Kind::Shm if self.arena.is_some() && self.shm_path.get().is_some() => return None,
+            Kind::Shm => "shm is off on this server (--shm false, or no memfd)",
+            Kind::Rdma => "rdma is not available on this server (no RDMA device)",
+        };
+        Some(Reply::Error(CommandError::new("NOTRANSPORT", why)))
+    }
+
+    /// Arena memory for `len` bytes, shedding store blocks to make room.
+    fn arena_block(&self, store: &Store, len: usize) -> Option<tidepool_transport::ArenaBlock> {
+        let arena = self.arena.as_ref()?;
+        for _ in 0..4 {
+            if let Some(b) = arena.alloc(len) {
+                return Some(b);
+            }
+            if store.shed(len as u64) == 0 {
+                break;
+            }
+        }
+        None
+    }
+
+    /// KV.RESERVE: one descriptor, `EXISTS`, or error per block.
+    pub fn reserve(
+        &self,
+        store: &Store,
+        owner: u64,
+        max_len: u64,
+        blocks: Vec<(Bytes, u64)>,
+        opts: ReserveOpts,
+    ) -> Reply {
+        let kind = kind_of(opts.via);
+        if let Some(e) = self.unavailable(kind) {
+            return e;
+        }
+        let mut prev = opts.parent;
+        let mut out = Vec::with_capacity(blocks.len());
+        let deadline = Instant::now() + self.timeout;
+        for (key, len) in blocks {
+            let parent = prev.clone();
+            if opts.chain {
+                prev = Some(key.clone());
+            }
+            if store.tier_of(&key).is_some() {
+                out.push(Reply::simple("EXISTS"));
+                continue;
+            }
+            let charge = tidepool_tiering::charge_of(key.len(), len as usize);
+            if len > max_len || charge > store.capacity() {
+                out.push(Reply::Error(CommandError::new(
+                    "TOOBIG",
+                    format!("a block of {len} bytes does not fit this node"),
+                )));
+                continue;
+            }
+            let region = match kind {
+                Kind::Shm => match self.arena_block(store, len as usize) {
+                    Some(b) => Region::Arena(b),
+                    None => {
+                        out.push(Reply::Error(CommandError::new(
+                            "OOM",
+                            "the shared arena is full",
+                        )));
+                        continue;
+                    }
+                },
+                _ => Region::alloc(self.arena.as_ref(), len as usize),
+            };
+            let offset = region.arena_offset().unwrap_or(0);
+            let token = self.token();
+            self.reservations.lock().insert(
+                token,
+                Reservation {
+                    key,
+                    kind,
+                    inbound: Arc::new(Inbound::new(region)),
+                    parent,
+                    ttl_ms: opts.ttl_ms,
+                    deadline,
+                    owner,
+                },
+            );
+            self.stats.reserved.fetch_add(1, Relaxed);
+            out.push(descriptor(kind, offset, len, token));
+        }
+        Reply::Array(out)
+    }
+
+    /// KV.COMMIT: stores each reserved block. One token answers OK or an
+    /// error; several answer an array of those.
+    pub fn commit(&self, store: &Store, tokens: &[u64]) -> Reply {
+        let mut replies: Vec<Reply> = tokens.iter().map(|t| self.commit_one(store, *t)).collect();
+        if replies.len() == 1 {
+            replies.pop().expect("one")
+        } else {
+            Reply::Array(replies)
+        }
+    }
+
+    fn commit_one(&self, store: &Store, token: u64) -> Reply {
+        let (r, region) = {
+            let mut map = self.reservations.lock();
+            let Some(r) = map.get(&token) else {
+                return Reply::Error(CommandError::new(
+                    "NORESERVATION",
+                    format!("no reservation {token} (committed, aborted or expired)"),
+                ));
+            };
+            // Over tcp every byte must have come in; over shm the client
+            // wrote the memory itself and says it is done by committing.
+            let region = match r.inbound.seal(r.kind == Kind::Tcp) {
+                Ok(region) => region,
+                Err(why) => {
+                    return Reply::Error(CommandError::new(
+                        "INCOMPLETE",
+                        format!("reservation {token}: {why}"),
+                    ))
+                }
+            };
+            (map.remove(&token).expect("looked up above"), region)
+        };
+        let len = region.len() as u64;
+        let opts = PutOptions {
+            parent: r.parent,
+            ttl_ms: r.ttl_ms,
+            value_exclusive: true,
+            ..PutOptions::default()
+        };
+        match store.put(r.key, region.into_bytes(), opts) {
+            Ok(_) => {
+                self.stats.committed.fetch_add(1, Relaxed);
+                self.stats.committed_bytes.fetch_add(len, Relaxed);
+                Reply::ok()
+            }
+            Err(e) => crate::cmd::store_error(e),
+        }
+    }
+
+    /// KV.ABORT: drops reservations. Returns how many existed.
+    pub fn abort(&self, tokens: &[u64]) -> Reply {
+        let gone: Vec<Reservation> = {
+            let mut map = self.reservations.lock();
+            tokens.iter().filter_map(|t| map.remove(t)).collect()
+        };
+        self.stats.aborted.fetch_add(gone.len() as u64, Relaxed);
+        Reply::Int(gone.len() as i64)
+    }
+
+    /// Drops the reservations a closing connection made.
+    pub fn abort_owned(&self, owner: u64) {
+        let gone: Vec<Reservation> = {
+            let mut map = self.reservations.lock();
+            let tokens: Vec<u64> = map
+                .iter()
+                .filter(|(_, r)| r.owner == owner)
+                .map(|(t, _)| *t)
+                .collect();
+            tokens.iter().filter_map(|t| map.remove(t)).collect()
+        };
+        self.stats.aborted.fetch_add(gone.len() as u64, Relaxed);
+    }
+
+    /// KV.LOCATE: a descriptor or nil per key, all under one lease. A block on
+    /// SSD is read (and promoted) first; for shm, a block outside the arena
+    /// is copied into it and the copy held under the lease.
+    pub fn locate(
+        &self,
+        store: &Store,
+        keys: &[Bytes],
+        lease_ms: Option<u64>,
+        via: Option<Via>,
+    ) -> Reply {
+        let kind = kind_of(via);
+        if let Some(e) = self.unavailable(kind) {
+            return e;
+        }
+        let ms = lease_ms.unwrap_or(DEFAULT_LOCATE_LEASE_MS);
+        let (lease, _) = store.lease(keys, ms);
+        let mut blocks = Vec::with_capacity(keys.len());
+        let mut tokens = Vec::new();
+        for k in keys {
+            // A block on SSD is read with the worker marked as blocking.
+            let value = match store.fetch_memory(k) {
+                Fetch::Memory(b) => Some(b),
+                Fetch::Missing => None,
+                Fetch::Device => tokio::task::block_in_place(|| store.get(k)),
+            };
+            let Some(value) = value else {
+                blocks.push(Reply::Null);
+                continue;
+            };
+            let (value, offset) = match (kind, &self.arena) {
+                (Kind::Shm, Some(arena)) => match arena.offset_of(&value) {
+                    Some(off) => (value, off),
+                    None => match self.arena_block(store, value.len()) {
+                        Some(blk) => {
+                            // SAFETY: a fresh allocation of value.len() bytes.
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(
+                                    value.as_ptr(),
+                                    blk.as_mut_ptr(),
+                                    value.len(),
+                                )
+                            };
+                            self.stats.located_copies.fetch_add(1, Relaxed);
+                            let off = blk.offset();
+                            (Bytes::from_owner(blk), off)
+                        }
+                        None => {
+                            blocks.push(Reply::Error(CommandError::new(
+                                "OOM",
+                                "the shared arena is full",
+                            )));
+                            continue;
+                        }
+                    },
+                },
+                _ => (value, 0),
+            };
+            let token = self.token();
+            blocks.push(descriptor(kind, offset, value.len() as u64, token));
+            self.located.lock().insert(token, value);
+            tokens.push(token);
+        }
+        self.stats.located.fetch_add(tokens.len() as u64, Relaxed);
+        self.holds.lock().insert(
+            lease,
+            Hold {
+                tokens,
+                deadline: Instant::now() + Duration::from_millis(ms),
+            },
+        );
+        Reply::map([
+            ("lease", Reply::Int(lease as i64)),
+            ("blocks", Reply::Array(blocks)),
+        ])
+    }
+
+    /// Drops what KV.LOCATE held under `lease`. False when nothing was held.
+    pub fn release(&self, lease: u64) -> bool {
+        let Some(hold) = self.holds.lock().remove(&lease) else {
+            return false;
+        };
+        let mut located = self.located.lock();
+        for t in hold.tokens {
+            located.remove(&t);
+        }
+        true
+    }
+
+    /// Drops expired reservations and holds. Call periodically.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let expired: Vec<Reservation> = {
+            let mut map = self.reservations.lock();
+            let due: Vec<u64> = map
+                .iter()
+                .filter(|(_, r)| r.deadline <= now)
+                .map(|(t, _)| *t)
+                .collect();
+            due.iter().filter_map(|t| map.remove(t)).collect()
+        };
+        if !expired.is_empty() {
+            self.stats.expired.fetch_add(expired.len() as u64, Relaxed);
+            tracing::debug!(count = expired.len(), "reservations expired uncommitted");
+        }
+        let due: Vec<u64> = self
+            .holds
+            .lock()
+            .iter()
+            .filter(|(_, h)| h.deadline <= now)
+            .map(|(l, _)| *l)
+            .collect();
+        for lease in due {
+            self.release(lease);
+        }
+    }
+
+    /// KV.DATAPLANE.
+    pub fn describe(&self) -> Reply {
+        let tcp = self
+            .tcp_addr
+            .get()
+            .map_or(Reply::Null, |a| Reply::Int(a.port() as i64));
+        let (shm, id, size) = match (&self.arena, self.shm_path.get()) {
+            (Some(a), Some(p)) => (
+                Reply::Bulk(Bytes::from(p.display().to_string())),
+                Reply::Bulk(Bytes::from(format!("{:016x}", a.id()))),
+                Reply::Int(a.size() as i64),
+            ),
+            _ => (Reply::Null, Reply::Null, Reply::Int(0)),
+        };
+        Reply::map([
+            ("tcp_port", tcp),
+            ("shm_socket", shm),
+            ("shm_arena_id", id),
+            ("shm_arena_size", size),
+            ("rdma", Reply::text("unavailable: no RDMA device")),
+        ])
+    }
+}
+
+impl Resolver for DataState {
+    fn inbound(&self, token: u64) -> Option<Arc<Inbound>> {
+        self.reservations
+            .lock()
+            .get(&token)
+            .filter(|r| r.kind == Kind::Tcp)
+            .map(|r| r.inbound.clone())
+    }
+
+    fn outbound(&self, token: u64) -> Option<Bytes> {
+        self.located.lock().get(&token).cloned()
+    }
+}
+
+fn descriptor(kind: Kind, offset: u64, len: u64, token: u64) -> Reply {
+    Reply::Array(vec![
+        Reply::text(kind.as_str()),
+        Reply::Int(offset as i64),
+        Reply::Int(len as i64),
+        Reply::Int(token as i64),
+    ])
+}

@@ -1,0 +1,465 @@
+//! The data plane through the real server: KV.RESERVE / KV.COMMIT /
+//! KV.ABORT / KV.LOCATE with bytes moved over the TCP data port and the
+//! shared-memory arena, by the transport crate and by tidepool-client.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use redis::Value;
+use tidepool_client::{ClientOptions, PlaneChoice};
+use tidepool_tests::Server;
+use tidepool_transport::shm::ShmPlane;
+use tidepool_transport::tcp::{TcpOptions, TcpPlane};
+use tidepool_transport::{DataPlane, Descriptor, Kind};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn block(seed: usize, len: usize) -> Bytes {
+    (0..len)
+        .map(|j| (seed.wrapping_mul(131) ^ j.wrapping_mul(7)) as u8)
+        .collect::<Vec<_>>()
+        .into()
+}
+
+fn addr(s: &Server) -> String {
+    format!("127.0.0.1:{}", s.port)
+}
+
+/// The descriptor in a KV.RESERVE or KV.LOCATE reply entry.
+fn desc(v: &Value) -> Descriptor {
+    let Value::Array(items) = v else {
+        panic!("not a descriptor: {v:?}")
+    };
+    let kind = match &items[0] {
+        Value::BulkString(b) => std::str::from_utf8(b).unwrap().parse::<Kind>().unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let int = |x: &Value| match x {
+        Value::Int(i) => *i as u64,
+        other => panic!("{other:?}"),
+    };
+    Descriptor {
+        kind,
+        offset: int(&items[1]),
+        len: int(&items[2]),
+        token: int(&items[3]),
+    }
+}
+
+fn dataplane(con: &mut redis::Connection) -> (u16, String, u64) {
+    let v: Vec<Value> = redis::cmd("KV.DATAPLANE").query(con).unwrap();
+    let mut port = 0;
+    let mut sock = String::new();
+    let mut id = 0;
+    for kv in v.chunks(2) {
+        let Value::BulkString(k) = &kv[0] else {
+            continue;
+        };
+        match (&k[..], &kv[1]) {
+            (b"tcp_port", Value::Int(p)) => port = *p as u16,
+            (b"shm_socket", Value::BulkString(b)) => sock = String::from_utf8(b.clone()).unwrap(),
+            (b"shm_arena_id", Value::BulkString(b)) => {
+                id = u64::from_str_radix(std::str::from_utf8(b).unwrap(), 16).unwrap()
+            }
+            _ => {}
+        }
+    }
+    (port, sock, id)
+}
+
+fn exists(con: &mut redis::Connection, key: &str) -> i64 {
+    redis::cmd("EXISTS").arg(key).query(con).unwrap()
+}
+
+#[test]
+fn tcp_reservations_are_invisible_until_committed() {
+    let s = Server::start(&[]);
+    let mut con = s.redis();
+    let (port, _, _) = dataplane(&mut con);
+    let data = block(1, 3 << 20);
+    let reply: Vec<Value> = redis::cmd("KV.RESERVE")
+        .arg("blk")
+        .arg(data.len())
+        .query(&mut con)
+        .unwrap();
+    let d = desc(&reply[0]);
+    assert_eq!((d.kind, d.len), (Kind::Tcp, data.len() as u64));
+    let rt = rt();
+    let plane = rt
+        .block_on(TcpPlane::connect(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            TcpOptions {
+                connections: 3,
+                stripe: 1 << 20,
+            },
+        ))
+        .unwrap();
+    // Half the block: not committable, not visible.
+    rt.block_on(async {
+        let half = Descriptor { len: 1 << 20, ..d };
+        // Write only the first MiB by pretending the block is that long:
+        // the server accepts the range and counts it.
+        plane.write(&[(half, &data[..1 << 20])]).await.unwrap();
+    });
+    let err = redis::cmd("KV.COMMIT")
+        .arg(d.token)
+        .query::<Value>(&mut con)
+        .unwrap_err();
+    assert_eq!(err.code(), Some("INCOMPLETE"), "{err}");
+    assert!(
+        err.to_string().contains("1048576 of 3145728 bytes written"),
+        "{err}"
+    );
+    assert_eq!(exists(&mut con, "blk"), 0);
+    let m: i64 = redis::cmd("KV.MATCH")
+        .arg(1)
+        .arg("blk")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(m, 0);
+    // Writing the same range again is refused.
+    let e = rt
+        .block_on(plane.write(&[(Descriptor { len: 1 << 20, ..d }, &data[..1 << 20])]))
+        .unwrap_err();
+    assert!(e.to_string().contains("already written"), "{e}");
+    // The rest, as two raw pieces at their offsets, then commit.
+    rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        for (off, len) in [(1usize << 20, 1usize << 20), (2 << 20, 1 << 20)] {
+            let h = tidepool_transport::frame::Request {
+                op: tidepool_transport::frame::Op::Write,
+                token: d.token,
+                offset: off as u64,
+                len: len as u64,
+            };
+            raw.write_all(&h.encode()).await.unwrap();
+            raw.write_all(&data[off..off + len]).await.unwrap();
+            let mut rb = [0u8; 16];
+            raw.read_exact(&mut rb).await.unwrap();
+            let r = tidepool_transport::frame::Reply::decode(&rb).unwrap();
+            assert_eq!(r.status, tidepool_transport::frame::Status::Ok);
+        }
+    });
+    let ok: String = redis::cmd("KV.COMMIT")
+        .arg(d.token)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(ok, "OK");
+    let got: Vec<u8> = redis::cmd("GET").arg("blk").query(&mut con).unwrap();
+    assert_eq!(got, data);
+    // A token commits once.
+    let err = redis::cmd("KV.COMMIT")
+        .arg(d.token)
+        .query::<Value>(&mut con)
+        .unwrap_err();
+    assert_eq!(err.code(), Some("NORESERVATION"));
+    // Reserving a stored key answers EXISTS.
+    let reply: Vec<Value> = redis::cmd("KV.RESERVE")
+        .arg("blk")
+        .arg(10)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(reply[0], Value::SimpleString("EXISTS".into()));
+}
+
+#[test]
+fn abort_timeout_and_disconnect_drop_reservations() {
+    let s = Server::start(&["--reserve-timeout", "300"]);
+    let mut con = s.redis();
+    let reply: Vec<Value> = redis::cmd("KV.RESERVE")
+        .arg("a")
+        .arg(100)
+        .arg("b")
+        .arg(100)
+        .query(&mut con)
+        .unwrap();
+    let (ta, tb) = (desc(&reply[0]).token, desc(&reply[1]).token);
+    let n: i64 = redis::cmd("KV.ABORT")
+        .arg(ta)
+        .arg(ta)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(s.info_u64("data_reservations_open"), 1);
+    // b times out.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.info_u64("data_reservations_open") > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(s.info_u64("data_expired"), 1);
+    let err = redis::cmd("KV.COMMIT")
+        .arg(tb)
+        .query::<Value>(&mut con)
+        .unwrap_err();
+    assert_eq!(err.code(), Some("NORESERVATION"));
+
+    // A client that vanishes mid-transfer leaves nothing behind.
+    let s = Server::start(&[]);
+    let mut other = s.redis();
+    let (port, _, _) = dataplane(&mut other);
+    {
+        let mut con = s.redis();
+        let reply: Vec<Value> = redis::cmd("KV.RESERVE")
+            .arg("gone")
+            .arg(1 << 20)
+            .query(&mut con)
+            .unwrap();
+        let d = desc(&reply[0]);
+        let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        use std::io::Write;
+        let h = tidepool_transport::frame::Request {
+            op: tidepool_transport::frame::Op::Write,
+            token: d.token,
+            offset: 0,
+            len: 1 << 20,
+        };
+        raw.write_all(&h.encode()).unwrap();
+        raw.write_all(&vec![7u8; 100_000]).unwrap();
+        assert_eq!(s.info_u64("data_reservations_open"), 1);
+        // Both connections drop here.
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.info_u64("data_reservations_open") > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(s.info_u64("data_reservations_open"), 0);
+    assert_eq!(exists(&mut other, "gone"), 0);
+    assert_eq!(s.info_u64("data_committed"), 0);
+}
+
+#[test]
+fn shm_puts_and_located_blocks_survive_deletion_until_released() {
+    let s = Server::start(&["--dram", "64MiB"]);
+    let mut con = s.redis();
+    let (_, sock, id) = dataplane(&mut con);
+    assert!(!sock.is_empty(), "shm is on by default");
+    let plane = ShmPlane::connect(sock.as_ref(), id).unwrap();
+    // Another id: refused.
+    assert!(ShmPlane::connect(sock.as_ref(), id ^ 1).is_err());
+    let data = block(9, 1 << 20);
+    let reply: Vec<Value> = redis::cmd("KV.RESERVE")
+        .arg(1)
+        .arg("s1")
+        .arg(data.len())
+        .arg("VIA")
+        .arg("shm")
+        .query(&mut con)
+        .unwrap();
+    let d = desc(&reply[0]);
+    assert_eq!(d.kind, Kind::Shm);
+    assert_eq!(d.offset % 4096, 0);
+    plane.write_one(&d, &data).unwrap();
+    assert_eq!(exists(&mut con, "s1"), 0, "invisible before commit");
+    let _: String = redis::cmd("KV.COMMIT")
+        .arg(d.token)
+        .query(&mut con)
+        .unwrap();
+    let got: Vec<u8> = redis::cmd("GET").arg("s1").query(&mut con).unwrap();
+    assert_eq!(got, data, "the committed arena block is the stored value");
+
+    // Locate it, then delete it and fill the arena: the located bytes stay.
+    let loc: Vec<Value> = redis::cmd("KV.LOCATE")
+        .arg(2)
+        .arg("s1")
+        .arg("missing")
+        .arg("LEASE")
+        .arg(60_000)
+        .arg("VIA")
+        .arg("shm")
+        .query(&mut con)
+        .unwrap();
+    let Value::Int(lease) = loc[1] else {
+        panic!("{loc:?}")
+    };
+    let Value::Array(blocks) = &loc[3] else {
+        panic!("{loc:?}")
+    };
+    assert_eq!(blocks[1], Value::Nil);
+    let ld = desc(&blocks[0]);
+    assert_eq!(
+        ld.offset, d.offset,
+        "a block already in the arena is not copied"
+    );
+    let n: i64 = redis::cmd("DEL").arg("s1").query(&mut con).unwrap();
+    assert_eq!(n, 1);
+    for i in 0..100 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("fill{i}"))
+            .arg(vec![0xAAu8; 1 << 20])
+            .query(&mut con)
+            .unwrap();
+    }
+    let reply: Vec<Value> = redis::cmd("KV.RESERVE")
+        .arg(1)
+        .arg("s2")
+        .arg(data.len())
+        .arg("VIA")
+        .arg("shm")
+        .query(&mut con)
+        .unwrap();
+    let d2 = desc(&reply[0]);
+    assert_ne!(d2.offset, ld.offset, "held memory is not handed out again");
+    plane.write_one(&d2, &vec![0x55; data.len()]).unwrap();
+    let mut back = vec![0u8; data.len()];
+    plane.read_one(&ld, &mut back).unwrap();
+    assert_eq!(back, data);
+    let used_before = s.info_u64("data_arena_used");
+    let r: i64 = redis::cmd("KV.RELEASE").arg(lease).query(&mut con).unwrap();
+    assert_eq!(r, 1);
+    assert_eq!(s.info_u64("data_arena_used"), used_before - (1 << 20));
+
+    // A block stored inline (outside the arena) is copied in for shm readers.
+    let _: () = redis::cmd("SET")
+        .arg("inline")
+        .arg(&data[..5000])
+        .query(&mut con)
+        .unwrap();
+    let loc: Vec<Value> = redis::cmd("KV.LOCATE")
+        .arg(1)
+        .arg("inline")
+        .arg("VIA")
+        .arg("shm")
+        .query(&mut con)
+        .unwrap();
+    let Value::Array(blocks) = &loc[3] else {
+        panic!("{loc:?}")
+    };
+    let ld = desc(&blocks[0]);
+    let mut back = vec![0u8; 5000];
+    plane.read_one(&ld, &mut back).unwrap();
+    assert_eq!(&back[..], &data[..5000]);
+    assert_eq!(s.info_u64("data_located_copies"), 1);
+}
+
+#[test]
+fn the_client_moves_blocks_over_each_plane() {
+    let s = Server::start(&["--dram", "256MiB"]);
+    let rt = rt();
+    rt.block_on(async {
+        for (choice, want) in [
+            (PlaneChoice::Auto, Some("shm")),
+            (PlaneChoice::Shm, Some("shm")),
+            (PlaneChoice::Tcp, Some("tcp")),
+            (PlaneChoice::Inline, None),
+        ] {
+            let c = tidepool_client::Client::connect_with(
+                &addr(&s),
+                ClientOptions {
+                    plane: choice,
+                    ..ClientOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+            assert_eq!(c.data_plane(), want, "{choice:?}");
+            let tag = format!("{choice:?}");
+            let sizes = [64 << 10, 1 << 20, (4 << 20) + 123];
+            let keys: Vec<Bytes> = (0..sizes.len())
+                .map(|i| Bytes::from(format!("{tag}-{i}")))
+                .collect();
+            let blocks: Vec<(Bytes, Bytes)> = keys
+                .iter()
+                .zip(sizes)
+                .enumerate()
+                .map(|(i, (k, n))| (k.clone(), block(i + 7, n)))
+                .collect();
+            c.put_chain(&blocks, None).await.unwrap();
+            assert_eq!(c.match_prefix(&keys, None).await.unwrap().matched, 3);
+            // Read back into caller buffers (one spare key that misses).
+            let mut all = keys.clone();
+            all.push(Bytes::from(format!("{tag}-none")));
+            let mut storage: Vec<Vec<u8>> = vec![vec![0u8; 5 << 20]; 4];
+            let mut bufs: Vec<&mut [u8]> = storage.iter_mut().map(|v| &mut v[..]).collect();
+            let got = c.get_many_into(&all, &mut bufs).await.unwrap();
+            assert_eq!(
+                got,
+                [Some(sizes[0]), Some(sizes[1]), Some(sizes[2]), None],
+                "{tag}"
+            );
+            for (i, (_, v)) in blocks.iter().enumerate() {
+                assert_eq!(&storage[i][..v.len()], &v[..], "{tag} block {i}");
+            }
+            // And through RESP, the same bytes.
+            for (k, v) in &blocks {
+                assert_eq!(c.get(k.clone()).await.unwrap().as_ref(), Some(v));
+            }
+            // Putting again leaves stored blocks as they are.
+            let again = c.put_many(&blocks, true, None).await.unwrap();
+            assert!(again.iter().all(|r| r.is_ok()));
+        }
+        // A chain whose parent is missing is refused per block.
+        let c = tidepool_client::Client::connect_with(
+            &addr(&s),
+            ClientOptions {
+                plane: PlaneChoice::Tcp,
+                ..ClientOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        let orphan = [(Bytes::from("orphan"), block(1, 70_000))];
+        let r = c
+            .put_many(&orphan, true, Some(Bytes::from("no-such-parent")))
+            .await
+            .unwrap();
+        assert_eq!(r[0].as_ref().unwrap_err().code(), Some("NOPARENT"));
+        // RDMA is not there: a clear error.
+        let e = tidepool_client::Client::connect_with(
+            &addr(&s),
+            ClientOptions {
+                plane: PlaneChoice::Rdma,
+                ..ClientOptions::default()
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("rdma"), "{e}");
+    });
+    let mut con = s.redis();
+    let err = redis::cmd("KV.RESERVE")
+        .arg(1)
+        .arg("r")
+        .arg(10)
+        .arg("VIA")
+        .arg("rdma")
+        .query::<Value>(&mut con)
+        .unwrap_err();
+    assert_eq!(err.code(), Some("NOTRANSPORT"));
+}
+
+#[test]
+fn shm_off_falls_back_to_tcp() {
+    let s = Server::start(&["--shm", "false"]);
+    let mut con = s.redis();
+    let (port, sock, _) = dataplane(&mut con);
+    assert!(port > 0);
+    assert!(sock.is_empty());
+    let err = redis::cmd("KV.RESERVE")
+        .arg(1)
+        .arg("k")
+        .arg(10)
+        .arg("VIA")
+        .arg("shm")
+        .query::<Value>(&mut con)
+        .unwrap_err();
+    assert_eq!(err.code(), Some("NOTRANSPORT"));
+    let rt = rt();
+    rt.block_on(async {
+        let c = tidepool_client::Client::connect(&addr(&s), 2)
+            .await
+            .unwrap();
+        assert_eq!(c.data_plane(), Some("tcp"));
+        let b = [(Bytes::from("k"), block(3, 100_000))];
+        c.put_chain(&b, None).await.unwrap();
+        assert_eq!(c.get(Bytes::from("k")).await.unwrap().unwrap(), b[0].1);
+    });
+}

@@ -1,0 +1,624 @@
+//! RDMA (cargo feature `rdma`): RC queue pairs with one-sided READ and WRITE
+//! into the server's registered arena, through rdma-sys (libibverbs and
+//! librdmacm).
+//!
+//! The server registers its whole arena as one memory region and announces
+//! it as a [`RemoteArena`] (base address, rkey, size) in `KV.DATAPLANE`; a
+//! descriptor's offset is then an offset in that region, and the client
+//! WRITEs into or READs out of `base + offset` with the rkey, without the
+//! server's CPU. Client buffers are registered on first use and kept
+//! ([`Registry`]).
+//!
+//! NOT RUN ON HARDWARE: the machine this was written on has no RDMA device
+//! and cannot load soft-RoCE. What runs without a device is tested: the
+//! registration bookkeeping, the descriptor encoding, device discovery
+//! answering "no RDMA device", and connection set-up failing cleanly. The
+//! verbs path (queue pairs, posting, polling) has never executed.
+
+use std::ffi::CStr;
+use std::net::SocketAddr;
+use std::ptr;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rdma_sys::*;
+
+use crate::{check_lengths, DataPlane, Descriptor, Kind, TransportError};
+
+/// The server's registered arena, as a client needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteArena {
+    /// Virtual address of the arena's first byte in the server.
+    pub base: u64,
+    /// Remote key of the arena's memory region.
+    pub rkey: u32,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+impl RemoteArena {
+    /// The text form used in `KV.DATAPLANE`: `base:rkey:size`, in hex.
+    pub fn encode(&self) -> String {
+        format!("{:x}:{:x}:{:x}", self.base, self.rkey, self.size)
+    }
+
+    /// Parses [`RemoteArena::encode`]'s form.
+    pub fn decode(s: &str) -> Result<RemoteArena, TransportError> {
+        let bad = || TransportError::Protocol(format!("bad rdma arena '{s}'"));
+        let mut it = s.split(':');
+        let mut next = |max: u64| {
+            it.next()
+                .and_then(|x| u64::from_str_radix(x, 16).ok())
+                .filter(|v| *v <= max)
+                .ok_or_else(bad)
+        };
+        let out = RemoteArena {
+            base: next(u64::MAX)?,
+            rkey: next(u32::MAX as u64)? as u32,
+            size: next(u64::MAX)?,
+        };
+        if it.next().is_some() || out.base.checked_add(out.size).is_none() {
+            return Err(bad());
+        }
+        Ok(out)
+    }
+
+    /// The remote address of a descriptor's block, checked against the arena.
+    pub fn address_of(&self, d: &Descriptor) -> Result<u64, TransportError> {
+        match d.offset.checked_add(d.len) {
+            Some(end) if end <= self.size => Ok(self.base + d.offset),
+            _ => Err(TransportError::Descriptor(format!(
+                "[{}, +{}) is outside the remote arena of {} bytes",
+                d.offset, d.len, self.size
+            ))),
+        }
+    }
+}
+
+/// Registered local memory: which address ranges have a memory region, and
+/// its local key. Pure bookkeeping (no verbs), so it is tested without a
+/// device; [`RdmaPlane`] keeps one to register each buffer once.
+#[derive(Debug, Default)]
+pub struct Registry {
+    /// (start, end, lkey, handle) sorted by start; ranges never overlap.
+    regions: Vec<(u64, u64, u32, usize)>,
+}
+
+impl Registry {
+    /// The local key of a registered range covering `[addr, addr + len)`.
+    pub fn lookup(&self, addr: u64, len: u64) -> Option<u32> {
+        let end = addr.checked_add(len)?;
+        let i = self.regions.partition_point(|r| r.0 <= addr);
+        let r = self.regions.get(i.checked_sub(1)?)?;
+        (end <= r.1).then_some(r.2)
+    }
+
+    /// Records a registration. Refuses an empty range or one overlapping a
+    /// recorded range (the caller registers the gap instead).
+    pub fn insert(&mut self, addr: u64, len: u64, lkey: u32, handle: usize) -> Result<(), String> {
+        let end = addr
+            .checked_add(len)
+            .filter(|_| len > 0)
+            .ok_or("empty or wrapping range")?;
+        let i = self.regions.partition_point(|r| r.0 < addr);
+        let clash_before = i > 0 && self.regions[i - 1].1 > addr;
+        let clash_after = self.regions.get(i).is_some_and(|r| r.0 < end);
+        if clash_before || clash_after {
+            return Err(format!(
+                "[{addr:#x}, {end:#x}) overlaps a registered region"
+            ));
+        }
+        self.regions.insert(i, (addr, end, lkey, handle));
+        Ok(())
+    }
+
+    /// Forgets the range starting at `addr`; returns its handle.
+    pub fn remove(&mut self, addr: u64) -> Option<usize> {
+        let i = self.regions.iter().position(|r| r.0 == addr)?;
+        Some(self.regions.remove(i).3)
+    }
+
+    /// Registered ranges.
+    pub fn len(&self) -> usize {
+        self.regions.len()
+    }
+
+    /// Whether nothing is registered.
+    pub fn is_empty(&self) -> bool {
+        self.regions.is_empty()
+    }
+
+    /// The gap to register so that `[addr, addr + len)` is covered, widened
+    /// to pages but clipped to the registered neighbours.
+    pub fn gap_for(&self, addr: u64, len: u64) -> (u64, u64) {
+        const PAGE: u64 = 4096;
+        let mut start = addr & !(PAGE - 1);
+        let mut end = (addr + len).div_ceil(PAGE) * PAGE;
+        for r in &self.regions {
+            if r.1 <= addr && r.1 > start {
+                start = r.1;
+            }
+            if r.0 >= addr + len && r.0 < end {
+                end = r.0;
+            }
+        }
+        (start, end - start)
+    }
+}
+
+/// The names of the RDMA devices of this host; "no RDMA device" when there
+/// are none (or the verbs library finds no driver).
+pub fn devices() -> Result<Vec<String>, TransportError> {
+    let mut n = 0i32;
+    // SAFETY: plain libibverbs calls; the list is freed below.
+    let list = unsafe { ibv_get_device_list(&mut n) };
+    if list.is_null() || n <= 0 {
+        if !list.is_null() {
+            // SAFETY: returned by ibv_get_device_list.
+            unsafe { ibv_free_device_list(list) };
+        }
+        return Err(TransportError::Unavailable("no RDMA device".into()));
+    }
+    let mut names = Vec::with_capacity(n as usize);
+    for i in 0..n as usize {
+        // SAFETY: the list holds n valid device pointers.
+        let name = unsafe { CStr::from_ptr(ibv_get_device_name(*list.add(i))) };
+        names.push(name.to_string_lossy().into_owned());
+    }
+    // SAFETY: returned by ibv_get_device_list.
+    unsafe { ibv_free_device_list(list) };
+    Ok(names)
+}
+
+fn os_err(what: &str) -> TransportError {
+    TransportError::Io(std::io::Error::new(
+        std::io::Error::last_os_error().kind(),
+        format!("{what}: {}", std::io::Error::last_os_error()),
+    ))
+}
+
+/// An rdma_cm connection with its queue pair, protection domain and
+/// completion queue.
+struct Endpoint {
+    channel: *mut rdma_event_channel,
+    id: *mut rdma_cm_id,
+    cq: *mut ibv_cq,
+}
+
+// SAFETY: the verbs objects are used under the plane's mutex only.
+unsafe impl Send for Endpoint {}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        // SAFETY: each pointer is null or was created by us and is freed once.
+        unsafe {
+            if !self.id.is_null() {
+                if !(*self.id).qp.is_null() {
+                    rdma_disconnect(self.id);
+                    rdma_destroy_qp(self.id);
+                }
+                rdma_destroy_id(self.id);
+            }
+            if !self.cq.is_null() {
+                ibv_destroy_cq(self.cq);
+            }
+            if !self.channel.is_null() {
+                rdma_destroy_event_channel(self.channel);
+            }
+        }
+    }
+}
+
+/// Waits for the next rdma_cm event and checks it is `want`.
+fn expect_event(
+    channel: *mut rdma_event_channel,
+    want: rdma_cm_event_type::Type,
+) -> Result<(), TransportError> {
+    let mut ev: *mut rdma_cm_event = ptr::null_mut();
+    // SAFETY: channel is live; the event is acked below.
+    if unsafe { rdma_get_cm_event(channel, &mut ev) } != 0 {
+        return Err(os_err("rdma_get_cm_event"));
+    }
+    // SAFETY: a valid event until acked.
+    let (got, status) = unsafe { ((*ev).event, (*ev).status) };
+    // SAFETY: acknowledging the event we got.
+    unsafe { rdma_ack_cm_event(ev) };
+    if got != want {
+        return Err(TransportError::Unavailable(format!(
+            "rdma_cm: event {got} (status {status}), expected {want}"
+        )));
+    }
+    Ok(())
+}
+
+fn sockaddr_of(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in, sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            unsafe { ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in6, sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+impl Endpoint {
+    /// Resolves `peer`, creates an RC queue pair and connects.
+    fn connect(peer: SocketAddr, timeout: Duration) -> Result<Endpoint, TransportError> {
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: creating a fresh channel; Drop frees it.
+        let channel = unsafe { rdma_create_event_channel() };
+        if channel.is_null() {
+            return Err(os_err("rdma_create_event_channel"));
+        }
+        let mut ep = Endpoint {
+            channel,
+            id: ptr::null_mut(),
+            cq: ptr::null_mut(),
+        };
+        // SAFETY: channel is live; the id is destroyed in Drop.
+        if unsafe {
+            rdma_create_id(
+                channel,
+                &mut ep.id,
+                ptr::null_mut(),
+                rdma_port_space::RDMA_PS_TCP,
+            )
+        } != 0
+        {
+            return Err(os_err("rdma_create_id"));
+        }
+        let (mut dst, _) = sockaddr_of(peer);
+        // SAFETY: id is live; dst is a valid sockaddr for the call.
+        if unsafe {
+            rdma_resolve_addr(
+                ep.id,
+                ptr::null_mut(),
+                &mut dst as *mut _ as *mut libc::sockaddr,
+                ms,
+            )
+        } != 0
+        {
+            return Err(os_err("rdma_resolve_addr"));
+        }
+        expect_event(channel, rdma_cm_event_type::RDMA_CM_EVENT_ADDR_RESOLVED)?;
+        // SAFETY: id is live.
+        if unsafe { rdma_resolve_route(ep.id, ms) } != 0 {
+            return Err(os_err("rdma_resolve_route"));
+        }
+        expect_event(channel, rdma_cm_event_type::RDMA_CM_EVENT_ROUTE_RESOLVED)?;
+        // SAFETY: after route resolution the id has a verbs context.
+        let verbs = unsafe { (*ep.id).verbs };
+        // SAFETY: verbs is live; the CQ is destroyed in Drop.
+        ep.cq = unsafe { ibv_create_cq(verbs, 256, ptr::null_mut(), ptr::null_mut(), 0) };
+        if ep.cq.is_null() {
+            return Err(os_err("ibv_create_cq"));
+        }
+        // SAFETY: zeroed init attributes are valid; fields set below.
+        let mut init: ibv_qp_init_attr = unsafe { std::mem::zeroed() };
+        init.send_cq = ep.cq;
+        init.recv_cq = ep.cq;
+        init.qp_type = ibv_qp_type::IBV_QPT_RC;
+        init.cap.max_send_wr = 128;
+        init.cap.max_recv_wr = 1;
+        init.cap.max_send_sge = 1;
+        init.cap.max_recv_sge = 1;
+        // SAFETY: id is live; a null pd means the id's default pd.
+        if unsafe { rdma_create_qp(ep.id, ptr::null_mut(), &mut init) } != 0 {
+            return Err(os_err("rdma_create_qp"));
+        }
+        // SAFETY: zeroed connection parameters are valid; set below.
+        let mut param: rdma_conn_param = unsafe { std::mem::zeroed() };
+        param.initiator_depth = 16;
+        param.responder_resources = 16;
+        param.retry_count = 7;
+        // SAFETY: id has a QP now.
+        if unsafe { rdma_connect(ep.id, &mut param) } != 0 {
+            return Err(os_err("rdma_connect"));
+        }
+        expect_event(channel, rdma_cm_event_type::RDMA_CM_EVENT_ESTABLISHED)?;
+        Ok(ep)
+    }
+
+    /// Posts one signaled one-sided operation and waits for its completion.
+    fn one_sided(
+        &self,
+        opcode: ibv_wr_opcode::Type,
+        local: (u64, u32, u32),
+        remote: (u64, u32),
+    ) -> Result<(), TransportError> {
+        let mut sge = ibv_sge {
+            addr: local.0,
+            length: local.1,
+            lkey: local.2,
+        };
+        // SAFETY: zeroed work request is valid; fields set below.
+        let mut wr: ibv_send_wr = unsafe { std::mem::zeroed() };
+        wr.wr_id = 1;
+        wr.sg_list = &mut sge;
+        wr.num_sge = 1;
+        wr.opcode = opcode;
+        wr.send_flags = ibv_send_flags::IBV_SEND_SIGNALED.0;
+        wr.wr.rdma = rdma_t {
+            remote_addr: remote.0,
+            rkey: remote.1,
+        };
+        let mut bad: *mut ibv_send_wr = ptr::null_mut();
+        // SAFETY: the QP is connected; sge and wr outlive the call.
+        if unsafe { ibv_post_send((*self.id).qp, &mut wr, &mut bad) } != 0 {
+            return Err(os_err("ibv_post_send"));
+        }
+        // SAFETY: zeroed completion is valid.
+        let mut wc: ibv_wc = unsafe { std::mem::zeroed() };
+        loop {
+            // SAFETY: the CQ is live.
+            let n = unsafe { ibv_poll_cq(self.cq, 1, &mut wc) };
+            if n < 0 {
+                return Err(os_err("ibv_poll_cq"));
+            }
+            if n == 1 {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        if wc.status != ibv_wc_status::IBV_WC_SUCCESS {
+            return Err(TransportError::Protocol(format!(
+                "rdma completion status {}",
+                wc.status
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A memory region registered for this plane's client buffers.
+struct Mr(*mut ibv_mr);
+
+// SAFETY: an MR is an opaque handle.
+unsafe impl Send for Mr {}
+
+/// The client side: one connected queue pair to a server's arena.
+pub struct RdmaPlane {
+    ep: Mutex<Endpoint>,
+    remote: RemoteArena,
+    registry: Mutex<(Registry, Vec<Mr>)>,
+}
+
+impl std::fmt::Debug for RdmaPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RdmaPlane")
+            .field("remote", &self.remote)
+            .finish()
+    }
+}
+
+impl RdmaPlane {
+    /// Connects to the server's RDMA listener at `peer`, whose arena is
+    /// `remote`. Fails with "no RDMA device" on hosts without one.
+    pub fn connect(peer: SocketAddr, remote: RemoteArena) -> Result<RdmaPlane, TransportError> {
+        devices()?;
+        let ep = Endpoint::connect(peer, Duration::from_secs(2))?;
+        Ok(RdmaPlane {
+            ep: Mutex::new(ep),
+            remote,
+            registry: Mutex::new((Registry::default(), Vec::new())),
+        })
+    }
+
+    /// The local key for `buf`, registering the pages around it on first use.
+    fn lkey(&self, ep: &Endpoint, buf: *const u8, len: usize) -> Result<u32, TransportError> {
+        let mut reg = self.registry.lock();
+        if let Some(k) = reg.0.lookup(buf as u64, len as u64) {
+            return Ok(k);
+        }
+        let (start, size) = reg.0.gap_for(buf as u64, len as u64);
+        let access = (ibv_access_flags::IBV_ACCESS_LOCAL_WRITE
+            | ibv_access_flags::IBV_ACCESS_REMOTE_READ
+            | ibv_access_flags::IBV_ACCESS_REMOTE_WRITE)
+            .0 as i32;
+        // SAFETY: the id's pd is live; the range is the caller's memory.
+        let mr = unsafe { ibv_reg_mr((*ep.id).pd, start as *mut _, size as usize, access) };
+        if mr.is_null() {
+            return Err(os_err("ibv_reg_mr"));
+        }
+        // SAFETY: a valid MR.
+        let lkey = unsafe { (*mr).lkey };
+        let handle = reg.1.len();
+        reg.1.push(Mr(mr));
+        reg.0
+            .insert(start, size, lkey, handle)
+            .map_err(TransportError::Protocol)?;
+        reg.0
+            .lookup(buf as u64, len as u64)
+            .ok_or_else(|| TransportError::Protocol("buffer spans two registrations".into()))
+    }
+
+    fn transfer(
+        &self,
+        d: &Descriptor,
+        buf: *mut u8,
+        len: usize,
+        write: bool,
+    ) -> Result<(), TransportError> {
+        let remote = self.remote.address_of(d)?;
+        let ep = self.ep.lock();
+        let lkey = self.lkey(&ep, buf, len)?;
+        let op = if write {
+            ibv_wr_opcode::IBV_WR_RDMA_WRITE
+        } else {
+            ibv_wr_opcode::IBV_WR_RDMA_READ
+        };
+        // One work request moves at most 2^31 bytes.
+        let mut off = 0usize;
+        while off < len {
+            let n = (len - off).min(1 << 30);
+            ep.one_sided(
+                op,
+                (buf as u64 + off as u64, n as u32, lkey),
+                (remote + off as u64, self.remote.rkey),
+            )?;
+            off += n;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RdmaPlane {
+    fn drop(&mut self) {
+        for mr in self.registry.lock().1.drain(..) {
+            // SAFETY: registered by us, deregistered once.
+            unsafe { ibv_dereg_mr(mr.0) };
+        }
+    }
+}
+
+impl DataPlane for RdmaPlane {
+    fn kind(&self) -> Kind {
+        Kind::Rdma
+    }
+
+    async fn write(&self, blocks: &[(Descriptor, &[u8])]) -> Result<(), TransportError> {
+        check_lengths(Kind::Rdma, blocks.iter().map(|(d, b)| (d, b.len())))?;
+        for (d, b) in blocks {
+            self.transfer(d, b.as_ptr() as *mut u8, b.len(), true)?;
+        }
+        Ok(())
+    }
+
+    async fn read(&self, blocks: &mut [(Descriptor, &mut [u8])]) -> Result<(), TransportError> {
+        check_lengths(Kind::Rdma, blocks.iter().map(|(d, b)| (d, b.len())))?;
+        for (d, b) in blocks.iter_mut() {
+            self.transfer(d, b.as_mut_ptr(), b.len(), false)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_arenas_round_trip_and_bad_ones_are_refused() {
+        let a = RemoteArena {
+            base: 0x7f00_0000_1000,
+            rkey: 0xdead_beef,
+            size: 1 << 30,
+        };
+        assert_eq!(RemoteArena::decode(&a.encode()).unwrap(), a);
+        for bad in [
+            "",
+            "1:2",
+            "1:2:3:4",
+            "x:1:1",
+            "1:100000000:1",
+            "ffffffffffffffff:1:2",
+        ] {
+            assert!(RemoteArena::decode(bad).is_err(), "{bad}");
+        }
+        let d = Descriptor {
+            kind: Kind::Rdma,
+            offset: 4096,
+            len: 10,
+            token: 3,
+        };
+        assert_eq!(a.address_of(&d).unwrap(), a.base + 4096);
+        let far = Descriptor {
+            offset: a.size - 5,
+            ..d
+        };
+        assert!(a.address_of(&far).is_err());
+        let wrap = Descriptor {
+            offset: u64::MAX,
+            ..d
+        };
+        assert!(a.address_of(&wrap).is_err());
+    }
+
+    #[test]
+    fn the_registry_finds_covering_regions_and_refuses_overlaps() {
+        let mut r = Registry::default();
+        assert_eq!(r.lookup(0x1000, 1), None);
+        r.insert(0x1000, 0x2000, 7, 0).unwrap();
+        r.insert(0x8000, 0x1000, 9, 1).unwrap();
+        assert_eq!(r.lookup(0x1000, 0x2000), Some(7));
+        assert_eq!(r.lookup(0x2fff, 1), Some(7));
+        assert_eq!(r.lookup(0x2fff, 2), None, "runs past the region");
+        assert_eq!(r.lookup(0x8800, 0x100), Some(9));
+        assert_eq!(r.lookup(0x4000, 1), None);
+        assert_eq!(r.lookup(u64::MAX, 2), None);
+        assert!(r.insert(0x2000, 0x100, 1, 2).is_err());
+        assert!(r.insert(0x0, 0x1001, 1, 2).is_err());
+        assert!(r.insert(0x7000, 0x1001, 1, 2).is_err());
+        assert!(r.insert(0x5000, 0, 1, 2).is_err());
+        r.insert(0x3000, 0x5000, 8, 2).unwrap();
+        assert_eq!(r.len(), 3);
+        // A gap is widened to pages but stops at neighbours.
+        assert_eq!(r.gap_for(0x9100, 10), (0x9000, 0x1000));
+        let mut r2 = Registry::default();
+        r2.insert(0x1000, 0x1000, 1, 0).unwrap();
+        assert_eq!(r2.gap_for(0x2010, 0x10), (0x2000, 0x1000));
+        assert_eq!(r2.gap_for(0x0010, 0x10), (0x0, 0x1000));
+        assert_eq!(r.remove(0x1000), Some(0));
+        assert_eq!(r.lookup(0x1000, 1), None);
+        assert_eq!(r.remove(0x1000), None);
+    }
+
+    #[test]
+    fn without_a_device_discovery_and_connect_say_so() {
+        match devices() {
+            Ok(names) => {
+                // A host with RDMA: at least one named device.
+                assert!(!names.is_empty());
+                eprintln!("RDMA devices here: {names:?}");
+            }
+            Err(e) => {
+                assert!(matches!(e, TransportError::Unavailable(_)));
+                assert_eq!(e.to_string(), "no RDMA device");
+                let remote = RemoteArena {
+                    base: 0,
+                    rkey: 1,
+                    size: 4096,
+                };
+                let started = std::time::Instant::now();
+                let err = RdmaPlane::connect("127.0.0.1:1".parse().unwrap(), remote).unwrap_err();
+                assert_eq!(err.to_string(), "no RDMA device");
+                assert!(started.elapsed() < Duration::from_secs(5));
+            }
+        }
+    }
+
+    #[test]
+    fn connection_setup_errors_are_reported_not_hung() {
+        // Straight to rdma_cm (past the device check): with no device the
+        // address cannot resolve; with one, nothing listens on port 1.
+        let started = std::time::Instant::now();
+        let r = Endpoint::connect("127.0.0.1:1".parse().unwrap(), Duration::from_millis(500));
+        assert!(r.is_err());
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+}

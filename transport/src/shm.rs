@@ -1,0 +1,325 @@
+//! Shared memory for clients on the server's host.
+//!
+//! The server listens on a Unix socket; to each client that connects it sends
+//! one hello message carrying the arena's memfd (SCM_RIGHTS), the arena's id
+//! and its size, then closes. The client maps the memfd and from then on
+//! copies block bytes straight into and out of the arena at the offsets that
+//! `KV.RESERVE` and `KV.LOCATE` descriptors give: one copy, no socket.
+//!
+//! The client checks the id against the one the server reported over RESP,
+//! so a socket path that belongs to another server (or a stale file) is never
+//! used by mistake.
+
+use std::fs::File;
+use std::io::IoSliceMut;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::MmapRaw;
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+
+use crate::arena::Arena;
+use crate::{check_lengths, DataPlane, Descriptor, Kind, TransportError};
+
+const HELLO_MAGIC: &[u8; 4] = b"TPSH";
+const HELLO_VERSION: u32 = 1;
+const HELLO_LEN: usize = 24;
+
+fn hello(arena: &Arena) -> [u8; HELLO_LEN] {
+    let mut b = [0u8; HELLO_LEN];
+    b[..4].copy_from_slice(HELLO_MAGIC);
+    b[4..8].copy_from_slice(&HELLO_VERSION.to_le_bytes());
+    b[8..16].copy_from_slice(&arena.id().to_le_bytes());
+    b[16..24].copy_from_slice(&arena.size().to_le_bytes());
+    b
+}
+
+/// Hands the arena to every client that connects to `listener`, until the
+/// task is dropped.
+pub async fn serve(listener: tokio::net::UnixListener, arena: Arc<Arena>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                if let Err(e) = send_arena(&stream, &arena).await {
+                    tracing::debug!("shm hello failed: {e}");
+                }
+            }
+            Err(e) => {
+                tracing::warn!("shm socket accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn send_arena(stream: &tokio::net::UnixStream, arena: &Arena) -> std::io::Result<()> {
+    let msg = hello(arena);
+    let fds = [arena.fd().as_raw_fd()];
+    loop {
+        stream.writable().await?;
+        let iov = [std::io::IoSlice::new(&msg)];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        match sendmsg::<()>(
+            stream.as_raw_fd(),
+            &iov,
+            &cmsg,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(n) if n == HELLO_LEN => return Ok(()),
+            Ok(n) => return Err(std::io::Error::other(format!("short hello ({n} bytes)"))),
+            Err(nix::errno::Errno::EAGAIN) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A Unix socket listener for the arena at `path`, replacing a stale socket
+/// file left by an earlier run.
+pub fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    if path.exists() && UnixStream::connect(path).is_err() {
+        std::fs::remove_file(path)?;
+    }
+    tokio::net::UnixListener::bind(path)
+}
+
+/// The client side: the server's arena mapped into this process.
+#[derive(Debug)]
+pub struct ShmPlane {
+    map: MmapRaw,
+    size: u64,
+    id: u64,
+    path: PathBuf,
+}
+
+impl ShmPlane {
+    /// Connects to the server's shm socket, receives its arena and maps it.
+    /// `expect_id` is the arena id the server reported over RESP; a different
+    /// id means the socket belongs to another server.
+    pub fn connect(path: &Path, expect_id: u64) -> Result<ShmPlane, TransportError> {
+        let stream = UnixStream::connect(path).map_err(|e| {
+            TransportError::Unavailable(format!("shm socket {}: {e}", path.display()))
+        })?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        let mut buf = [0u8; HELLO_LEN];
+        let mut space = nix::cmsg_space!([RawFd; 1]);
+        let (n, fd) = {
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let msg = recvmsg::<()>(
+                stream.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .map_err(std::io::Error::from)?;
+            let mut fd = None;
+            for c in msg.cmsgs().map_err(std::io::Error::from)? {
+                if let ControlMessageOwned::ScmRights(fds) = c {
+                    for raw in fds {
+                        // SAFETY: the kernel just installed this descriptor for us.
+                        let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                        if fd.is_none() {
+                            fd = Some(owned);
+                        }
+                    }
+                }
+            }
+            (msg.bytes, fd)
+        };
+        if n != HELLO_LEN || &buf[..4] != HELLO_MAGIC {
+            return Err(TransportError::Protocol(format!(
+                "bad shm hello ({n} bytes) from {}",
+                path.display()
+            )));
+        }
+        let version = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
+        if version != HELLO_VERSION {
+            return Err(TransportError::Protocol(format!(
+                "shm hello version {version}, expected {HELLO_VERSION}"
+            )));
+        }
+        let id = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
+        let size = u64::from_le_bytes(buf[16..24].try_into().expect("8 bytes"));
+        if id != expect_id {
+            return Err(TransportError::Unavailable(format!(
+                "the shm socket {} belongs to another server (arena {id:x}, expected {expect_id:x})",
+                path.display()
+            )));
+        }
+        let fd = fd.ok_or_else(|| TransportError::Protocol("shm hello without a memfd".into()))?;
+        let file = File::from(fd);
+        let real = file.metadata()?.len();
+        if real < size {
+            return Err(TransportError::Protocol(format!(
+                "arena memfd of {real} bytes, announced {size}"
+            )));
+        }
+        let map = MmapRaw::map_raw(&file)?;
+        Ok(ShmPlane {
+            map,
+            size,
+            id,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The arena's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The arena's size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The socket this plane came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn at(&self, d: &Descriptor) -> Result<*mut u8, TransportError> {
+        let end = d.offset.checked_add(d.len);
+        if end.is_none_or(|e| e > self.size) {
+            return Err(TransportError::Descriptor(format!(
+                "[{}, +{}) is outside the arena of {} bytes",
+                d.offset, d.len, self.size
+            )));
+        }
+        // SAFETY: inside the mapping, checked above.
+        Ok(unsafe { self.map.as_mut_ptr().add(d.offset as usize) })
+    }
+
+    /// Copies `buf` into the arena at `d` (synchronously).
+    pub fn write_one(&self, d: &Descriptor, buf: &[u8]) -> Result<(), TransportError> {
+        check_lengths(Kind::Shm, std::iter::once((d, buf.len())))?;
+        let p = self.at(d)?;
+        // SAFETY: the range is inside the mapping; the server reserved it
+        // for this client and reads it only after KV.COMMIT.
+        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), p, buf.len()) };
+        Ok(())
+    }
+
+    /// Copies the block at `d` into `buf` (synchronously).
+    pub fn read_one(&self, d: &Descriptor, buf: &mut [u8]) -> Result<(), TransportError> {
+        check_lengths(Kind::Shm, std::iter::once((d, buf.len())))?;
+        let p = self.at(d)?;
+        // SAFETY: inside the mapping; the block is leased, so the server
+        // neither frees nor reuses it while the lease lives.
+        unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+}
+
+// SAFETY: the mapping is plain shared memory; all access goes through
+// copies into and out of ranges the server handed to this client.
+unsafe impl Send for ShmPlane {}
+// SAFETY: as above.
+unsafe impl Sync for ShmPlane {}
+
+impl DataPlane for ShmPlane {
+    fn kind(&self) -> Kind {
+        Kind::Shm
+    }
+
+    async fn write(&self, blocks: &[(Descriptor, &[u8])]) -> Result<(), TransportError> {
+        for (d, b) in blocks {
+            self.write_one(d, b)?;
+        }
+        Ok(())
+    }
+
+    async fn read(&self, blocks: &mut [(Descriptor, &mut [u8])]) -> Result<(), TransportError> {
+        for (d, b) in blocks.iter_mut() {
+            self.read_one(d, b)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sock(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("tp-shm-{}-{name}.sock", std::process::id()))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_maps_the_servers_arena() {
+        let arena = Arena::new(1 << 20).unwrap();
+        let path = sock("map");
+        let l = bind(&path).unwrap();
+        tokio::spawn(serve(l, arena.clone()));
+        let plane = {
+            let (p, id) = (path.clone(), arena.id());
+            tokio::task::spawn_blocking(move || ShmPlane::connect(&p, id))
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        assert_eq!(plane.size(), arena.size());
+        let blk = arena.alloc(5).unwrap();
+        let d = Descriptor {
+            kind: Kind::Shm,
+            offset: blk.offset(),
+            len: 5,
+            token: 1,
+        };
+        plane.write(&[(d, b"hello")]).await.unwrap();
+        assert_eq!(blk.as_ref(), b"hello");
+        let mut out = [0u8; 5];
+        plane.read(&mut [(d, &mut out[..])]).await.unwrap();
+        assert_eq!(&out, b"hello");
+        // Out of the arena, wrong length, wrong kind: refused.
+        let far = Descriptor {
+            offset: arena.size() - 2,
+            ..d
+        };
+        assert!(matches!(
+            plane.write_one(&far, b"hello"),
+            Err(TransportError::Descriptor(_))
+        ));
+        assert!(matches!(
+            plane.write_one(&d, b"hi"),
+            Err(TransportError::Length { .. })
+        ));
+        let tcp = Descriptor {
+            kind: Kind::Tcp,
+            ..d
+        };
+        assert!(matches!(
+            plane.write_one(&tcp, b"hello"),
+            Err(TransportError::Descriptor(_))
+        ));
+        let wrap = Descriptor {
+            offset: u64::MAX - 1,
+            ..d
+        };
+        assert!(plane.write_one(&wrap, b"hello").is_err());
+        // Another id: refused before mapping.
+        let p = path.clone();
+        let e = tokio::task::spawn_blocking(move || ShmPlane::connect(&p, 42))
+            .await
+            .unwrap();
+        assert!(matches!(e, Err(TransportError::Unavailable(_))));
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn no_socket_is_unavailable() {
+        let e = ShmPlane::connect(Path::new("/nonexistent/tidepool.sock"), 1).unwrap_err();
+        assert!(matches!(e, TransportError::Unavailable(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_file_is_replaced() {
+        let path = sock("stale");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let _l = bind(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+    }
+}

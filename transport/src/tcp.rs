@@ -1,0 +1,571 @@
+//! The TCP data port: the server's side ([`serve`]) and the client's
+//! ([`TcpPlane`]). Framing in [`crate::frame`].
+//!
+//! A client spreads a batch over several connections, cutting blocks larger
+//! than the stripe size into pieces, and sends each connection's pieces as
+//! large vectored writes (headers and block bytes in one `writev`). The
+//! server reads a write's bytes straight into the reservation's memory and
+//! writes a read's bytes straight from the stored block: no intermediate
+//! buffer on either side.
+
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::try_join_all;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::frame::{self, Op, Reply, Request, Status, REPLY_LEN, REQUEST_LEN};
+use crate::region::Inbound;
+use crate::{check_lengths, DataPlane, Descriptor, Kind, TransportError};
+
+/// How the server finds the memory a token names.
+pub trait Resolver: Send + Sync + 'static {
+    /// The open reservation `token` (a tcp one), if any.
+    fn inbound(&self, token: u64) -> Option<Arc<Inbound>>;
+    /// The located block `token`, if its lease is live.
+    fn outbound(&self, token: u64) -> Option<Bytes>;
+}
+
+/// Accepts data connections until the task is dropped.
+pub async fn serve(listener: TcpListener, resolver: Arc<dyn Resolver>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let r = resolver.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve_conn(stream, r).await {
+                        tracing::debug!(%peer, "data connection closed: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!("data port accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn reply(s: &mut TcpStream, status: Status, len: u64) -> std::io::Result<()> {
+    s.write_all(&Reply { status, len }.encode()).await
+}
+
+async fn serve_conn(mut s: TcpStream, r: Arc<dyn Resolver>) -> std::io::Result<()> {
+    s.set_nodelay(true)?;
+    let mut hdr = [0u8; REQUEST_LEN];
+    loop {
+        match s.read_exact(&mut hdr).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let req = match Request::decode(&hdr) {
+            Ok(req) => req,
+            Err(why) => {
+                reply(&mut s, Status::BadRequest, 0).await?;
+                return Err(std::io::Error::other(why));
+            }
+        };
+        match req.op {
+            Op::Write => {
+                let ib = r.inbound(req.token);
+                let claim = match &ib {
+                    Some(ib) => ib.claim(req.offset, req.len),
+                    None => Err(Status::UnknownToken),
+                };
+                let mut claim = match claim {
+                    Ok(c) => c,
+                    Err(status) => {
+                        // The refused bytes follow the header: read past them
+                        // so the stream stays in step, then answer.
+                        discard(&mut s, req.len).await?;
+                        reply(&mut s, status, 0).await?;
+                        continue;
+                    }
+                };
+                // Straight into the block's memory. On error the claim drops
+                // and nothing counts as written.
+                s.read_exact(claim.buf()).await?;
+                claim.complete();
+                reply(&mut s, Status::Ok, req.len).await?;
+            }
+            Op::Read => {
+                let Some(block) = r.outbound(req.token) else {
+                    reply(&mut s, Status::UnknownToken, 0).await?;
+                    continue;
+                };
+                let range = req
+                    .offset
+                    .checked_add(req.len)
+                    .filter(|end| *end <= block.len() as u64)
+                    .map(|end| req.offset as usize..end as usize);
+                let Some(range) = range else {
+                    reply(&mut s, Status::OutOfRange, 0).await?;
+                    continue;
+                };
+                let head = Reply {
+                    status: Status::Ok,
+                    len: req.len,
+                }
+                .encode();
+                let mut iov = [IoSlice::new(&head), IoSlice::new(&block[range])];
+                write_all_vectored(&mut s, &mut iov).await?;
+            }
+        }
+    }
+}
+
+/// Reads and drops `len` bytes.
+async fn discard(s: &mut TcpStream, mut len: u64) -> std::io::Result<()> {
+    let mut scratch = vec![0u8; (64 << 10).min(len as usize)];
+    while len > 0 {
+        let n = (len as usize).min(scratch.len());
+        s.read_exact(&mut scratch[..n]).await?;
+        len -= n as u64;
+    }
+    Ok(())
+}
+
+/// Writes every slice, resubmitting after short writes.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut bufs: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
+    while !bufs.is_empty() {
+        let n = w.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}
+
+/// Settings of a client's TCP data plane.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpOptions {
+    /// Parallel connections. Default 4.
+    pub connections: usize,
+    /// Blocks larger than this are cut into pieces sent over several
+    /// connections. Default 1 MiB.
+    pub stripe: usize,
+}
+
+impl Default for TcpOptions {
+    fn default() -> Self {
+        TcpOptions {
+            connections: 4,
+            stripe: 1 << 20,
+        }
+    }
+}
+
+/// The client side of the TCP data port: a few connections, used together.
+#[derive(Debug)]
+pub struct TcpPlane {
+    addr: SocketAddr,
+    opts: TcpOptions,
+    conns: Vec<tokio::sync::Mutex<Option<TcpStream>>>,
+}
+
+/// Most iovecs handed to one `writev` (the kernel's limit is 1024).
+const MAX_IOV: usize = 64;
+
+impl TcpPlane {
+    /// Connects to the data port at `addr`.
+    pub async fn connect(addr: SocketAddr, opts: TcpOptions) -> Result<TcpPlane, TransportError> {
+        let n = opts.connections.max(1);
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            conns.push(tokio::sync::Mutex::new(Some(dial(addr).await?)));
+        }
+        Ok(TcpPlane {
+            addr,
+            opts: TcpOptions {
+                connections: n,
+                stripe: opts.stripe.max(4096),
+            },
+            conns,
+        })
+    }
+
+    /// The data port's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sends one lane of writes on connection `i`.
+    async fn lane_writes(&self, i: usize, lane: Vec<Piece<&[u8]>>) -> Result<(), TransportError> {
+        let mut slot = self.conns[i].lock().await;
+        let out = match connected(&mut slot, self.addr).await {
+            Ok(s) => send_writes(s, &lane).await,
+            Err(e) => Err(e),
+        };
+        if out.is_err() {
+            // The stream's position is unknown: start afresh next time.
+            *slot = None;
+        }
+        out
+    }
+
+    /// Sends one lane of reads on connection `i`.
+    async fn lane_reads(
+        &self,
+        i: usize,
+        mut lane: Vec<Piece<&mut [u8]>>,
+    ) -> Result<(), TransportError> {
+        let mut slot = self.conns[i].lock().await;
+        let out = match connected(&mut slot, self.addr).await {
+            Ok(s) => send_reads(s, &mut lane).await,
+            Err(e) => Err(e),
+        };
+        if out.is_err() {
+            *slot = None;
+        }
+        out
+    }
+}
+
+/// The stream in `slot`, reconnecting when an earlier error closed it.
+async fn connected(
+    slot: &mut Option<TcpStream>,
+    addr: SocketAddr,
+) -> Result<&mut TcpStream, TransportError> {
+    if slot.is_none() {
+        *slot = Some(dial(addr).await?);
+    }
+    Ok(slot.as_mut().expect("connected above"))
+}
+
+async fn dial(addr: SocketAddr) -> Result<TcpStream, TransportError> {
+    let s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// One piece of a block: its token, offset in the block, and bytes.
+struct Piece<B> {
+    token: u64,
+    offset: u64,
+    buf: B,
+}
+
+/// Cuts blocks into pieces of at most `stripe` bytes and deals them to `n`
+/// connections, balancing bytes.
+fn deal<B>(pieces: Vec<Piece<B>>, n: usize, len: impl Fn(&B) -> usize) -> Vec<Vec<Piece<B>>> {
+    let mut lanes: Vec<(usize, Vec<Piece<B>>)> = (0..n).map(|_| (0, Vec::new())).collect();
+    for p in pieces {
+        let lane = lanes
+            .iter_mut()
+            .min_by_key(|(bytes, _)| *bytes)
+            .expect("n >= 1");
+        lane.0 += len(&p.buf).max(1);
+        lane.1.push(p);
+    }
+    lanes.into_iter().map(|(_, v)| v).collect()
+}
+
+fn check_reply(b: &[u8; REPLY_LEN], want: u64) -> Result<(), TransportError> {
+    let r = Reply::decode(b).map_err(TransportError::Protocol)?;
+    if r.status != Status::Ok {
+        return Err(TransportError::Refused(r.status));
+    }
+    if r.len != want {
+        return Err(TransportError::Protocol(format!(
+            "reply for {} bytes to a request of {want}",
+            r.len
+        )));
+    }
+    Ok(())
+}
+
+async fn send_writes(s: &mut TcpStream, pieces: &[Piece<&[u8]>]) -> Result<(), TransportError> {
+    let headers: Vec<[u8; REQUEST_LEN]> = pieces
+        .iter()
+        .map(|p| {
+            Request {
+                op: Op::Write,
+                token: p.token,
+                offset: p.offset,
+                len: p.buf.len() as u64,
+            }
+            .encode()
+        })
+        .collect();
+    for (hs, ps) in headers.chunks(MAX_IOV / 2).zip(pieces.chunks(MAX_IOV / 2)) {
+        let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(hs.len() * 2);
+        for (h, p) in hs.iter().zip(ps) {
+            iov.push(IoSlice::new(h));
+            iov.push(IoSlice::new(p.buf));
+        }
+        write_all_vectored(s, &mut iov).await?;
+    }
+    let mut rb = [0u8; REPLY_LEN];
+    for p in pieces {
+        s.read_exact(&mut rb).await?;
+        check_reply(&rb, p.buf.len() as u64)?;
+    }
+    Ok(())
+}
+
+async fn send_reads(
+    s: &mut TcpStream,
+    pieces: &mut [Piece<&mut [u8]>],
+) -> Result<(), TransportError> {
+    let mut headers = Vec::with_capacity(pieces.len() * REQUEST_LEN);
+    for p in pieces.iter() {
+        headers.extend_from_slice(
+            &Request {
+                op: Op::Read,
+                token: p.token,
+                offset: p.offset,
+                len: p.buf.len() as u64,
+            }
+            .encode(),
+        );
+    }
+    s.write_all(&headers).await?;
+    let mut rb = [0u8; REPLY_LEN];
+    for p in pieces.iter_mut() {
+        s.read_exact(&mut rb).await?;
+        check_reply(&rb, p.buf.len() as u64)?;
+        // Straight into the caller's buffer.
+        s.read_exact(p.buf).await?;
+    }
+    Ok(())
+}
+
+impl DataPlane for TcpPlane {
+    fn kind(&self) -> Kind {
+        Kind::Tcp
+    }
+
+    async fn write(&self, blocks: &[(Descriptor, &[u8])]) -> Result<(), TransportError> {
+        check_lengths(Kind::Tcp, blocks.iter().map(|(d, b)| (d, b.len())))?;
+        let mut pieces = Vec::new();
+        for (d, buf) in blocks {
+            let mut off = 0;
+            loop {
+                let end = (off + self.opts.stripe).min(buf.len());
+                pieces.push(Piece {
+                    token: d.token,
+                    offset: off as u64,
+                    buf: &buf[off..end],
+                });
+                off = end;
+                if off >= buf.len() {
+                    break;
+                }
+            }
+        }
+        let lanes = deal(pieces, self.conns.len(), |b| b.len());
+        let lanes = lanes.into_iter().enumerate().filter(|(_, l)| !l.is_empty());
+        try_join_all(lanes.map(|(i, lane)| self.lane_writes(i, lane))).await?;
+        Ok(())
+    }
+
+    async fn read(&self, blocks: &mut [(Descriptor, &mut [u8])]) -> Result<(), TransportError> {
+        check_lengths(Kind::Tcp, blocks.iter().map(|(d, b)| (d, b.len())))?;
+        let stripe = self.opts.stripe;
+        let mut pieces = Vec::new();
+        for (d, buf) in blocks.iter_mut() {
+            let mut rest: &mut [u8] = buf;
+            let mut off = 0u64;
+            loop {
+                let take = stripe.min(rest.len());
+                let (head, tail) = std::mem::take(&mut rest).split_at_mut(take);
+                pieces.push(Piece {
+                    token: d.token,
+                    offset: off,
+                    buf: head,
+                });
+                off += take as u64;
+                rest = tail;
+                if rest.is_empty() {
+                    break;
+                }
+            }
+        }
+        let lanes = deal(pieces, self.conns.len(), |b| b.len());
+        let lanes = lanes.into_iter().enumerate().filter(|(_, l)| !l.is_empty());
+        try_join_all(lanes.map(|(i, lane)| self.lane_reads(i, lane))).await?;
+        Ok(())
+    }
+}
+
+impl From<frame::Status> for TransportError {
+    fn from(s: frame::Status) -> Self {
+        TransportError::Refused(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+    use std::collections::HashMap;
+
+    /// A resolver over two maps, as the server's reservation table would be.
+    #[derive(Default)]
+    struct Table {
+        inbound: Mutex<HashMap<u64, Arc<Inbound>>>,
+        outbound: Mutex<HashMap<u64, Bytes>>,
+    }
+
+    impl Resolver for Table {
+        fn inbound(&self, token: u64) -> Option<Arc<Inbound>> {
+            self.inbound.lock().get(&token).cloned()
+        }
+        fn outbound(&self, token: u64) -> Option<Bytes> {
+            self.outbound.lock().get(&token).cloned()
+        }
+    }
+
+    async fn start() -> (Arc<Table>, SocketAddr) {
+        let table = Arc::new(Table::default());
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(serve(l, table.clone()));
+        (table, addr)
+    }
+
+    fn desc(token: u64, len: usize) -> Descriptor {
+        Descriptor {
+            kind: Kind::Tcp,
+            offset: 0,
+            len: len as u64,
+            token,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn striped_writes_and_reads_move_every_byte() {
+        let (table, addr) = start().await;
+        let plane = TcpPlane::connect(
+            addr,
+            TcpOptions {
+                connections: 3,
+                stripe: 5000,
+            },
+        )
+        .await
+        .unwrap();
+        let sizes = [0usize, 1, 4096, 12_345, 100_000];
+        let data: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (0..*n).map(|j| (i * 31 + j * 7) as u8).collect())
+            .collect();
+        let mut blocks = Vec::new();
+        for (i, d) in data.iter().enumerate() {
+            let ib = Arc::new(Inbound::new(crate::Region::alloc(None, d.len())));
+            table.inbound.lock().insert(i as u64 + 1, ib);
+            blocks.push((desc(i as u64 + 1, d.len()), &d[..]));
+        }
+        plane.write(&blocks).await.unwrap();
+        for (i, d) in data.iter().enumerate() {
+            let ib = table.inbound.lock().remove(&(i as u64 + 1)).unwrap();
+            let bytes = ib.seal(true).unwrap().into_bytes();
+            assert_eq!(&bytes[..], &d[..]);
+            table.outbound.lock().insert(100 + i as u64, bytes);
+        }
+        let mut bufs: Vec<Vec<u8>> = sizes.iter().map(|n| vec![0xEE; *n]).collect();
+        let mut reads: Vec<(Descriptor, &mut [u8])> = bufs
+            .iter_mut()
+            .enumerate()
+            .map(|(i, b)| (desc(100 + i as u64, b.len()), &mut b[..]))
+            .collect();
+        plane.read(&mut reads).await.unwrap();
+        assert_eq!(bufs, data);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refusals_are_reported_and_the_plane_recovers() {
+        let (table, addr) = start().await;
+        let plane = TcpPlane::connect(addr, TcpOptions::default())
+            .await
+            .unwrap();
+        // Unknown token: refused, and the connection stays usable.
+        let e = plane.write(&[(desc(9, 3), b"abc")]).await.unwrap_err();
+        assert!(
+            matches!(e, TransportError::Refused(Status::UnknownToken)),
+            "{e}"
+        );
+        let mut buf = [0u8; 3];
+        let e = plane
+            .read(&mut [(desc(9, 3), &mut buf[..])])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, TransportError::Refused(Status::UnknownToken)),
+            "{e}"
+        );
+        // Length mismatch is caught before anything is sent.
+        let e = plane.write(&[(desc(9, 4), b"abc")]).await.unwrap_err();
+        assert!(matches!(e, TransportError::Length { .. }), "{e}");
+        // A range written twice is refused.
+        let ib = Arc::new(Inbound::new(crate::Region::alloc(None, 3)));
+        table.inbound.lock().insert(5, ib.clone());
+        plane.write(&[(desc(5, 3), b"xyz")]).await.unwrap();
+        let e = plane.write(&[(desc(5, 3), b"xyz")]).await.unwrap_err();
+        assert!(matches!(e, TransportError::Refused(Status::Overlap)), "{e}");
+        assert_eq!(&ib.seal(true).unwrap().into_bytes()[..], b"xyz");
+        // A short outbound block: out of range, and the connection goes on.
+        table.outbound.lock().insert(6, Bytes::from_static(b"ab"));
+        let e = plane
+            .read(&mut [(desc(6, 3), &mut buf[..])])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, TransportError::Refused(Status::OutOfRange)),
+            "{e}"
+        );
+        let mut two = [0u8; 2];
+        plane.read(&mut [(desc(6, 2), &mut two[..])]).await.unwrap();
+        assert_eq!(&two, b"ab");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_that_vanishes_mid_block_writes_nothing() {
+        let (table, addr) = start().await;
+        let ib = Arc::new(Inbound::new(crate::Region::alloc(None, 1 << 20)));
+        table.inbound.lock().insert(1, ib.clone());
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let h = Request {
+            op: Op::Write,
+            token: 1,
+            offset: 0,
+            len: 1 << 20,
+        };
+        s.write_all(&h.encode()).await.unwrap();
+        s.write_all(&vec![1u8; 300_000]).await.unwrap();
+        drop(s);
+        // The server notices the close and releases the claim.
+        for _ in 0..200 {
+            if ib.seal(false).is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(ib.written(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn garbage_on_the_data_port_is_answered_and_closed() {
+        let (_table, addr) = start().await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&[0x55u8; 64]).await.unwrap();
+        let mut rb = [0u8; REPLY_LEN];
+        s.read_exact(&mut rb).await.unwrap();
+        assert_eq!(Reply::decode(&rb).unwrap().status, Status::BadRequest);
+        // Then the server closes (a reset when our unread bytes remain).
+        let mut rest = Vec::new();
+        match s.read_to_end(&mut rest).await {
+            Ok(_) => assert!(rest.is_empty()),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+        }
+    }
+}
