@@ -1,5 +1,8 @@
 //! `tidepool-bench`: benchmarks that need more than redis-benchmark.
 //!
+//! `tidepool-bench data`: block throughput over each data plane against
+//! Redis, iperf3 and memcpy (see [`data`]).
+//!
 //! `tidepool-bench match`: how fast a router learns the cached prefix of a
 //! 256-block chain. tidepool answers with one `KV.MATCH`; a Redis user today
 //! sends a pipeline of 256 `EXISTS` (as LMCache's Redis connector and llm-d do)
@@ -16,6 +19,7 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use tidepool_client::{chain_keys, Client};
 
+mod data;
 mod sim;
 
 #[derive(Parser)]
@@ -38,6 +42,37 @@ enum Cmd {
         /// Use only the first N requests.
         #[arg(long)]
         limit: Option<usize>,
+    },
+    /// Block put/get throughput: inline RESP, tcp and shm data planes, Redis
+    /// SET/GET, with iperf3 and memcpy as ceilings, side by side.
+    Data {
+        /// Block sizes.
+        #[arg(long, value_delimiter = ',', default_value = "64KiB,1MiB,4MiB")]
+        sizes: Vec<bytesize::ByteSize>,
+        /// Bytes moved per cell and direction.
+        #[arg(long, default_value = "512MiB")]
+        total: bytesize::ByteSize,
+        /// Bytes per call (batch).
+        #[arg(long, default_value = "32MiB")]
+        batch: bytesize::ByteSize,
+        /// Runs (alternating); medians are reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// tidepool planes to measure: inline, tcp, shm (Redis always runs).
+        #[arg(long, value_delimiter = ',', default_value = "inline,tcp,shm")]
+        ways: Vec<String>,
+        /// Parallel connections of the tcp data plane.
+        #[arg(long, default_value_t = tidepool_client::TcpOptions::default().connections)]
+        tcp_connections: usize,
+        /// Stripe size of the tcp data plane.
+        #[arg(long, default_value = "1MiB")]
+        tcp_stripe: bytesize::ByteSize,
+        /// tidepool-server binary.
+        #[arg(long, default_value = "target/release/tidepool-server")]
+        server: String,
+        /// Write the results as JSON here too.
+        #[arg(long)]
+        json: Option<String>,
     },
     /// KV.MATCH of a chain against a pipeline of EXISTS, side by side.
     Match {
@@ -310,6 +345,29 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Data {
+            sizes,
+            total,
+            batch,
+            runs,
+            tcp_connections,
+            tcp_stripe,
+            ways,
+            server,
+            json,
+        } => rt.block_on(data::bench_data(data::DataArgs {
+            ways,
+            tcp: tidepool_client::TcpOptions {
+                connections: tcp_connections,
+                stripe: tcp_stripe.as_u64() as usize,
+            },
+            sizes: sizes.iter().map(|s| s.as_u64()).collect(),
+            total: total.as_u64(),
+            batch: batch.as_u64(),
+            runs: runs.max(1),
+            server,
+            json,
+        })),
         Cmd::Match {
             chain,
             stored,

@@ -10,6 +10,11 @@ use tokio::sync::Mutex;
 use crate::conn::Conn;
 use crate::data::{self, Plane, Reserved, ServerPlanes};
 use crate::{ClientError, ClientOptions, PlaneChoice};
+use tidepool_transport::Descriptor;
+
+/// Bytes moved over the data plane before their blocks are committed (while
+/// the next group moves).
+const COMMIT_GROUP: usize = 1 << 20;
 
 /// Options of one put.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -199,6 +204,16 @@ impl Client {
         check(self.one(args).await?)
     }
 
+    /// Sends commands (name first) in one pipeline and returns their reply
+    /// frames, in order (error replies stay frames: one failing command does
+    /// not hide the others).
+    pub async fn pipeline_frames(
+        &self,
+        cmds: &[Vec<Bytes>],
+    ) -> Result<Vec<BytesFrame>, ClientError> {
+        self.pipeline(cmds).await
+    }
+
     /// Sends commands (name first) in one pipeline and returns their integer
     /// replies, in order (for EXISTS-style batches).
     pub async fn pipeline_ints(&self, cmds: &[Vec<Bytes>]) -> Result<Vec<i64>, ClientError> {
@@ -302,34 +317,107 @@ impl Client {
                 Reserved::Err(e) => results.push(Some(Err(e))),
             }
         }
-        let tokens: Vec<Bytes> = writes.iter().map(|(d, _)| num(d.token)).collect();
-        if tokens.is_empty() {
+        if writes.is_empty() {
             return Ok(results
                 .into_iter()
                 .map(|r| r.expect("no reservations"))
                 .collect());
         }
-        if let Err(e) = plane.write(&writes).await {
-            let mut abort = vec![b("KV.ABORT")];
-            abort.extend(tokens);
-            let _ = self.one(abort).await;
-            return Err(e.into());
+        // Move the bytes in groups of about COMMIT_GROUP, committing each
+        // group while the next one moves: the server checksums and indexes
+        // one group as the next arrives. Commits go in order, so a chain's
+        // parents are always in before their children.
+        let mut groups: Vec<&[(Descriptor, &[u8])]> = Vec::new();
+        let mut rest = &writes[..];
+        while !rest.is_empty() {
+            let mut bytes = 0;
+            let n = rest
+                .iter()
+                .take_while(|(_, v)| {
+                    let take = bytes < COMMIT_GROUP;
+                    bytes += v.len();
+                    take
+                })
+                .count();
+            let (g, r) = rest.split_at(n.max(1));
+            groups.push(g);
+            rest = r;
         }
-        let mut commit = vec![b("KV.COMMIT")];
-        let n = tokens.len();
-        commit.extend(tokens);
-        let reply = self.one(commit).await?;
-        let mut committed = if n == 1 { vec![reply] } else { array(reply)? }.into_iter();
+        let mut committed: Vec<Result<(), ClientError>> = Vec::with_capacity(writes.len());
+        let mut pending: Option<&[(Descriptor, &[u8])]> = None;
+        for (i, g) in groups.iter().enumerate() {
+            let moved = match pending.take() {
+                Some(prev) => {
+                    let (done, moved) = self.commit_group_during(prev, plane.write(g)).await;
+                    committed.extend(done?);
+                    moved
+                }
+                None => plane.write(g).await,
+            };
+            if let Err(e) = moved {
+                // Nothing of this group or later ones is committed.
+                let mut abort = vec![b("KV.ABORT")];
+                abort.extend(
+                    groups[i..]
+                        .iter()
+                        .flat_map(|g| g.iter().map(|(d, _)| num(d.token))),
+                );
+                let _ = self.one(abort).await;
+                return Err(e.into());
+            }
+            pending = Some(g);
+        }
+        if let Some(last) = pending {
+            committed.extend(self.commit_group(last).await?);
+        }
+        let mut committed = committed.into_iter();
         Ok(results
             .into_iter()
             .map(|r| match r {
                 Some(r) => r,
-                None => committed.next().map_or_else(
-                    || Err(ClientError::Unexpected("missing commit reply".into())),
-                    |f| check(f).map(|_| ()),
-                ),
+                None => committed
+                    .next()
+                    .unwrap_or_else(|| Err(ClientError::Unexpected("missing commit reply".into()))),
             })
             .collect())
+    }
+
+    /// KV.COMMIT of a group of written reservations: one result per block.
+    async fn commit_group(
+        &self,
+        group: &[(Descriptor, &[u8])],
+    ) -> Result<Vec<Result<(), ClientError>>, ClientError> {
+        self.commit_group_during(group, async {}).await.0
+    }
+
+    /// Sends the KV.COMMIT of `group`, runs `during` while the server works
+    /// on it, then reads the reply.
+    async fn commit_group_during<T>(
+        &self,
+        group: &[(Descriptor, &[u8])],
+        during: impl std::future::Future<Output = T>,
+    ) -> (Result<Vec<Result<(), ClientError>>, ClientError>, T) {
+        let mut commit = vec![b("KV.COMMIT")];
+        commit.extend(group.iter().map(|(d, _)| num(d.token)));
+        let i = self.next.fetch_add(1, Relaxed) % self.conns.len();
+        let mut conn = self.conns[i].lock().await;
+        if let Err(e) = conn.send(&[commit]).await {
+            return (Err(e), during.await);
+        }
+        let out = during.await;
+        let reply = match conn.recv(1).await {
+            Ok(mut v) => v.pop().expect("one reply"),
+            Err(e) => return (Err(e), out),
+        };
+        let frames = if group.len() == 1 {
+            Ok(vec![reply])
+        } else {
+            array(reply)
+        };
+        (
+            frames.map(|f| f.into_iter().map(|f| check(f).map(|_| ())).collect()),
+            out,
+        )
     }
 
     /// Stores a chain (each block's parent is the one before it; the first's is

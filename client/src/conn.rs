@@ -31,6 +31,12 @@ impl Conn {
         &mut self,
         cmds: &[Vec<Bytes>],
     ) -> Result<Vec<BytesFrame>, ClientError> {
+        self.send(cmds).await?;
+        self.recv(cmds.len()).await
+    }
+
+    /// Writes the commands without waiting for their replies.
+    pub(crate) async fn send(&mut self, cmds: &[Vec<Bytes>]) -> Result<(), ClientError> {
         let mut chunks: Vec<Bytes> = Vec::new();
         let mut cur = BytesMut::new();
         let mut n = itoa::Buffer::new();
@@ -53,8 +59,13 @@ impl Conn {
         }
         chunks.push(cur.freeze());
         write_all_chunks(&mut self.stream, &chunks).await?;
-        let mut out = Vec::with_capacity(cmds.len());
-        while out.len() < cmds.len() {
+        Ok(())
+    }
+
+    /// Reads `n` replies.
+    pub(crate) async fn recv(&mut self, n: usize) -> Result<Vec<BytesFrame>, ClientError> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
             match decode_bytes_mut(&mut self.rbuf)
                 .map_err(|e| ClientError::Protocol(e.to_string()))?
             {

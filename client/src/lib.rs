@@ -31,6 +31,8 @@ mod error;
 pub use client::{Client, Match, PutOptions, Stats};
 pub use data::{ClientOptions, PlaneChoice};
 pub use error::ClientError;
+/// A decoded RESP2 reply, as [`Client::command`] returns it.
+pub use redis_protocol::resp2::types::BytesFrame as Frame;
 pub use tidepool_transport::tcp::TcpOptions;
 
 use bytes::Bytes;

@@ -147,7 +147,8 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
 /// Settings of a client's TCP data plane.
 #[derive(Debug, Clone, Copy)]
 pub struct TcpOptions {
-    /// Parallel connections. Default 4.
+    /// Parallel connections. Default: one per two cores, at most 4 (a
+    /// connection's transfers already keep one core copying on each side).
     pub connections: usize,
     /// Blocks larger than this are cut into pieces sent over several
     /// connections. Default 1 MiB.
@@ -156,8 +157,9 @@ pub struct TcpOptions {
 
 impl Default for TcpOptions {
     fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         TcpOptions {
-            connections: 4,
+            connections: (cores / 2).clamp(1, 4),
             stripe: 1 << 20,
         }
     }

@@ -1,0 +1,342 @@
+//! `tidepool-bench data`: block put and get throughput over each way bytes can
+//! travel (inline RESP, the TCP data port, shared memory), with Redis SET/GET
+//! of the same blocks, `iperf3 -l 1M` on loopback and a plain memcpy measured
+//! in the same run as the ceilings.
+//!
+//! Each cell writes `total` bytes of blocks of one size in batches (one
+//! `put_many` / `get_many_into` call per batch, a pipeline of SET / GET for
+//! Redis), on a freshly flushed server, then reads them back into caller
+//! buffers. Runs alternate between the systems; medians are reported.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use tidepool_client::{Client, ClientOptions, PlaneChoice};
+
+use crate::{free_port, median, wait_up, Proc};
+
+/// One way of moving blocks.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Way {
+    Inline,
+    Tcp,
+    Shm,
+    Redis,
+}
+
+impl Way {
+    fn name(self) -> &'static str {
+        match self {
+            Way::Inline => "tidepool inline RESP (KV.MPUT / KV.MGET)",
+            Way::Tcp => "tidepool tcp data plane",
+            Way::Shm => "tidepool shm data plane",
+            Way::Redis => "redis SET / GET, pipelined",
+        }
+    }
+}
+
+/// Settings of the data bench.
+pub struct DataArgs {
+    /// Block sizes.
+    pub sizes: Vec<u64>,
+    /// Bytes moved per cell and direction.
+    pub total: u64,
+    /// Bytes per batch (one call).
+    pub batch: u64,
+    /// Alternating runs.
+    pub runs: usize,
+    /// Settings of the tcp data plane.
+    pub tcp: tidepool_client::TcpOptions,
+    /// Which tidepool planes to measure (redis always runs: it is the
+    /// reference of every ratio).
+    pub ways: Vec<String>,
+    /// tidepool-server binary.
+    pub server: String,
+    /// Also write JSON here.
+    pub json: Option<String>,
+}
+
+fn gbs(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / 1e9
+}
+
+fn pattern(n: usize, seed: usize) -> Bytes {
+    (0..n)
+        .map(|i| (i.wrapping_mul(31) ^ seed) as u8)
+        .collect::<Vec<_>>()
+        .into()
+}
+
+/// Puts then gets `blocks` once; returns (put GB/s, get GB/s).
+async fn one_cell(
+    c: &Client,
+    way: Way,
+    blocks: &[(Bytes, Bytes)],
+    per_batch: usize,
+    bufs: &mut [Vec<u8>],
+) -> anyhow::Result<(f64, f64)> {
+    let total: u64 = blocks.iter().map(|(_, v)| v.len() as u64).sum();
+    c.command(vec![Bytes::from_static(b"FLUSHALL")]).await?;
+    let t = Instant::now();
+    for batch in blocks.chunks(per_batch) {
+        if way == Way::Redis {
+            let cmds: Vec<Vec<Bytes>> = batch
+                .iter()
+                .map(|(k, v)| vec![Bytes::from_static(b"SET"), k.clone(), v.clone()])
+                .collect();
+            for f in c.pipeline_frames(&cmds).await? {
+                anyhow::ensure!(!matches!(f, redis_frame::Error(_)), "SET failed: {f:?}");
+            }
+        } else {
+            for r in c.put_many(batch, false, None).await? {
+                r?;
+            }
+        }
+    }
+    let put = gbs(total, t.elapsed());
+    let t = Instant::now();
+    for (batch, bufs) in blocks.chunks(per_batch).zip(bufs.chunks_mut(per_batch)) {
+        let keys: Vec<Bytes> = batch.iter().map(|(k, _)| k.clone()).collect();
+        if way == Way::Redis {
+            let cmds: Vec<Vec<Bytes>> = keys
+                .iter()
+                .map(|k| vec![Bytes::from_static(b"GET"), k.clone()])
+                .collect();
+            for (f, (_, v)) in c.pipeline_frames(&cmds).await?.into_iter().zip(batch) {
+                match f {
+                    redis_frame::BulkString(b) => anyhow::ensure!(b.len() == v.len()),
+                    other => anyhow::bail!("GET answered {other:?}"),
+                }
+            }
+        } else {
+            let mut views: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
+            let got = c.get_many_into(&keys, &mut views).await?;
+            anyhow::ensure!(got.iter().all(|g| g.is_some()), "a block went missing");
+        }
+    }
+    let get = gbs(total, t.elapsed());
+    Ok((put, get))
+}
+
+use tidepool_client::Frame as redis_frame;
+
+/// memcpy of the same blocks into a destination working set as large as the
+/// cell (the shm put's work without the protocol): GB/s.
+fn memcpy_rate(blocks: &[(Bytes, Bytes)]) -> f64 {
+    let total: usize = blocks.iter().map(|(_, v)| v.len()).sum();
+    let mut dst = vec![1u8; total];
+    let t = Instant::now();
+    let mut off = 0;
+    for (_, v) in blocks {
+        dst[off..off + v.len()].copy_from_slice(v);
+        off += v.len();
+    }
+    let rate = gbs(total as u64, t.elapsed());
+    std::hint::black_box(&dst);
+    rate
+}
+
+/// `iperf3 -l 1M` over loopback for 3 s: GB/s, or why not.
+fn iperf3() -> Result<f64, String> {
+    let port = free_port().map_err(|e| e.to_string())?;
+    let _srv = Proc(
+        Command::new("iperf3")
+            .args(["-s", "-1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("iperf3 not runnable ({e}); apt-get install iperf3"))?,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let out = Command::new("iperf3")
+        .args([
+            "-c",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-l",
+            "1M",
+            "-t",
+            "3",
+            "-J",
+        ])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let j: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("iperf3 output: {e}"))?;
+    j["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|b| b / 8e9)
+        .ok_or_else(|| "iperf3 gave no rate".into())
+}
+
+/// Runs the bench and prints the table.
+pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
+    let tp_port = free_port()?;
+    let rd_port = free_port()?;
+    let dram = (a.total * 2).max(1 << 30);
+    let _tp = Proc(
+        Command::new(&a.server)
+            .args(["--port", &tp_port.to_string(), "--dram", &dram.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {} (cargo build --release)", a.server))?,
+    );
+    let _rd = Proc(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &rd_port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting redis-server (apt-get install redis-server)")?,
+    );
+    wait_up(tp_port).await?;
+    wait_up(rd_port).await?;
+    let tp_addr = format!("127.0.0.1:{tp_port}");
+    let tcp = a.tcp;
+    let connect = |plane| {
+        let addr = tp_addr.clone();
+        async move {
+            Client::connect_with(
+                &addr,
+                ClientOptions {
+                    plane,
+                    inline_below: 0,
+                    tcp,
+                    ..ClientOptions::default()
+                },
+            )
+            .await
+        }
+    };
+    let mut clients = Vec::new();
+    for (way, name, plane) in [
+        (Way::Inline, "inline", PlaneChoice::Inline),
+        (Way::Tcp, "tcp", PlaneChoice::Tcp),
+        (Way::Shm, "shm", PlaneChoice::Shm),
+    ] {
+        if a.ways.iter().any(|w| w == name) {
+            clients.push((way, connect(plane).await?));
+        }
+    }
+    clients.push((
+        Way::Redis,
+        Client::connect_with(
+            &format!("127.0.0.1:{rd_port}"),
+            ClientOptions {
+                plane: PlaneChoice::Inline,
+                ..ClientOptions::default()
+            },
+        )
+        .await?,
+    ));
+    let cells = a.sizes.len() * a.runs * clients.len();
+    let bar = indicatif::ProgressBar::new(cells as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} [{elapsed}]")
+            .expect("valid template"),
+    );
+    let mut rows = Vec::new();
+    let mut memcpy_rows = Vec::new();
+    for &size in &a.sizes {
+        let n = (a.total / size).max(4) as usize;
+        let per_batch = (a.batch / size).max(1) as usize;
+        let blocks: Vec<(Bytes, Bytes)> = (0..n)
+            .map(|i| {
+                (
+                    Bytes::from(format!("blk-{size}-{i}")),
+                    pattern(size as usize, i),
+                )
+            })
+            .collect();
+        let mut bufs: Vec<Vec<u8>> = (0..n).map(|_| vec![0u8; size as usize]).collect();
+        let mut put: Vec<Vec<f64>> = vec![Vec::new(); clients.len()];
+        let mut get: Vec<Vec<f64>> = vec![Vec::new(); clients.len()];
+        // A warm-up pass each: pages of the arena and of the buffers mapped.
+        for (way, c) in &clients {
+            one_cell(c, *way, &blocks, per_batch, &mut bufs).await?;
+        }
+        let mut mc = Vec::new();
+        for run in 0..a.runs {
+            for j in 0..clients.len() {
+                // Alternate the order between runs.
+                let i = if run % 2 == 0 {
+                    j
+                } else {
+                    clients.len() - 1 - j
+                };
+                let (way, c) = &clients[i];
+                bar.set_message(format!("{} KiB {:?}", size >> 10, way));
+                let (p, g) = one_cell(c, *way, &blocks, per_batch, &mut bufs).await?;
+                put[i].push(p);
+                get[i].push(g);
+                bar.inc(1);
+            }
+            mc.push(memcpy_rate(&blocks));
+        }
+        memcpy_rows.push((size, median(mc)));
+        for (i, (way, _)) in clients.iter().enumerate() {
+            rows.push((size, *way, median(put[i].clone()), median(get[i].clone())));
+        }
+    }
+    bar.finish_and_clear();
+    let iperf = iperf3();
+    println!(
+        "# block throughput, GB/s: {} MiB a cell, batches of {} MiB, median of {} alternating runs",
+        a.total >> 20,
+        a.batch >> 20,
+        a.runs
+    );
+    println!("| block | how | put GB/s | get GB/s | put vs redis | get vs redis |");
+    println!("|---|---|---|---|---|---|");
+    for &(size, way, p, g) in &rows {
+        let redis = rows
+            .iter()
+            .find(|r| r.0 == size && r.1 == Way::Redis)
+            .expect("redis row");
+        println!(
+            "| {} KiB | {} | {p:.2} | {g:.2} | {:.2}x | {:.2}x |",
+            size >> 10,
+            way.name(),
+            p / redis.2,
+            g / redis.3
+        );
+    }
+    println!();
+    println!("| ceiling | GB/s |");
+    println!("|---|---|");
+    for (size, rate) in &memcpy_rows {
+        println!(
+            "| memcpy, {} KiB blocks into a cold working set | {rate:.2} |",
+            size >> 10
+        );
+    }
+    match &iperf {
+        Ok(r) => println!("| iperf3 -l 1M, loopback, 3 s | {r:.2} |"),
+        Err(e) => println!("| iperf3 -l 1M | not run: {e} |"),
+    }
+    if let Some(path) = a.json {
+        let j = serde_json::json!({
+            "bench": "data",
+            "total_bytes": a.total,
+            "batch_bytes": a.batch,
+            "runs": a.runs,
+            "rows": rows.iter().map(|(s, w, p, g)| serde_json::json!({
+                "block_bytes": s, "how": w.name(), "put_gbs": p, "get_gbs": g,
+            })).collect::<Vec<_>>(),
+            "memcpy": memcpy_rows.iter().map(|(s, r)| serde_json::json!({"block_bytes": s, "gbs": r})).collect::<Vec<_>>(),
+            "iperf3_gbs": iperf.as_ref().ok(),
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&j)?)?;
+    }
+    Ok(())
+}
