@@ -28,3 +28,20 @@ cargo test --workspace
 # The RDMA backend: built and its device-free parts tested (this machine has no
 # RDMA device; the verbs path itself never runs here).
 cargo test -p tidepool-transport --features rdma
+cargo build -p tidepool-client --features rdma
+# The server built with RDMA must start and say why RDMA is off, not fail.
+cargo build -p tidepool-server --features rdma
+port=$((20000 + RANDOM % 20000))
+target/debug/tidepool-server --port "$port" --data-port 0 --shm false >/dev/null 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null || true' EXIT
+for _ in $(seq 100); do redis-cli -p "$port" PING >/dev/null 2>&1 && break; sleep 0.1; done
+rdma=$(redis-cli -p "$port" KV.DATAPLANE | sed -n '/^rdma$/{n;p}')
+echo "server built with rdma: KV.DATAPLANE rdma = $rdma"
+case "$rdma" in
+  "unavailable: no RDMA device"|*:*:*) ;;
+  *) echo "unexpected rdma state: '$rdma'"; exit 1 ;;
+esac
+kill $pid
+# Leave the default (rdma-less) server binary in place for later runs.
+cargo build -p tidepool-server

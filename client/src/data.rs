@@ -62,6 +62,8 @@ impl Default for ClientOptions {
 pub(crate) enum Plane {
     Tcp(TcpPlane),
     Shm(ShmPlane),
+    #[cfg(feature = "rdma")]
+    Rdma(tidepool_transport::rdma::RdmaPlane),
 }
 
 impl Plane {
@@ -69,6 +71,8 @@ impl Plane {
         match self {
             Plane::Tcp(p) => p.kind(),
             Plane::Shm(p) => p.kind(),
+            #[cfg(feature = "rdma")]
+            Plane::Rdma(p) => p.kind(),
         }
     }
 
@@ -76,6 +80,8 @@ impl Plane {
         match self {
             Plane::Tcp(p) => p.write(blocks).await,
             Plane::Shm(p) => p.write(blocks).await,
+            #[cfg(feature = "rdma")]
+            Plane::Rdma(p) => p.write(blocks).await,
         }
     }
 
@@ -86,6 +92,8 @@ impl Plane {
         match self {
             Plane::Tcp(p) => p.read(blocks).await,
             Plane::Shm(p) => p.read(blocks).await,
+            #[cfg(feature = "rdma")]
+            Plane::Rdma(p) => p.read(blocks).await,
         }
     }
 }
@@ -96,6 +104,7 @@ pub(crate) struct ServerPlanes {
     tcp_port: Option<u16>,
     shm_socket: Option<PathBuf>,
     arena_id: Option<u64>,
+    rdma: Option<String>,
 }
 
 impl ServerPlanes {
@@ -106,6 +115,9 @@ impl ServerPlanes {
                 ("tcp_port", BytesFrame::Integer(p)) => s.tcp_port = u16::try_from(p).ok(),
                 ("shm_socket", BytesFrame::BulkString(b)) => {
                     s.shm_socket = Some(PathBuf::from(String::from_utf8_lossy(&b).into_owned()))
+                }
+                ("rdma", BytesFrame::BulkString(b)) => {
+                    s.rdma = Some(String::from_utf8_lossy(&b).into_owned())
                 }
                 ("shm_arena_id", BytesFrame::BulkString(b)) => {
                     s.arena_id = std::str::from_utf8(&b)
@@ -151,16 +163,20 @@ pub(crate) async fn choose(
             TcpPlane::connect(addr, tcp).await.map_err(unavailable)?,
         ))
     };
+    let rdma = || rdma_plane(server, resp_addr);
     match choice {
         PlaneChoice::Inline => Ok(None),
         PlaneChoice::Shm => shm().map(Some),
         PlaneChoice::Tcp => tcp_plane().await.map(Some),
-        PlaneChoice::Rdma => Err(unavailable(rdma_unavailable())),
+        PlaneChoice::Rdma => rdma().map(Some),
         PlaneChoice::Auto => {
             // Same host: the shm socket answers with the arena the server
             // named. Anything else (another host, another server's socket
             // at that path) falls through.
             if let Ok(p) = shm() {
+                return Ok(Some(p));
+            }
+            if let Ok(p) = rdma() {
                 return Ok(Some(p));
             }
             // No data port (an older server, a firewall): inline RESP still
@@ -170,10 +186,28 @@ pub(crate) async fn choose(
     }
 }
 
-fn rdma_unavailable() -> TransportError {
-    TransportError::Unavailable(
-        "rdma: this client was built without RDMA support, or there is no RDMA device".into(),
-    )
+/// RDMA to the server's registered arena, through its rdma_cm listener on
+/// the data port's address.
+#[cfg(feature = "rdma")]
+fn rdma_plane(server: &ServerPlanes, resp_addr: SocketAddr) -> Result<Plane, ClientError> {
+    use tidepool_transport::rdma::{RdmaPlane, RemoteArena};
+    let field = server.rdma.as_deref().unwrap_or("unavailable: not offered");
+    let remote = RemoteArena::decode(field).map_err(|_| {
+        unavailable(TransportError::Unavailable(format!(
+            "rdma: the server says {field}"
+        )))
+    })?;
+    let port = server.tcp_port.unwrap_or(0);
+    let plane =
+        RdmaPlane::connect(SocketAddr::new(resp_addr.ip(), port), remote).map_err(unavailable)?;
+    Ok(Plane::Rdma(plane))
+}
+
+#[cfg(not(feature = "rdma"))]
+fn rdma_plane(_: &ServerPlanes, _: SocketAddr) -> Result<Plane, ClientError> {
+    Err(unavailable(TransportError::Unavailable(
+        "rdma: this client was built without the rdma feature".into(),
+    )))
 }
 
 /// One block's reply to KV.RESERVE.

@@ -86,6 +86,9 @@ pub struct DataState {
     pub tcp_addr: OnceLock<SocketAddr>,
     /// The shm socket, once bound.
     pub shm_path: OnceLock<PathBuf>,
+    /// The registered arena for RDMA clients (`base:rkey:size`), or why there
+    /// is none.
+    pub rdma: OnceLock<Result<String, String>>,
     /// Counters.
     pub stats: DataStats,
 }
@@ -110,6 +113,7 @@ impl DataState {
             timeout,
             tcp_addr: OnceLock::new(),
             shm_path: OnceLock::new(),
+            rdma: OnceLock::new(),
             stats: DataStats::default(),
         }
     }
@@ -133,7 +137,16 @@ impl DataState {
             Kind::Tcp => return None,
             Kind::Shm if self.arena.is_some() && self.shm_path.get().is_some() => return None,
             Kind::Shm => "shm is off on this server (--shm false, or no memfd)",
-            Kind::Rdma => "rdma is not available on this server (no RDMA device)",
+            Kind::Rdma if matches!(self.rdma.get(), Some(Ok(_))) => return None,
+            Kind::Rdma => {
+                return Some(Reply::Error(CommandError::new(
+                    "NOTRANSPORT",
+                    format!(
+                        "rdma is not available on this server ({})",
+                        self.rdma_reason()
+                    ),
+                )))
+            }
         };
         Some(Reply::Error(CommandError::new("NOTRANSPORT", why)))
     }
@@ -186,7 +199,7 @@ impl DataState {
                 continue;
             }
             let region = match kind {
-                Kind::Shm => match self.arena_block(store, len as usize) {
+                Kind::Shm | Kind::Rdma => match self.arena_block(store, len as usize) {
                     Some(b) => Region::Arena(b),
                     None => {
                         out.push(Reply::Error(CommandError::new(
@@ -408,6 +421,21 @@ impl DataState {
         }
     }
 
+    fn rdma_reason(&self) -> String {
+        match self.rdma.get() {
+            Some(Ok(_)) => "available".into(),
+            Some(Err(why)) => why.clone(),
+            None => "built without the rdma feature".into(),
+        }
+    }
+
+    fn rdma_state(&self) -> String {
+        match self.rdma.get() {
+            Some(Ok(remote)) => remote.clone(),
+            _ => format!("unavailable: {}", self.rdma_reason()),
+        }
+    }
+
     /// KV.DATAPLANE.
     pub fn describe(&self) -> Reply {
         let tcp = self
@@ -427,7 +455,7 @@ impl DataState {
             ("shm_socket", shm),
             ("shm_arena_id", id),
             ("shm_arena_size", size),
-            ("rdma", Reply::text("unavailable: no RDMA device")),
+            ("rdma", Reply::Bulk(Bytes::from(self.rdma_state()))),
         ])
     }
 }

@@ -130,6 +130,22 @@ async fn start_data_plane(
         data,
         shared.data.clone() as Arc<dyn tidepool_transport::tcp::Resolver>,
     ))];
+    #[cfg(feature = "rdma")]
+    if let Some(arena) = shared.data.arena.clone() {
+        let state = match tidepool_transport::rdma::RdmaServer::start(addr, arena) {
+            Ok(server) => {
+                let remote = server.remote().encode();
+                // The listener lives as long as the process.
+                std::mem::forget(server);
+                Ok(remote)
+            }
+            Err(e) => {
+                info!("rdma off: {e}");
+                Err(e.to_string())
+            }
+        };
+        let _ = shared.data.rdma.set(state);
+    }
     let mut shm_path = None;
     if let (true, Some(arena)) = (shm, shared.data.arena.clone()) {
         let path = socket

@@ -52,9 +52,9 @@ impl Shared {
         if let Some(spec) = &config.ssd {
             attach_ssd(&store, &config, spec)?;
         }
-        let arena = config
-            .shm
-            .then(|| config.shm_arena.unwrap_or(config.dram).as_u64());
+        // The arena backs data-plane reservations whatever the transport;
+        // `shm` only decides whether local clients may map it.
+        let arena = Some(config.shm_arena.unwrap_or(config.dram).as_u64());
         let data = Arc::new(crate::data::DataState::new(
             arena,
             std::time::Duration::from_millis(config.reserve_timeout),

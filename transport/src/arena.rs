@@ -112,6 +112,11 @@ impl Arena {
         })
     }
 
+    /// The arena's first byte in this process (what RDMA registers).
+    pub fn base_ptr(&self) -> *mut u8 {
+        self.map.as_mut_ptr()
+    }
+
     /// The offset of `bytes` in this arena, when they lie inside it.
     pub fn offset_of(&self, bytes: &[u8]) -> Option<u64> {
         let base = self.map.as_ptr() as usize;

@@ -518,6 +518,203 @@ impl DataPlane for RdmaPlane {
     }
 }
 
+/// The server side: the arena registered as one memory region, and an
+/// rdma_cm listener that gives each connecting client an RC queue pair (the
+/// clients then READ and WRITE the arena one-sidedly; the server posts
+/// nothing).
+pub struct RdmaServer {
+    remote: RemoteArena,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for RdmaServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RdmaServer")
+            .field("remote", &self.remote)
+            .finish()
+    }
+}
+
+struct Listener {
+    channel: *mut rdma_event_channel,
+    id: *mut rdma_cm_id,
+    pd: *mut ibv_pd,
+    mr: *mut ibv_mr,
+    arena: std::sync::Arc<crate::Arena>,
+}
+
+// SAFETY: the verbs handles are used by the listener thread only.
+unsafe impl Send for Listener {}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // SAFETY: each handle is null or ours, freed once, in reverse order.
+        unsafe {
+            if !self.mr.is_null() {
+                ibv_dereg_mr(self.mr);
+            }
+            if !self.pd.is_null() {
+                ibv_dealloc_pd(self.pd);
+            }
+            if !self.id.is_null() {
+                rdma_destroy_id(self.id);
+            }
+            if !self.channel.is_null() {
+                rdma_destroy_event_channel(self.channel);
+            }
+        }
+    }
+}
+
+impl RdmaServer {
+    /// Registers `arena` and listens on `bind` (the data port's address).
+    /// Fails with "no RDMA device" on hosts without one.
+    pub fn start(
+        bind: SocketAddr,
+        arena: std::sync::Arc<crate::Arena>,
+    ) -> Result<RdmaServer, TransportError> {
+        devices()?;
+        // SAFETY: fresh channel; freed by Listener's Drop.
+        let channel = unsafe { rdma_create_event_channel() };
+        if channel.is_null() {
+            return Err(os_err("rdma_create_event_channel"));
+        }
+        let mut l = Listener {
+            channel,
+            id: ptr::null_mut(),
+            pd: ptr::null_mut(),
+            mr: ptr::null_mut(),
+            arena,
+        };
+        // SAFETY: channel is live.
+        if unsafe {
+            rdma_create_id(
+                channel,
+                &mut l.id,
+                ptr::null_mut(),
+                rdma_port_space::RDMA_PS_TCP,
+            )
+        } != 0
+        {
+            return Err(os_err("rdma_create_id"));
+        }
+        let (mut addr, _) = sockaddr_of(bind);
+        // SAFETY: id is live; addr is a valid sockaddr.
+        if unsafe { rdma_bind_addr(l.id, &mut addr as *mut _ as *mut libc::sockaddr) } != 0 {
+            return Err(os_err("rdma_bind_addr"));
+        }
+        // SAFETY: bound ids carry the device's verbs context (null when the
+        // address is not on an RDMA device).
+        let verbs = unsafe { (*l.id).verbs };
+        if verbs.is_null() {
+            return Err(TransportError::Unavailable(format!(
+                "{bind} is not on an RDMA device"
+            )));
+        }
+        // SAFETY: verbs is live; the pd is freed in Drop.
+        l.pd = unsafe { ibv_alloc_pd(verbs) };
+        if l.pd.is_null() {
+            return Err(os_err("ibv_alloc_pd"));
+        }
+        let access = (ibv_access_flags::IBV_ACCESS_LOCAL_WRITE
+            | ibv_access_flags::IBV_ACCESS_REMOTE_READ
+            | ibv_access_flags::IBV_ACCESS_REMOTE_WRITE)
+            .0 as i32;
+        let base = l.arena.base_ptr();
+        // SAFETY: the arena mapping lives as long as the Listener holds it.
+        l.mr = unsafe { ibv_reg_mr(l.pd, base as *mut _, l.arena.size() as usize, access) };
+        if l.mr.is_null() {
+            return Err(os_err("ibv_reg_mr (arena)"));
+        }
+        // SAFETY: id is bound.
+        if unsafe { rdma_listen(l.id, 64) } != 0 {
+            return Err(os_err("rdma_listen"));
+        }
+        let remote = RemoteArena {
+            base: base as u64,
+            // SAFETY: a valid MR.
+            rkey: unsafe { (*l.mr).rkey },
+            size: l.arena.size(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("tidepool-rdma-cm".into())
+            .spawn(move || accept_loop(l))?;
+        Ok(RdmaServer {
+            remote,
+            _thread: thread,
+        })
+    }
+
+    /// What clients need to reach the arena.
+    pub fn remote(&self) -> RemoteArena {
+        self.remote
+    }
+}
+
+/// Accepts connection requests with a queue pair each; tears them down on
+/// disconnect.
+fn accept_loop(l: Listener) {
+    loop {
+        let mut ev: *mut rdma_cm_event = ptr::null_mut();
+        // SAFETY: the channel lives as long as `l`.
+        if unsafe { rdma_get_cm_event(l.channel, &mut ev) } != 0 {
+            tracing::warn!(
+                "rdma_cm event channel failed: {}",
+                std::io::Error::last_os_error()
+            );
+            return;
+        }
+        // SAFETY: a valid event until acked.
+        let (kind, id) = unsafe { ((*ev).event, (*ev).id) };
+        match kind {
+            rdma_cm_event_type::RDMA_CM_EVENT_CONNECT_REQUEST => {
+                // SAFETY: a new id for the request, on the listener's device.
+                let cq =
+                    unsafe { ibv_create_cq((*id).verbs, 16, ptr::null_mut(), ptr::null_mut(), 0) };
+                // SAFETY: zeroed init attributes are valid.
+                let mut init: ibv_qp_init_attr = unsafe { std::mem::zeroed() };
+                init.send_cq = cq;
+                init.recv_cq = cq;
+                init.qp_type = ibv_qp_type::IBV_QPT_RC;
+                init.cap.max_send_wr = 1;
+                init.cap.max_recv_wr = 1;
+                init.cap.max_send_sge = 1;
+                init.cap.max_recv_sge = 1;
+                // SAFETY: zeroed parameters are valid.
+                let mut param: rdma_conn_param = unsafe { std::mem::zeroed() };
+                param.initiator_depth = 16;
+                param.responder_resources = 16;
+                // SAFETY: id, pd and cq are live.
+                let ok = !cq.is_null()
+                    && unsafe { rdma_create_qp(id, l.pd, &mut init) } == 0
+                    && unsafe { rdma_accept(id, &mut param) } == 0;
+                if !ok {
+                    tracing::warn!(
+                        "rdma: refusing a connection: {}",
+                        std::io::Error::last_os_error()
+                    );
+                    // SAFETY: rejecting the request we were handed.
+                    unsafe { rdma_reject(id, ptr::null(), 0) };
+                }
+            }
+            rdma_cm_event_type::RDMA_CM_EVENT_DISCONNECTED => {
+                // SAFETY: the id's QP was created above; the CQ leaks with
+                // the connection's lifetime bookkeeping kept minimal.
+                unsafe {
+                    rdma_destroy_qp(id);
+                }
+            }
+            _ => {}
+        }
+        // SAFETY: acknowledging the event we got.
+        unsafe { rdma_ack_cm_event(ev) };
+        if kind == rdma_cm_event_type::RDMA_CM_EVENT_DISCONNECTED {
+            // SAFETY: acked; the id is ours to destroy now.
+            unsafe { rdma_destroy_id(id) };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -610,6 +807,16 @@ mod tests {
                 assert!(started.elapsed() < Duration::from_secs(5));
             }
         }
+    }
+
+    #[test]
+    fn a_server_without_a_device_says_so() {
+        if devices().is_ok() {
+            return; // a host with RDMA: the listener would start
+        }
+        let arena = crate::Arena::new(1 << 20).unwrap();
+        let e = RdmaServer::start("127.0.0.1:0".parse().unwrap(), arena).unwrap_err();
+        assert_eq!(e.to_string(), "no RDMA device");
     }
 
     #[test]
