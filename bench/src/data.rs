@@ -138,6 +138,45 @@ fn memcpy_rate(blocks: &[(Bytes, Bytes)]) -> f64 {
     rate
 }
 
+/// Plain TCP over loopback moving the same blocks from their own buffers
+/// into destination buffers of their own (not one hot buffer, as iperf3):
+/// the cost of moving distinct blocks over a socket with no protocol: GB/s.
+fn loopback_rate(blocks: &[(Bytes, Bytes)]) -> std::io::Result<f64> {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    let lens: Vec<usize> = blocks.iter().map(|(_, v)| v.len()).collect();
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let receiver = std::thread::spawn(move || -> std::io::Result<()> {
+        // Destination buffers allocated and touched before anything moves.
+        let mut dst: Vec<Vec<u8>> = lens.iter().map(|n| vec![1u8; *n]).collect();
+        let _ = ready_tx.send(());
+        let (mut s, _) = l.accept()?;
+        socket2::SockRef::from(&s).set_recv_buffer_size(4 << 20)?;
+        for d in dst.iter_mut() {
+            s.read_exact(d)?;
+        }
+        s.write_all(b"k")?;
+        std::hint::black_box(&dst);
+        Ok(())
+    });
+    let _ = ready.recv();
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    // The data plane's socket buffers.
+    socket2::SockRef::from(&s).set_send_buffer_size(4 << 20)?;
+    let total: usize = blocks.iter().map(|(_, v)| v.len()).sum();
+    let t = Instant::now();
+    for (_, v) in blocks {
+        s.write_all(v)?;
+    }
+    let mut ack = [0u8; 1];
+    s.read_exact(&mut ack)?;
+    let rate = gbs(total as u64, t.elapsed());
+    receiver.join().expect("receiver thread")?;
+    Ok(rate)
+}
+
 /// `iperf3 -l 1M` over loopback for 3 s: GB/s, or why not.
 fn iperf3() -> Result<f64, String> {
     let port = free_port().map_err(|e| e.to_string())?;
@@ -247,6 +286,7 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
     );
     let mut rows = Vec::new();
     let mut memcpy_rows = Vec::new();
+    let mut loopback_rows = Vec::new();
     for &size in &a.sizes {
         let n = (a.total / size).max(4) as usize;
         let per_batch = (a.batch / size).max(1) as usize;
@@ -265,7 +305,7 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
         for (way, c) in &clients {
             one_cell(c, *way, &blocks, per_batch, &mut bufs).await?;
         }
-        let mut mc = Vec::new();
+        let (mut mc, mut lb) = (Vec::new(), Vec::new());
         for run in 0..a.runs {
             for j in 0..clients.len() {
                 // Alternate the order between runs.
@@ -282,8 +322,10 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
                 bar.inc(1);
             }
             mc.push(memcpy_rate(&blocks));
+            lb.push(loopback_rate(&blocks)?);
         }
         memcpy_rows.push((size, median(mc)));
+        loopback_rows.push((size, median(lb)));
         for (i, (way, _)) in clients.iter().enumerate() {
             rows.push((size, *way, median(put[i].clone()), median(get[i].clone())));
         }
@@ -320,6 +362,12 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
             size >> 10
         );
     }
+    for (size, rate) in &loopback_rows {
+        println!(
+            "| plain TCP over loopback, {} KiB blocks from and into buffers of their own | {rate:.2} |",
+            size >> 10
+        );
+    }
     match &iperf {
         Ok(r) => println!("| iperf3 -l 1M, loopback, 3 s | {r:.2} |"),
         Err(e) => println!("| iperf3 -l 1M | not run: {e} |"),
@@ -334,6 +382,7 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
                 "block_bytes": s, "how": w.name(), "put_gbs": p, "get_gbs": g,
             })).collect::<Vec<_>>(),
             "memcpy": memcpy_rows.iter().map(|(s, r)| serde_json::json!({"block_bytes": s, "gbs": r})).collect::<Vec<_>>(),
+            "loopback_tcp": loopback_rows.iter().map(|(s, r)| serde_json::json!({"block_bytes": s, "gbs": r})).collect::<Vec<_>>(),
             "iperf3_gbs": iperf.as_ref().ok(),
         });
         std::fs::write(&path, serde_json::to_string_pretty(&j)?)?;

@@ -243,7 +243,7 @@ impl DataState {
     }
 
     fn commit_one(&self, store: &Store, token: u64) -> Reply {
-        let (r, region) = {
+        let (r, (region, checksum)) = {
             let mut map = self.reservations.lock();
             let Some(r) = map.get(&token) else {
                 return Reply::Error(CommandError::new(
@@ -269,6 +269,7 @@ impl DataState {
             parent: r.parent,
             ttl_ms: r.ttl_ms,
             value_exclusive: true,
+            checksum,
             ..PutOptions::default()
         };
         match store.put(r.key, region.into_bytes(), opts) {

@@ -117,6 +117,10 @@ pub struct PutOptions {
     /// copies the value into its own allocation: a view into a larger buffer
     /// (a connection's read buffer, a batch) would pin all of that buffer.
     pub value_exclusive: bool,
+    /// The value's XXH3-64, when the caller already computed it (the data
+    /// plane hashes blocks as they arrive, while the bytes are in cache). The
+    /// store trusts it (and checks it in debug builds).
+    pub checksum: Option<u64>,
 }
 
 /// Result of a prefix match.
@@ -775,7 +779,8 @@ impl Store {
                 this.unlink_child(p, &key, !to_ssd);
             }
         };
-        let checksum = xxh3_64(&value);
+        let checksum = opts.checksum.unwrap_or_else(|| xxh3_64(&value));
+        debug_assert_eq!(checksum, xxh3_64(&value), "a wrong precomputed checksum");
         let len = value.len() as u64;
         let mut reserved = charge;
         let mut held_old = false;

@@ -14,6 +14,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use xxhash_rust::xxh3::Xxh3Default;
+
 use crate::arena::{Arena, ArenaBlock};
 use crate::frame::Status;
 
@@ -105,6 +107,29 @@ impl Region {
     }
 }
 
+/// The block's XXH3-64, computed while the bytes arrive (in cache) when they
+/// arrive in order: a writer whose range starts where the hash stopped takes
+/// the hasher along and hands it back when done. Any other order breaks it,
+/// and the store hashes the block itself at commit.
+enum Hashing {
+    /// Hashed up to this offset; the hasher is here.
+    Idle(u64, Box<Xxh3Default>),
+    /// A claim has the hasher.
+    Taken,
+    /// Out of order: no checksum from here.
+    Broken,
+}
+
+impl std::fmt::Debug for Hashing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hashing::Idle(upto, _) => write!(f, "Idle({upto})"),
+            Hashing::Taken => f.write_str("Taken"),
+            Hashing::Broken => f.write_str("Broken"),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct State {
     region: Option<Region>,
@@ -112,6 +137,7 @@ struct State {
     done: Vec<(u64, u64)>,
     /// Ranges being written.
     inflight: Vec<(u64, u64)>,
+    hashing: Hashing,
 }
 
 /// A reservation being filled: its memory and what was written of it.
@@ -138,6 +164,7 @@ impl Inbound {
                 region: Some(region),
                 done: Vec::new(),
                 inflight: Vec::new(),
+                hashing: Hashing::Idle(0, Box::new(Xxh3Default::new())),
             }),
         }
     }
@@ -172,10 +199,24 @@ impl Inbound {
             return Err(Status::Overlap);
         }
         st.inflight.push((offset, end));
+        let hasher = match std::mem::replace(&mut st.hashing, Hashing::Broken) {
+            Hashing::Idle(upto, h) if upto == offset => {
+                st.hashing = Hashing::Taken;
+                Some(h)
+            }
+            // An empty write changes nothing.
+            keep if len == 0 => {
+                st.hashing = keep;
+                None
+            }
+            _ => None,
+        };
         Ok(Claim {
             inbound: self,
             range: (offset, end),
             completed: false,
+            hasher,
+            hashed: 0,
         })
     }
 
@@ -185,11 +226,12 @@ impl Inbound {
         st.inflight.is_empty() && covers(&st.done, self.len)
     }
 
-    /// Takes the region out for the store. With `check`, only when every byte
-    /// was written and no write is in flight (tcp); without, whenever no write
-    /// is in flight (shm and rdma: the client wrote the memory itself).
-    /// `Err` says what is missing; afterwards claims are refused.
-    pub fn seal(&self, check: bool) -> Result<Region, String> {
+    /// Takes the region out for the store, with the block's XXH3-64 when it
+    /// was hashed on arrival. With `check`, only when every byte was written
+    /// and no write is in flight (tcp); without, whenever no write is in
+    /// flight (shm and rdma: the client wrote the memory itself). `Err` says
+    /// what is missing; afterwards claims are refused.
+    pub fn seal(&self, check: bool) -> Result<(Region, Option<u64>), String> {
         let mut st = self.state.lock();
         if !st.inflight.is_empty() {
             return Err(format!("{} writes still in flight", st.inflight.len()));
@@ -198,7 +240,15 @@ impl Inbound {
             let written: u64 = st.done.iter().map(|(a, b)| b - a).sum();
             return Err(format!("{written} of {} bytes written", self.len));
         }
-        st.region.take().ok_or_else(|| "already sealed".to_string())
+        let region = st
+            .region
+            .take()
+            .ok_or_else(|| "already sealed".to_string())?;
+        let sum = match &st.hashing {
+            Hashing::Idle(upto, h) if *upto == self.len => Some(h.digest()),
+            _ => None,
+        };
+        Ok((region, sum))
     }
 }
 
@@ -208,11 +258,22 @@ fn covers(done: &[(u64, u64)], len: u64) -> bool {
 
 /// The right to write one range of an [`Inbound`]. Dropped without
 /// [`Claim::complete`], nothing is marked written.
-#[derive(Debug)]
 pub struct Claim<'a> {
     inbound: &'a Inbound,
     range: (u64, u64),
     completed: bool,
+    hasher: Option<Box<Xxh3Default>>,
+    /// Bytes of the range hashed so far.
+    hashed: usize,
+}
+
+impl std::fmt::Debug for Claim<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claim")
+            .field("range", &self.range)
+            .field("hashing", &self.hasher.is_some())
+            .finish()
+    }
 }
 
 impl Claim<'_> {
@@ -226,10 +287,38 @@ impl Claim<'_> {
         }
     }
 
+    /// Says the first `upto` bytes of the range hold their final bytes, so
+    /// they are hashed now, while still in cache (when this claim carries the
+    /// block's hasher). Call as the bytes arrive; `complete` hashes the rest.
+    pub fn absorb(&mut self, upto: usize) {
+        let len = (self.range.1 - self.range.0) as usize;
+        let upto = upto.min(len);
+        if let Some(h) = &mut self.hasher {
+            if upto > self.hashed {
+                // SAFETY: inside the claimed range (see `buf`); these bytes
+                // are final and only read here.
+                let done = unsafe {
+                    std::slice::from_raw_parts(
+                        self.inbound.ptr.add(self.range.0 as usize + self.hashed),
+                        upto - self.hashed,
+                    )
+                };
+                h.update(done);
+                self.hashed = upto;
+            }
+        }
+    }
+
     /// Marks the range written.
     pub fn complete(mut self) {
         self.completed = true;
+        let len = (self.range.1 - self.range.0) as usize;
+        self.absorb(len);
+        let hasher = self.hasher.take();
         let mut st = self.inbound.state.lock();
+        if let (Some(h), Hashing::Taken) = (hasher, &st.hashing) {
+            st.hashing = Hashing::Idle(self.range.1, h);
+        }
         remove_range(&mut st.inflight, self.range);
         let at = st.done.partition_point(|r| r.0 < self.range.0);
         st.done.insert(at, self.range);
@@ -248,7 +337,12 @@ impl Claim<'_> {
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
         if !self.completed {
-            remove_range(&mut self.inbound.state.lock().inflight, self.range);
+            let mut st = self.inbound.state.lock();
+            remove_range(&mut st.inflight, self.range);
+            if self.hasher.is_some() {
+                // Part of a range that will be written again was hashed.
+                st.hashing = Hashing::Broken;
+            }
         }
     }
 }
@@ -279,7 +373,9 @@ mod tests {
         assert!(ib.seal(true).unwrap_err().contains("5 of 10"));
         fill(&ib, 0, 5, b'a').unwrap();
         assert!(ib.is_complete());
-        let bytes = ib.seal(true).unwrap().into_bytes();
+        let (region, sum) = ib.seal(true).unwrap();
+        assert_eq!(sum, None, "written out of order: no checksum on arrival");
+        let bytes = region.into_bytes();
         assert_eq!(&bytes[..], b"aaaaabbbbb");
         assert_eq!(ib.claim(0, 1).unwrap_err(), Status::UnknownToken);
         assert!(ib.seal(false).is_err());
@@ -296,6 +392,35 @@ mod tests {
         held.complete();
         assert_eq!(ib.claim(0, 3).unwrap_err(), Status::Overlap);
         assert!(ib.claim(0, 2).is_ok());
+    }
+
+    #[test]
+    fn in_order_writes_are_hashed_on_arrival() {
+        let ib = Inbound::new(Region::alloc(None, 10));
+        let mut c = ib.claim(0, 6).unwrap();
+        c.buf().copy_from_slice(b"tidepo");
+        c.absorb(3);
+        c.absorb(2); // going back is ignored
+        c.complete();
+        fill(&ib, 6, 0, 0).unwrap(); // empty writes do not break the order
+        let mut c = ib.claim(6, 4).unwrap();
+        c.buf().copy_from_slice(b"ol!!");
+        c.complete();
+        let (region, sum) = ib.seal(true).unwrap();
+        assert_eq!(sum, Some(xxhash_rust::xxh3::xxh3_64(b"tidepool!!")));
+        assert_eq!(&region.into_bytes()[..], b"tidepool!!");
+        // A writer that drops mid-range breaks the hash, not the block.
+        let ib = Inbound::new(Region::alloc(None, 4));
+        let mut c = ib.claim(0, 4).unwrap();
+        c.buf()[..2].copy_from_slice(b"xx");
+        c.absorb(2);
+        drop(c);
+        fill(&ib, 0, 4, b'y').unwrap();
+        let (region, sum) = ib.seal(true).unwrap();
+        assert_eq!((sum, &region.into_bytes()[..]), (None, &b"yyyy"[..]));
+        // Shm: nothing claimed, no checksum (the store computes it).
+        let ib = Inbound::new(Region::alloc(None, 4));
+        assert_eq!(ib.seal(false).unwrap().1, None);
     }
 
     #[test]
@@ -316,7 +441,9 @@ mod tests {
         assert!(r2.arena_offset().is_none(), "too large for the arena: heap");
         let ib = Inbound::new(r);
         fill(&ib, 0, 5000, 7).unwrap();
-        let b = ib.seal(true).unwrap().into_bytes();
+        let (region, sum) = ib.seal(true).unwrap();
+        assert_eq!(sum, Some(xxhash_rust::xxh3::xxh3_64(&[7u8; 5000])));
+        let b = region.into_bytes();
         assert_eq!(arena.offset_of(&b), Some(0));
     }
 
@@ -337,7 +464,12 @@ mod tests {
                 fill(&ib, *a, b - a, (*a % 251) as u8).unwrap();
             }
             prop_assert!(ib.is_complete());
-            let bytes = ib.seal(true).unwrap().into_bytes();
+            let (region, sum) = ib.seal(true).unwrap();
+            let bytes = region.into_bytes();
+            // A checksum from arrival, when there is one, is the block's.
+            if let Some(sum) = sum {
+                prop_assert_eq!(sum, xxhash_rust::xxh3::xxh3_64(&bytes));
+            }
             for (a, b) in pieces {
                 prop_assert!(bytes[a as usize..b as usize].iter().all(|x| *x == (a % 251) as u8));
             }
