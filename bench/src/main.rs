@@ -91,6 +91,10 @@ enum Cmd {
         /// Concurrent clients (1: one query in flight, latency-bound).
         #[arg(long, default_value_t = 1)]
         clients: usize,
+        /// Queries each client sends in one pipeline before reading the
+        /// replies (a router batching its lookups). 1: one at a time.
+        #[arg(long, default_value_t = 1)]
+        depth: usize,
         /// tidepool-server binary.
         #[arg(long, default_value = "target/release/tidepool-server")]
         server: String,
@@ -146,6 +150,7 @@ enum Op {
 
 /// Runs `queries` queries of `op` from `clients` concurrent tasks (each with
 /// its own pooled connection) and returns (queries/s, p50 µs, p99 µs).
+#[allow(clippy::too_many_arguments)]
 async fn run_op(
     client: Arc<Client>,
     op: Op,
@@ -154,29 +159,66 @@ async fn run_op(
     stored: usize,
     queries: usize,
     clients: usize,
+    depth: usize,
 ) -> anyhow::Result<(f64, f64, f64)> {
+    // `depth` queries per round trip: the same commands, repeated.
+    let batch: Arc<Vec<Vec<Bytes>>> = Arc::new(match op {
+        Op::Match => {
+            let mut cmd = vec![
+                Bytes::from_static(b"KV.MATCH"),
+                Bytes::from(keys.len().to_string()),
+            ];
+            cmd.extend(keys.iter().cloned());
+            vec![cmd; depth]
+        }
+        Op::Exists => exists
+            .iter()
+            .cloned()
+            .cycle()
+            .take(exists.len() * depth)
+            .collect(),
+    });
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for t in 0..clients {
-        let (client, keys, exists) = (client.clone(), keys.clone(), exists.clone());
+        let (client, keys, exists, batch) =
+            (client.clone(), keys.clone(), exists.clone(), batch.clone());
         let n = queries / clients + usize::from(t < queries % clients);
         tasks.spawn(async move {
             let mut lat = Vec::with_capacity(n);
-            for _ in 0..n {
+            let mut done = 0;
+            while done < n {
                 let q = Instant::now();
-                let hit = match op {
-                    Op::Match => client.match_prefix(&keys, None).await?.matched,
-                    Op::Exists => client
-                        .pipeline_ints(&exists)
-                        .await?
-                        .iter()
-                        .take_while(|r| **r == 1)
-                        .count(),
-                };
-                anyhow::ensure!(
-                    hit == stored,
-                    "counted {hit} stored blocks, expected {stored}"
-                );
+                if depth == 1 {
+                    let hit = match op {
+                        Op::Match => client.match_prefix(&keys, None).await?.matched,
+                        Op::Exists => client
+                            .pipeline_ints(&exists)
+                            .await?
+                            .iter()
+                            .take_while(|r| **r == 1)
+                            .count(),
+                    };
+                    anyhow::ensure!(
+                        hit == stored,
+                        "counted {hit} stored blocks, expected {stored}"
+                    );
+                    done += 1;
+                } else {
+                    let ints = client.pipeline_ints(&batch).await?;
+                    let per = ints.len() / depth;
+                    for q in ints.chunks(per) {
+                        let hit = match op {
+                            Op::Match => q[0] as usize,
+                            Op::Exists => q.iter().take_while(|r| **r == 1).count(),
+                        };
+                        anyhow::ensure!(
+                            hit == stored,
+                            "counted {hit} stored blocks, expected {stored}"
+                        );
+                    }
+                    done += depth;
+                }
                 lat.push(q.elapsed());
             }
             Ok::<_, anyhow::Error>(lat)
@@ -186,18 +228,22 @@ async fn run_op(
     while let Some(r) = tasks.join_next().await {
         lat.extend(r??);
     }
-    let rate = queries as f64 / start.elapsed().as_secs_f64();
+    let per_client = queries / clients;
+    let rounds = per_client.div_ceil(depth) * depth;
+    let rate = (rounds * clients) as f64 / start.elapsed().as_secs_f64();
     lat.sort();
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     Ok((rate, us(percentile(&lat, 0.5)), us(percentile(&lat, 0.99))))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn bench_match(
     chain: usize,
     stored: usize,
     queries: usize,
     runs: usize,
     clients: usize,
+    depth: usize,
     server: &str,
     json: Option<String>,
 ) -> anyhow::Result<()> {
@@ -267,6 +313,7 @@ async fn bench_match(
                 stored,
                 queries,
                 clients,
+                depth,
             )
             .await?;
             rate.push(r);
@@ -295,7 +342,7 @@ async fn bench_match(
         ),
     ];
     println!(
-        "# prefix of a {chain}-block chain ({stored} stored), {queries} queries a run from {clients} concurrent clients, median of {runs} alternating runs"
+        "# prefix of a {chain}-block chain ({stored} stored), {queries} queries a run from {clients} concurrent clients, {depth} in flight each, median of {runs} alternating runs (latencies are of one round trip of {depth} queries)"
     );
     println!("| how | queries/s | p50 µs | p99 µs | vs redis EXISTS |");
     println!("|---|---|---|---|---|");
@@ -313,6 +360,7 @@ async fn bench_match(
             "queries": queries,
             "runs": runs,
             "clients": clients,
+            "depth": depth,
             "rows": rows.iter().map(|(n, r, a, b)| serde_json::json!({"how": n, "qps": r, "p50_us": a, "p99_us": b})).collect::<Vec<_>>(),
         });
         std::fs::write(&path, serde_json::to_string_pretty(&j)?)?;
@@ -374,10 +422,18 @@ fn main() -> anyhow::Result<()> {
             queries,
             runs,
             clients,
+            depth,
             server,
             json,
         } => rt.block_on(bench_match(
-            chain, stored, queries, runs, clients, &server, json,
+            chain,
+            stored,
+            queries,
+            runs,
+            clients,
+            depth.max(1),
+            &server,
+            json,
         )),
     }
 }

@@ -36,7 +36,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use xxhash_rust::xxh3::{xxh3_64, Xxh3Default};
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::dram::DramTier;
 use crate::error::StoreError;
@@ -56,7 +56,28 @@ pub const ENTRY_OVERHEAD: u64 = 128;
 type Key = Bytes;
 /// hashbrown rather than std for `get_key_value_mut`: an overwrite updates the
 /// entry in place and reuses the stored key with one lookup.
-type Map<V> = hashbrown::HashMap<Key, V, BuildHasherDefault<Xxh3Default>>;
+type Map<V> = hashbrown::HashMap<Key, V, BuildHasherDefault<KeyHasher>>;
+
+/// Hashes a key with one call of XXH3-64 over its bytes (a streaming XXH3
+/// state costs several times more for 16-byte keys, and a key is hashed on
+/// every lookup of every prefix match).
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = (self.0.rotate_left(29) ^ xxh3_64(bytes)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        // The length prefix of `[u8]`'s Hash; the bytes' hash covers it.
+        self.0 ^= n as u64;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// Settings of a store.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -1460,7 +1481,10 @@ impl Store {
             tiers: Vec::with_capacity(keys.len()),
             ..MatchResult::default()
         };
-        // One hash lookup per key (this runs for every key of every prompt).
+        // One hash lookup per key (this runs for every key of every prompt),
+        // and one tick of the shared clock per match, not per key: the keys
+        // take consecutive stamps from a reserved range, in chain order.
+        let mut stamp = self.clock.fetch_add(keys.len() as u64, Relaxed);
         for k in keys {
             let mut guard = self.shard(k);
             let Shard { map, lru, .. } = &mut *guard;
@@ -1472,7 +1496,8 @@ impl Store {
                 self.remove_tree(k, EventKind::Expired);
                 break;
             }
-            e.stamp = self.tick_clock();
+            e.stamp = stamp;
+            stamp += 1;
             if lease_ms.is_some() {
                 if e.evictable() {
                     lru.remove(&e.filed);
