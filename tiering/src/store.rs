@@ -1484,8 +1484,8 @@ impl Store {
         // One hash lookup per key (this runs for every key of every prompt),
         // and one tick of the shared clock per match, not per key: the keys
         // take consecutive stamps from a reserved range, in chain order.
-        let mut stamp = self.clock.fetch_add(keys.len() as u64, Relaxed);
-        for k in keys {
+        let first = self.clock.fetch_add(keys.len() as u64, Relaxed);
+        for (stamp, k) in (first..).zip(keys) {
             let mut guard = self.shard(k);
             let Shard { map, lru, .. } = &mut *guard;
             let Some(e) = map.get_mut(&k[..]) else {
@@ -1497,7 +1497,6 @@ impl Store {
                 break;
             }
             e.stamp = stamp;
-            stamp += 1;
             if lease_ms.is_some() {
                 if e.evictable() {
                     lru.remove(&e.filed);
