@@ -49,6 +49,8 @@ pub struct DataArgs {
     pub runs: usize,
     /// Settings of the tcp data plane.
     pub tcp: tidepool_client::TcpOptions,
+    /// Measure memcpy, plain TCP and iperf3 too.
+    pub ceilings: bool,
     /// Which tidepool planes to measure (redis always runs: it is the
     /// reference of every ratio).
     pub ways: Vec<String>,
@@ -321,17 +323,25 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
                 get[i].push(g);
                 bar.inc(1);
             }
-            mc.push(memcpy_rate(&blocks));
-            lb.push(loopback_rate(&blocks)?);
+            if a.ceilings {
+                mc.push(memcpy_rate(&blocks));
+                lb.push(loopback_rate(&blocks)?);
+            }
         }
-        memcpy_rows.push((size, median(mc)));
-        loopback_rows.push((size, median(lb)));
+        if a.ceilings {
+            memcpy_rows.push((size, median(mc)));
+            loopback_rows.push((size, median(lb)));
+        }
         for (i, (way, _)) in clients.iter().enumerate() {
             rows.push((size, *way, median(put[i].clone()), median(get[i].clone())));
         }
     }
     bar.finish_and_clear();
-    let iperf = iperf3();
+    let iperf = if a.ceilings {
+        iperf3()
+    } else {
+        Err("--ceilings false".into())
+    };
     println!(
         "# block throughput, GB/s: {} MiB a cell, batches of {} MiB, median of {} alternating runs",
         a.total >> 20,

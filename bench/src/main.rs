@@ -58,6 +58,9 @@ enum Cmd {
         /// Runs (alternating); medians are reported.
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Measure the ceilings too (memcpy, plain TCP, iperf3).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        ceilings: bool,
         /// tidepool planes to measure: inline, tcp, shm (Redis always runs).
         #[arg(long, value_delimiter = ',', default_value = "inline,tcp,shm")]
         ways: Vec<String>,
@@ -401,10 +404,12 @@ fn main() -> anyhow::Result<()> {
             tcp_connections,
             tcp_stripe,
             ways,
+            ceilings,
             server,
             json,
         } => rt.block_on(data::bench_data(data::DataArgs {
             ways,
+            ceilings,
             tcp: tidepool_client::TcpOptions {
                 connections: tcp_connections,
                 stripe: tcp_stripe.as_u64() as usize,

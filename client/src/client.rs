@@ -12,8 +12,8 @@ use crate::data::{self, Plane, Reserved, ServerPlanes};
 use crate::{ClientError, ClientOptions, PlaneChoice};
 use tidepool_transport::Descriptor;
 
-/// Bytes moved over the data plane before their blocks are committed (while
-/// the next group moves).
+/// Bytes per group of a data-plane put: reserved, moved and committed
+/// together, while the neighbouring groups are at the server.
 const COMMIT_GROUP: usize = 1 << 20;
 
 /// Options of one put.
@@ -275,9 +275,13 @@ impl Client {
             .collect())
     }
 
-    /// `put_many` over the data plane: reserve every block, move the bytes,
-    /// commit. A block the server already holds is left as it is (a key
-    /// names its prefix, so its bytes are the same).
+    /// `put_many` over the data plane, in groups of about `COMMIT_GROUP`
+    /// bytes, three deep: while group i moves, the KV.RESERVE of group i + 1
+    /// and the KV.COMMIT of group i - 1 are at the server, so its work
+    /// (allocating, checksumming, indexing) overlaps the copy. Commits go in
+    /// order, so a chain's parents are in before their children. A block the
+    /// server already holds is left as it is (a key names its prefix, so its
+    /// bytes are the same).
     async fn put_many_via(
         &self,
         plane: &Plane,
@@ -285,139 +289,176 @@ impl Client {
         chain: bool,
         parent: Option<Bytes>,
     ) -> Result<Vec<Result<(), ClientError>>, ClientError> {
-        let mut cmd = Vec::with_capacity(2 * blocks.len() + 7);
-        cmd.extend([b("KV.RESERVE"), num(blocks.len())]);
-        for (k, v) in blocks {
-            cmd.extend([k.clone(), num(v.len())]);
-        }
-        cmd.extend([b("VIA"), b(plane.kind().as_str())]);
-        if chain {
-            cmd.push(b("CHAIN"));
-        }
-        if let Some(p) = parent {
-            cmd.extend([b("PARENT"), p]);
-        }
-        let reserved = array(self.one(cmd).await?)?;
-        if reserved.len() != blocks.len() {
-            return Err(ClientError::Unexpected(format!(
-                "{} reservations for {} blocks",
-                reserved.len(),
-                blocks.len()
-            )));
-        }
-        let mut results = Vec::with_capacity(blocks.len());
-        let mut writes = Vec::new();
-        for (frame, (_, v)) in reserved.into_iter().zip(blocks) {
-            match data::reserved(frame)? {
-                Reserved::Desc(d) => {
-                    writes.push((d, &v[..]));
-                    results.push(None);
-                }
-                Reserved::Exists => results.push(Some(Ok(()))),
-                Reserved::Err(e) => results.push(Some(Err(e))),
-            }
-        }
-        if writes.is_empty() {
-            return Ok(results
-                .into_iter()
-                .map(|r| r.expect("no reservations"))
-                .collect());
-        }
-        // Move the bytes in groups of about COMMIT_GROUP, committing each
-        // group while the next one moves: the server checksums and indexes
-        // one group as the next arrives. Commits go in order, so a chain's
-        // parents are always in before their children.
-        let mut groups: Vec<&[(Descriptor, &[u8])]> = Vec::new();
-        let mut rest = &writes[..];
-        while !rest.is_empty() {
+        let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut start = 0;
+        while start < blocks.len() {
+            let mut end = start;
             let mut bytes = 0;
-            let n = rest
-                .iter()
-                .take_while(|(_, v)| {
-                    let take = bytes < COMMIT_GROUP;
-                    bytes += v.len();
-                    take
-                })
-                .count();
-            let (g, r) = rest.split_at(n.max(1));
-            groups.push(g);
-            rest = r;
-        }
-        let mut committed: Vec<Result<(), ClientError>> = Vec::with_capacity(writes.len());
-        let mut pending: Option<&[(Descriptor, &[u8])]> = None;
-        for (i, g) in groups.iter().enumerate() {
-            let moved = match pending.take() {
-                Some(prev) => {
-                    let (done, moved) = self.commit_group_during(prev, plane.write(g)).await;
-                    committed.extend(done?);
-                    moved
-                }
-                None => plane.write(g).await,
-            };
-            if let Err(e) = moved {
-                // Nothing of this group or later ones is committed.
-                let mut abort = vec![b("KV.ABORT")];
-                abort.extend(
-                    groups[i..]
-                        .iter()
-                        .flat_map(|g| g.iter().map(|(d, _)| num(d.token))),
-                );
-                let _ = self.one(abort).await;
-                return Err(e.into());
+            while end < blocks.len() && (end == start || bytes < COMMIT_GROUP) {
+                bytes += blocks[end].1.len();
+                end += 1;
             }
-            pending = Some(g);
+            groups.push(start..end);
+            start = end;
         }
-        if let Some(last) = pending {
-            committed.extend(self.commit_group(last).await?);
+        let kind = plane.kind().as_str();
+        let reserve_cmd = |g: &std::ops::Range<usize>| {
+            let mut cmd = Vec::with_capacity(2 * g.len() + 7);
+            cmd.extend([b("KV.RESERVE"), num(g.len())]);
+            for (k, v) in &blocks[g.clone()] {
+                cmd.extend([k.clone(), num(v.len())]);
+            }
+            cmd.extend([b("VIA"), b(kind)]);
+            let first_parent = if chain && g.start > 0 {
+                Some(blocks[g.start - 1].0.clone())
+            } else {
+                parent.clone()
+            };
+            if chain {
+                cmd.push(b("CHAIN"));
+            }
+            if let Some(p) = first_parent {
+                cmd.extend([b("PARENT"), p]);
+            }
+            cmd
+        };
+        let mut results: Vec<Option<Result<(), ClientError>>> =
+            (0..blocks.len()).map(|_| None).collect();
+        // What a group's KV.RESERVE gave: (block index, descriptor) to write.
+        let take_reserved =
+            |g: &std::ops::Range<usize>,
+             frame: BytesFrame,
+             results: &mut Vec<Option<Result<(), ClientError>>>| {
+                let frames = array(frame)?;
+                if frames.len() != g.len() {
+                    return Err(ClientError::Unexpected(format!(
+                        "{} reservations for {} blocks",
+                        frames.len(),
+                        g.len()
+                    )));
+                }
+                let mut out = Vec::new();
+                for (i, f) in g.clone().zip(frames) {
+                    match data::reserved(f)? {
+                        Reserved::Desc(d) => out.push((i, d)),
+                        Reserved::Exists => results[i] = Some(Ok(())),
+                        Reserved::Err(e) => results[i] = Some(Err(e)),
+                    }
+                }
+                Ok::<_, ClientError>(out)
+            };
+        let commit_cmd = |w: &[(usize, Descriptor)]| {
+            let mut cmd = vec![b("KV.COMMIT")];
+            cmd.extend(w.iter().map(|(_, d)| num(d.token)));
+            cmd
+        };
+        // One connection carries the whole exchange, replies read one step
+        // late: at step i the client sends the commit of group i - 1 and
+        // the reservation of group i + 2, copies group i, then reads what it
+        // sent at step i - 1 (the commit of i - 2, the reservation of i + 1).
+        // The server has a whole group's copy time to answer.
+        enum Owed {
+            Commit(Vec<(usize, Descriptor)>),
+            Reserve(usize),
         }
-        let mut committed = committed.into_iter();
-        Ok(results
-            .into_iter()
-            .map(|r| match r {
-                Some(r) => r,
-                None => committed
-                    .next()
-                    .unwrap_or_else(|| Err(ClientError::Unexpected("missing commit reply".into()))),
-            })
-            .collect())
-    }
-
-    /// KV.COMMIT of a group of written reservations: one result per block.
-    async fn commit_group(
-        &self,
-        group: &[(Descriptor, &[u8])],
-    ) -> Result<Vec<Result<(), ClientError>>, ClientError> {
-        self.commit_group_during(group, async {}).await.0
-    }
-
-    /// Sends the KV.COMMIT of `group`, runs `during` while the server works
-    /// on it, then reads the reply.
-    async fn commit_group_during<T>(
-        &self,
-        group: &[(Descriptor, &[u8])],
-        during: impl std::future::Future<Output = T>,
-    ) -> (Result<Vec<Result<(), ClientError>>, ClientError>, T) {
-        let mut commit = vec![b("KV.COMMIT")];
-        commit.extend(group.iter().map(|(d, _)| num(d.token)));
+        let n = groups.len();
+        let mut reserved: Vec<Option<Vec<(usize, Descriptor)>>> = (0..n).map(|_| None).collect();
         let i = self.next.fetch_add(1, Relaxed) % self.conns.len();
         let mut conn = self.conns[i].lock().await;
-        if let Err(e) = conn.send(&[commit]).await {
-            return (Err(e), during.await);
+        let mut owed: Vec<Owed> = Vec::new();
+        let mut cmds = Vec::new();
+        for g in 0..n.min(2) {
+            cmds.push(reserve_cmd(&groups[g]));
+            owed.push(Owed::Reserve(g));
         }
-        let out = during.await;
-        let reply = match conn.recv(1).await {
-            Ok(mut v) => v.pop().expect("one reply"),
-            Err(e) => return (Err(e), out),
+        conn.send(&cmds).await?;
+        let settle = |owed: Vec<Owed>,
+                      frames: Vec<BytesFrame>,
+                      reserved: &mut Vec<Option<Vec<(usize, Descriptor)>>>,
+                      results: &mut Vec<Option<Result<(), ClientError>>>|
+         -> Result<(), ClientError> {
+            for (o, f) in owed.into_iter().zip(frames) {
+                match o {
+                    Owed::Commit(w) => record_commits(&w, f, results)?,
+                    Owed::Reserve(g) => reserved[g] = Some(take_reserved(&groups[g], f, results)?),
+                }
+            }
+            Ok(())
         };
-        let frames = if group.len() == 1 {
-            Ok(vec![reply])
-        } else {
-            array(reply)
-        };
-        (
-            frames.map(|f| f.into_iter().map(|f| check(f).map(|_| ())).collect()),
-            out,
-        )
+        let frames = conn.recv(owed.len()).await?;
+        settle(
+            std::mem::take(&mut owed),
+            frames,
+            &mut reserved,
+            &mut results,
+        )?;
+        let mut prev: Vec<(usize, Descriptor)> = Vec::new();
+        let mut failed = None;
+        for gi in 0..n {
+            let cur = reserved[gi].take().unwrap_or_default();
+            let mut cmds = Vec::new();
+            let mut now_owed = Vec::new();
+            if !prev.is_empty() {
+                cmds.push(commit_cmd(&prev));
+                now_owed.push(Owed::Commit(std::mem::take(&mut prev)));
+            }
+            if gi + 2 < n {
+                cmds.push(reserve_cmd(&groups[gi + 2]));
+                now_owed.push(Owed::Reserve(gi + 2));
+            }
+            if !cmds.is_empty() {
+                conn.send(&cmds).await?;
+            }
+            let writes: Vec<(Descriptor, &[u8])> =
+                cur.iter().map(|(i, d)| (*d, &blocks[*i].1[..])).collect();
+            let moved = plane.write(&writes).await;
+            // What was sent a step ago.
+            let frames = conn.recv(owed.len()).await?;
+            settle(
+                std::mem::take(&mut owed),
+                frames,
+                &mut reserved,
+                &mut results,
+            )?;
+            owed = now_owed;
+            if let Err(e) = moved {
+                failed = Some((e, cur));
+                break;
+            }
+            prev = cur;
+        }
+        let frames = conn.recv(owed.len()).await?;
+        settle(
+            std::mem::take(&mut owed),
+            frames,
+            &mut reserved,
+            &mut results,
+        )?;
+        if let Some((e, cur)) = failed {
+            // Nothing from the failed group on is committed.
+            let mut abort = vec![b("KV.ABORT")];
+            abort.extend(
+                cur.iter()
+                    .chain(reserved.iter().flatten().flatten())
+                    .map(|(_, d)| num(d.token)),
+            );
+            let _ = conn.pipeline(&[abort]).await;
+            return Err(e.into());
+        }
+        if !prev.is_empty() {
+            let reply = conn.pipeline(&[commit_cmd(&prev)]).await?;
+            let f = reply
+                .into_iter()
+                .next()
+                .ok_or_else(|| ClientError::Unexpected("no commit reply".into()))?;
+            record_commits(&prev, f, &mut results)?;
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| Err(ClientError::Unexpected("missing commit reply".into())))
+            })
+            .collect())
     }
 
     /// Stores a chain (each block's parent is the one before it; the first's is
@@ -672,4 +713,28 @@ impl Client {
         }
         Ok(stats)
     }
+}
+
+/// Records a KV.COMMIT reply (`OK` for one token, an array for several).
+fn record_commits(
+    group: &[(usize, Descriptor)],
+    reply: BytesFrame,
+    results: &mut [Option<Result<(), ClientError>>],
+) -> Result<(), ClientError> {
+    let frames = if group.len() == 1 {
+        vec![reply]
+    } else {
+        array(reply)?
+    };
+    if frames.len() != group.len() {
+        return Err(ClientError::Unexpected(format!(
+            "{} commit replies for {} blocks",
+            frames.len(),
+            group.len()
+        )));
+    }
+    for ((i, _), f) in group.iter().zip(frames) {
+        results[*i] = Some(check(f).map(|_| ()));
+    }
+    Ok(())
 }
