@@ -367,8 +367,8 @@ impl Client {
         let mut conn = self.conns[i].lock().await;
         let mut owed: Vec<Owed> = Vec::new();
         let mut cmds = Vec::new();
-        for g in 0..n.min(2) {
-            cmds.push(reserve_cmd(&groups[g]));
+        for (g, range) in groups.iter().enumerate().take(2) {
+            cmds.push(reserve_cmd(range));
             owed.push(Owed::Reserve(g));
         }
         conn.send(&cmds).await?;

@@ -218,7 +218,7 @@ impl DataState {
                 Reservation {
                     key,
                     kind,
-                    inbound: Arc::new(Inbound::new(region)),
+                    inbound: Arc::new(Inbound::with_hashing(region, kind == Kind::Tcp)),
                     parent,
                     ttl_ms: opts.ttl_ms,
                     deadline,

@@ -116,7 +116,7 @@ enum Hashing {
     Idle(u64, Box<Xxh3Default>),
     /// A claim has the hasher.
     Taken,
-    /// Out of order: no checksum from here.
+    /// Out of order, or not hashed at all: no checksum.
     Broken,
 }
 
@@ -155,8 +155,15 @@ unsafe impl Send for Inbound {}
 unsafe impl Sync for Inbound {}
 
 impl Inbound {
-    /// Wraps a fresh region.
-    pub fn new(mut region: Region) -> Inbound {
+    /// Wraps a fresh region whose writer copies into it directly (shm,
+    /// rdma): nothing is hashed on arrival.
+    pub fn new(region: Region) -> Inbound {
+        Self::with_hashing(region, false)
+    }
+
+    /// Wraps a fresh region filled through claims (tcp); with `hash`, bytes
+    /// arriving in order are hashed as they land.
+    pub fn with_hashing(mut region: Region, hash: bool) -> Inbound {
         Inbound {
             ptr: region.as_mut_ptr(),
             len: region.len() as u64,
@@ -164,7 +171,11 @@ impl Inbound {
                 region: Some(region),
                 done: Vec::new(),
                 inflight: Vec::new(),
-                hashing: Hashing::Idle(0, Box::new(Xxh3Default::new())),
+                hashing: if hash {
+                    Hashing::Idle(0, Box::new(Xxh3Default::new()))
+                } else {
+                    Hashing::Broken
+                },
             }),
         }
     }
@@ -396,7 +407,7 @@ mod tests {
 
     #[test]
     fn in_order_writes_are_hashed_on_arrival() {
-        let ib = Inbound::new(Region::alloc(None, 10));
+        let ib = Inbound::with_hashing(Region::alloc(None, 10), true);
         let mut c = ib.claim(0, 6).unwrap();
         c.buf().copy_from_slice(b"tidepo");
         c.absorb(3);
@@ -410,7 +421,7 @@ mod tests {
         assert_eq!(sum, Some(xxhash_rust::xxh3::xxh3_64(b"tidepool!!")));
         assert_eq!(&region.into_bytes()[..], b"tidepool!!");
         // A writer that drops mid-range breaks the hash, not the block.
-        let ib = Inbound::new(Region::alloc(None, 4));
+        let ib = Inbound::with_hashing(Region::alloc(None, 4), true);
         let mut c = ib.claim(0, 4).unwrap();
         c.buf()[..2].copy_from_slice(b"xx");
         c.absorb(2);
@@ -439,7 +450,7 @@ mod tests {
         assert_eq!(r.arena_offset(), Some(0));
         let r2 = Region::alloc(Some(&arena), 1 << 20);
         assert!(r2.arena_offset().is_none(), "too large for the arena: heap");
-        let ib = Inbound::new(r);
+        let ib = Inbound::with_hashing(r, true);
         fill(&ib, 0, 5000, 7).unwrap();
         let (region, sum) = ib.seal(true).unwrap();
         assert_eq!(sum, Some(xxhash_rust::xxh3::xxh3_64(&[7u8; 5000])));
@@ -458,7 +469,7 @@ mod tests {
             let mut pieces: Vec<(u64, u64)> = bounds.windows(2).map(|w| (w[0], w[1])).collect();
             let n = pieces.len();
             for i in 0..n { pieces.swap(i, (seed as usize).wrapping_add(i * 7) % n); }
-            let ib = Inbound::new(Region::alloc(None, len as usize));
+            let ib = Inbound::with_hashing(Region::alloc(None, len as usize), true);
             for (i, (a, b)) in pieces.iter().enumerate() {
                 prop_assert!(!ib.is_complete() || i == n);
                 fill(&ib, *a, b - a, (*a % 251) as u8).unwrap();

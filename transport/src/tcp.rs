@@ -489,7 +489,10 @@ mod tests {
             .collect();
         let mut blocks = Vec::new();
         for (i, d) in data.iter().enumerate() {
-            let ib = Arc::new(Inbound::new(crate::Region::alloc(None, d.len())));
+            let ib = Arc::new(Inbound::with_hashing(
+                crate::Region::alloc(None, d.len()),
+                true,
+            ));
             table.inbound.lock().insert(i as u64 + 1, ib);
             blocks.push((desc(i as u64 + 1, d.len()), &d[..]));
         }
