@@ -25,6 +25,17 @@ pub fn server_bin() -> PathBuf {
     bin
 }
 
+/// Path of the `tidepool-bench` binary built beside the server.
+pub fn bench_bin() -> PathBuf {
+    let bin = server_bin().with_file_name("tidepool-bench");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build --workspace --bins` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
 /// Panics with a clear message when a tool the tests need is missing.
 pub fn must_have_tool(name: &str) {
     let ok = Command::new(name)

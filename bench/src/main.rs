@@ -20,6 +20,9 @@ use clap::{Parser, Subcommand};
 use tidepool_client::{chain_keys, Client};
 
 mod data;
+mod gen;
+mod plot;
+mod replay;
 mod sim;
 
 #[derive(Parser)]
@@ -76,6 +79,68 @@ enum Cmd {
         /// Write the results as JSON here too.
         #[arg(long)]
         json: Option<String>,
+    },
+    /// Replays a trace through a real tidepool-server: KV.MATCH each chain,
+    /// store the blocks from the first miss on; hit ratio against the
+    /// simulation of the server's policy, throughput, latencies, plot.
+    Replay {
+        /// Trace in Mooncake's format (JSON lines with timestamp and hash_ids).
+        #[arg(long, default_value = "../shared/traces/conversation_trace.jsonl")]
+        trace: std::path::PathBuf,
+        /// Payload of each block in bytes.
+        #[arg(long, default_value_t = 16384)]
+        block_bytes: usize,
+        /// Blocks the server holds (its DRAM is sized to exactly that many).
+        #[arg(long, default_value_t = 5000)]
+        capacity_blocks: usize,
+        /// The server's eviction policy (its --eviction flag).
+        #[arg(long)]
+        eviction: Option<String>,
+        /// Replay at this multiple of the trace's speed (timestamps honoured).
+        #[arg(long, conflicts_with = "max")]
+        speed: Option<f64>,
+        /// As fast as possible (the default).
+        #[arg(long)]
+        max: bool,
+        /// Only the first N requests.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Replay against this server instead of starting one.
+        #[arg(long)]
+        addr: Option<String>,
+        /// tidepool-server binary.
+        #[arg(long, default_value = "target/release/tidepool-server")]
+        server: String,
+        /// Write the results as JSON here.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+        /// Draw hit ratio over time and latency CDFs here (SVG).
+        #[arg(long)]
+        svg: Option<std::path::PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Writes a synthetic trace in Mooncake's format.
+    GenTrace {
+        /// Reuse shape.
+        #[arg(long, value_enum, default_value = "chat")]
+        shape: gen::Shape,
+        /// Requests.
+        #[arg(long, default_value_t = 10_000)]
+        requests: usize,
+        /// Popularity skew (Zipf exponent).
+        #[arg(long, default_value_t = 1.0)]
+        skew: f64,
+        /// Typical chain length in blocks.
+        #[arg(long, default_value_t = 16)]
+        chain: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output file.
+        #[arg(long)]
+        out: std::path::PathBuf,
     },
     /// KV.MATCH of a chain against a pipeline of EXISTS, side by side.
     Match {
@@ -420,6 +485,56 @@ fn main() -> anyhow::Result<()> {
             runs: runs.max(1),
             server,
             json,
+        })),
+        Cmd::GenTrace {
+            shape,
+            requests,
+            skew,
+            chain,
+            seed,
+            out,
+        } => {
+            let t = gen::generate(&gen::GenArgs {
+                shape,
+                requests,
+                skew,
+                chain,
+                seed,
+            });
+            gen::write_trace(&out, &t)?;
+            let blocks: usize = t.iter().map(|c| c.len()).sum();
+            println!(
+                "wrote {} requests, {blocks} blocks to {}",
+                t.len(),
+                out.display()
+            );
+            Ok(())
+        }
+        Cmd::Replay {
+            trace,
+            block_bytes,
+            capacity_blocks,
+            eviction,
+            speed,
+            max: _,
+            limit,
+            addr,
+            server,
+            json,
+            svg,
+            quiet,
+        } => rt.block_on(replay::replay(replay::ReplayArgs {
+            trace,
+            block_bytes,
+            capacity_blocks,
+            eviction,
+            speed,
+            limit,
+            addr,
+            server,
+            json,
+            svg,
+            quiet,
         })),
         Cmd::Match {
             chain,

@@ -14,8 +14,26 @@ use anyhow::Context;
 /// One request of a trace: the chain of block ids of its prompt.
 pub type Chain = Vec<u64>;
 
+/// One request of a trace with its arrival time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// Arrival, milliseconds from the trace's start.
+    pub timestamp_ms: u64,
+    /// The chain of block ids of its prompt.
+    pub chain: Chain,
+}
+
 /// Reads a Mooncake-format trace (JSON lines with `hash_ids`).
 pub fn read_trace(path: &Path, limit: Option<usize>) -> anyhow::Result<Vec<Chain>> {
+    Ok(read_requests(path, limit)?
+        .into_iter()
+        .map(|r| r.chain)
+        .collect())
+}
+
+/// Reads a Mooncake-format trace with timestamps (`timestamp`, in ms;
+/// 0 when absent).
+pub fn read_requests(path: &Path, limit: Option<usize>) -> anyhow::Result<Vec<Request>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
@@ -34,7 +52,10 @@ pub fn read_trace(path: &Path, limit: Option<usize>) -> anyhow::Result<Vec<Chain
             .iter()
             .map(|x| x.as_u64().context("hash id is not an integer"))
             .collect::<anyhow::Result<Vec<u64>>>()?;
-        out.push(ids);
+        out.push(Request {
+            timestamp_ms: v["timestamp"].as_u64().unwrap_or(0),
+            chain: ids,
+        });
     }
     Ok(out)
 }
@@ -47,6 +68,17 @@ pub enum Policy {
     /// LRU among blocks with no cached child (tidepool's DRAM tier): chains are
     /// consumed from the tail and the cache never holds an orphan.
     LeafLru,
+}
+
+impl Policy {
+    /// Parses a policy name as the server's `--eviction` flag spells it.
+    pub fn parse(name: &str) -> anyhow::Result<Policy> {
+        match name {
+            "lru" | "leaf-lru" => Ok(Policy::LeafLru),
+            "plain-lru" => Ok(Policy::Lru),
+            other => anyhow::bail!("unknown eviction policy {other:?}"),
+        }
+    }
 }
 
 /// Result of a simulation.

@@ -77,6 +77,10 @@ pub struct Args {
     /// Milliseconds before an uncommitted reservation is dropped. Default: 30000.
     #[arg(long = "reserve-timeout")]
     pub reserve_timeout: Option<u64>,
+    /// DRAM eviction policy: lru (prefix-aware: a block goes only after its
+    /// children). Default: lru.
+    #[arg(long)]
+    pub eviction: Option<String>,
 }
 
 /// The server's settings.
@@ -120,6 +124,8 @@ pub struct Config {
     pub shm_arena: Option<ByteSize>,
     /// Milliseconds an uncommitted reservation lives. Default: 30000.
     pub reserve_timeout: u64,
+    /// DRAM eviction policy. Default: `lru`.
+    pub eviction: String,
 }
 
 impl Default for Config {
@@ -142,6 +148,7 @@ impl Default for Config {
             shm_socket: None,
             shm_arena: None,
             reserve_timeout: 30_000,
+            eviction: "lru".into(),
         }
     }
 }

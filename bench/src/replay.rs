@@ -1,0 +1,270 @@
+//! `tidepool-bench replay`: a trace replayed through a real tidepool-server.
+//!
+//! For each request: `KV.MATCH` its chain, then store the blocks from the
+//! first miss on, in chain order (`KV.MPUT ... CHAIN`), with payloads of
+//! `block_bytes`. The server the bench starts holds exactly `capacity_blocks`
+//! such blocks (its DRAM capacity is that many blocks' charge, watermarks at
+//! 1.0, so it evicts one block per block stored once full), which makes its
+//! hit ratio comparable block for block with the offline simulation of its
+//! policy, reported beside it.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use tidepool_client::{Client, ClientOptions, PlaneChoice};
+
+use crate::sim::{self, Policy};
+use crate::{free_port, wait_up, Proc};
+
+/// Settings of a replay.
+pub struct ReplayArgs {
+    /// Trace file.
+    pub trace: PathBuf,
+    /// Payload of each block.
+    pub block_bytes: usize,
+    /// Blocks the server holds.
+    pub capacity_blocks: usize,
+    /// Server eviction policy (`--eviction` of the server).
+    pub eviction: Option<String>,
+    /// Replay speed against the trace's timestamps; `None`: as fast as possible.
+    pub speed: Option<f64>,
+    /// Only the first N requests.
+    pub limit: Option<usize>,
+    /// Use this server instead of starting one.
+    pub addr: Option<String>,
+    /// tidepool-server binary.
+    pub server: String,
+    /// JSON output.
+    pub json: Option<PathBuf>,
+    /// SVG plot output.
+    pub svg: Option<PathBuf>,
+    /// Print no progress bar.
+    pub quiet: bool,
+}
+
+/// Per-block charge of the store (key + value + bookkeeping), as the server
+/// computes it: keys are 8-byte big-endian hash ids.
+fn charge(block_bytes: usize) -> u64 {
+    8 + block_bytes as u64 + 128
+}
+
+fn key(id: u64) -> Bytes {
+    Bytes::copy_from_slice(&id.to_be_bytes())
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6
+}
+
+/// Runs the replay and prints the report.
+pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
+    let requests = sim::read_requests(&a.trace, a.limit)?;
+    anyhow::ensure!(
+        !requests.is_empty(),
+        "{} holds no requests",
+        a.trace.display()
+    );
+    let mut _server = None;
+    let addr = match &a.addr {
+        Some(addr) => addr.clone(),
+        None => {
+            let port = free_port()?;
+            let dram = a.capacity_blocks as u64 * charge(a.block_bytes);
+            let mut cmd = Command::new(&a.server);
+            cmd.args([
+                "--port",
+                &port.to_string(),
+                "--data-port",
+                "0",
+                "--shm",
+                "false",
+            ])
+            .args(["--dram", &format!("{dram}B")])
+            .args(["--high-watermark", "1.0", "--low-watermark", "1.0"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null());
+            if let Some(p) = &a.eviction {
+                cmd.args(["--eviction", p]);
+            }
+            _server = Some(Proc(cmd.spawn().with_context(|| {
+                format!("starting {} (cargo build --release)", a.server)
+            })?));
+            wait_up(port).await?;
+            format!("127.0.0.1:{port}")
+        }
+    };
+    let client = Client::connect_with(
+        &addr,
+        ClientOptions {
+            connections: 1,
+            plane: PlaneChoice::Inline,
+            ..ClientOptions::default()
+        },
+    )
+    .await?;
+    let payload = Bytes::from(vec![0x5Au8; a.block_bytes]);
+    let bar = if a.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(requests.len() as u64)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} requests, hit {msg} [{elapsed}<{eta}]",
+        )
+        .expect("valid template"),
+    );
+    let (mut queried, mut matched, mut stored_bytes, mut put_errors) = (0u64, 0u64, 0u64, 0u64);
+    let mut match_lat = Vec::with_capacity(requests.len());
+    let mut put_lat = Vec::new();
+    // Hit ratio per window of requests, and cumulative.
+    let window = (requests.len() / 100).max(1);
+    let (mut wq, mut wm) = (0u64, 0u64);
+    let mut series: Vec<(usize, f64, f64)> = Vec::new();
+    let t0 = Instant::now();
+    let first_ts = requests[0].timestamp_ms;
+    for (i, req) in requests.iter().enumerate() {
+        if let Some(speed) = a.speed {
+            let due = Duration::from_secs_f64((req.timestamp_ms - first_ts) as f64 / 1e3 / speed);
+            if let Some(wait) = due.checked_sub(t0.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let keys: Vec<Bytes> = req.chain.iter().map(|id| key(*id)).collect();
+        let q = Instant::now();
+        let hit = client.match_prefix(&keys, None).await?.matched;
+        match_lat.push(q.elapsed());
+        queried += keys.len() as u64;
+        matched += hit as u64;
+        wq += keys.len() as u64;
+        wm += hit as u64;
+        if hit < keys.len() {
+            let blocks: Vec<(Bytes, Bytes)> = keys[hit..]
+                .iter()
+                .map(|k| (k.clone(), payload.clone()))
+                .collect();
+            let parent = hit.checked_sub(1).map(|p| keys[p].clone());
+            let q = Instant::now();
+            for r in client.put_many(&blocks, true, parent).await? {
+                if r.is_err() {
+                    put_errors += 1;
+                }
+            }
+            put_lat.push(q.elapsed());
+            stored_bytes += (blocks.len() * a.block_bytes) as u64;
+        }
+        if (i + 1) % window == 0 || i + 1 == requests.len() {
+            series.push((
+                i + 1,
+                matched as f64 / queried.max(1) as f64,
+                wm as f64 / wq.max(1) as f64,
+            ));
+            (wq, wm) = (0, 0);
+            bar.set_message(format!("{:.4}", matched as f64 / queried.max(1) as f64));
+        }
+        bar.inc(1);
+    }
+    let elapsed = t0.elapsed();
+    bar.finish_and_clear();
+    let server_ratio = matched as f64 / queried.max(1) as f64;
+    // The simulation of the policy the server runs (prefix-aware LRU).
+    let chains: Vec<sim::Chain> = requests.iter().map(|r| r.chain.clone()).collect();
+    let policy = match a.eviction.as_deref() {
+        None | Some("lru") => Policy::LeafLru,
+        Some(other) => Policy::parse(other)?,
+    };
+    let simulated = sim::simulate(&chains, a.capacity_blocks, policy).hit_ratio();
+    let stats = server_stats(&client).await.unwrap_or_default();
+    match_lat.sort();
+    put_lat.sort();
+    let rps = requests.len() as f64 / elapsed.as_secs_f64();
+    let mbs = stored_bytes as f64 / elapsed.as_secs_f64() / 1e6;
+    println!(
+        "# replay of {} requests ({} blocks) from {}, {} B blocks, {} blocks of capacity, {}",
+        requests.len(),
+        queried,
+        a.trace.display(),
+        a.block_bytes,
+        a.capacity_blocks,
+        a.speed
+            .map_or("as fast as possible".to_string(), |s| format!(
+                "{s}x trace speed"
+            ))
+    );
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| prefix hit ratio (server) | {server_ratio:.4} |");
+    println!("| prefix hit ratio (simulation of {policy:?}) | {simulated:.4} |");
+    println!("| difference | {:+.4} |", server_ratio - simulated);
+    println!("| requests/s | {rps:.0} |");
+    println!("| stored MB/s | {mbs:.1} |");
+    println!(
+        "| KV.MATCH p50 / p99 µs | {:.0} / {:.0} |",
+        pct(&match_lat, 0.5),
+        pct(&match_lat, 0.99)
+    );
+    println!(
+        "| KV.MPUT p50 / p99 µs | {:.0} / {:.0} |",
+        pct(&put_lat, 0.5),
+        pct(&put_lat, 0.99)
+    );
+    println!("| refused block puts | {put_errors} |");
+    println!("| server evictions | {} |", stats.0);
+    if let Some(path) = &a.json {
+        let cdf = |v: &[Duration]| -> Vec<(f64, f64)> {
+            (0..=100)
+                .map(|p| (pct(v, p as f64 / 100.0), p as f64 / 100.0))
+                .collect()
+        };
+        let j = serde_json::json!({
+            "bench": "replay",
+            "trace": a.trace.display().to_string(),
+            "requests": requests.len(),
+            "block_bytes": a.block_bytes,
+            "capacity_blocks": a.capacity_blocks,
+            "eviction": a.eviction.clone().unwrap_or_else(|| "lru".into()),
+            "blocks_queried": queried,
+            "blocks_matched": matched,
+            "hit_ratio": server_ratio,
+            "simulated_hit_ratio": simulated,
+            "simulated_policy": format!("{policy:?}"),
+            "requests_per_s": rps,
+            "stored_mb_per_s": mbs,
+            "match_p50_us": pct(&match_lat, 0.5),
+            "match_p99_us": pct(&match_lat, 0.99),
+            "put_p50_us": pct(&put_lat, 0.5),
+            "put_p99_us": pct(&put_lat, 0.99),
+            "refused_puts": put_errors,
+            "server_evictions": stats.0,
+            "hit_ratio_over_time": series.iter().map(|(n, c, w)| serde_json::json!({"requests": n, "cumulative": c, "window": w})).collect::<Vec<_>>(),
+            "match_latency_cdf_us": cdf(&match_lat),
+            "put_latency_cdf_us": cdf(&put_lat),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&j)?)?;
+    }
+    if let Some(path) = &a.svg {
+        crate::plot::replay_svg(path, &series, &match_lat, &put_lat, simulated)?;
+    }
+    if put_errors > 0 {
+        bail!("{put_errors} block puts were refused");
+    }
+    Ok(())
+}
+
+/// (DRAM evictions) from KV.STATS.
+async fn server_stats(c: &Client) -> anyhow::Result<(i64,)> {
+    let s = c.stats().await?;
+    let ev = s
+        .tiers
+        .get("dram")
+        .and_then(|t| t.get("evictions"))
+        .copied()
+        .unwrap_or(0);
+    Ok((ev,))
+}

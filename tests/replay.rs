@@ -1,0 +1,130 @@
+//! `tidepool-bench replay` through the real server: the hit ratio the server
+//! measures equals the offline simulation of its eviction policy.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tidepool_tests::{bench_bin, server_bin};
+
+fn tmp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("tp-replay-{}-{name}", std::process::id()))
+}
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(bench_bin())
+        .args(args)
+        .output()
+        .expect("running tidepool-bench");
+    assert!(
+        out.status.success(),
+        "tidepool-bench {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Replays `trace` into a server of `capacity` blocks and returns the JSON.
+fn replay(
+    trace: &Path,
+    capacity: usize,
+    limit: Option<usize>,
+    svg: Option<&Path>,
+) -> serde_json::Value {
+    let json = tmp(&format!("{capacity}.json"));
+    let server = server_bin();
+    let mut args = vec![
+        "replay".to_string(),
+        "--trace".into(),
+        trace.display().to_string(),
+        "--capacity-blocks".into(),
+        capacity.to_string(),
+        "--block-bytes".into(),
+        "1024".into(),
+        "--server".into(),
+        server.display().to_string(),
+        "--json".into(),
+        json.display().to_string(),
+        "--quiet".into(),
+    ];
+    if let Some(l) = limit {
+        args.extend(["--limit".into(), l.to_string()]);
+    }
+    if let Some(s) = svg {
+        args.extend(["--svg".into(), s.display().to_string()]);
+    }
+    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let table = run(&refs);
+    assert!(table.contains("prefix hit ratio (server)"), "{table}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    std::fs::remove_file(&json).unwrap();
+    v
+}
+
+fn assert_matches_simulation(v: &serde_json::Value) {
+    let server = v["hit_ratio"].as_f64().unwrap();
+    let sim = v["simulated_hit_ratio"].as_f64().unwrap();
+    assert!(server > 0.0, "no hits at all: {v}");
+    assert!(
+        (server - sim).abs() <= 0.005 * sim,
+        "server {server} and simulation {sim} differ by more than 0.5%"
+    );
+    assert!(
+        v["server_evictions"].as_i64().unwrap() > 0,
+        "the cache never filled: {v}"
+    );
+    assert_eq!(v["refused_puts"].as_i64().unwrap(), 0);
+}
+
+#[test]
+fn the_server_matches_the_simulation_on_generated_traces() {
+    for shape in ["chat", "docs", "scan", "agents"] {
+        let trace = tmp(&format!("{shape}.jsonl"));
+        run(&[
+            "gen-trace",
+            "--shape",
+            shape,
+            "--requests",
+            "1500",
+            "--chain",
+            "10",
+            "--seed",
+            "3",
+            "--out",
+            &trace.display().to_string(),
+        ]);
+        let svg = tmp(&format!("{shape}.svg"));
+        let v = replay(&trace, 300, None, Some(&svg));
+        eprintln!(
+            "{shape}: server {} simulation {}",
+            v["hit_ratio"], v["simulated_hit_ratio"]
+        );
+        assert_matches_simulation(&v);
+        let plot = std::fs::read_to_string(&svg).unwrap();
+        assert!(
+            plot.starts_with("<svg") && plot.contains("hit ratio"),
+            "not a plot"
+        );
+        assert!(v["hit_ratio_over_time"].as_array().unwrap().len() >= 10);
+        std::fs::remove_file(&svg).unwrap();
+        std::fs::remove_file(&trace).unwrap();
+    }
+}
+
+#[test]
+fn the_server_matches_the_simulation_on_mooncakes_trace() {
+    let trace =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces/conversation_trace.jsonl");
+    if !trace.exists() {
+        eprintln!("SKIPPED: {} not found", trace.display());
+        return;
+    }
+    // A slice: the first 3,000 requests, 1,000 blocks of capacity.
+    let v = replay(&trace, 1000, Some(3000), None);
+    eprintln!(
+        "mooncake slice: server {} simulation {}",
+        v["hit_ratio"], v["simulated_hit_ratio"]
+    );
+    assert_matches_simulation(&v);
+}
