@@ -452,12 +452,15 @@ fn main() -> anyhow::Result<()> {
                 "# offline replay of {} requests: prefix hit ratio",
                 trace.len()
             );
-            println!("| capacity (blocks) | lru | leaf-first lru (tidepool) |");
-            println!("|---|---|---|");
+            println!(
+                "| capacity (blocks) | lru | leaf-first lru (tidepool lru) | tidepool adaptive |"
+            );
+            println!("|---|---|---|---|");
             for c in capacity_blocks {
                 let lru = sim::simulate(&trace, c, sim::Policy::Lru).hit_ratio();
                 let leaf = sim::simulate(&trace, c, sim::Policy::LeafLru).hit_ratio();
-                println!("| {c} | {lru:.4} | {leaf:.4} |");
+                let ad = sim::simulate(&trace, c, sim::Policy::Adaptive).hit_ratio();
+                println!("| {c} | {lru:.4} | {leaf:.4} | {ad:.4} |");
             }
             Ok(())
         }

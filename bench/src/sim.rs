@@ -68,6 +68,10 @@ pub enum Policy {
     /// LRU among blocks with no cached child (tidepool's DRAM tier): chains are
     /// consumed from the tail and the cache never holds an orphan.
     LeafLru,
+    /// tidepool's `adaptive` policy (see `tidepool_tiering::policy`):
+    /// probation and main segments, ghost admission, the probation share
+    /// chosen by miniature simulations; prefix-aware.
+    Adaptive,
 }
 
 impl Policy {
@@ -75,6 +79,7 @@ impl Policy {
     pub fn parse(name: &str) -> anyhow::Result<Policy> {
         match name {
             "lru" | "leaf-lru" => Ok(Policy::LeafLru),
+            "adaptive" => Ok(Policy::Adaptive),
             "plain-lru" => Ok(Policy::Lru),
             other => anyhow::bail!("unknown eviction policy {other:?}"),
         }
@@ -107,8 +112,22 @@ struct Block {
     children: u32,
 }
 
+/// The 8-byte big-endian keys the replay stores hash ids under.
+pub fn keys_of(chain: &[u64]) -> Vec<bytes::Bytes> {
+    chain
+        .iter()
+        .map(|id| bytes::Bytes::copy_from_slice(&id.to_be_bytes()))
+        .collect()
+}
+
 /// Simulates `trace` against a cache of `capacity` blocks.
 pub fn simulate(trace: &[Chain], capacity: usize, policy: Policy) -> SimResult {
+    if policy == Policy::Adaptive {
+        let keyed: Vec<Vec<bytes::Bytes>> = trace.iter().map(|c| keys_of(c)).collect();
+        let (matched, queried) =
+            tidepool_tiering::policy::simulate_adaptive(&keyed, capacity.min(1 << 40));
+        return SimResult { queried, matched };
+    }
     let mut blocks: HashMap<u64, Block> = HashMap::new();
     // Eviction candidates by stamp: every block under Lru, childless ones under LeafLru.
     let mut order: BTreeSet<(u64, u64)> = BTreeSet::new();

@@ -14,6 +14,7 @@ pub mod dram;
 pub mod error;
 pub mod event;
 pub mod io;
+pub mod policy;
 pub mod ssd;
 pub mod store;
 pub mod tier;
