@@ -45,7 +45,7 @@ pub const GHOSTS: usize = 3;
 /// Whether a chain is in the tuner's sample.
 pub fn sampled(keys: &[Bytes]) -> bool {
     match keys.get(keys.len().saturating_sub(1).min(2)) {
-        Some(k) => xxh3_64(k) % SAMPLE == 0,
+        Some(k) => xxh3_64(k).is_multiple_of(SAMPLE),
         None => false,
     }
 }
