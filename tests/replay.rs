@@ -30,8 +30,9 @@ fn replay(
     capacity: usize,
     limit: Option<usize>,
     svg: Option<&Path>,
+    eviction: &str,
 ) -> serde_json::Value {
-    let json = tmp(&format!("{capacity}.json"));
+    let json = tmp(&format!("{capacity}-{eviction}.json"));
     let server = server_bin();
     let mut args = vec![
         "replay".to_string(),
@@ -46,6 +47,8 @@ fn replay(
         "--json".into(),
         json.display().to_string(),
         "--quiet".into(),
+        "--eviction".into(),
+        eviction.into(),
     ];
     if let Some(l) = limit {
         args.extend(["--limit".into(), l.to_string()]);
@@ -95,12 +98,18 @@ fn the_server_matches_the_simulation_on_generated_traces() {
             &trace.display().to_string(),
         ]);
         let svg = tmp(&format!("{shape}.svg"));
-        let v = replay(&trace, 300, None, Some(&svg));
+        let v = replay(&trace, 300, None, Some(&svg), "lru");
         eprintln!(
-            "{shape}: server {} simulation {}",
+            "{shape} lru: server {} simulation {}",
             v["hit_ratio"], v["simulated_hit_ratio"]
         );
         assert_matches_simulation(&v);
+        let a = replay(&trace, 300, None, None, "adaptive");
+        eprintln!(
+            "{shape} adaptive: server {} simulation {}",
+            a["hit_ratio"], a["simulated_hit_ratio"]
+        );
+        assert_matches_simulation(&a);
         let plot = std::fs::read_to_string(&svg).unwrap();
         assert!(
             plot.starts_with("<svg") && plot.contains("hit ratio"),
@@ -121,10 +130,12 @@ fn the_server_matches_the_simulation_on_mooncakes_trace() {
         return;
     }
     // A slice: the first 3,000 requests, 1,000 blocks of capacity.
-    let v = replay(&trace, 1000, Some(3000), None);
-    eprintln!(
-        "mooncake slice: server {} simulation {}",
-        v["hit_ratio"], v["simulated_hit_ratio"]
-    );
-    assert_matches_simulation(&v);
+    for eviction in ["lru", "adaptive"] {
+        let v = replay(&trace, 1000, Some(3000), None, eviction);
+        eprintln!(
+            "mooncake slice, {eviction}: server {} simulation {}",
+            v["hit_ratio"], v["simulated_hit_ratio"]
+        );
+        assert_matches_simulation(&v);
+    }
 }

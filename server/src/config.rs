@@ -77,8 +77,10 @@ pub struct Args {
     /// Milliseconds before an uncommitted reservation is dropped. Default: 30000.
     #[arg(long = "reserve-timeout")]
     pub reserve_timeout: Option<u64>,
-    /// DRAM eviction policy: lru (prefix-aware: a block goes only after its
-    /// children). Default: lru.
+    /// DRAM eviction policy: lru (least recently used first) or adaptive
+    /// (probation and main segments, ghost admission, the split tuned by
+    /// miniature simulations). Both are prefix-aware: a block goes only after
+    /// its children. Default: lru.
     #[arg(long)]
     pub eviction: Option<String>,
 }
@@ -185,7 +187,8 @@ impl Config {
             ssd_segment_size,
             ssd_promote,
             shm,
-            reserve_timeout
+            reserve_timeout,
+            eviction
         );
         if let Some(v) = args.data_port {
             c.data_port = Some(v);
@@ -221,6 +224,11 @@ impl Config {
             self.reserve_timeout > 0,
             "reserve-timeout must be at least 1 ms"
         );
+        anyhow::ensure!(
+            tidepool_tiering::Eviction::parse(&self.eviction).is_some(),
+            "eviction must be lru or adaptive, not {:?}",
+            self.eviction
+        );
         Ok(())
     }
 
@@ -241,6 +249,8 @@ impl Config {
             dram_capacity: self.dram.as_u64(),
             high_watermark: self.high_watermark,
             low_watermark: self.low_watermark,
+            eviction: tidepool_tiering::Eviction::parse(&self.eviction)
+                .unwrap_or(tidepool_tiering::Eviction::Lru),
         }
     }
 

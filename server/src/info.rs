@@ -168,6 +168,8 @@ fn section(shared: &Shared, name: &str, o: &mut String) {
                 if n == "dram" {
                     line!(format!("{n}_high_watermark"), high);
                     line!(format!("{n}_low_watermark"), low);
+                    line!("dram_eviction", shared.store.eviction().as_str());
+                    line!("dram_probation_share", shared.store.probation_share());
                 }
             }
             if let Some(s) = &st.ssd {

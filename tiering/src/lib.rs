@@ -25,7 +25,7 @@ mod tier_suite;
 pub use error::StoreError;
 pub use event::{Event, EventKind, EventSink};
 pub use store::{
-    charge_of, Fetch, MatchResult, PutOptions, SsdSettings, SsdStats, Store, StoreConfig,
+    charge_of, Eviction, Fetch, MatchResult, PutOptions, SsdSettings, SsdStats, Store, StoreConfig,
     StoreStats, TierStats,
 };
 pub use tier::{Load, Reclaimed, Slot, Tier, TierError, TierKind};

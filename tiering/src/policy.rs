@@ -255,6 +255,17 @@ impl SegCache {
         true
     }
 
+    /// Changes the capacity, evicting down to it.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity.max(1);
+        let none = Bytes::new();
+        while self.blocks.len() > self.capacity {
+            if !self.evict_one(&none) {
+                break;
+            }
+        }
+    }
+
     /// Blocks cached.
     pub fn len(&self) -> usize {
         self.blocks.len()
@@ -295,6 +306,18 @@ impl Tuner {
     /// The capacity (in blocks) the miniatures model, times [`SAMPLE`].
     pub fn capacity(&self) -> usize {
         self.mini_capacity * SAMPLE as usize
+    }
+
+    /// Models a cache of `capacity` blocks from now on.
+    pub fn resize(&mut self, capacity: usize) {
+        let mini = (capacity / SAMPLE as usize).max(1);
+        if mini == self.mini_capacity {
+            return;
+        }
+        self.mini_capacity = mini;
+        for m in &mut self.minis {
+            m.set_capacity(self.mini_capacity);
+        }
     }
 
     /// Sees one request (a chain about to be matched and completed). Returns

@@ -89,6 +89,39 @@ pub struct StoreConfig {
     pub high_watermark: f64,
     /// Fraction of capacity eviction brings usage back under. Default: 0.90.
     pub low_watermark: f64,
+    /// How DRAM picks its victims. Default: [`Eviction::Lru`].
+    pub eviction: Eviction,
+}
+
+/// DRAM eviction policies. Both keep chains prefix-closed (a block with a
+/// child in DRAM is never the victim).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Eviction {
+    /// Least recently used first.
+    #[default]
+    Lru,
+    /// Probation and main segments with ghost admission, the probation share
+    /// chosen by miniature simulations (see [`crate::policy`]).
+    Adaptive,
+}
+
+impl Eviction {
+    /// The name used by `--eviction`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Eviction::Lru => "lru",
+            Eviction::Adaptive => "adaptive",
+        }
+    }
+
+    /// Parses `lru` or `adaptive`.
+    pub fn parse(s: &str) -> Option<Eviction> {
+        match s {
+            "lru" => Some(Eviction::Lru),
+            "adaptive" => Some(Eviction::Adaptive),
+            _ => None,
+        }
+    }
 }
 
 impl Default for StoreConfig {
@@ -97,6 +130,7 @@ impl Default for StoreConfig {
             dram_capacity: 1 << 30,
             high_watermark: 0.95,
             low_watermark: 0.90,
+            eviction: Eviction::Lru,
         }
     }
 }
@@ -293,6 +327,8 @@ struct Entry {
     /// deleting or replacing the block writes a tombstone for it, so a restart
     /// does not bring it back.
     disk: Option<Slot>,
+    /// In the main segment (touched again since stored); `adaptive` only.
+    main: bool,
 }
 
 impl Entry {
@@ -309,7 +345,16 @@ impl Entry {
     fn expired(&self, now: u64) -> bool {
         self.expires_at.is_some_and(|t| t <= now)
     }
+
+    /// Its key in the eviction index: the segment in the top bit (probation
+    /// sorts first), the recency stamp below.
+    fn file_key(&self) -> u64 {
+        ((self.main as u64) << 63) | self.stamp
+    }
 }
+
+/// Where the main segment starts in the eviction index.
+const MAIN: u64 = 1 << 63;
 
 #[derive(Default)]
 struct Shard {
@@ -333,7 +378,7 @@ impl Shard {
         if let Some((k, e)) = self.map.get_key_value_mut(key) {
             match (was_evictable, e.evictable()) {
                 (false, true) => {
-                    e.filed = e.stamp;
+                    e.filed = e.file_key();
                     self.lru.insert(e.filed, k.clone());
                 }
                 (true, false) => {
@@ -344,17 +389,44 @@ impl Shard {
         }
     }
 
-    /// The least recently used evictable entry of this shard, as (stamp, key):
-    /// stale heads are re-filed at their real stamp first.
-    fn lru_head(&mut self) -> Option<(u64, Key)> {
+    /// Moves a touched entry to the main segment (`adaptive`). Returns the
+    /// DRAM bytes that left probation.
+    fn promote_main(&mut self, key: &[u8]) -> u64 {
+        let Some((k, e)) = self.map.get_key_value_mut(key) else {
+            return 0;
+        };
+        if e.main {
+            return 0;
+        }
+        if e.evictable() {
+            self.lru.remove(&e.filed);
+        }
+        e.main = true;
+        if e.evictable() {
+            e.filed = e.file_key();
+            self.lru.insert(e.filed, k.clone());
+        }
+        if e.tier == TierKind::Dram {
+            charge_of(k.len(), e.len as usize)
+        } else {
+            0
+        }
+    }
+
+    /// The least recently used evictable entry filed in `range` (a segment).
+    fn lru_head_in(&mut self, range: std::ops::Range<u64>) -> Option<(u64, Key)> {
         loop {
-            let (filed, key) = self.lru.first_key_value().map(|(f, k)| (*f, k.clone()))?;
+            let (filed, key) = self
+                .lru
+                .range(range.clone())
+                .next()
+                .map(|(f, k)| (*f, k.clone()))?;
             let e = self.map.get_mut(&key).expect("filed entries are stored");
-            if e.stamp == filed {
-                return Some((filed, key));
+            if e.file_key() == filed {
+                return Some((e.stamp, key));
             }
-            self.lru.pop_first();
-            e.filed = e.stamp;
+            self.lru.remove(&filed);
+            e.filed = e.file_key();
             self.lru.insert(e.filed, key);
         }
     }
@@ -409,6 +481,16 @@ pub struct Store {
     now: ClockFn,
     /// The SSD tier, once attached.
     ssd: std::sync::OnceLock<SsdState>,
+    /// The eviction policy.
+    eviction: Eviction,
+    /// DRAM bytes in the probation segment (every DRAM block under `lru`).
+    probation: AtomicU64,
+    /// `adaptive`: the probation share in force, as `f64` bits.
+    share: AtomicU64,
+    /// `adaptive`: keys evicted from probation lately.
+    ghosts: Mutex<crate::policy::Ghosts>,
+    /// `adaptive`: the miniature simulations choosing the share.
+    tuner: Mutex<Option<crate::policy::Tuner>>,
 }
 
 /// What [`Store::fetch_memory`] found.
@@ -511,7 +593,49 @@ impl Store {
             events,
             now,
             ssd: std::sync::OnceLock::new(),
+            eviction: config.eviction,
+            probation: AtomicU64::new(0),
+            share: AtomicU64::new(crate::policy::CANDIDATES[0].to_bits()),
+            ghosts: Mutex::new(crate::policy::Ghosts::default()),
+            tuner: Mutex::new(None),
         }
+    }
+
+    /// The eviction policy.
+    pub fn eviction(&self) -> Eviction {
+        self.eviction
+    }
+
+    /// `adaptive`: the probation share in force (1.0: plain LRU).
+    pub fn probation_share(&self) -> f64 {
+        f64::from_bits(self.share.load(Relaxed))
+    }
+
+    /// The DRAM capacity in blocks, judged from the blocks stored (or from
+    /// `charge` for a store still empty).
+    fn capacity_blocks(&self, charge: u64) -> usize {
+        let (used, blocks) = (self.used(), self.dram_counters.blocks.load(Relaxed));
+        let each = if blocks > 0 && used > 0 {
+            used / blocks
+        } else {
+            charge.max(1)
+        };
+        (self.capacity() / each.max(1)) as usize
+    }
+
+    /// `adaptive`: shows the tuner a chain about to be matched and completed,
+    /// and takes the share it chooses.
+    fn tune(&self, keys: &[Bytes]) {
+        let blocks = self.capacity_blocks(1);
+        let mut tuner = self.tuner.lock();
+        let t = tuner.get_or_insert_with(|| crate::policy::Tuner::new(blocks));
+        // The capacity in blocks is known once blocks are stored: keep the
+        // miniatures at the right scale.
+        if self.dram_counters.blocks.load(Relaxed) > 0 && t.capacity() != blocks {
+            t.resize(blocks);
+        }
+        let share = t.observe(keys);
+        self.share.store(share.to_bits(), Relaxed);
     }
 
     fn counters(&self, tier: TierKind) -> &TierCounters {
@@ -599,6 +723,7 @@ impl Store {
                 dram_children: 0,
                 written: stamp,
                 held: 0,
+                main: false,
             };
             if let Some(p) = &r.parent {
                 with_parent.push((r.key.clone(), p.clone()));
@@ -748,6 +873,7 @@ impl Store {
             dram_capacity: 0,
             high_watermark: high,
             low_watermark: low,
+            eviction: Eviction::Lru,
         }
         .validate()?;
         self.watermarks[0].store(high.to_bits(), Relaxed);
@@ -800,6 +926,20 @@ impl Store {
                 this.unlink_child(p, &key, !to_ssd);
             }
         };
+        // `adaptive`: a new block joins probation, or main when it was evicted
+        // from probation lately (it came back); a stored one is touched.
+        let adaptive = self.eviction == Eviction::Adaptive;
+        let exists_now = adaptive && !to_ssd && self.shard(&key).map.contains_key(&key[..]);
+        let ghost_main = adaptive
+            && !to_ssd
+            && !exists_now
+            && self.probation_share() < 1.0
+            && self.ghosts.lock().take(&key);
+        let incoming = if to_ssd || exists_now || ghost_main {
+            0
+        } else {
+            charge
+        };
         let checksum = opts.checksum.unwrap_or_else(|| xxh3_64(&value));
         debug_assert_eq!(checksum, xxh3_64(&value), "a wrong precomputed checksum");
         let len = value.len() as u64;
@@ -829,7 +969,7 @@ impl Store {
                 held_old = held.is_some();
             }
             self.dram_counters.used.fetch_add(reserved, Relaxed);
-            if let Err(e) = self.make_room() {
+            if let Err(e) = self.make_room_for(incoming) {
                 self.dram_counters.used.fetch_sub(reserved, Relaxed);
                 if held_old {
                     self.unhold(&key);
@@ -884,6 +1024,14 @@ impl Store {
                     // Overwrite in place: one hash lookup, the stored key kept.
                     let k = k.clone();
                     let was_evictable = e.evictable();
+                    if e.tier == TierKind::Dram && !e.main {
+                        self.probation
+                            .fetch_sub(charge_of(k.len(), e.len as usize), Relaxed);
+                    }
+                    e.main |= adaptive && tier == TierKind::Dram;
+                    if tier == TierKind::Dram && !e.main {
+                        self.probation.fetch_add(charge, Relaxed);
+                    }
                     if let Some(t) = e.expires_at {
                         ttl.remove(&(t, k.clone()));
                     }
@@ -914,8 +1062,14 @@ impl Store {
                             lru.remove(&e.filed);
                         }
                         (false, true) => {
-                            e.filed = stamp;
-                            lru.insert(stamp, k.clone());
+                            e.filed = e.file_key();
+                            lru.insert(e.filed, k.clone());
+                        }
+                        (true, true) if (e.filed >= MAIN) != e.main => {
+                            // Moved segment: filed eagerly in the new one.
+                            lru.remove(&e.filed);
+                            e.filed = e.file_key();
+                            lru.insert(e.filed, k.clone());
                         }
                         _ => {}
                     }
@@ -935,7 +1089,7 @@ impl Store {
                         parent: opts.parent.clone(),
                         children: Vec::new(),
                         stamp,
-                        filed: stamp,
+                        filed: ((ghost_main as u64) << 63) | stamp,
                         expires_at,
                         pinned: opts.pin,
                         leases: 0,
@@ -945,9 +1099,13 @@ impl Store {
                         held: 0,
                         disk: (tier == TierKind::Ssd).then(|| slot.clone()),
                         slot,
+                        main: ghost_main,
                     };
+                    if tier == TierKind::Dram && !entry.main {
+                        self.probation.fetch_add(charge, Relaxed);
+                    }
                     if entry.evictable() {
-                        lru.insert(stamp, key.clone());
+                        lru.insert(entry.filed, key.clone());
                     }
                     if let Some(t) = expires_at {
                         ttl.insert((t, key.clone()));
@@ -1075,6 +1233,12 @@ impl Store {
     /// Evicts until usage is under the low watermark if it is over the high one.
     /// Fails when usage still exceeds capacity and nothing more can go.
     fn make_room(&self) -> Result<(), StoreError> {
+        self.make_room_for(0)
+    }
+
+    /// `make_room` for a write whose `incoming` bytes will join probation
+    /// (they count there when the segment to evict from is chosen).
+    fn make_room_for(&self, incoming: u64) -> Result<(), StoreError> {
         let cap = self.capacity();
         let (high, low) = self.watermarks();
         let high_b = (cap as f64 * high) as u64;
@@ -1084,7 +1248,7 @@ impl Store {
         let low_b = (cap as f64 * low) as u64;
         let _guard = self.evict_lock.lock();
         while self.used() > low_b {
-            if !self.evict_one() && !self.demote_any() {
+            if !self.evict_one(incoming) && !self.demote_any() {
                 break;
             }
         }
@@ -1094,18 +1258,48 @@ impl Store {
         Ok(())
     }
 
-    /// Removes the least recently used evictable block. False when there is none.
-    fn evict_one(&self) -> bool {
-        loop {
-            let mut best: Option<(u64, Key)> = None;
-            for s in self.shards.iter() {
-                if let Some((stamp, k)) = s.lock().lru_head() {
-                    if best.as_ref().is_none_or(|(b, _)| stamp < *b) {
-                        best = Some((stamp, k));
-                    }
+    /// The least recently used evictable block filed in `range`, over all
+    /// shards.
+    fn oldest_in(&self, range: std::ops::Range<u64>) -> Option<(u64, Key)> {
+        let mut best: Option<(u64, Key)> = None;
+        for s in self.shards.iter() {
+            if let Some((stamp, k)) = s.lock().lru_head_in(range.clone()) {
+                if best.as_ref().is_none_or(|(b, _)| stamp < *b) {
+                    best = Some((stamp, k));
                 }
             }
-            let Some((stamp, key)) = best else {
+        }
+        best
+    }
+
+    /// The next victim: the least recently used evictable block (`lru`), or
+    /// (`adaptive`) the least recently used of probation while probation,
+    /// `incoming` bytes included, holds more than its share, else of main.
+    fn victim(&self, incoming: u64) -> Option<(u64, Key)> {
+        if self.eviction == Eviction::Lru {
+            return self.oldest_in(0..u64::MAX);
+        }
+        let share = self.probation_share();
+        let (p, m) = (self.oldest_in(0..MAIN), self.oldest_in(MAIN..u64::MAX));
+        if share >= 1.0 {
+            return match (p, m) {
+                (Some(p), Some(m)) => Some(if p.0 < m.0 { p } else { m }),
+                (p, m) => p.or(m),
+            };
+        }
+        let probation = self.probation.load(Relaxed) + incoming;
+        let main = self.used().saturating_sub(probation);
+        if probation as f64 > share * self.capacity() as f64 || main == 0 {
+            p.or(m)
+        } else {
+            m.or(p)
+        }
+    }
+
+    /// Removes the least recently used evictable block. False when there is none.
+    fn evict_one(&self, incoming: u64) -> bool {
+        loop {
+            let Some((stamp, key)) = self.victim(incoming) else {
                 return false;
             };
             if let Some(ssd) = self.ssd.get() {
@@ -1123,6 +1317,12 @@ impl Store {
             };
             if let Some((k, e)) = taken {
                 self.dram_counters.evictions.fetch_add(1, Relaxed);
+                if self.eviction == Eviction::Adaptive && !e.main {
+                    // Remember about three capacities' worth of blocks like it.
+                    let each = charge_of(k.len(), e.len as usize).max(1);
+                    let cap = crate::policy::GHOSTS * (self.capacity() / each) as usize;
+                    self.ghosts.lock().push(k.clone(), cap);
+                }
                 self.finish_removal(k, e, EventKind::Evicted);
                 return true;
             }
@@ -1160,6 +1360,9 @@ impl Store {
                 written: e.written,
             };
             let charge = charge_of(key.len(), e.len as usize);
+            if !e.main {
+                self.probation.fetch_sub(charge, Relaxed);
+            }
             if was_filed {
                 shard.lru.remove(&filed);
             }
@@ -1222,8 +1425,11 @@ impl Store {
     fn finish_removal(&self, key: Key, e: Entry, kind: EventKind) -> Vec<Key> {
         self.forget_on_disk(&key, e.disk.as_ref());
         let c = self.counters(e.tier);
-        c.used
-            .fetch_sub(charge_of(key.len(), e.len as usize), Relaxed);
+        let charge = charge_of(key.len(), e.len as usize);
+        c.used.fetch_sub(charge, Relaxed);
+        if e.tier == TierKind::Dram && !e.main {
+            self.probation.fetch_sub(charge, Relaxed);
+        }
         c.blocks.fetch_sub(1, Relaxed);
         self.release_slot(e.tier, e.slot);
         if let Some(p) = &e.parent {
@@ -1391,9 +1597,12 @@ impl Store {
                     e.tier = TierKind::Dram;
                     e.checksum = checksum;
                     e.stamp = stamp;
+                    if !e.main {
+                        self.probation.fetch_add(charge, Relaxed);
+                    }
                     if e.evictable() {
-                        e.filed = stamp;
-                        lru.insert(stamp, k.clone());
+                        e.filed = e.file_key();
+                        lru.insert(e.filed, k.clone());
                     }
                     Some(e.parent.clone())
                 }
@@ -1484,6 +1693,10 @@ impl Store {
         // One hash lookup per key (this runs for every key of every prompt),
         // and one tick of the shared clock per match, not per key: the keys
         // take consecutive stamps from a reserved range, in chain order.
+        let adaptive = self.eviction == Eviction::Adaptive;
+        if adaptive {
+            self.tune(keys);
+        }
         let first = self.clock.fetch_add(keys.len() as u64, Relaxed);
         for (stamp, k) in (first..).zip(keys) {
             let mut guard = self.shard(k);
@@ -1505,6 +1718,10 @@ impl Store {
             }
             out.tiers.push(e.tier);
             out.matched += 1;
+            if adaptive && !e.main {
+                let moved = guard.promote_main(k);
+                self.probation.fetch_sub(moved, Relaxed);
+            }
         }
         self.matches.fetch_add(1, Relaxed);
         self.keys_queried.fetch_add(keys.len() as u64, Relaxed);
@@ -1556,7 +1773,7 @@ impl Store {
         let target = before.saturating_sub(bytes);
         let _guard = self.evict_lock.lock();
         while self.used() > target {
-            if !self.evict_one() && !self.demote_any() {
+            if !self.evict_one(0) && !self.demote_any() {
                 break;
             }
         }
@@ -1686,6 +1903,10 @@ impl Store {
         for l in self.leases.iter() {
             l.lock().clear();
         }
+        self.ghosts.lock().clear();
+        *self.tuner.lock() = None;
+        self.share
+            .store(crate::policy::CANDIDATES[0].to_bits(), Relaxed);
         for s in self.shards.iter() {
             let taken: Vec<(Key, Entry)> = {
                 let mut s = s.lock();
@@ -1696,8 +1917,11 @@ impl Store {
             for (k, e) in taken {
                 self.forget_on_disk(&k, e.disk.as_ref());
                 let c = self.counters(e.tier);
-                c.used
-                    .fetch_sub(charge_of(k.len(), e.len as usize), Relaxed);
+                let charge = charge_of(k.len(), e.len as usize);
+                c.used.fetch_sub(charge, Relaxed);
+                if e.tier == TierKind::Dram && !e.main {
+                    self.probation.fetch_sub(charge, Relaxed);
+                }
                 c.blocks.fetch_sub(1, Relaxed);
                 self.emit(EventKind::Deleted, &k, e.tier, e.parent.as_ref());
                 self.release_slot(e.tier, e.slot);
@@ -1799,7 +2023,7 @@ impl Store {
     pub fn check_invariants(&self) -> Result<(), String> {
         type Node = (Option<Key>, Vec<Key>, TierKind, u32);
         let mut all: HashMap<Key, Node> = HashMap::new();
-        let (mut used, mut ssd_used) = (0, 0);
+        let (mut used, mut ssd_used, mut probation) = (0, 0, 0);
         for s in self.shards.iter() {
             let s = s.lock();
             let evictable = s.map.values().filter(|e| e.evictable()).count();
@@ -1813,9 +2037,18 @@ impl Store {
             for (k, e) in &s.map {
                 match e.tier {
                     TierKind::Ssd => ssd_used += charge_of(k.len(), e.len as usize),
-                    _ => used += charge_of(k.len(), e.len as usize),
+                    _ => {
+                        used += charge_of(k.len(), e.len as usize);
+                        if !e.main {
+                            probation += charge_of(k.len(), e.len as usize);
+                        }
+                    }
                 }
-                if e.evictable() && (s.lru.get(&e.filed) != Some(k) || e.filed > e.stamp) {
+                if e.evictable()
+                    && (s.lru.get(&e.filed) != Some(k)
+                        || e.filed > e.file_key()
+                        || (e.filed >= MAIN) != e.main)
+                {
                     return Err("evictable entry missing from lru or filed ahead".into());
                 }
                 all.insert(
@@ -1828,6 +2061,15 @@ impl Store {
                     ),
                 );
             }
+        }
+        if probation != self.probation.load(Relaxed) {
+            return Err(format!(
+                "probation accounted {} but entries sum to {probation}",
+                self.probation.load(Relaxed)
+            ));
+        }
+        if self.eviction == Eviction::Lru && s_main_count(self) > 0 {
+            return Err("a block in main under lru".into());
         }
         if used != self.used() {
             return Err(format!(
@@ -1885,3 +2127,12 @@ impl Store {
 
 #[cfg(test)]
 mod tests;
+
+/// Blocks in the main segment (for the invariant check).
+fn s_main_count(store: &Store) -> usize {
+    store
+        .shards
+        .iter()
+        .map(|s| s.lock().map.values().filter(|e| e.main).count())
+        .sum()
+}

@@ -31,6 +31,7 @@ fn fixture(capacity: u64) -> Fixture {
             dram_capacity: capacity,
             high_watermark: 1.0,
             low_watermark: 1.0,
+            eviction: Eviction::Lru,
         },
         Some(events.clone() as Arc<dyn EventSink>),
         Arc::new(move || t.load(Relaxed)),
@@ -709,6 +710,7 @@ mod with_ssd {
             dram_capacity: dram,
             high_watermark: 1.0,
             low_watermark: 1.0,
+            eviction: Eviction::Lru,
         }));
         let opened =
             SsdTier::open(&log_config(dir, segments, segment), EngineChoice::Auto).unwrap();
@@ -1027,6 +1029,7 @@ mod ssd_random {
             dram_capacity: 6 * charge_of(2, 3000),
             high_watermark: 1.0,
             low_watermark: 1.0,
+            eviction: Eviction::Lru,
         }));
         let config = LogConfig {
             path: dir.to_path_buf(),
@@ -1133,4 +1136,92 @@ mod ssd_random {
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
+}
+
+/// The store under `adaptive` makes the same choices as the policy's model:
+/// a replay of chains (match, then store from the first miss on) gives the
+/// same prefix hit on every request.
+#[test]
+fn adaptive_store_matches_its_model_request_by_request() {
+    let block = 100usize;
+    let capacity = 120usize;
+    let store = Store::with_parts(
+        StoreConfig {
+            dram_capacity: capacity as u64 * charge_of(8, block),
+            high_watermark: 1.0,
+            low_watermark: 1.0,
+            eviction: Eviction::Adaptive,
+        },
+        None,
+        Arc::new(|| 1_000_000),
+    );
+    // Conversations of growing chains, a shared root, and one-off scans.
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut convs: Vec<Vec<u64>> = (0..30).map(|c| vec![0, 1000 + c]).collect();
+    let mut fresh = 100_000u64;
+    let mut trace = Vec::new();
+    for _ in 0..3000 {
+        if next() % 4 == 0 {
+            let len = 3 + next() % 10;
+            trace.push((0..len).map(|i| fresh + i).collect::<Vec<u64>>());
+            fresh += len;
+        } else {
+            let c = (next() % 30) as usize;
+            let c = c * c / 30; // skewed towards the first conversations
+            convs[c].push(fresh);
+            fresh += 1;
+            if convs[c].len() > 14 {
+                convs[c].truncate(2);
+            }
+            trace.push(convs[c].clone());
+        }
+    }
+    let keys: Vec<Vec<Bytes>> = trace
+        .iter()
+        .map(|c| {
+            c.iter()
+                .map(|i| Bytes::copy_from_slice(&i.to_be_bytes()))
+                .collect()
+        })
+        .collect();
+    let mut model = crate::policy::SegCache::new(capacity, crate::policy::CANDIDATES[0]);
+    let mut tuner = crate::policy::Tuner::new(capacity);
+    let value = Bytes::from(vec![7u8; block]);
+    let mut shares = std::collections::BTreeSet::new();
+    for (i, chain) in keys.iter().enumerate() {
+        model.share = tuner.observe(chain);
+        let want = model.request(chain);
+        let got = store.match_prefix(chain, None).matched;
+        assert_eq!(got, want, "request {i}: store and model disagree");
+        for (j, k) in chain.iter().enumerate().skip(got) {
+            let parent = j.checked_sub(1).map(|p| chain[p].clone());
+            store
+                .put(
+                    k.clone(),
+                    value.clone(),
+                    PutOptions {
+                        parent,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+        }
+        assert_eq!(store.probation_share(), model.share);
+        shares.insert(store.probation_share().to_bits());
+        if i % 500 == 0 {
+            store.check_invariants().unwrap();
+        }
+    }
+    store.check_invariants().unwrap();
+    assert!(store.len() <= capacity);
+    assert!(
+        shares.len() > 1,
+        "the tuner never moved off its first share"
+    );
 }
