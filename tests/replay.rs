@@ -139,3 +139,73 @@ fn the_server_matches_the_simulation_on_mooncakes_trace() {
         assert_matches_simulation(&v);
     }
 }
+
+/// `tidepool-bench sched` runs its four policies against real nodes.
+#[test]
+fn the_scheduler_simulation_runs_every_policy() {
+    let trace = tmp("sched.jsonl");
+    run(&[
+        "gen-trace",
+        "--shape",
+        "chat",
+        "--requests",
+        "300",
+        "--chain",
+        "8",
+        "--seed",
+        "5",
+        "--out",
+        &trace.display().to_string(),
+    ]);
+    let server = server_bin().display().to_string();
+    let json = tmp("sched.json");
+    let svg = tmp("sched.svg");
+    let common = [
+        "sched",
+        "--trace",
+        &trace.display().to_string(),
+        "--instances",
+        "3",
+        "--local-blocks",
+        "200",
+        "--pool-blocks",
+        "600",
+        "--server",
+        &server,
+        "--speed",
+        "20",
+    ];
+    let mut args: Vec<&str> = common.to_vec();
+    let (j, s) = (json.display().to_string(), svg.display().to_string());
+    args.extend(["--json", &j, "--svg", &s, "--slo", "1000"]);
+    let table = run(&args);
+    for p in ["RoundRobin", "LeastLoaded", "CacheAware", "Conductor"] {
+        assert!(table.contains(p), "{table}");
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for r in v["results"].as_array().unwrap() {
+        assert_eq!(
+            r["served"].as_u64().unwrap() + r["rejected"].as_u64().unwrap(),
+            300
+        );
+        assert_eq!(
+            r["rejected"].as_u64().unwrap(),
+            0,
+            "SLO of 1000 s: nothing rejected"
+        );
+        let h = r["hit_ratio"].as_f64().unwrap();
+        assert!(h > 0.0 && h < 1.0, "{r}");
+    }
+    assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+    // An SLO nobody can meet: Conductor rejects everything, early.
+    let mut args: Vec<&str> = common.to_vec();
+    args.extend(["--slo", "0.000001", "--policies", "conductor", "--json", &j]);
+    run(&args);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["results"][0]["rejected"].as_u64().unwrap(), 300);
+    for f in [&trace, &json, &svg] {
+        std::fs::remove_file(f).unwrap();
+    }
+}

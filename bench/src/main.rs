@@ -23,6 +23,7 @@ mod data;
 mod gen;
 mod plot;
 mod replay;
+mod sched;
 mod sim;
 
 #[derive(Parser)]
@@ -120,6 +121,67 @@ enum Cmd {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+    },
+    /// A prefill cluster fed by a trace: N instances with a tidepool node each
+    /// and a shared pool node, scheduled by round-robin, least-loaded,
+    /// cache-aware or Conductor (least estimated TTFT, early rejection).
+    Sched {
+        /// Trace in Mooncake's format.
+        #[arg(long, default_value = "../shared/traces/conversation_trace.jsonl")]
+        trace: std::path::PathBuf,
+        /// Only the first N requests.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Prefill instances.
+        #[arg(long, default_value_t = 4)]
+        instances: usize,
+        /// Blocks each instance's node holds.
+        #[arg(long, default_value_t = 5000)]
+        local_blocks: usize,
+        /// Blocks the shared pool holds.
+        #[arg(long, default_value_t = 20000)]
+        pool_blocks: usize,
+        /// Tokens per block.
+        #[arg(long, default_value_t = 512)]
+        block_tokens: u64,
+        /// KV bytes of one block (transfer time from the pool).
+        #[arg(long, default_value_t = 40 << 20)]
+        block_kv_bytes: u64,
+        /// Pool-to-instance bandwidth, bytes/s.
+        #[arg(long, default_value_t = 25e9)]
+        bandwidth: f64,
+        /// Fixed cost of one prefill, s.
+        #[arg(long, default_value_t = 0.02)]
+        overhead: f64,
+        /// Prefill cost per new token, s.
+        #[arg(long, default_value_t = 5e-5)]
+        per_token: f64,
+        /// Attention cost per (new token, context token) pair, s.
+        #[arg(long, default_value_t = 2e-9)]
+        per_token_pair: f64,
+        /// Time-to-first-token SLO, s (Conductor rejects requests that cannot meet it).
+        #[arg(long, default_value_t = 5.0)]
+        slo: f64,
+        /// Arrival speed-up against the trace's timestamps.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Policies to compare.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "round-robin,least-loaded,cache-aware,conductor"
+        )]
+        policies: Vec<sched::SchedPolicy>,
+        /// tidepool-server binary.
+        #[arg(long, default_value = "target/release/tidepool-server")]
+        server: String,
+        /// JSON output.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+        /// TTFT CDF per policy (SVG).
+        #[arg(long)]
+        svg: Option<std::path::PathBuf>,
     },
     /// Writes a synthetic trace in Mooncake's format.
     GenTrace {
@@ -488,6 +550,43 @@ fn main() -> anyhow::Result<()> {
             runs: runs.max(1),
             server,
             json,
+        })),
+        Cmd::Sched {
+            trace,
+            limit,
+            instances,
+            local_blocks,
+            pool_blocks,
+            block_tokens,
+            block_kv_bytes,
+            bandwidth,
+            overhead,
+            per_token,
+            per_token_pair,
+            slo,
+            speed,
+            policies,
+            server,
+            json,
+            svg,
+        } => rt.block_on(sched::sched(sched::SchedArgs {
+            trace,
+            limit,
+            instances,
+            local_blocks,
+            pool_blocks,
+            block_tokens,
+            block_kv_bytes,
+            bandwidth,
+            overhead,
+            per_token,
+            per_token_pair,
+            slo,
+            speed,
+            policies,
+            server,
+            json,
+            svg,
         })),
         Cmd::GenTrace {
             shape,

@@ -102,3 +102,47 @@ pub fn replay_svg(
     root.present()?;
     Ok(())
 }
+
+/// CDF of time to first token per scheduling policy.
+pub fn ttft_svg(path: &Path, series: &[(String, Vec<f64>)]) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max = series
+        .iter()
+        .flat_map(|(_, v)| v.last().copied())
+        .fold(0.01, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption("time to first token, CDF per policy", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d((0.001f64..max * 1.2).log_scale(), 0f64..1.0)?;
+    chart
+        .configure_mesh()
+        .x_desc("TTFT, s (log)")
+        .y_desc("fraction of served requests")
+        .draw()?;
+    let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    for (i, (name, v)) in series.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        let n = v.len().max(1) as f64;
+        chart
+            .draw_series(LineSeries::new(
+                v.iter()
+                    .enumerate()
+                    .step_by((v.len() / 500).max(1))
+                    .map(|(j, t)| (t.max(0.001), (j + 1) as f64 / n)),
+                color.stroke_width(2),
+            ))?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
