@@ -11,11 +11,10 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use bytes::Bytes;
 use tidepool_client::{Client, ClientOptions, PlaneChoice};
 
-use crate::{free_port, median, wait_up, Proc};
+use crate::{free_port, median, spawn_redis, spawn_tidepool, Proc};
 
 /// One way of moving blocks.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -218,30 +217,9 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
     let tp_port = free_port()?;
     let rd_port = free_port()?;
     let dram = (a.total * 2).max(1 << 30);
-    let _tp = Proc(
-        Command::new(&a.server)
-            .args(["--port", &tp_port.to_string(), "--dram", &dram.to_string()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {} (cargo build --release)", a.server))?,
-    );
-    let _rd = Proc(
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &rd_port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting redis-server (apt-get install redis-server)")?,
-    );
-    wait_up(tp_port).await?;
-    wait_up(rd_port).await?;
+    let dram = dram.to_string();
+    let _tp = spawn_tidepool(&a.server, tp_port, &["--dram", &dram]).await?;
+    let _rd = spawn_redis(rd_port).await?;
     let tp_addr = format!("127.0.0.1:{tp_port}");
     let tcp = a.tcp;
     let connect = |plane| {

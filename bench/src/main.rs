@@ -125,64 +125,7 @@ enum Cmd {
     /// A prefill cluster fed by a trace: N instances with a tidepool node each
     /// and a shared pool node, scheduled by round-robin, least-loaded,
     /// cache-aware or Conductor (least estimated TTFT, early rejection).
-    Sched {
-        /// Trace in Mooncake's format.
-        #[arg(long, default_value = "../shared/traces/conversation_trace.jsonl")]
-        trace: std::path::PathBuf,
-        /// Only the first N requests.
-        #[arg(long)]
-        limit: Option<usize>,
-        /// Prefill instances.
-        #[arg(long, default_value_t = 4)]
-        instances: usize,
-        /// Blocks each instance's node holds.
-        #[arg(long, default_value_t = 5000)]
-        local_blocks: usize,
-        /// Blocks the shared pool holds.
-        #[arg(long, default_value_t = 20000)]
-        pool_blocks: usize,
-        /// Tokens per block.
-        #[arg(long, default_value_t = 512)]
-        block_tokens: u64,
-        /// KV bytes of one block (transfer time from the pool).
-        #[arg(long, default_value_t = 40 << 20)]
-        block_kv_bytes: u64,
-        /// Pool-to-instance bandwidth, bytes/s.
-        #[arg(long, default_value_t = 25e9)]
-        bandwidth: f64,
-        /// Fixed cost of one prefill, s.
-        #[arg(long, default_value_t = 0.02)]
-        overhead: f64,
-        /// Prefill cost per new token, s.
-        #[arg(long, default_value_t = 5e-5)]
-        per_token: f64,
-        /// Attention cost per (new token, context token) pair, s.
-        #[arg(long, default_value_t = 2e-9)]
-        per_token_pair: f64,
-        /// Time-to-first-token SLO, s (Conductor rejects requests that cannot meet it).
-        #[arg(long, default_value_t = 5.0)]
-        slo: f64,
-        /// Arrival speed-up against the trace's timestamps.
-        #[arg(long, default_value_t = 1.0)]
-        speed: f64,
-        /// Policies to compare.
-        #[arg(
-            long,
-            value_enum,
-            value_delimiter = ',',
-            default_value = "round-robin,least-loaded,cache-aware,conductor"
-        )]
-        policies: Vec<sched::SchedPolicy>,
-        /// tidepool-server binary.
-        #[arg(long, default_value = "target/release/tidepool-server")]
-        server: String,
-        /// JSON output.
-        #[arg(long)]
-        json: Option<std::path::PathBuf>,
-        /// TTFT CDF per policy (SVG).
-        #[arg(long)]
-        svg: Option<std::path::PathBuf>,
-    },
+    Sched(sched::SchedArgs),
     /// Writes a synthetic trace in Mooncake's format.
     GenTrace {
         /// Reuse shape.
@@ -241,6 +184,42 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Starts `tidepool-server` (the binary at `server`) on `port` with `extra`
+/// flags and waits until it answers.
+async fn spawn_tidepool(server: &str, port: u16, extra: &[&str]) -> anyhow::Result<Proc> {
+    let p = Proc(
+        Command::new(server)
+            .args(["--port", &port.to_string()])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {server} (build it with cargo build --release)"))?,
+    );
+    wait_up(port).await?;
+    Ok(p)
+}
+
+/// Starts redis-server on `port` (no persistence) and waits until it answers.
+async fn spawn_redis(port: u16) -> anyhow::Result<Proc> {
+    let p = Proc(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting redis-server (apt-get install redis-server)")?,
+    );
+    wait_up(port).await?;
+    Ok(p)
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -380,30 +359,8 @@ async fn bench_match(
     let clients = clients.max(1);
     let tp_port = free_port()?;
     let rd_port = free_port()?;
-    let _tp = Proc(
-        Command::new(server)
-            .args(["--port", &tp_port.to_string()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {server} (build it with cargo build --release)"))?,
-    );
-    let _rd = Proc(
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &rd_port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting redis-server (apt-get install redis-server)")?,
-    );
-    wait_up(tp_port).await?;
-    wait_up(rd_port).await?;
+    let _tp = spawn_tidepool(server, tp_port, &[]).await?;
+    let _rd = spawn_redis(rd_port).await?;
     let tp = Arc::new(Client::connect(&format!("127.0.0.1:{tp_port}"), clients).await?);
     let rd = Arc::new(Client::connect(&format!("127.0.0.1:{rd_port}"), clients).await?);
 
@@ -551,43 +508,7 @@ fn main() -> anyhow::Result<()> {
             server,
             json,
         })),
-        Cmd::Sched {
-            trace,
-            limit,
-            instances,
-            local_blocks,
-            pool_blocks,
-            block_tokens,
-            block_kv_bytes,
-            bandwidth,
-            overhead,
-            per_token,
-            per_token_pair,
-            slo,
-            speed,
-            policies,
-            server,
-            json,
-            svg,
-        } => rt.block_on(sched::sched(sched::SchedArgs {
-            trace,
-            limit,
-            instances,
-            local_blocks,
-            pool_blocks,
-            block_tokens,
-            block_kv_bytes,
-            bandwidth,
-            overhead,
-            per_token,
-            per_token_pair,
-            slo,
-            speed,
-            policies,
-            server,
-            json,
-            svg,
-        })),
+        Cmd::Sched(args) => rt.block_on(sched::sched(args)),
         Cmd::GenTrace {
             shape,
             requests,

@@ -9,15 +9,14 @@
 //! policy, reported beside it.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use bytes::Bytes;
 use tidepool_client::{Client, ClientOptions, PlaneChoice};
 
 use crate::sim::{self, Policy};
-use crate::{free_port, wait_up, Proc};
+use crate::{free_port, spawn_tidepool};
 
 /// Settings of a replay.
 pub struct ReplayArgs {
@@ -76,26 +75,23 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         None => {
             let port = free_port()?;
             let dram = a.capacity_blocks as u64 * charge(a.block_bytes);
-            let mut cmd = Command::new(&a.server);
-            cmd.args([
-                "--port",
-                &port.to_string(),
+            let dram = format!("{dram}B");
+            let mut args = vec![
                 "--data-port",
                 "0",
                 "--shm",
                 "false",
-            ])
-            .args(["--dram", &format!("{dram}B")])
-            .args(["--high-watermark", "1.0", "--low-watermark", "1.0"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null());
+                "--dram",
+                &dram,
+                "--high-watermark",
+                "1.0",
+                "--low-watermark",
+                "1.0",
+            ];
             if let Some(p) = &a.eviction {
-                cmd.args(["--eviction", p]);
+                args.extend(["--eviction", p.as_str()]);
             }
-            _server = Some(Proc(cmd.spawn().with_context(|| {
-                format!("starting {} (cargo build --release)", a.server)
-            })?));
-            wait_up(port).await?;
+            _server = Some(spawn_tidepool(&a.server, port, &args).await?);
             format!("127.0.0.1:{port}")
         }
     };

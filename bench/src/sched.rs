@@ -26,14 +26,11 @@
 //! local prefix, ties to the least loaded), and Conductor (least estimated
 //! TTFT; a request none can serve within the SLO is rejected early).
 
-use std::process::{Command, Stdio};
-
-use anyhow::Context;
 use bytes::Bytes;
 use tidepool_client::{Client, ClientOptions, PlaneChoice};
 
 use crate::sim::{self, keys_of};
-use crate::{free_port, wait_up, Proc};
+use crate::{free_port, spawn_tidepool, Proc};
 
 /// Scheduling policies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -49,40 +46,63 @@ pub enum SchedPolicy {
 }
 
 /// Settings of the scheduler simulation.
+#[derive(clap::Args)]
 pub struct SchedArgs {
-    /// Trace.
+    /// Trace in Mooncake's format.
+    #[arg(long, default_value = "../shared/traces/conversation_trace.jsonl")]
     pub trace: std::path::PathBuf,
     /// Only the first N requests.
+    #[arg(long)]
     pub limit: Option<usize>,
     /// Prefill instances.
+    #[arg(long, default_value_t = 4)]
     pub instances: usize,
     /// Blocks each instance's node holds.
+    #[arg(long, default_value_t = 5000)]
     pub local_blocks: usize,
     /// Blocks the shared pool holds.
+    #[arg(long, default_value_t = 20000)]
     pub pool_blocks: usize,
-    /// Tokens per block (Mooncake's trace: 512).
+    /// Tokens per block.
+    #[arg(long, default_value_t = 512)]
     pub block_tokens: u64,
-    /// KV bytes per block, for transfer times.
+    /// KV bytes of one block (transfer time from the pool).
+    #[arg(long, default_value_t = 40 << 20)]
     pub block_kv_bytes: u64,
-    /// Pool to instance bandwidth, bytes/s.
+    /// Pool-to-instance bandwidth, bytes/s.
+    #[arg(long, default_value_t = 25e9)]
     pub bandwidth: f64,
-    /// Fixed cost of a prefill, s.
+    /// Fixed cost of one prefill, s.
+    #[arg(long, default_value_t = 0.02)]
     pub overhead: f64,
-    /// Per new token, s.
+    /// Prefill cost per new token, s.
+    #[arg(long, default_value_t = 5e-5)]
     pub per_token: f64,
-    /// Per (new token x context token) pair, s.
+    /// Attention cost per (new token, context token) pair, s.
+    #[arg(long, default_value_t = 2e-9)]
     pub per_token_pair: f64,
-    /// TTFT SLO, s (Conductor rejects beyond it).
+    /// Time-to-first-token SLO, s (Conductor rejects requests that cannot meet it).
+    #[arg(long, default_value_t = 5.0)]
     pub slo: f64,
     /// Arrival speed-up against the trace's timestamps.
+    #[arg(long, default_value_t = 1.0)]
     pub speed: f64,
-    /// Policies to run.
+    /// Policies to compare.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "round-robin,least-loaded,cache-aware,conductor"
+    )]
     pub policies: Vec<SchedPolicy>,
     /// tidepool-server binary.
+    #[arg(long, default_value = "target/release/tidepool-server")]
     pub server: String,
     /// JSON output.
+    #[arg(long)]
     pub json: Option<std::path::PathBuf>,
-    /// SVG output (TTFT CDF per policy).
+    /// TTFT CDF per policy (SVG).
+    #[arg(long)]
     pub svg: Option<std::path::PathBuf>,
 }
 
@@ -104,30 +124,20 @@ async fn start_node(server: &str, blocks: usize) -> anyhow::Result<(Proc, Client
     // 8-byte keys, 1-byte payloads: the nodes hold block metadata; the
     // transfer cost is modelled from block_kv_bytes.
     let dram = blocks as u64 * tidepool_tiering::charge_of(8, 1);
-    let p = Proc(
-        Command::new(server)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--data-port",
-                "0",
-                "--shm",
-                "false",
-            ])
-            .args([
-                "--dram",
-                &format!("{dram}B"),
-                "--high-watermark",
-                "1.0",
-                "--low-watermark",
-                "1.0",
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {server}"))?,
-    );
-    wait_up(port).await?;
+    let dram = format!("{dram}B");
+    let args = [
+        "--data-port",
+        "0",
+        "--shm",
+        "false",
+        "--dram",
+        &dram,
+        "--high-watermark",
+        "1.0",
+        "--low-watermark",
+        "1.0",
+    ];
+    let p = spawn_tidepool(server, port, &args).await?;
     let c = Client::connect_with(
         &format!("127.0.0.1:{port}"),
         ClientOptions {
