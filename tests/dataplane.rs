@@ -437,6 +437,63 @@ fn the_client_moves_blocks_over_each_plane() {
 }
 
 #[test]
+fn reservations_in_flight_are_bounded_by_the_dram_capacity() {
+    use std::io::Write;
+    use tidepool_tests::{read_until, resp};
+    let s = Server::start(&["--dram", "8MiB"]);
+    let three = (3u64 << 20).to_string();
+    {
+        let mut raw = s.raw();
+        // 3 x 3 MiB fits 8 MiB only twice: the third is refused, not allocated.
+        raw.write_all(&resp(&[
+            b"KV.RESERVE",
+            b"a",
+            three.as_bytes(),
+            b"b",
+            three.as_bytes(),
+            b"c",
+            three.as_bytes(),
+        ]))
+        .unwrap();
+        let (got, _) = read_until(&mut raw, |b| {
+            b.windows(2).filter(|w| w == b"\r\n").count() >= 12
+        });
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("*3\r\n*4\r\n"), "{text}");
+        assert!(text.contains("-OOM "), "{text}");
+        assert_eq!(s.info_u64("data_reserved_bytes"), 6 << 20);
+        // A storm of reservations past the capacity is refused, not allocated.
+        for _ in 0..100 {
+            raw.write_all(&resp(&[b"KV.RESERVE", b"big", three.as_bytes()]))
+                .unwrap();
+            let (got, _) = read_until(&mut raw, |b| b.ends_with(b"\r\n") && b.len() > 6);
+            assert!(
+                got.starts_with(b"*1\r\n-OOM "),
+                "{}",
+                String::from_utf8_lossy(&got)
+            );
+        }
+        assert_eq!(s.info_u64("data_reserved_bytes"), 6 << 20);
+        // One block larger than the tier: TOOBIG.
+        let huge = (500u64 << 20).to_string();
+        raw.write_all(&resp(&[b"KV.RESERVE", b"big", huge.as_bytes()]))
+            .unwrap();
+        let (got, _) = read_until(&mut raw, |b| b.ends_with(b"\r\n") && b.len() > 6);
+        assert!(
+            got.starts_with(b"*1\r\n-TOOBIG "),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        // The connection goes, and its reservations with it.
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.info_u64("data_reserved_bytes") > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(s.info_u64("data_reserved_bytes"), 0);
+}
+
+#[test]
 fn shm_off_falls_back_to_tcp() {
     let s = Server::start(&["--shm", "false"]);
     let mut con = s.redis();

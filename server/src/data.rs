@@ -40,6 +40,10 @@ fn kind_of(v: Option<Via>) -> Kind {
 }
 
 struct Reservation {
+    /// Bytes reserved and not yet committed, over all reservations; this one
+    /// gives its share back when dropped (committed, aborted, expired).
+    outstanding: Arc<AtomicU64>,
+    len: u64,
     key: Bytes,
     kind: Kind,
     inbound: Arc<Inbound>,
@@ -47,6 +51,12 @@ struct Reservation {
     ttl_ms: Option<u64>,
     deadline: Instant,
     owner: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.outstanding.fetch_sub(self.len, Relaxed);
+    }
 }
 
 struct Hold {
@@ -78,6 +88,7 @@ pub struct DataState {
     /// The shared DRAM arena, when shm is on.
     pub arena: Option<Arc<Arena>>,
     reservations: Mutex<HashMap<u64, Reservation>>,
+    outstanding: Arc<AtomicU64>,
     located: Mutex<HashMap<u64, Bytes>>,
     holds: Mutex<HashMap<u64, Hold>>,
     next_token: AtomicU64,
@@ -107,6 +118,7 @@ impl DataState {
         DataState {
             arena,
             reservations: Mutex::new(HashMap::new()),
+            outstanding: Arc::new(AtomicU64::new(0)),
             located: Mutex::new(HashMap::new()),
             holds: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(1),
@@ -120,6 +132,11 @@ impl DataState {
 
     fn token(&self) -> u64 {
         self.next_token.fetch_add(1, Relaxed)
+    }
+
+    /// Bytes reserved and not committed.
+    pub fn reserved_bytes(&self) -> u64 {
+        self.outstanding.load(Relaxed)
     }
 
     /// Open reservations.
@@ -198,10 +215,23 @@ impl DataState {
                 )));
                 continue;
             }
+            // Memory in flight is bounded by the tier it is headed for.
+            let before = self.outstanding.fetch_add(len, Relaxed);
+            if before + len > store.capacity() {
+                self.outstanding.fetch_sub(len, Relaxed);
+                out.push(Reply::Error(CommandError::new(
+                    "OOM",
+                    format!(
+                        "{before} bytes are reserved and not committed; {len} more would pass the DRAM capacity"
+                    ),
+                )));
+                continue;
+            }
             let region = match kind {
                 Kind::Shm | Kind::Rdma => match self.arena_block(store, len as usize) {
                     Some(b) => Region::Arena(b),
                     None => {
+                        self.outstanding.fetch_sub(len, Relaxed);
                         out.push(Reply::Error(CommandError::new(
                             "OOM",
                             "the shared arena is full",
@@ -216,6 +246,8 @@ impl DataState {
             self.reservations.lock().insert(
                 token,
                 Reservation {
+                    outstanding: self.outstanding.clone(),
+                    len,
                     key,
                     kind,
                     inbound: Arc::new(Inbound::with_hashing(region, kind == Kind::Tcp)),
@@ -266,13 +298,13 @@ impl DataState {
         };
         let len = region.len() as u64;
         let opts = PutOptions {
-            parent: r.parent,
+            parent: r.parent.clone(),
             ttl_ms: r.ttl_ms,
             value_exclusive: true,
             checksum,
             ..PutOptions::default()
         };
-        match store.put(r.key, region.into_bytes(), opts) {
+        match store.put(r.key.clone(), region.into_bytes(), opts) {
             Ok(_) => {
                 self.stats.committed.fetch_add(1, Relaxed);
                 self.stats.committed_bytes.fetch_add(len, Relaxed);

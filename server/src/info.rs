@@ -196,6 +196,7 @@ fn section(shared: &Shared, name: &str, o: &mut String) {
             line!("data_arena_size", d.arena.as_ref().map_or(0, |a| a.size()));
             line!("data_arena_used", d.arena.as_ref().map_or(0, |a| a.used()));
             line!("data_reservations_open", d.open_reservations());
+            line!("data_reserved_bytes", d.reserved_bytes());
             line!("data_held_blocks", d.held_blocks());
             let s = &d.stats;
             line!("data_reserved", s.reserved.load(Relaxed));
