@@ -152,3 +152,37 @@ fn blocking_client() {
         "the chain went with its head"
     );
 }
+
+/// A pooled connection the server closed is replaced, not reused out of step.
+#[test]
+fn a_broken_pooled_connection_is_replaced() {
+    let s = Server::start(&[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = Client::connect(&addr(&s), 1).await.unwrap();
+        c.put(Bytes::from("k"), Bytes::from("v"), &PutOptions::default())
+            .await
+            .unwrap();
+        // The server closes the only pooled connection after answering.
+        c.command(vec![Bytes::from("QUIT")]).await.unwrap();
+        // The next call may fail on the closed socket; within two calls the
+        // pool has replaced it and answers correctly.
+        let mut ok = false;
+        for _ in 0..2 {
+            if let Ok(v) = c.get(Bytes::from("k")).await {
+                assert_eq!(v.as_deref(), Some(&b"v"[..]));
+                ok = true;
+                break;
+            }
+        }
+        assert!(ok, "the pool never recovered");
+        // And stays correct.
+        assert_eq!(
+            c.get(Bytes::from("k")).await.unwrap().as_deref(),
+            Some(&b"v"[..])
+        );
+    });
+}

@@ -57,6 +57,7 @@ pub struct Stats {
 /// A tidepool client: cheap to share (`&Client` from many tasks); each call
 /// takes one pooled connection for its pipeline.
 pub struct Client {
+    addr: String,
     conns: Vec<Mutex<Conn>>,
     next: AtomicUsize,
     plane: Option<Plane>,
@@ -158,6 +159,7 @@ impl Client {
             conns.push(Mutex::new(Conn::connect(addr).await?));
         }
         let mut client = Client {
+            addr: addr.to_string(),
             conns,
             next: AtomicUsize::new(0),
             plane: None,
@@ -188,7 +190,16 @@ impl Client {
 
     async fn pipeline(&self, cmds: &[Vec<Bytes>]) -> Result<Vec<BytesFrame>, ClientError> {
         let i = self.next.fetch_add(1, Relaxed) % self.conns.len();
-        self.conns[i].lock().await.pipeline(cmds).await
+        self.conn(i).await?.pipeline(cmds).await
+    }
+
+    /// Pooled connection `i`, replaced first if an earlier exchange broke it.
+    async fn conn(&self, i: usize) -> Result<tokio::sync::MutexGuard<'_, Conn>, ClientError> {
+        let mut conn = self.conns[i].lock().await;
+        if conn.broken {
+            *conn = Conn::connect(&self.addr).await?;
+        }
+        Ok(conn)
     }
 
     async fn one(&self, cmd: Vec<Bytes>) -> Result<BytesFrame, ClientError> {
@@ -364,7 +375,7 @@ impl Client {
         let n = groups.len();
         let mut reserved: Vec<Option<Vec<(usize, Descriptor)>>> = (0..n).map(|_| None).collect();
         let i = self.next.fetch_add(1, Relaxed) % self.conns.len();
-        let mut conn = self.conns[i].lock().await;
+        let mut conn = self.conn(i).await?;
         let mut owed: Vec<Owed> = Vec::new();
         let mut cmds = Vec::new();
         for (g, range) in groups.iter().enumerate().take(2) {
@@ -386,12 +397,15 @@ impl Client {
             Ok(())
         };
         let frames = conn.recv(owed.len()).await?;
-        settle(
+        if let Err(e) = settle(
             std::mem::take(&mut owed),
             frames,
             &mut reserved,
             &mut results,
-        )?;
+        ) {
+            conn.broken = true;
+            return Err(e);
+        }
         let mut prev: Vec<(usize, Descriptor)> = Vec::new();
         let mut failed = None;
         for gi in 0..n {
@@ -414,12 +428,15 @@ impl Client {
             let moved = plane.write(&writes).await;
             // What was sent a step ago.
             let frames = conn.recv(owed.len()).await?;
-            settle(
+            if let Err(e) = settle(
                 std::mem::take(&mut owed),
                 frames,
                 &mut reserved,
                 &mut results,
-            )?;
+            ) {
+                conn.broken = true;
+                return Err(e);
+            }
             owed = now_owed;
             if let Err(e) = moved {
                 failed = Some((e, cur));
@@ -428,12 +445,15 @@ impl Client {
             prev = cur;
         }
         let frames = conn.recv(owed.len()).await?;
-        settle(
+        if let Err(e) = settle(
             std::mem::take(&mut owed),
             frames,
             &mut reserved,
             &mut results,
-        )?;
+        ) {
+            conn.broken = true;
+            return Err(e);
+        }
         if let Some((e, cur)) = failed {
             // Nothing from the failed group on is committed.
             let mut abort = vec![b("KV.ABORT")];

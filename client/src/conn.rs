@@ -14,6 +14,9 @@ const INLINE_MAX: usize = 16 * 1024;
 pub(crate) struct Conn {
     stream: TcpStream,
     rbuf: BytesMut,
+    /// An exchange failed half way: the stream's position is unknown, so the
+    /// pool replaces this connection before its next use.
+    pub(crate) broken: bool,
 }
 
 impl Conn {
@@ -23,6 +26,7 @@ impl Conn {
         Ok(Conn {
             stream,
             rbuf: BytesMut::with_capacity(64 * 1024),
+            broken: false,
         })
     }
 
@@ -37,6 +41,12 @@ impl Conn {
 
     /// Writes the commands without waiting for their replies.
     pub(crate) async fn send(&mut self, cmds: &[Vec<Bytes>]) -> Result<(), ClientError> {
+        let out = self.send_inner(cmds).await;
+        self.broken |= out.is_err();
+        out
+    }
+
+    async fn send_inner(&mut self, cmds: &[Vec<Bytes>]) -> Result<(), ClientError> {
         let mut chunks: Vec<Bytes> = Vec::new();
         let mut cur = BytesMut::new();
         let mut n = itoa::Buffer::new();
@@ -64,6 +74,12 @@ impl Conn {
 
     /// Reads `n` replies.
     pub(crate) async fn recv(&mut self, n: usize) -> Result<Vec<BytesFrame>, ClientError> {
+        let out = self.recv_inner(n).await;
+        self.broken |= out.is_err();
+        out
+    }
+
+    async fn recv_inner(&mut self, n: usize) -> Result<Vec<BytesFrame>, ClientError> {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
             match decode_bytes_mut(&mut self.rbuf)
