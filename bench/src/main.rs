@@ -97,6 +97,9 @@ enum Cmd {
         /// The server's eviction policy (its --eviction flag).
         #[arg(long)]
         eviction: Option<String>,
+        /// Give the server an SSD tier of about this many blocks.
+        #[arg(long)]
+        ssd_blocks: Option<usize>,
         /// Replay at this multiple of the trace's speed (timestamps honoured).
         #[arg(long, conflicts_with = "max")]
         speed: Option<f64>,
@@ -538,6 +541,7 @@ fn main() -> anyhow::Result<()> {
             block_bytes,
             capacity_blocks,
             eviction,
+            ssd_blocks,
             speed,
             max: _,
             limit,
@@ -551,6 +555,7 @@ fn main() -> anyhow::Result<()> {
             block_bytes,
             capacity_blocks,
             eviction,
+            ssd_blocks,
             speed,
             limit,
             addr,

@@ -28,6 +28,9 @@ pub struct ReplayArgs {
     pub capacity_blocks: usize,
     /// Server eviction policy (`--eviction` of the server).
     pub eviction: Option<String>,
+    /// Give the started server an SSD tier of about this many blocks (a file
+    /// in the temporary directory). The simulation models DRAM only.
+    pub ssd_blocks: Option<usize>,
     /// Replay speed against the trace's timestamps; `None`: as fast as possible.
     pub speed: Option<f64>,
     /// Only the first N requests.
@@ -90,6 +93,18 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
             ];
             if let Some(p) = &a.eviction {
                 args.extend(["--eviction", p.as_str()]);
+            }
+            // A record is its block rounded up to 4 KiB plus a 4 KiB header
+            // page at most; segments of 4 MiB keep FIFO reclaim fine-grained.
+            let ssd_spec;
+            if let Some(n) = a.ssd_blocks {
+                let record = (a.block_bytes as u64).div_ceil(4096) * 4096 + 4096;
+                let size = (n as u64 * record).div_ceil(4 << 20).max(2) * (4 << 20);
+                let path = std::env::temp_dir()
+                    .join(format!("tp-replay-{}-{port}.ssd", std::process::id()));
+                let _ = std::fs::remove_file(&path);
+                ssd_spec = format!("{}:{size}", path.display());
+                args.extend(["--ssd", ssd_spec.as_str(), "--ssd-segment-size", "4MiB"]);
             }
             _server = Some(spawn_tidepool(&a.server, port, &args).await?);
             format!("127.0.0.1:{port}")
@@ -154,6 +169,12 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
             }
             put_lat.push(q.elapsed());
             stored_bytes += (blocks.len() * a.block_bytes) as u64;
+            if a.ssd_blocks.is_some() {
+                // Let the SSD tier take every demotion before the next
+                // request (its queue would drop them otherwise): this
+                // measures the policy, not the device's write speed.
+                wait_for_demotions(&client).await?;
+            }
         }
         if (i + 1) % window == 0 || i + 1 == requests.len() {
             series.push((
@@ -196,6 +217,9 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     println!("| measure | value |");
     println!("|---|---|");
     println!("| prefix hit ratio (server) | {server_ratio:.4} |");
+    if a.ssd_blocks.is_some() {
+        println!("| (the simulation models the DRAM tier only) | |");
+    }
     println!("| prefix hit ratio (simulation of {policy:?}) | {simulated:.4} |");
     println!("| difference | {:+.4} |", server_ratio - simulated);
     println!("| requests/s | {rps:.0} |");
@@ -251,6 +275,31 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         bail!("{put_errors} block puts were refused");
     }
     Ok(())
+}
+
+/// Waits until the server has no demotion queued for its SSD tier.
+async fn wait_for_demotions(c: &Client) -> anyhow::Result<()> {
+    loop {
+        let info = c
+            .command(vec![
+                Bytes::from_static(b"INFO"),
+                Bytes::from_static(b"tiers"),
+            ])
+            .await?;
+        let text = match info {
+            tidepool_client::Frame::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+            other => bail!("INFO answered {other:?}"),
+        };
+        let pending = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ssd_pending_demotions:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if pending == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
 }
 
 /// (DRAM evictions) from KV.STATS.

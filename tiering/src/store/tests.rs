@@ -752,6 +752,55 @@ mod with_ssd {
         Bytes::from(vec![i as u8; 1000])
     }
 
+    /// Under `adaptive` with an SSD tier, victims of either segment are
+    /// demoted (chosen by the segments), and the accounting holds.
+    #[test]
+    fn adaptive_demotes_victims_of_both_segments() {
+        let dir = fresh_dir("adaptive-demote");
+        let store = Arc::new(Store::new(StoreConfig {
+            dram_capacity: 4 * charge_of(2, 1000),
+            high_watermark: 1.0,
+            low_watermark: 1.0,
+            eviction: Eviction::Adaptive,
+        }));
+        let opened = SsdTier::open(&log_config(&dir, 8, 1 << 20), EngineChoice::Auto).unwrap();
+        let tier = Arc::new(opened.tier);
+        let cap = tier.capacity();
+        store
+            .attach_ssd(tier, cap, opened.recovered, SsdSettings::default())
+            .unwrap();
+        let put = |k: &str, i: usize| {
+            store
+                .put(Bytes::from(k.to_string()), val(i), PutOptions::default())
+                .unwrap();
+        };
+        let tier = |k: &str| store.tier_of(k.as_bytes());
+        // Four blocks stored twice (a touch): all in main.
+        for round in 0..2 {
+            for i in 0..4 {
+                put(&format!("h{i}"), i + round);
+            }
+        }
+        store.force_share(0.25);
+        // x0 takes probation's one-block share: the main victim h0 goes down.
+        put("x0", 10);
+        settle(&store);
+        assert_eq!(tier("h0"), Some(TierKind::Ssd));
+        // x1 puts probation over its share: the probation victim x0 goes down.
+        put("x1", 11);
+        settle(&store);
+        assert_eq!(tier("x0"), Some(TierKind::Ssd));
+        assert_eq!(tier("h1"), Some(TierKind::Dram), "main is protected");
+        assert_eq!(
+            store.get(b"h0").as_deref(),
+            Some(&val(1)[..]),
+            "served from SSD"
+        );
+        settle(&store);
+        store.check_invariants().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn evicted_blocks_move_to_ssd_and_come_back() {
         let f = fixture("demote", 3 * charge_of(2, 1000), 8, 1 << 20);
