@@ -205,6 +205,27 @@ async fn spawn_tidepool(server: &str, port: u16, extra: &[&str]) -> anyhow::Resu
     Ok(p)
 }
 
+/// Starts a tidepool-server whose DRAM holds exactly `dram` bytes and
+/// evicts one block per block stored once full (watermarks 1.0), with no
+/// shared memory and any free data port, plus `extra` flags.
+async fn spawn_exact(server: &str, port: u16, dram: u64, extra: &[&str]) -> anyhow::Result<Proc> {
+    let dram = format!("{dram}B");
+    let mut args = vec![
+        "--data-port",
+        "0",
+        "--shm",
+        "false",
+        "--dram",
+        &dram,
+        "--high-watermark",
+        "1.0",
+        "--low-watermark",
+        "1.0",
+    ];
+    args.extend_from_slice(extra);
+    spawn_tidepool(server, port, &args).await
+}
+
 /// Starts redis-server on `port` (no persistence) and waits until it answers.
 async fn spawn_redis(port: u16) -> anyhow::Result<Proc> {
     let p = Proc(

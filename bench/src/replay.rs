@@ -16,7 +16,7 @@ use bytes::Bytes;
 use tidepool_client::{Client, ClientOptions, PlaneChoice};
 
 use crate::sim::{self, Policy};
-use crate::{free_port, spawn_tidepool};
+use crate::{free_port, spawn_exact};
 
 /// Settings of a replay.
 pub struct ReplayArgs {
@@ -72,25 +72,15 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         "{} holds no requests",
         a.trace.display()
     );
+    // Declared before the server, so dropped after it.
+    let mut _ssd_file = None;
     let mut _server = None;
     let addr = match &a.addr {
         Some(addr) => addr.clone(),
         None => {
             let port = free_port()?;
             let dram = a.capacity_blocks as u64 * charge(a.block_bytes);
-            let dram = format!("{dram}B");
-            let mut args = vec![
-                "--data-port",
-                "0",
-                "--shm",
-                "false",
-                "--dram",
-                &dram,
-                "--high-watermark",
-                "1.0",
-                "--low-watermark",
-                "1.0",
-            ];
+            let mut args = Vec::new();
             if let Some(p) = &a.eviction {
                 args.extend(["--eviction", p.as_str()]);
             }
@@ -104,9 +94,10 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
                     .join(format!("tp-replay-{}-{port}.ssd", std::process::id()));
                 let _ = std::fs::remove_file(&path);
                 ssd_spec = format!("{}:{size}", path.display());
+                _ssd_file = Some(RemoveOnDrop(path));
                 args.extend(["--ssd", ssd_spec.as_str(), "--ssd-segment-size", "4MiB"]);
             }
-            _server = Some(spawn_tidepool(&a.server, port, &args).await?);
+            _server = Some(spawn_exact(&a.server, port, dram, &args).await?);
             format!("127.0.0.1:{port}")
         }
     };
@@ -275,6 +266,15 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         bail!("{put_errors} block puts were refused");
     }
     Ok(())
+}
+
+/// A file removed when this goes out of scope.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Waits until the server has no demotion queued for its SSD tier.

@@ -30,7 +30,7 @@ use bytes::Bytes;
 use tidepool_client::{Client, ClientOptions, PlaneChoice};
 
 use crate::sim::{self, keys_of};
-use crate::{free_port, spawn_tidepool, Proc};
+use crate::{free_port, spawn_exact, Proc};
 
 /// Scheduling policies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -124,20 +124,7 @@ async fn start_node(server: &str, blocks: usize) -> anyhow::Result<(Proc, Client
     // 8-byte keys, 1-byte payloads: the nodes hold block metadata; the
     // transfer cost is modelled from block_kv_bytes.
     let dram = blocks as u64 * tidepool_tiering::charge_of(8, 1);
-    let dram = format!("{dram}B");
-    let args = [
-        "--data-port",
-        "0",
-        "--shm",
-        "false",
-        "--dram",
-        &dram,
-        "--high-watermark",
-        "1.0",
-        "--low-watermark",
-        "1.0",
-    ];
-    let p = spawn_tidepool(server, port, &args).await?;
+    let p = spawn_exact(server, port, dram, &[]).await?;
     let c = Client::connect_with(
         &format!("127.0.0.1:{port}"),
         ClientOptions {

@@ -1429,10 +1429,10 @@ impl Store {
         }
     }
 
-    /// Accounting, parent unlinking and the event for an entry already taken out
-    /// of its shard. Returns its children (for cascades).
-    fn finish_removal(&self, key: Key, e: Entry, kind: EventKind) -> Vec<Key> {
-        self.forget_on_disk(&key, e.disk.as_ref());
+    /// Takes a removed entry out of the accounting (and its SSD record out of
+    /// recovery).
+    fn uncount(&self, key: &[u8], e: &Entry) {
+        self.forget_on_disk(key, e.disk.as_ref());
         let c = self.counters(e.tier);
         let charge = charge_of(key.len(), e.len as usize);
         c.used.fetch_sub(charge, Relaxed);
@@ -1440,6 +1440,12 @@ impl Store {
             self.probation.fetch_sub(charge, Relaxed);
         }
         c.blocks.fetch_sub(1, Relaxed);
+    }
+
+    /// Accounting, parent unlinking and the event for an entry already taken out
+    /// of its shard. Returns its children (for cascades).
+    fn finish_removal(&self, key: Key, e: Entry, kind: EventKind) -> Vec<Key> {
+        self.uncount(&key, &e);
         self.release_slot(e.tier, e.slot);
         if let Some(p) = &e.parent {
             self.unlink_child(p, &key, e.tier == TierKind::Dram);
@@ -1930,14 +1936,7 @@ impl Store {
                 s.map.drain().collect()
             };
             for (k, e) in taken {
-                self.forget_on_disk(&k, e.disk.as_ref());
-                let c = self.counters(e.tier);
-                let charge = charge_of(k.len(), e.len as usize);
-                c.used.fetch_sub(charge, Relaxed);
-                if e.tier == TierKind::Dram && !e.main {
-                    self.probation.fetch_sub(charge, Relaxed);
-                }
-                c.blocks.fetch_sub(1, Relaxed);
+                self.uncount(&k, &e);
                 self.emit(EventKind::Deleted, &k, e.tier, e.parent.as_ref());
                 self.release_slot(e.tier, e.slot);
             }
