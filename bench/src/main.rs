@@ -84,47 +84,7 @@ enum Cmd {
     /// Replays a trace through a real tidepool-server: KV.MATCH each chain,
     /// store the blocks from the first miss on; hit ratio against the
     /// simulation of the server's policy, throughput, latencies, plot.
-    Replay {
-        /// Trace in Mooncake's format (JSON lines with timestamp and hash_ids).
-        #[arg(long, default_value = "../shared/traces/conversation_trace.jsonl")]
-        trace: std::path::PathBuf,
-        /// Payload of each block in bytes.
-        #[arg(long, default_value_t = 16384)]
-        block_bytes: usize,
-        /// Blocks the server holds (its DRAM is sized to exactly that many).
-        #[arg(long, default_value_t = 5000)]
-        capacity_blocks: usize,
-        /// The server's eviction policy (its --eviction flag).
-        #[arg(long)]
-        eviction: Option<String>,
-        /// Give the server an SSD tier of about this many blocks.
-        #[arg(long)]
-        ssd_blocks: Option<usize>,
-        /// Replay at this multiple of the trace's speed (timestamps honoured).
-        #[arg(long, conflicts_with = "max")]
-        speed: Option<f64>,
-        /// As fast as possible (the default).
-        #[arg(long)]
-        max: bool,
-        /// Only the first N requests.
-        #[arg(long)]
-        limit: Option<usize>,
-        /// Replay against this server instead of starting one.
-        #[arg(long)]
-        addr: Option<String>,
-        /// tidepool-server binary.
-        #[arg(long, default_value = "target/release/tidepool-server")]
-        server: String,
-        /// Write the results as JSON here.
-        #[arg(long)]
-        json: Option<std::path::PathBuf>,
-        /// Draw hit ratio over time and latency CDFs here (SVG).
-        #[arg(long)]
-        svg: Option<std::path::PathBuf>,
-        /// No progress bar.
-        #[arg(long)]
-        quiet: bool,
-    },
+    Replay(replay::ReplayArgs),
     /// A prefill cluster fed by a trace: N instances with a tidepool node each
     /// and a shared pool node, scheduled by round-robin, least-loaded,
     /// cache-aware or Conductor (least estimated TTFT, early rejection).
@@ -557,34 +517,7 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Cmd::Replay {
-            trace,
-            block_bytes,
-            capacity_blocks,
-            eviction,
-            ssd_blocks,
-            speed,
-            max: _,
-            limit,
-            addr,
-            server,
-            json,
-            svg,
-            quiet,
-        } => rt.block_on(replay::replay(replay::ReplayArgs {
-            trace,
-            block_bytes,
-            capacity_blocks,
-            eviction,
-            ssd_blocks,
-            speed,
-            limit,
-            addr,
-            server,
-            json,
-            svg,
-            quiet,
-        })),
+        Cmd::Replay(args) => rt.block_on(replay::replay(args)),
         Cmd::Match {
             chain,
             stored,

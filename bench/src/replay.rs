@@ -8,7 +8,6 @@
 //! hit ratio comparable block for block with the offline simulation of its
 //! policy, reported beside it.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -19,31 +18,46 @@ use crate::sim::{self, Policy};
 use crate::{free_port, spawn_exact};
 
 /// Settings of a replay.
+#[derive(clap::Args)]
 pub struct ReplayArgs {
-    /// Trace file.
-    pub trace: PathBuf,
-    /// Payload of each block.
+    /// Trace in Mooncake's format (JSON lines with timestamp and hash_ids).
+    #[arg(long, default_value = "../shared/traces/conversation_trace.jsonl")]
+    pub trace: std::path::PathBuf,
+    /// Payload of each block in bytes.
+    #[arg(long, default_value_t = 16384)]
     pub block_bytes: usize,
-    /// Blocks the server holds.
+    /// Blocks the server holds (its DRAM is sized to exactly that many).
+    #[arg(long, default_value_t = 5000)]
     pub capacity_blocks: usize,
-    /// Server eviction policy (`--eviction` of the server).
+    /// The server's eviction policy (its --eviction flag).
+    #[arg(long)]
     pub eviction: Option<String>,
-    /// Give the started server an SSD tier of about this many blocks (a file
-    /// in the temporary directory). The simulation models DRAM only.
+    /// Give the server an SSD tier of about this many blocks.
+    #[arg(long)]
     pub ssd_blocks: Option<usize>,
-    /// Replay speed against the trace's timestamps; `None`: as fast as possible.
+    /// Replay at this multiple of the trace's speed (timestamps honoured).
+    #[arg(long, conflicts_with = "max")]
     pub speed: Option<f64>,
+    /// As fast as possible (the default).
+    #[arg(long)]
+    pub max: bool,
     /// Only the first N requests.
+    #[arg(long)]
     pub limit: Option<usize>,
-    /// Use this server instead of starting one.
+    /// Replay against this server instead of starting one.
+    #[arg(long)]
     pub addr: Option<String>,
     /// tidepool-server binary.
+    #[arg(long, default_value = "target/release/tidepool-server")]
     pub server: String,
-    /// JSON output.
-    pub json: Option<PathBuf>,
-    /// SVG plot output.
-    pub svg: Option<PathBuf>,
-    /// Print no progress bar.
+    /// Write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// Draw hit ratio over time and latency CDFs here (SVG).
+    #[arg(long)]
+    pub svg: Option<std::path::PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
     pub quiet: bool,
 }
 

@@ -397,15 +397,14 @@ impl Client {
             Ok(())
         };
         let frames = conn.recv(owed.len()).await?;
-        if let Err(e) = settle(
+        // Replies out of step: the connection is not reused as is.
+        settle(
             std::mem::take(&mut owed),
             frames,
             &mut reserved,
             &mut results,
-        ) {
-            conn.broken = true;
-            return Err(e);
-        }
+        )
+        .inspect_err(|_| conn.broken = true)?;
         let mut prev: Vec<(usize, Descriptor)> = Vec::new();
         let mut failed = None;
         for gi in 0..n {
@@ -428,15 +427,14 @@ impl Client {
             let moved = plane.write(&writes).await;
             // What was sent a step ago.
             let frames = conn.recv(owed.len()).await?;
-            if let Err(e) = settle(
+            // Replies out of step: the connection is not reused as is.
+            settle(
                 std::mem::take(&mut owed),
                 frames,
                 &mut reserved,
                 &mut results,
-            ) {
-                conn.broken = true;
-                return Err(e);
-            }
+            )
+            .inspect_err(|_| conn.broken = true)?;
             owed = now_owed;
             if let Err(e) = moved {
                 failed = Some((e, cur));
@@ -445,15 +443,14 @@ impl Client {
             prev = cur;
         }
         let frames = conn.recv(owed.len()).await?;
-        if let Err(e) = settle(
+        // Replies out of step: the connection is not reused as is.
+        settle(
             std::mem::take(&mut owed),
             frames,
             &mut reserved,
             &mut results,
-        ) {
-            conn.broken = true;
-            return Err(e);
-        }
+        )
+        .inspect_err(|_| conn.broken = true)?;
         if let Some((e, cur)) = failed {
             // Nothing from the failed group on is committed.
             let mut abort = vec![b("KV.ABORT")];
