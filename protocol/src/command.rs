@@ -7,6 +7,8 @@
 use bytes::Bytes;
 
 use crate::error::CommandError;
+use crate::keys::KeyList;
+use crate::request::Frame;
 use crate::table::{self, CommandSpec};
 
 /// Expiry option of `SET`.
@@ -209,7 +211,7 @@ pub enum Command {
     KvGet(Bytes),
     KvMGet(Vec<Bytes>),
     KvMatch {
-        keys: Vec<Bytes>,
+        keys: KeyList,
         opts: MatchOpts,
     },
     KvMatchTokens {
@@ -399,6 +401,38 @@ impl Command {
         Self::parse_with_spec(&mut argv.to_vec()).1
     }
 
+    /// Parses one request as the parser framed it, and returns its table row.
+    ///
+    /// `KV.MATCH` keeps its keys in the request's buffer (no `Bytes` per key);
+    /// every other request, and any `KV.MATCH` that is not well formed, goes
+    /// through [`parse_with_spec`](Self::parse_with_spec), so both give the
+    /// same answers.
+    pub fn parse_frame(
+        frame: Frame<'_>,
+    ) -> (Option<&'static CommandSpec>, Result<Command, CommandError>) {
+        if let Frame::Array { buf, spans } = &frame {
+            let arg = |i: usize| &buf[spans[i].0..spans[i].0 + spans[i].1];
+            if spans.len() >= 3 && eq(arg(0), "kv.match") {
+                let n = parse_u64(arg(1))
+                    .ok()
+                    .filter(|n| (1..=spans.len() as u64 - 2).contains(n));
+                if let Some(n) = n {
+                    let at = 2 + n as usize;
+                    let opts: Vec<Bytes> = spans[at..]
+                        .iter()
+                        .map(|&(o, len)| buf.slice(o..o + len))
+                        .collect();
+                    let parsed = parse_match_opts(&opts).map(|opts| Command::KvMatch {
+                        keys: KeyList::from_spans(buf.clone(), spans[2..at].to_vec()),
+                        opts,
+                    });
+                    return (table::lookup(arg(0)), parsed);
+                }
+            }
+        }
+        Self::parse_with_spec(&mut frame.into_args())
+    }
+
     /// Parses one request and also returns its table row. An error for a known
     /// command (bad arity, bad argument) still names the row.
     ///
@@ -446,7 +480,7 @@ impl Command {
             ("kv.match", _) => {
                 let (n, _) = parse_numkeys(&argv[1..], 1)?;
                 let opts = parse_match_opts(&argv[2 + n..])?;
-                let keys = argv[2..2 + n].iter_mut().map(take).collect();
+                let keys = argv[2..2 + n].iter().collect();
                 return Ok(Command::KvMatch { keys, opts });
             }
             _ => {}
@@ -907,6 +941,47 @@ fn parse_kv_put(a: &[Bytes]) -> Result<Command, CommandError> {
 mod tests {
     use super::*;
 
+    /// Frames `words` as a RESP request and parses it the way the server does.
+    fn parse_framed(words: &[&str]) -> Result<Command, CommandError> {
+        let mut wire = format!("*{}\r\n", words.len());
+        for w in words {
+            wire.push_str(&format!("${}\r\n{w}\r\n", w.len()));
+        }
+        let mut buf = bytes::BytesMut::from(wire.as_bytes());
+        let mut parser = crate::RequestParser::default();
+        let frame = parser.next_frame(&mut buf).unwrap().unwrap();
+        Command::parse_frame(frame).1
+    }
+
+    #[test]
+    fn framed_kv_match_parses_as_the_argument_path_does() {
+        let cases: &[&[&str]] = &[
+            &["KV.MATCH", "2", "a", "b"],
+            &["kv.match", "1", "a", "b"],
+            &["KV.MATCH", "2", "a", "b", "LEASE", "7", "WITHTIERS"],
+            &["KV.MATCH", "3", "a", "b"],
+            &["KV.MATCH", "0", "a"],
+            &["KV.MATCH", "-1", "a"],
+            &["KV.MATCH", "x", "a"],
+            &["KV.MATCH", "1", "a", "LEASE"],
+            &["KV.MATCH", "1", "a", "LEASE", "0"],
+            &["KV.MATCH", "1", "a", "BOGUS"],
+            &["KV.MATCH", "1"],
+            &["KV.MATCHTOKENS", "s", "2", "1", "2"],
+            &["GET", "k"],
+        ];
+        for words in cases {
+            let framed = parse_framed(words);
+            assert_eq!(framed, parse(words), "{words:?}");
+        }
+        let Ok(Command::KvMatch { keys, .. }) =
+            parse_framed(&["KV.MATCH", "2", "ab", "c", "WITHTIERS"])
+        else {
+            panic!("not a match");
+        };
+        assert_eq!(keys.iter().collect::<Vec<_>>(), vec![&b"ab"[..], b"c"]);
+    }
+
     fn argv(words: &[&str]) -> Vec<Bytes> {
         words
             .iter()
@@ -999,7 +1074,7 @@ mod tests {
             ])
             .unwrap(),
             Command::KvMatch {
-                keys: argv(&["LEASE", "WITHTIERS"]),
+                keys: ["LEASE", "WITHTIERS"].into_iter().collect(),
                 opts: MatchOpts {
                     lease_ms: Some(5),
                     with_tiers: true

@@ -14,11 +14,13 @@ pub mod command;
 pub mod error;
 pub mod glob;
 pub mod hash;
+pub mod keys;
 pub mod reply;
 pub mod request;
 pub mod table;
 
 pub use command::Command;
 pub use error::{CommandError, ProtocolError};
+pub use keys::KeyList;
 pub use reply::{Reply, Version};
-pub use request::{Limits, RequestParser};
+pub use request::{Frame, Limits, RequestParser};

@@ -105,6 +105,45 @@ fn parse_header_int(s: &[u8]) -> Option<i64> {
     Some(if neg { -v } else { v })
 }
 
+/// The common bulk header, `$` and one to nine digits then `\r\n`, read
+/// without a search for the line's end: (declared length, offset of the body).
+/// `None` for anything else (longer, signed, incomplete, malformed), which the
+/// general path then reads or refuses.
+fn short_bulk_header(buf: &[u8], pos: usize) -> Option<(i64, usize)> {
+    let mut len = 0i64;
+    for (i, &c) in buf.get(pos + 1..)?.iter().take(10).enumerate() {
+        match c {
+            b'0'..=b'9' => len = len * 10 + i64::from(c - b'0'),
+            b'\r' if i > 0 && buf.get(pos + 2 + i) == Some(&b'\n') => {
+                return Some((len, pos + 3 + i));
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Reads the bulk header at `pos` (`$<length>\r\n`): (declared length, offset
+/// of the body), `None` while incomplete, or the error Redis gives.
+fn bulk_header(
+    buf: &[u8],
+    pos: usize,
+    limits: &Limits,
+) -> Result<Option<(i64, usize)>, ProtocolError> {
+    let Some(end) = line_end(buf, pos + 1) else {
+        if buf.len() - pos > limits.max_inline_len {
+            return Err(ProtocolError::new("too big bulk count string"));
+        }
+        return Ok(None);
+    };
+    if buf[end] != b'\r' {
+        return Err(ProtocolError::new("invalid bulk length"));
+    }
+    let len = parse_header_int(&buf[pos + 1..end])
+        .ok_or_else(|| ProtocolError::new("invalid bulk length"))?;
+    Ok(Some((len, end + 2)))
+}
+
 /// Checks the request at the front of `buf` against `limits`.
 ///
 /// Returns how much of the buffer the next request takes, [`Scan::Incomplete`] when
@@ -151,19 +190,18 @@ pub fn scan(
                 char::from(buf[pos]).escape_default()
             )));
         }
-        let Some(end) = line_end(buf, pos + 1) else {
-            if buf.len() - pos > limits.max_inline_len {
-                return Err(ProtocolError::new("too big bulk count string"));
-            }
-            return Ok(Scan::Incomplete);
+        let found = match short_bulk_header(buf, pos) {
+            Some(found) => found,
+            None => match bulk_header(buf, pos, limits)? {
+                Some(found) => found,
+                None => return Ok(Scan::Incomplete),
+            },
         };
-        if buf[end] != b'\r' {
+        let (len, body) = found;
+        if len < 0 || len as u64 > limits.max_bulk_len {
             return Err(ProtocolError::new("invalid bulk length"));
         }
-        let len = parse_header_int(&buf[pos + 1..end])
-            .filter(|n| *n >= 0 && *n as u64 <= limits.max_bulk_len)
-            .ok_or_else(|| ProtocolError::new("invalid bulk length"))? as usize;
-        let body = end + 2;
+        let len = len as usize;
         let after = body + len;
         if buf.len() < after + 2 {
             return Ok(Scan::NeedBytes(after + 2));
@@ -310,13 +348,20 @@ impl RequestParser {
         &self.limits
     }
 
-    /// Takes the next complete request off the front of `buf`.
+    /// Takes the next complete request off the front of `buf`, its arguments
+    /// as `Bytes` each.
     ///
     /// `Ok(None)` means more bytes are needed (nothing was consumed). An error means
     /// the stream is broken: the caller MUST answer `-ERR Protocol error: ...` and
     /// close the connection, since its framing can no longer be trusted. Empty
     /// requests are skipped. Argument bytes are zero-copy views of `buf`.
     pub fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Args>, ProtocolError> {
+        Ok(self.next_frame(buf)?.map(Frame::into_args))
+    }
+
+    /// As [`next`](Self::next), leaving the arguments where they arrived: the
+    /// caller reads them as slices and cuts out only the ones it keeps.
+    pub fn next_frame(&mut self, buf: &mut BytesMut) -> Result<Option<Frame<'_>>, ProtocolError> {
         loop {
             self.wanted = 0;
             match scan(buf, &self.limits, &mut self.spans)? {
@@ -332,19 +377,64 @@ impl RequestParser {
                     let raw = buf.split_to(consumed);
                     let args: Args = split_inline(&raw[..line])?.into();
                     if !args.is_empty() {
-                        return Ok(Some(args));
+                        return Ok(Some(Frame::Inline(args)));
                     }
                 }
                 Scan::Array(n) => {
-                    let frame = buf.split_to(n).freeze();
-                    let args = self
-                        .spans
-                        .iter()
-                        .map(|&(at, len)| frame.slice(at..at + len))
-                        .collect();
-                    return Ok(Some(args));
+                    return Ok(Some(Frame::Array {
+                        buf: buf.split_to(n).freeze(),
+                        spans: &self.spans,
+                    }));
                 }
             }
+        }
+    }
+}
+
+/// One request as it arrived.
+#[derive(Debug)]
+pub enum Frame<'a> {
+    /// A RESP array: the request's bytes and the (offset, length) of each argument.
+    Array {
+        /// The whole request.
+        buf: Bytes,
+        /// Where each argument lies in `buf`.
+        spans: &'a [(usize, usize)],
+    },
+    /// An inline request, split into words.
+    Inline(Args),
+}
+
+impl Frame<'_> {
+    /// How many arguments, the name included.
+    pub fn len(&self) -> usize {
+        match self {
+            Frame::Array { spans, .. } => spans.len(),
+            Frame::Inline(args) => args.len(),
+        }
+    }
+
+    /// Whether there are no arguments (never, for a frame the parser returned).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Argument `i`.
+    pub fn arg(&self, i: usize) -> Option<&[u8]> {
+        match self {
+            Frame::Array { buf, spans } => spans.get(i).map(|&(at, len)| &buf[at..at + len]),
+            Frame::Inline(args) => args.get(i).map(|a| &a[..]),
+        }
+    }
+
+    /// The arguments as `Bytes` each (views of the request's buffer).
+    pub fn into_args(self) -> Args {
+        match self {
+            Frame::Array { buf, spans } => spans
+                .iter()
+                .map(|&(at, len)| buf.slice(at..at + len))
+                .collect(),
+            Frame::Inline(args) => args,
         }
     }
 }
@@ -463,6 +553,24 @@ mod tests {
             let got = match first { Some(g) => g, None => p.next(&mut buf).unwrap().unwrap() };
             prop_assert_eq!(got.into_iter().map(|b| b.to_vec()).collect::<Vec<_>>(), args);
             prop_assert!(buf.is_empty());
+        }
+
+        #[test]
+        fn the_short_bulk_header_reads_as_the_general_one(
+            digits in prop::collection::vec(prop::sample::select(b"0123456789".to_vec()), 0..12),
+            tail in prop::collection::vec(prop::sample::select(b"0-+\r\nx".to_vec()), 0..3),
+            crlf in any::<bool>(),
+        ) {
+            let mut buf = b"$".to_vec();
+            buf.extend_from_slice(&digits);
+            if crlf {
+                buf.extend_from_slice(b"\r\n");
+            }
+            buf.extend_from_slice(&tail);
+            if let Some(fast) = short_bulk_header(&buf, 0) {
+                let general = bulk_header(&buf, 0, &Limits::default());
+                prop_assert_eq!(general.ok(), Some(Some(fast)), "{:?}", String::from_utf8_lossy(&buf));
+            }
         }
 
         #[test]

@@ -222,8 +222,8 @@ fn process(
         if out.len() >= OUT_FLUSH {
             break Flow::Flush;
         }
-        let mut argv = match parser.next(rbuf) {
-            Ok(Some(argv)) => argv,
+        let frame = match parser.next_frame(rbuf) {
+            Ok(Some(frame)) => frame,
             Ok(None) => break Flow::Continue,
             Err(e) => {
                 shared.stats.protocol_errors.fetch_add(1, Relaxed);
@@ -235,7 +235,7 @@ fn process(
         // The first request of a buffer allocated exactly for it, and nothing else.
         session.exclusive_frame = rbuf_exact && count == 0 && rbuf.is_empty();
         count += 1;
-        let (spec, parsed) = Command::parse_with_spec(&mut argv);
+        let (spec, parsed) = Command::parse_frame(frame);
         if let Some(spec) = spec {
             last = Some(spec.name);
         }

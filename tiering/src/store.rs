@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use hashbrown::hash_map::RawEntryMut;
 use parking_lot::Mutex;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -553,6 +554,40 @@ impl std::fmt::Debug for Store {
 
 fn shard_of(key: &[u8]) -> usize {
     (xxh3_64(key) as usize) & (SHARDS - 1)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Runs between the two passes of `match_prefix` on this thread (a test
+    /// changes the store there).
+    static BETWEEN_MATCH_PASSES: std::cell::RefCell<Option<Box<dyn FnMut()>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Indices of `hashed` (shard, hash) grouped by shard, ascending within each
+/// shard (a counting sort).
+fn by_shard(hashed: &[(usize, u64)]) -> Vec<u32> {
+    let mut start = [0u32; SHARDS + 1];
+    for &(s, _) in hashed {
+        start[s + 1] += 1;
+    }
+    for s in 0..SHARDS {
+        start[s + 1] += start[s];
+    }
+    let mut order = vec![0u32; hashed.len()];
+    for (i, &(s, _)) in hashed.iter().enumerate() {
+        order[start[s] as usize] = i as u32;
+        start[s] += 1;
+    }
+    order
+}
+
+/// The key's shard and its hash in that shard's map, from one XXH3 call: the
+/// value [`KeyHasher`] computes for `key` (a test holds them equal).
+fn key_hash(key: &[u8]) -> (usize, u64) {
+    let x = xxh3_64(key);
+    let h = ((key.len() as u64).rotate_left(29) ^ x).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (x as usize & (SHARDS - 1), h)
 }
 
 /// Accounted size of a block.
@@ -1706,52 +1741,127 @@ impl Store {
 
     /// Counts the stored prefix of `keys`, refreshing the matched blocks'
     /// recency in chain order, and optionally leasing them for `lease_ms`.
-    pub fn match_prefix(&self, keys: &[Bytes], lease_ms: Option<u64>) -> MatchResult {
+    pub fn match_prefix<I>(&self, keys: I, lease_ms: Option<u64>) -> MatchResult
+    where
+        I: IntoIterator,
+        I::Item: AsRef<[u8]>,
+        I::IntoIter: ExactSizeIterator + Clone,
+    {
+        let keys = keys.into_iter();
+        let queried = keys.len();
         let mut out = MatchResult {
-            tiers: Vec::with_capacity(keys.len()),
+            tiers: Vec::with_capacity(queried),
             ..MatchResult::default()
         };
-        // One hash lookup per key (this runs for every key of every prompt),
-        // and one tick of the shared clock per match, not per key: the keys
-        // take consecutive stamps from a reserved range, in chain order.
+        // This runs for every prompt, over hundreds of keys: each key is hashed
+        // once (shard and map), the keys take consecutive stamps from one tick
+        // of the shared clock, and each shard's lock is taken once per pass
+        // rather than once per key (perf had the lock's two atomics at a third
+        // of a 256-key match). Pass one finds the stored prefix; pass two
+        // refreshes (and leases) it.
         let adaptive = self.eviction == Eviction::Adaptive;
         if adaptive {
-            self.tune(keys);
+            let chain: Vec<Bytes> = keys
+                .clone()
+                .map(|k| Bytes::copy_from_slice(k.as_ref()))
+                .collect();
+            self.tune(&chain);
         }
-        let first = self.clock.fetch_add(keys.len() as u64, Relaxed);
-        for (stamp, k) in (first..).zip(keys) {
-            let mut guard = self.shard(k);
-            let Shard { map, lru, .. } = &mut *guard;
-            let Some(e) = map.get_mut(&k[..]) else {
-                break;
-            };
-            if e.expires_at.is_some_and(|t| t <= self.now_ms()) {
-                drop(guard);
-                self.remove_tree(k, EventKind::Expired);
-                break;
+        let first = self.clock.fetch_add(queried as u64, Relaxed);
+        let items: Vec<I::Item> = keys.collect();
+        let hashed: Vec<(usize, u64)> = items.iter().map(|k| key_hash(k.as_ref())).collect();
+        let order = by_shard(&hashed);
+        let groups = || order.chunk_by(|a, b| hashed[*a as usize].0 == hashed[*b as usize].0);
+
+        let mut end = queried;
+        let mut expired = Vec::new();
+        for group in groups() {
+            if group[0] as usize >= end {
+                continue;
             }
-            e.stamp = stamp;
-            if lease_ms.is_some() {
-                if e.evictable() {
-                    lru.remove(&e.filed);
+            let shard = self.shards[hashed[group[0] as usize].0].lock();
+            for &i in group {
+                let i = i as usize;
+                if i >= end {
+                    break;
                 }
-                e.leases += 1;
-            }
-            out.tiers.push(e.tier);
-            out.matched += 1;
-            if adaptive && !e.main {
-                let moved = guard.promote_main(k);
-                self.probation.fetch_sub(moved, Relaxed);
+                let found = shard
+                    .map
+                    .raw_entry()
+                    .from_key_hashed_nocheck(hashed[i].1, items[i].as_ref());
+                match found {
+                    Some((_, e)) if e.expires_at.is_none_or(|t| t > self.now_ms()) => {}
+                    Some(_) => {
+                        expired.push(i);
+                        end = i;
+                    }
+                    None => end = i,
+                }
             }
         }
+
+        #[cfg(test)]
+        BETWEEN_MATCH_PASSES.with(|h| h.borrow_mut().as_mut().map(|f| f()));
+        // A key removed between the passes ends the prefix there.
+        let mut tiers = vec![TierKind::Dram; end];
+        let mut matched = end;
+        let mut leased = Vec::new();
+        for group in groups() {
+            if group[0] as usize >= end {
+                continue;
+            }
+            let mut guard = self.shards[hashed[group[0] as usize].0].lock();
+            for &i in group {
+                let i = i as usize;
+                if i >= end {
+                    break;
+                }
+                let k = items[i].as_ref();
+                let Shard { map, lru, .. } = &mut *guard;
+                let RawEntryMut::Occupied(found) =
+                    map.raw_entry_mut().from_key_hashed_nocheck(hashed[i].1, k)
+                else {
+                    matched = matched.min(i);
+                    continue;
+                };
+                let e = found.into_mut();
+                e.stamp = first + i as u64;
+                if lease_ms.is_some() {
+                    if e.evictable() {
+                        lru.remove(&e.filed);
+                    }
+                    e.leases += 1;
+                    leased.push(i);
+                }
+                tiers[i] = e.tier;
+                if adaptive && !e.main {
+                    let moved = guard.promote_main(k);
+                    self.probation.fetch_sub(moved, Relaxed);
+                }
+            }
+        }
+        for i in expired {
+            self.remove_tree(items[i].as_ref(), EventKind::Expired);
+        }
+        tiers.truncate(matched);
+        out.tiers = tiers;
+        out.matched = matched;
         self.matches.fetch_add(1, Relaxed);
-        self.keys_queried.fetch_add(keys.len() as u64, Relaxed);
+        self.keys_queried.fetch_add(queried as u64, Relaxed);
         self.keys_matched.fetch_add(out.matched as u64, Relaxed);
         if let Some(ms) = lease_ms {
             let id = self.next_lease.fetch_add(1, Relaxed);
             let lease = Lease {
                 deadline: self.now_ms().saturating_add(ms),
-                keys: keys[..out.matched].to_vec(),
+                // Exactly the keys whose lease count went up (a key removed
+                // between the passes may leave the prefix shorter).
+                keys: {
+                    leased.sort_unstable();
+                    leased
+                        .iter()
+                        .map(|&i| Bytes::copy_from_slice(items[i].as_ref()))
+                        .collect()
+                },
             };
             self.lease_shard(id).insert(id, lease);
             out.lease = Some(id);

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use tidepool_protocol::command::{MatchOpts, TierName};
 use tidepool_protocol::hash::chain_keys;
-use tidepool_protocol::Reply;
+use tidepool_protocol::{KeyList, Reply};
 use tidepool_tiering::{MatchResult, PutOptions, TierKind};
 
 use super::store_error;
@@ -100,7 +100,7 @@ fn match_reply(m: MatchResult, opts: MatchOpts) -> Reply {
 }
 
 /// KV.MATCH numkeys key ... [LEASE ms] [WITHTIERS].
-pub fn match_keys(shared: &Shared, keys: &[Bytes], opts: MatchOpts) -> Reply {
+pub fn match_keys(shared: &Shared, keys: &KeyList, opts: MatchOpts) -> Reply {
     match_reply(shared.store.match_prefix(keys, opts.lease_ms), opts)
 }
 
@@ -112,11 +112,8 @@ pub fn match_tokens(
     tokens: &[u32],
     opts: MatchOpts,
 ) -> Reply {
-    let keys: Vec<Bytes> = chain_keys(seed, block_tokens as usize, tokens)
-        .into_iter()
-        .map(|k| Bytes::copy_from_slice(&k))
-        .collect();
-    match_keys(shared, &keys, opts)
+    let keys = chain_keys(seed, block_tokens as usize, tokens);
+    match_reply(shared.store.match_prefix(&keys, opts.lease_ms), opts)
 }
 
 /// KV.HASH seed block_tokens t1 ...

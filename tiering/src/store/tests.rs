@@ -1274,3 +1274,97 @@ fn adaptive_store_matches_its_model_request_by_request() {
         "the tuner never moved off its first share"
     );
 }
+
+#[test]
+fn one_hash_gives_the_shard_and_the_maps_hash() {
+    use std::hash::BuildHasher;
+    let build = BuildHasherDefault::<KeyHasher>::default();
+    for key in [&b""[..], b"a", b"0123456789abcdef", &[7u8; 300]] {
+        let (shard, hash) = key_hash(key);
+        assert_eq!(shard, shard_of(key));
+        assert_eq!(hash, build.hash_one(key), "{key:?}");
+        assert_eq!(hash, build.hash_one(Bytes::copy_from_slice(key)));
+    }
+}
+
+/// Matches with leases race deletes and re-puts of the same keys: every lease
+/// taken is exactly the set of keys whose lease count went up, so once all are
+/// released every block can be evicted again, and the indexes stay consistent.
+#[test]
+fn leased_matches_racing_deletes_leave_no_pin_behind() {
+    let f = fixture(1 << 30);
+    let store = Arc::new(f.store);
+    let chain: Vec<Bytes> = (0..64).map(|i| b(&format!("c{i}"))).collect();
+    // Independent keys (no parent), so that deleting one leaves those after
+    // it stored: a match racing the delete may have leased them. Only the
+    // deleted key is put again (a put over a key would reset its count).
+    for k in &chain {
+        store.put(k.clone(), b("v"), PutOptions::default()).unwrap();
+    }
+    std::thread::scope(|scope| {
+        let matcher = scope.spawn(|| {
+            let mut leases = Vec::new();
+            for _ in 0..5_000 {
+                let m = store.match_prefix(&chain, Some(60_000));
+                assert!(m.tiers.len() == m.matched);
+                leases.push(m.lease.expect("a lease was asked for"));
+            }
+            leases
+        });
+        let mut round = 0;
+        while !matcher.is_finished() {
+            let k = &chain[(round * 7) % 64];
+            store.delete([&k[..]]);
+            let _ = store.put(k.clone(), b("v"), PutOptions::default());
+            round += 1;
+        }
+        for lease in matcher.join().unwrap() {
+            store.release(lease);
+        }
+    });
+    store.check_invariants().unwrap();
+    store.shed(u64::MAX);
+    assert_eq!(
+        store.len(),
+        0,
+        "a block stayed pinned after every lease was released"
+    );
+}
+
+/// A key deleted between the two passes of a match ends the prefix there, and
+/// the lease holds exactly the keys the second pass pinned (here the ones after
+/// the deleted key too), so releasing it unpins everything.
+#[test]
+fn a_key_deleted_between_the_passes_of_a_match_leaks_no_pin() {
+    let f = fixture(1 << 30);
+    let store = Arc::new(f.store);
+    let keys: Vec<Bytes> = (0..10).map(|i| b(&format!("k{i}"))).collect();
+    for k in &keys {
+        store.put(k.clone(), b("v"), PutOptions::default()).unwrap();
+    }
+    let s = store.clone();
+    let victim = keys[3].clone();
+    BETWEEN_MATCH_PASSES.with(|h| {
+        *h.borrow_mut() = Some(Box::new(move || {
+            s.delete([&victim[..]]);
+        }))
+    });
+    let m = store.match_prefix(&keys, Some(60_000));
+    BETWEEN_MATCH_PASSES.with(|h| h.borrow_mut().take());
+    assert_eq!(m.matched, 3);
+    assert_eq!(m.tiers.len(), 3);
+    store.shed(u64::MAX);
+    assert_eq!(
+        store.len(),
+        9,
+        "the leased blocks stay while the lease does"
+    );
+    assert!(store.release(m.lease.unwrap()));
+    store.check_invariants().unwrap();
+    store.shed(u64::MAX);
+    assert_eq!(
+        store.len(),
+        0,
+        "a block stayed pinned after its lease was released"
+    );
+}
