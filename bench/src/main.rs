@@ -329,6 +329,48 @@ async fn run_op(
     Ok((rate, us(percentile(&lat, 0.5)), us(percentile(&lat, 0.99))))
 }
 
+/// Requests per second of `redis-benchmark -c clients -P depth -n requests`
+/// running `cmd` against 127.0.0.1:`port`.
+async fn redis_benchmark_rps(
+    port: u16,
+    clients: usize,
+    depth: usize,
+    requests: usize,
+    cmd: &[String],
+) -> anyhow::Result<f64> {
+    let mut run = std::process::Command::new("redis-benchmark");
+    run.args(["-p", &port.to_string(), "-c", &clients.to_string()])
+        .args([
+            "-P",
+            &depth.to_string(),
+            "-n",
+            &requests.to_string(),
+            "--csv",
+        ])
+        .args(cmd);
+    let out = tokio::task::spawn_blocking(move || run.output())
+        .await?
+        .context("running redis-benchmark (Debian package redis-tools)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "redis-benchmark failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // --csv: a header line, then "name","rps",...
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text
+        .lines()
+        .nth(1)
+        .with_context(|| format!("no result from redis-benchmark: {text}"))?;
+    let rps = row
+        .split(',')
+        .nth(1)
+        .map(|f| f.trim_matches('"'))
+        .and_then(|f| f.parse::<f64>().ok())
+        .with_context(|| format!("unexpected redis-benchmark line: {row}"))?;
+    Ok(rps)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn bench_match(
     chain: usize,
@@ -423,6 +465,50 @@ async fn bench_match(
             rate / rows[1].1
         );
     }
+    // The same comparison driven by redis-benchmark, a C client that costs
+    // both servers the same (the Rust client above spends more of this 2-core
+    // machine building 256-argument commands). It repeats one command per
+    // pipeline, so the Redis side asks EXISTS of one key again and again (its
+    // best case); keys are text here, stored on both servers.
+    let text_keys: Vec<String> = (0..chain).map(|i| format!("chain:{i}")).collect();
+    for k in &text_keys[..stored] {
+        for c in [&tp, &rd] {
+            c.command(vec![
+                Bytes::from_static(b"SET"),
+                Bytes::from(k.clone()),
+                value.clone(),
+            ])
+            .await?;
+        }
+    }
+    let mut match_cmd = vec!["KV.MATCH".to_string(), chain.to_string()];
+    match_cmd.extend(text_keys.iter().cloned());
+    let exists_cmd = vec!["EXISTS".to_string(), text_keys[stored / 2].clone()];
+    let (mut tp_rb, mut rd_rb) = (vec![], vec![]);
+    for _ in 0..runs {
+        // Runs of about a second each (a short run measures connection set-up).
+        tp_rb.push(redis_benchmark_rps(tp_port, clients, depth, 20 * queries, &match_cmd).await?);
+        // One query is `chain` EXISTS commands.
+        let rps = redis_benchmark_rps(
+            rd_port,
+            clients,
+            depth * chain,
+            4 * queries * chain,
+            &exists_cmd,
+        )
+        .await?;
+        rd_rb.push(rps / chain as f64);
+    }
+    let (tp_rb, rd_rb) = (median(tp_rb), median(rd_rb));
+    println!();
+    println!(
+        "# the same, driven by redis-benchmark (-c {clients} -P {depth}; Redis: -P {} of EXISTS of one stored key), median of {runs}",
+        depth * chain
+    );
+    println!("| how | queries/s | vs redis EXISTS |");
+    println!("|---|---|---|");
+    println!("| tidepool KV.MATCH | {tp_rb:.0} | {:.1}x |", tp_rb / rd_rb);
+    println!("| redis EXISTS x chain, pipelined | {rd_rb:.0} | 1.0x |");
     if let Some(path) = json {
         let j = serde_json::json!({
             "bench": "match",
@@ -433,6 +519,7 @@ async fn bench_match(
             "clients": clients,
             "depth": depth,
             "rows": rows.iter().map(|(n, r, a, b)| serde_json::json!({"how": n, "qps": r, "p50_us": a, "p99_us": b})).collect::<Vec<_>>(),
+            "redis_benchmark": {"tidepool_match_qps": tp_rb, "redis_exists_chain_qps": rd_rb},
         });
         std::fs::write(&path, serde_json::to_string_pretty(&j)?)?;
     }

@@ -48,16 +48,21 @@ impl Conn {
 
     async fn send_inner(&mut self, cmds: &[Vec<Bytes>]) -> Result<(), ClientError> {
         let mut chunks: Vec<Bytes> = Vec::new();
-        let mut cur = BytesMut::new();
-        let mut n = itoa::Buffer::new();
+        // Sized once: a 256-key match is thousands of small arguments, and
+        // growing the buffer as it fills copied it over and over.
+        let size: usize = cmds
+            .iter()
+            .flatten()
+            .map(|a| 16 + if a.len() >= INLINE_MAX { 0 } else { a.len() })
+            .sum::<usize>()
+            + 16 * cmds.len();
+        let mut cur = BytesMut::with_capacity(size);
         for cmd in cmds {
             cur.put_u8(b'*');
-            cur.put_slice(n.format(cmd.len()).as_bytes());
-            cur.put_slice(b"\r\n");
+            put_len(&mut cur, cmd.len());
             for arg in cmd {
                 cur.put_u8(b'$');
-                cur.put_slice(n.format(arg.len()).as_bytes());
-                cur.put_slice(b"\r\n");
+                put_len(&mut cur, arg.len());
                 if arg.len() >= INLINE_MAX {
                     chunks.push(cur.split().freeze());
                     chunks.push(arg.clone());
@@ -98,6 +103,19 @@ impl Conn {
     }
 }
 
+/// Writes `n` in decimal and `\r\n` (lengths below 100 without formatting:
+/// keys and counts are mostly that short).
+fn put_len(out: &mut BytesMut, n: usize) {
+    match n {
+        0..=9 => out.put_slice(&[b'0' + n as u8, b'\r', b'\n']),
+        10..=99 => out.put_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8, b'\r', b'\n']),
+        _ => {
+            out.put_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.put_slice(b"\r\n");
+        }
+    }
+}
+
 async fn write_all_chunks(stream: &mut TcpStream, chunks: &[Bytes]) -> std::io::Result<()> {
     let mut cursor = ChunkCursor::new(chunks);
     while !cursor.is_done() {
@@ -108,4 +126,18 @@ async fn write_all_chunks(stream: &mut TcpStream, chunks: &[Bytes]) -> std::io::
         cursor.advance(n);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lengths_are_written_in_decimal() {
+        for n in [0, 7, 9, 10, 42, 99, 100, 4096, usize::MAX] {
+            let mut out = BytesMut::new();
+            put_len(&mut out, n);
+            assert_eq!(&out[..], format!("{n}\r\n").as_bytes());
+        }
+    }
 }

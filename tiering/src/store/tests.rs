@@ -1368,3 +1368,44 @@ fn a_key_deleted_between_the_passes_of_a_match_leaks_no_pin() {
         "a block stayed pinned after its lease was released"
     );
 }
+
+/// A match visits keys grouped by shard, so keys after a miss may be found
+/// before the miss is seen: they are neither refreshed nor leased. Here k3 is
+/// missing and k4..k9 are stored (independent keys, not a chain).
+#[test]
+fn keys_after_a_miss_are_neither_refreshed_nor_leased() {
+    let f = fixture(1 << 30);
+    let store = f.store;
+    let keys: Vec<Bytes> = (0..10).map(|i| b(&format!("k{i}"))).collect();
+    // Oldest first: k4..k9, then x, then k0..k2.
+    for k in keys[4..].iter().chain([&b("x")]).chain(&keys[..3]) {
+        store.put(k.clone(), b("v"), PutOptions::default()).unwrap();
+    }
+    // The case this is about: some key after the miss lies in a shard the
+    // match visits before the missing key's.
+    let after = keys[4..]
+        .iter()
+        .filter(|k| shard_of(k) < shard_of(&keys[3]));
+    assert!(after.count() >= 2, "pick other key names");
+    let m = store.match_prefix(&keys, None);
+    assert_eq!((m.matched, m.tiers.len()), (3, 3));
+    // k4..k9 are still the least recently used: they go first, x stays.
+    for _ in 4..10 {
+        store.shed(1);
+    }
+    assert_eq!(store.len(), 4);
+    assert!(store.tier_of(b"x").is_some());
+
+    let m = store.match_prefix(&keys, Some(60_000));
+    assert_eq!(m.matched, 3);
+    store.check_invariants().unwrap();
+    store.shed(u64::MAX);
+    assert_eq!(store.len(), 3, "only the matched prefix is leased");
+    assert!(store.release(m.lease.unwrap()));
+    store.shed(u64::MAX);
+    assert_eq!(
+        store.len(),
+        0,
+        "a block stayed pinned after its lease was released"
+    );
+}
