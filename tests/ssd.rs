@@ -76,9 +76,18 @@ fn demotion_and_promotion(engine: &str) {
         .query(&mut c)
         .unwrap();
     assert!(format!("{m:?}").contains("ssd"), "{m:?}");
-    let got: Vec<u8> = cmd("GET").arg("b0").query(&mut c).unwrap();
-    assert!(got == block(0, 4000));
+    wait_demotions(&s);
     let tier: Vec<Option<String>> = cmd("KV.EXISTS").arg("b0").query(&mut c).unwrap();
+    assert_eq!(
+        tier,
+        [Some("dram".into())],
+        "matched on SSD, staged into DRAM"
+    );
+    let tier: Vec<Option<String>> = cmd("KV.EXISTS").arg("b1").query(&mut c).unwrap();
+    assert_eq!(tier, [Some("ssd".into())]);
+    let got: Vec<u8> = cmd("GET").arg("b1").query(&mut c).unwrap();
+    assert!(got == block(1, 4000));
+    let tier: Vec<Option<String>> = cmd("KV.EXISTS").arg("b1").query(&mut c).unwrap();
     assert_eq!(tier, [Some("dram".into())], "read from SSD, promoted back");
     for i in 0..200 {
         let got: Vec<u8> = cmd("GET").arg(format!("b{i}")).query(&mut c).unwrap();
@@ -86,6 +95,39 @@ fn demotion_and_promotion(engine: &str) {
     }
     assert!(s.info_u64("dram_promotions") > 100);
     assert_eq!(s.info_u64("ssd_checksum_failures"), 0);
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With `--ssd-stage-on-match false` a match leaves SSD blocks where they are.
+#[test]
+fn staging_on_match_can_be_turned_off() {
+    let dir = temp_dir("nostage");
+    let ssd = format!("{}:32MiB", dir.display());
+    let s = Server::start(&[
+        "--dram",
+        "256KiB",
+        "--ssd",
+        &ssd,
+        "--ssd-segment-size",
+        "1MiB",
+        "--ssd-stage-on-match",
+        "false",
+    ]);
+    let mut c = s.redis();
+    for i in 0..200 {
+        let _: () = cmd("KV.PUT")
+            .arg(format!("b{i}"))
+            .arg(block(i, 4000))
+            .query(&mut c)
+            .unwrap();
+    }
+    wait_demotions(&s);
+    let n: i64 = cmd("KV.MATCH").arg(1).arg("b0").query(&mut c).unwrap();
+    assert_eq!(n, 1);
+    wait_demotions(&s);
+    let tier: Vec<Option<String>> = cmd("KV.EXISTS").arg("b0").query(&mut c).unwrap();
+    assert_eq!(tier, [Some("ssd".into())]);
     drop(s);
     let _ = std::fs::remove_dir_all(&dir);
 }

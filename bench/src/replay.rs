@@ -35,6 +35,10 @@ pub struct ReplayArgs {
     /// Give the server an SSD tier of about this many blocks.
     #[arg(long)]
     pub ssd_blocks: Option<usize>,
+    /// With --ssd-blocks: the server's --ssd-stage-on-match (matched SSD blocks
+    /// read back into DRAM).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub ssd_stage_on_match: bool,
     /// Replay at this multiple of the trace's speed (timestamps honoured).
     #[arg(long, conflicts_with = "max")]
     pub speed: Option<f64>,
@@ -110,6 +114,9 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
                 ssd_spec = format!("{}:{size}", path.display());
                 _ssd_file = Some(RemoveOnDrop(path));
                 args.extend(["--ssd", ssd_spec.as_str(), "--ssd-segment-size", "4MiB"]);
+                if !a.ssd_stage_on_match {
+                    args.extend(["--ssd-stage-on-match", "false"]);
+                }
             }
             _server = Some(spawn_exact(&a.server, port, dram, &args).await?);
             format!("127.0.0.1:{port}")
@@ -156,6 +163,11 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         let q = Instant::now();
         let hit = client.match_prefix(&keys, None).await?.matched;
         match_lat.push(q.elapsed());
+        if a.ssd_blocks.is_some() && hit > 0 {
+            // Matched SSD blocks are being staged into DRAM: let that end
+            // before the puts, so that events happen in the trace's order.
+            wait_for_demotions(&client).await?;
+        }
         queried += keys.len() as u64;
         matched += hit as u64;
         wq += keys.len() as u64;

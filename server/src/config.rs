@@ -58,6 +58,10 @@ pub struct Args {
     /// Move blocks read from SSD back to DRAM. Default: true.
     #[arg(long = "ssd-promote")]
     pub ssd_promote: Option<bool>,
+    /// Read blocks that a KV.MATCH finds on SSD back into DRAM, ahead of the
+    /// read that usually follows. Default: true.
+    #[arg(long = "ssd-stage-on-match")]
+    pub ssd_stage_on_match: Option<bool>,
     /// TCP port of the data plane (0: any free port). Default: the RESP port
     /// + 10000, or any free port when that one is taken.
     #[arg(long = "data-port")]
@@ -115,6 +119,8 @@ pub struct Config {
     pub ssd_segment_size: ByteSize,
     /// Promote blocks read from SSD to DRAM. Default: true.
     pub ssd_promote: bool,
+    /// Stage blocks a match finds on SSD into DRAM. Default: true.
+    pub ssd_stage_on_match: bool,
     /// Data plane TCP port; `None` is the RESP port + 10000 (any free port
     /// when taken), 0 any free port.
     pub data_port: Option<u16>,
@@ -145,6 +151,7 @@ impl Default for Config {
             ssd_engine: "auto".into(),
             ssd_segment_size: ByteSize::mib(64),
             ssd_promote: true,
+            ssd_stage_on_match: true,
             data_port: None,
             shm: true,
             shm_socket: None,
@@ -186,6 +193,7 @@ impl Config {
             ssd_engine,
             ssd_segment_size,
             ssd_promote,
+            ssd_stage_on_match,
             shm,
             reserve_timeout,
             eviction

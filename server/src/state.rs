@@ -105,6 +105,7 @@ fn attach_ssd(store: &Arc<Store>, config: &Config, spec: &str) -> anyhow::Result
     let capacity = tier.capacity();
     let settings = tidepool_tiering::SsdSettings {
         promote: config.ssd_promote,
+        stage_on_match: config.ssd_stage_on_match,
         ..Default::default()
     };
     store

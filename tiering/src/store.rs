@@ -513,6 +513,10 @@ pub struct SsdSettings {
     pub queue: usize,
     /// Move a block read from SSD back to DRAM. Default: true.
     pub promote: bool,
+    /// A match that finds blocks on SSD queues them to be read back into DRAM
+    /// (whoever matched is about to read them; and a block in use stays out of
+    /// the SSD log's first-in first-out reclaim). Default: true.
+    pub stage_on_match: bool,
 }
 
 impl Default for SsdSettings {
@@ -520,6 +524,7 @@ impl Default for SsdSettings {
         SsdSettings {
             queue: 256,
             promote: true,
+            stage_on_match: true,
         }
     }
 }
@@ -532,15 +537,23 @@ struct Demotion {
     written: u64,
 }
 
+/// Work for the SSD thread.
+enum SsdJob {
+    /// Write a DRAM victim to SSD.
+    Demote(Demotion),
+    /// Read a matched block back into DRAM, if it is still that record.
+    Stage { key: Key, slot: Slot, written: u64 },
+}
+
 /// The attached SSD tier.
 struct SsdState {
     tier: Arc<crate::ssd::SsdTier>,
     capacity: u64,
     counters: TierCounters,
-    queue: std::sync::mpsc::SyncSender<Demotion>,
+    queue: std::sync::mpsc::SyncSender<SsdJob>,
     settings: SsdSettings,
     dropped: AtomicU64,
-    /// Demotions queued and not yet written.
+    /// Demotions and stagings queued and not yet done.
     pending: AtomicU64,
 }
 
@@ -705,7 +718,7 @@ impl Store {
         recovered: Vec<crate::ssd::Recovered>,
         settings: SsdSettings,
     ) -> Result<(), String> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Demotion>(settings.queue);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<SsdJob>(settings.queue);
         let counters = TierCounters::default();
         counters.capacity.store(capacity, Relaxed);
         let state = SsdState {
@@ -725,10 +738,15 @@ impl Store {
         std::thread::Builder::new()
             .name("tidepool-demote".into())
             .spawn(move || {
-                while let Ok(d) = rx.recv() {
+                while let Ok(job) = rx.recv() {
                     match weak.upgrade() {
                         Some(store) => {
-                            store.finish_demotion(d);
+                            match job {
+                                SsdJob::Demote(d) => store.finish_demotion(d),
+                                SsdJob::Stage { key, slot, written } => {
+                                    store.stage(&key, &slot, written)
+                                }
+                            }
                             if let Some(s) = store.ssd.get() {
                                 s.pending.fetch_sub(1, Relaxed);
                             }
@@ -837,9 +855,43 @@ impl Store {
         }
     }
 
-    /// Demotions queued and not yet written to SSD (0 without an SSD tier).
+    /// Demotions and stagings queued and not yet done (0 without an SSD tier).
     pub fn pending_demotions(&self) -> u64 {
         self.ssd.get().map_or(0, |s| s.pending.load(Relaxed))
+    }
+
+    /// Reads a matched block from SSD into DRAM (on the SSD thread), unless it
+    /// changed meanwhile.
+    fn stage(&self, key: &[u8], slot: &Slot, written: u64) {
+        let Some(ssd) = self.ssd.get() else { return };
+        let current =
+            self.shard(key).map.get(key).is_some_and(|e| {
+                e.written == written && e.tier == TierKind::Ssd && e.slot == *slot
+            });
+        if !current {
+            return;
+        }
+        if let Load::Hit(b) = ssd.tier.load(key, slot) {
+            ssd.counters.hits.fetch_add(1, Relaxed);
+            self.promote(key, &b, written, slot);
+        }
+    }
+
+    /// Queues matched blocks found on SSD to be read back into DRAM; when the
+    /// queue is full they stay where they are.
+    fn queue_stagings(&self, stage: Vec<(Key, Slot, u64)>) {
+        let Some(ssd) = self.ssd.get() else { return };
+        for (key, slot, written) in stage {
+            ssd.pending.fetch_add(1, Relaxed);
+            if ssd
+                .queue
+                .try_send(SsdJob::Stage { key, slot, written })
+                .is_err()
+            {
+                ssd.pending.fetch_sub(1, Relaxed);
+                break;
+            }
+        }
     }
 
     /// Drops the blocks whose SSD space was reclaimed (and what hangs under them).
@@ -1421,7 +1473,7 @@ impl Store {
             self.child_moved(p, false);
         }
         ssd.pending.fetch_add(1, Relaxed);
-        match ssd.queue.try_send(demotion) {
+        match ssd.queue.try_send(SsdJob::Demote(demotion)) {
             Ok(()) => {
                 self.dram_counters.demotions.fetch_add(1, Relaxed);
             }
@@ -1803,6 +1855,8 @@ impl Store {
         #[cfg(test)]
         BETWEEN_MATCH_PASSES.with(|h| h.borrow_mut().as_mut().map(|f| f()));
         // A key removed between the passes ends the prefix there.
+        let staging = self.ssd.get().is_some_and(|s| s.settings.stage_on_match);
+        let mut stage = Vec::new();
         let mut tiers = vec![TierKind::Dram; end];
         let mut matched = end;
         let mut leased = Vec::new();
@@ -1834,6 +1888,9 @@ impl Store {
                     leased.push(i);
                 }
                 tiers[i] = e.tier;
+                if staging && e.tier == TierKind::Ssd && matches!(e.slot, Slot::Extent { .. }) {
+                    stage.push((i, e.slot.clone(), e.written));
+                }
                 if adaptive && !e.main {
                     let moved = guard.promote_main(k);
                     self.probation.fetch_sub(moved, Relaxed);
@@ -1842,6 +1899,18 @@ impl Store {
         }
         for i in expired {
             self.remove_tree(items[i].as_ref(), EventKind::Expired);
+        }
+        if !stage.is_empty() {
+            // In chain order, so the prefix's head comes back first.
+            stage.retain(|(i, _, _)| *i < matched);
+            stage.sort_unstable_by_key(|(i, _, _)| *i);
+            let stage = stage
+                .into_iter()
+                .map(|(i, slot, written)| {
+                    (Bytes::copy_from_slice(items[i].as_ref()), slot, written)
+                })
+                .collect();
+            self.queue_stagings(stage);
         }
         tiers.truncate(matched);
         out.tiers = tiers;

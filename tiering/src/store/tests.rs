@@ -752,6 +752,63 @@ mod with_ssd {
         Bytes::from(vec![i as u8; 1000])
     }
 
+    /// A match that finds blocks on SSD reads them back into DRAM (in chain
+    /// order, the least recently used DRAM blocks going down in their place);
+    /// with staging off they stay on SSD until read.
+    #[test]
+    fn a_match_stages_the_blocks_it_finds_on_ssd() {
+        for staging in [true, false] {
+            let dir = fresh_dir(&format!("stage-{staging}"));
+            let settings = SsdSettings {
+                stage_on_match: staging,
+                ..Default::default()
+            };
+            let store = open_store_with(&dir, 4 * charge_of(2, 1000), 8, 1 << 20, settings);
+            let chain: Vec<Bytes> = (0..4).map(|i| Bytes::from(format!("c{i}"))).collect();
+            for (i, k) in chain.iter().enumerate() {
+                let opts = PutOptions {
+                    parent: i.checked_sub(1).map(|p| chain[p].clone()),
+                    ..Default::default()
+                };
+                store.put(k.clone(), val(i), opts).unwrap();
+            }
+            // Four others push the chain down to SSD.
+            for i in 0..4 {
+                store
+                    .put(Bytes::from(format!("o{i}")), val(i), PutOptions::default())
+                    .unwrap();
+            }
+            settle(&store);
+            assert!(chain
+                .iter()
+                .all(|k| store.tier_of(k) == Some(TierKind::Ssd)));
+            let m = store.match_prefix(&chain[..2], None);
+            assert_eq!(m.matched, 2);
+            assert_eq!(
+                m.tiers,
+                vec![TierKind::Ssd; 2],
+                "the match reports where they were"
+            );
+            settle(&store);
+            let want = if staging {
+                TierKind::Dram
+            } else {
+                TierKind::Ssd
+            };
+            assert_eq!(store.tier_of(b"c0"), Some(want));
+            assert_eq!(store.tier_of(b"c1"), Some(want));
+            assert_eq!(store.tier_of(b"c2"), Some(TierKind::Ssd), "not matched");
+            if staging {
+                assert_eq!(store.tier_of(b"o0"), Some(TierKind::Ssd), "made room");
+            }
+            assert_eq!(store.get(b"c1").as_deref(), Some(&val(1)[..]));
+            settle(&store);
+            store.check_invariants().unwrap();
+            drop(store);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
     /// Under `adaptive` with an SSD tier, victims of either segment are
     /// demoted (chosen by the segments), and the accounting holds.
     #[test]
@@ -942,7 +999,7 @@ mod with_ssd {
         // waits, so a burst of evictions overruns it.
         let settings = SsdSettings {
             queue: 0,
-            promote: true,
+            ..Default::default()
         };
         let store = open_store_with(&dir, 100 * charge_of(3, 1000), 8, 1 << 20, settings);
         let mut prev: Option<Bytes> = None;
