@@ -32,6 +32,25 @@ fn replay(
     svg: Option<&Path>,
     eviction: &str,
 ) -> serde_json::Value {
+    replay_with(
+        trace,
+        capacity,
+        limit,
+        svg,
+        eviction,
+        &["--block-bytes", "1024"],
+    )
+}
+
+/// `replay` with more arguments for the bench.
+fn replay_with(
+    trace: &Path,
+    capacity: usize,
+    limit: Option<usize>,
+    svg: Option<&Path>,
+    eviction: &str,
+    extra: &[&str],
+) -> serde_json::Value {
     let json = tmp(&format!("{capacity}-{eviction}.json"));
     let server = server_bin();
     let mut args = vec![
@@ -40,8 +59,6 @@ fn replay(
         trace.display().to_string(),
         "--capacity-blocks".into(),
         capacity.to_string(),
-        "--block-bytes".into(),
-        "1024".into(),
         "--server".into(),
         server.display().to_string(),
         "--json".into(),
@@ -50,6 +67,7 @@ fn replay(
         "--eviction".into(),
         eviction.into(),
     ];
+    args.extend(extra.iter().map(|a| a.to_string()));
     if let Some(l) = limit {
         args.extend(["--limit".into(), l.to_string()]);
     }
@@ -137,6 +155,64 @@ fn the_server_matches_the_simulation_on_mooncakes_trace() {
             v["hit_ratio"], v["simulated_hit_ratio"]
         );
         assert_matches_simulation(&v);
+    }
+}
+
+/// With an SSD tier under DRAM, `lru` through the server equals the
+/// two-tier simulation (demotion, first-in first-out segment reclaim with
+/// tombstones, staging on match), staging on and off.
+#[test]
+fn the_server_matches_the_two_tier_simulation() {
+    let mut traces = Vec::new();
+    for shape in ["chat", "scan"] {
+        let trace = tmp(&format!("ssd-{shape}.jsonl"));
+        run(&[
+            "gen-trace",
+            "--shape",
+            shape,
+            "--requests",
+            "1500",
+            "--chain",
+            "10",
+            "--seed",
+            "5",
+            "--out",
+            &trace.display().to_string(),
+        ]);
+        traces.push((shape.to_string(), trace, 200, 1000, None));
+    }
+    let mooncake =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces/conversation_trace.jsonl");
+    if mooncake.exists() {
+        traces.push(("mooncake".into(), mooncake, 1000, 3000, Some(3000)));
+    } else {
+        eprintln!(
+            "SKIPPED the Mooncake slice: {} not found",
+            mooncake.display()
+        );
+    }
+    for (name, trace, dram, ssd, limit) in &traces {
+        for stage in ["true", "false"] {
+            let ssd = ssd.to_string();
+            let extra = [
+                "--block-bytes",
+                "4096",
+                "--ssd-blocks",
+                &ssd,
+                "--ssd-stage-on-match",
+                stage,
+            ];
+            let v = replay_with(trace, *dram, *limit, None, "lru", &extra);
+            eprintln!(
+                "{name} over SSD, staging {stage}: server {} simulation {}",
+                v["hit_ratio"], v["simulated_hit_ratio"]
+            );
+            assert_eq!(v["simulated_policy"], "LeafLru over SSD");
+            assert_matches_simulation(&v);
+        }
+        if name != "mooncake" {
+            std::fs::remove_file(trace).unwrap();
+        }
     }
 }
 

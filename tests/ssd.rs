@@ -80,14 +80,12 @@ fn demotion_and_promotion(engine: &str) {
     let tier: Vec<Option<String>> = cmd("KV.EXISTS").arg("b0").query(&mut c).unwrap();
     assert_eq!(
         tier,
-        [Some("dram".into())],
-        "matched on SSD, staged into DRAM"
+        [Some("ssd".into())],
+        "a match moves nothing by default"
     );
-    let tier: Vec<Option<String>> = cmd("KV.EXISTS").arg("b1").query(&mut c).unwrap();
-    assert_eq!(tier, [Some("ssd".into())]);
-    let got: Vec<u8> = cmd("GET").arg("b1").query(&mut c).unwrap();
-    assert!(got == block(1, 4000));
-    let tier: Vec<Option<String>> = cmd("KV.EXISTS").arg("b1").query(&mut c).unwrap();
+    let got: Vec<u8> = cmd("GET").arg("b0").query(&mut c).unwrap();
+    assert!(got == block(0, 4000));
+    let tier: Vec<Option<String>> = cmd("KV.EXISTS").arg("b0").query(&mut c).unwrap();
     assert_eq!(tier, [Some("dram".into())], "read from SSD, promoted back");
     for i in 0..200 {
         let got: Vec<u8> = cmd("GET").arg(format!("b{i}")).query(&mut c).unwrap();
@@ -99,10 +97,11 @@ fn demotion_and_promotion(engine: &str) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// With `--ssd-stage-on-match false` a match leaves SSD blocks where they are.
+/// With `--ssd-stage-on-match true` a match reads the SSD blocks it finds
+/// back into DRAM (and only those).
 #[test]
-fn staging_on_match_can_be_turned_off() {
-    let dir = temp_dir("nostage");
+fn a_match_stages_ssd_blocks_when_asked() {
+    let dir = temp_dir("stage");
     let ssd = format!("{}:32MiB", dir.display());
     let s = Server::start(&[
         "--dram",
@@ -112,7 +111,7 @@ fn staging_on_match_can_be_turned_off() {
         "--ssd-segment-size",
         "1MiB",
         "--ssd-stage-on-match",
-        "false",
+        "true",
     ]);
     let mut c = s.redis();
     for i in 0..200 {
@@ -126,8 +125,10 @@ fn staging_on_match_can_be_turned_off() {
     let n: i64 = cmd("KV.MATCH").arg(1).arg("b0").query(&mut c).unwrap();
     assert_eq!(n, 1);
     wait_demotions(&s);
-    let tier: Vec<Option<String>> = cmd("KV.EXISTS").arg("b0").query(&mut c).unwrap();
-    assert_eq!(tier, [Some("ssd".into())]);
+    let tier: Vec<Option<String>> = cmd("KV.EXISTS").arg("b0").arg("b1").query(&mut c).unwrap();
+    assert_eq!(tier, [Some("dram".into()), Some("ssd".into())]);
+    let got: Vec<u8> = cmd("GET").arg("b0").query(&mut c).unwrap();
+    assert!(got == block(0, 4000));
     drop(s);
     let _ = std::fs::remove_dir_all(&dir);
 }

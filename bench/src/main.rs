@@ -46,6 +46,14 @@ enum Cmd {
         /// Use only the first N requests.
         #[arg(long)]
         limit: Option<usize>,
+        /// Also simulate tidepool `lru` over an SSD tier of this many blocks
+        /// (as `replay --ssd-blocks` sets it up), without and with staging on
+        /// match.
+        #[arg(long)]
+        ssd_blocks: Option<usize>,
+        /// Block size for the SSD tier's records (with --ssd-blocks).
+        #[arg(long, default_value_t = 4096)]
+        block_bytes: usize,
     },
     /// Block put/get throughput: inline RESP, tcp and shm data planes, Redis
     /// SET/GET, with iperf3 and memcpy as ceilings, side by side.
@@ -536,21 +544,38 @@ fn main() -> anyhow::Result<()> {
             trace,
             capacity_blocks,
             limit,
+            ssd_blocks,
+            block_bytes,
         } => {
             let trace = sim::read_trace(&trace, limit)?;
             println!(
                 "# offline replay of {} requests: prefix hit ratio",
                 trace.len()
             );
+            let (head, rule) = match ssd_blocks {
+                Some(n) => (
+                    format!(" tidepool lru + {n} SSD blocks | the same, staged on match |"),
+                    "---|---|",
+                ),
+                None => (String::new(), ""),
+            };
             println!(
-                "| capacity (blocks) | lru | leaf-first lru (tidepool lru) | tidepool adaptive |"
+                "| capacity (blocks) | lru | leaf-first lru (tidepool lru) | tidepool adaptive |{head}"
             );
-            println!("|---|---|---|---|");
+            println!("|---|---|---|---|{rule}");
             for c in capacity_blocks {
                 let lru = sim::simulate(&trace, c, sim::Policy::Lru).hit_ratio();
                 let leaf = sim::simulate(&trace, c, sim::Policy::LeafLru).hit_ratio();
                 let ad = sim::simulate(&trace, c, sim::Policy::Adaptive).hit_ratio();
-                println!("| {c} | {lru:.4} | {leaf:.4} | {ad:.4} |");
+                let mut row = format!("| {c} | {lru:.4} | {leaf:.4} | {ad:.4} |");
+                if let Some(n) = ssd_blocks {
+                    for stage in [false, true] {
+                        let model = sim::SsdModel::replay(block_bytes, n, stage);
+                        let r = sim::simulate_tiers(&trace, c, model).hit_ratio();
+                        row.push_str(&format!(" {r:.4} |"));
+                    }
+                }
+                println!("{row}");
             }
             Ok(())
         }

@@ -37,7 +37,7 @@ pub struct ReplayArgs {
     pub ssd_blocks: Option<usize>,
     /// With --ssd-blocks: the server's --ssd-stage-on-match (matched SSD blocks
     /// read back into DRAM).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     pub ssd_stage_on_match: bool,
     /// Replay at this multiple of the trace's speed (timestamps honoured).
     #[arg(long, conflicts_with = "max")]
@@ -106,16 +106,17 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
             // page at most; segments of 4 MiB keep FIFO reclaim fine-grained.
             let ssd_spec;
             if let Some(n) = a.ssd_blocks {
-                let record = (a.block_bytes as u64).div_ceil(4096) * 4096 + 4096;
-                let size = (n as u64 * record).div_ceil(4 << 20).max(2) * (4 << 20);
+                let size = sim::SsdModel::replay(a.block_bytes, n, a.ssd_stage_on_match).segments
+                    as u64
+                    * sim::SEGMENT;
                 let path = std::env::temp_dir()
                     .join(format!("tp-replay-{}-{port}.ssd", std::process::id()));
                 let _ = std::fs::remove_file(&path);
                 ssd_spec = format!("{}:{size}", path.display());
                 _ssd_file = Some(RemoveOnDrop(path));
                 args.extend(["--ssd", ssd_spec.as_str(), "--ssd-segment-size", "4MiB"]);
-                if !a.ssd_stage_on_match {
-                    args.extend(["--ssd-stage-on-match", "false"]);
+                if a.ssd_stage_on_match {
+                    args.extend(["--ssd-stage-on-match", "true"]);
                 }
             }
             _server = Some(spawn_exact(&a.server, port, dram, &args).await?);
@@ -213,7 +214,18 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         None | Some("lru") => Policy::LeafLru,
         Some(other) => Policy::parse(other)?,
     };
-    let simulated = sim::simulate(&chains, a.capacity_blocks, policy).hit_ratio();
+    // With an SSD tier, `lru` has a model of both tiers; `adaptive` is
+    // simulated for its DRAM tier only.
+    let two_tiers = a.ssd_blocks.filter(|_| policy == Policy::LeafLru);
+    let simulated = match two_tiers {
+        Some(n) => sim::simulate_tiers(
+            &chains,
+            a.capacity_blocks,
+            sim::SsdModel::replay(a.block_bytes, n, a.ssd_stage_on_match),
+        ),
+        None => sim::simulate(&chains, a.capacity_blocks, policy),
+    }
+    .hit_ratio();
     let stats = server_stats(&client).await.unwrap_or_default();
     match_lat.sort();
     put_lat.sort();
@@ -234,10 +246,15 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     println!("| measure | value |");
     println!("|---|---|");
     println!("| prefix hit ratio (server) | {server_ratio:.4} |");
-    if a.ssd_blocks.is_some() {
+    if a.ssd_blocks.is_some() && two_tiers.is_none() {
         println!("| (the simulation models the DRAM tier only) | |");
     }
-    println!("| prefix hit ratio (simulation of {policy:?}) | {simulated:.4} |");
+    let what = if two_tiers.is_some() {
+        format!("{policy:?} over SSD")
+    } else {
+        format!("{policy:?}")
+    };
+    println!("| prefix hit ratio (simulation of {what}) | {simulated:.4} |");
     println!("| difference | {:+.4} |", server_ratio - simulated);
     println!("| requests/s | {rps:.0} |");
     println!("| stored MB/s | {mbs:.1} |");
@@ -270,7 +287,7 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
             "blocks_matched": matched,
             "hit_ratio": server_ratio,
             "simulated_hit_ratio": simulated,
-            "simulated_policy": format!("{policy:?}"),
+            "simulated_policy": what,
             "requests_per_s": rps,
             "stored_mb_per_s": mbs,
             "match_p50_us": pct(&match_lat, 0.5),

@@ -196,6 +196,366 @@ pub fn simulate(trace: &[Chain], capacity: usize, policy: Policy) -> SimResult {
     res
 }
 
+/// The SSD tier under DRAM, as the server lays it out: a log of `segments`
+/// segments of `segment_bytes`, block records of `block_record` bytes and
+/// tombstones of `tombstone_record` bytes, the oldest segment reclaimed whole
+/// when the log is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SsdModel {
+    /// Segments in the log.
+    pub segments: usize,
+    /// Bytes per segment.
+    pub segment_bytes: u64,
+    /// Bytes a block's record takes (header, keys, value, padding).
+    pub block_record: u64,
+    /// Bytes a tombstone takes.
+    pub tombstone_record: u64,
+    /// Whether a match reads the SSD blocks it finds back into DRAM.
+    pub stage_on_match: bool,
+}
+
+/// Segment size of the SSD tier the replay gives the server (4 MiB, so that
+/// first-in first-out reclaim is fine-grained).
+pub const SEGMENT: u64 = 4 << 20;
+
+impl SsdModel {
+    /// The SSD tier of about `blocks` blocks of `block_bytes` that
+    /// `tidepool-bench replay --ssd-blocks` gives the server.
+    pub fn replay(block_bytes: usize, blocks: usize, stage_on_match: bool) -> SsdModel {
+        use tidepool_tiering::ssd::record::record_len;
+        // The replay's keys are 8 bytes; a block's record holds its parent's key.
+        let block_record = record_len(16, block_bytes);
+        let bytes = blocks as u64 * block_record;
+        SsdModel {
+            segments: bytes.div_ceil(SEGMENT).max(2) as usize,
+            segment_bytes: SEGMENT,
+            block_record,
+            tombstone_record: record_len(8, 8),
+            stage_on_match,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Where {
+    Dram,
+    Ssd,
+}
+
+struct TBlock {
+    tier: Where,
+    stamp: u64,
+    /// The insertion that made this version (a queued write of an older
+    /// version of the same id is stale).
+    written: u64,
+    parent: Option<u64>,
+    children: Vec<u64>,
+    /// Children whose bytes are in DRAM.
+    dram_children: u32,
+    /// The block's current SSD record, while it lives on SSD.
+    record: Option<u64>,
+    /// This version's record in the log, if it has one (kept after it is
+    /// staged back into DRAM, until its segment is reclaimed): a removal
+    /// cancels it with a tombstone.
+    disk: Option<u64>,
+}
+
+/// The segment log: records (block id or tombstone) appended in order.
+struct Log {
+    model: SsdModel,
+    active: Option<usize>,
+    write_pos: u64,
+    free: std::collections::VecDeque<usize>,
+    sealed: std::collections::VecDeque<usize>,
+    /// Block records in each segment: (block id, record id).
+    records: Vec<Vec<(u64, u64)>>,
+    next: u64,
+}
+
+impl Log {
+    fn new(model: SsdModel) -> Log {
+        Log {
+            model,
+            active: None,
+            write_pos: 0,
+            free: (0..model.segments).collect(),
+            sealed: Default::default(),
+            records: vec![Vec::new(); model.segments],
+            next: 0,
+        }
+    }
+
+    /// Appends a record of `len` bytes (a block's when `block` is given).
+    /// Returns its id and the block records of a segment reclaimed for it.
+    fn append(&mut self, len: u64, block: Option<u64>) -> (u64, Vec<(u64, u64)>) {
+        let mut reclaimed = Vec::new();
+        if self.active.is_none() || self.write_pos + len > self.model.segment_bytes {
+            if let Some(a) = self.active.take() {
+                self.sealed.push_back(a);
+            }
+            let next = match self.free.pop_front() {
+                Some(s) => s,
+                None => {
+                    let victim = self.sealed.pop_front().expect("a segment exists");
+                    reclaimed = std::mem::take(&mut self.records[victim]);
+                    victim
+                }
+            };
+            self.active = Some(next);
+            self.write_pos = 0;
+        }
+        let id = self.next;
+        self.next += 1;
+        self.write_pos += len;
+        if let Some(b) = block {
+            self.records[self.active.expect("set above")].push((b, id));
+        }
+        (id, reclaimed)
+    }
+}
+
+/// tidepool's `lru` DRAM tier (prefix-aware LRU) over an SSD tier, replayed
+/// the way `tidepool-bench replay --ssd-blocks` drives the server (which
+/// waits for the SSD thread after each match and each put): DRAM victims are
+/// demoted, and written to the log in the order they went down; a full log
+/// reclaims its oldest segment, dropping the blocks whose records were there
+/// and every block chained under them (their own records cancelled by
+/// tombstones, which take log space too); with staging, a match reads the SSD
+/// blocks it found back into DRAM, in chain order.
+pub fn simulate_tiers(trace: &[Chain], dram_blocks: usize, ssd: SsdModel) -> SimResult {
+    let mut t = Tiers {
+        blocks: HashMap::new(),
+        order: BTreeSet::new(),
+        dram: 0,
+        capacity: dram_blocks,
+        clock: 0,
+        log: Log::new(ssd),
+        writes: Default::default(),
+    };
+    let mut res = SimResult {
+        queried: 0,
+        matched: 0,
+    };
+    for chain in trace {
+        let hit = chain
+            .iter()
+            .take_while(|id| t.blocks.contains_key(id))
+            .count();
+        res.queried += chain.len() as u64;
+        res.matched += hit as u64;
+        let first = t.clock;
+        t.clock += chain.len() as u64;
+        for (i, id) in chain[..hit].iter().enumerate() {
+            t.touch(*id, first + i as u64);
+        }
+        if ssd.stage_on_match {
+            for id in &chain[..hit] {
+                if t.blocks[id].tier == Where::Ssd && t.blocks[id].record.is_some() {
+                    t.stage(*id);
+                }
+            }
+            t.write_demotions();
+        }
+        let mut parent = hit.checked_sub(1).map(|p| chain[p]);
+        for &id in &chain[hit..] {
+            if parent.is_some_and(|p| !t.blocks.contains_key(&p)) {
+                break;
+            }
+            if t.blocks.contains_key(&id) {
+                t.clock += 1;
+                t.touch(id, t.clock);
+            } else {
+                t.put(id, parent);
+            }
+            parent = Some(id);
+        }
+        t.write_demotions();
+    }
+    res
+}
+
+struct Tiers {
+    blocks: HashMap<u64, TBlock>,
+    /// Evictable DRAM blocks (no child in DRAM) by recency.
+    order: BTreeSet<(u64, u64)>,
+    dram: usize,
+    capacity: usize,
+    clock: u64,
+    log: Log,
+    /// Demotions queued for the SSD thread: (id, version).
+    writes: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl Tiers {
+    fn evictable(b: &TBlock) -> bool {
+        b.tier == Where::Dram && b.dram_children == 0
+    }
+
+    /// Changes block `id` through `f`, keeping the eviction order in step.
+    fn update(&mut self, id: u64, f: impl FnOnce(&mut TBlock)) {
+        let Some(b) = self.blocks.get_mut(&id) else {
+            return;
+        };
+        if Self::evictable(b) {
+            self.order.remove(&(b.stamp, id));
+        }
+        f(b);
+        if Self::evictable(b) {
+            self.order.insert((b.stamp, id));
+        }
+    }
+
+    fn touch(&mut self, id: u64, stamp: u64) {
+        self.update(id, |b| b.stamp = stamp);
+    }
+
+    fn dram_child(&mut self, parent: Option<u64>, added: bool) {
+        if let Some(p) = parent {
+            self.update(p, |b| {
+                if added {
+                    b.dram_children += 1;
+                } else {
+                    b.dram_children -= 1;
+                }
+            });
+        }
+    }
+
+    /// Demotes DRAM victims until `incoming` more blocks fit.
+    fn make_room(&mut self, incoming: usize) {
+        while self.dram + incoming > self.capacity {
+            let victim = match self.order.first() {
+                Some(&(_, id)) => id,
+                // Every DRAM block has a child in DRAM: the oldest goes.
+                None => match self
+                    .blocks
+                    .iter()
+                    .filter(|(_, b)| b.tier == Where::Dram)
+                    .min_by_key(|(_, b)| b.stamp)
+                {
+                    Some((&id, _)) => id,
+                    None => return,
+                },
+            };
+            self.update(victim, |b| b.tier = Where::Ssd);
+            self.dram -= 1;
+            let b = &self.blocks[&victim];
+            let (parent, written) = (b.parent, b.written);
+            self.dram_child(parent, false);
+            self.writes.push_back((victim, written));
+        }
+    }
+
+    fn put(&mut self, id: u64, parent: Option<u64>) {
+        self.make_room(1);
+        self.clock += 1;
+        let b = TBlock {
+            tier: Where::Dram,
+            stamp: self.clock,
+            written: self.clock,
+            parent,
+            children: Vec::new(),
+            dram_children: 0,
+            record: None,
+            disk: None,
+        };
+        self.order.insert((b.stamp, id));
+        self.blocks.insert(id, b);
+        self.dram += 1;
+        if let Some(p) = parent {
+            self.update(p, |b| {
+                b.children.push(id);
+                b.dram_children += 1;
+            });
+        }
+    }
+
+    /// Reads an SSD block back into DRAM (its old record stays until its
+    /// segment is reclaimed).
+    fn stage(&mut self, id: u64) {
+        self.make_room(1);
+        self.clock += 1;
+        let stamp = self.clock;
+        self.update(id, |b| {
+            b.tier = Where::Dram;
+            b.record = None;
+            b.stamp = stamp;
+        });
+        self.dram += 1;
+        let parent = self.blocks[&id].parent;
+        self.dram_child(parent, true);
+    }
+
+    /// The SSD thread's work: write queued demotions, and drop what the
+    /// reclaimed segments held.
+    fn write_demotions(&mut self) {
+        while let Some((id, written)) = self.writes.pop_front() {
+            let current = self.blocks.get(&id).is_some_and(|b| {
+                b.written == written && b.tier == Where::Ssd && b.record.is_none()
+            });
+            if !current {
+                continue;
+            }
+            let (rec, reclaimed) = self.log.append(self.log.model.block_record, Some(id));
+            let b = self.blocks.get_mut(&id).expect("checked");
+            b.record = Some(rec);
+            b.disk = Some(rec);
+            self.drop_reclaimed(reclaimed);
+        }
+    }
+
+    fn drop_reclaimed(&mut self, reclaimed: Vec<(u64, u64)>) {
+        let mut queue = std::collections::VecDeque::from(reclaimed);
+        while let Some((id, rec)) = queue.pop_front() {
+            let Some(b) = self.blocks.get_mut(&id) else {
+                continue;
+            };
+            if b.disk == Some(rec) {
+                // The record itself is gone: no tombstone for it.
+                b.disk = None;
+                // Dropped if it lived there (not if it is back in DRAM, or on
+                // its way down again to a new record).
+                if b.tier == Where::Ssd && b.record == Some(rec) {
+                    queue.extend(self.remove_tree(id));
+                }
+            }
+        }
+    }
+
+    /// Removes `id` and everything chained under it; returns the block
+    /// records of segments reclaimed for the tombstones this wrote.
+    fn remove_tree(&mut self, id: u64) -> Vec<(u64, u64)> {
+        let mut reclaimed = Vec::new();
+        let mut stack = vec![id];
+        while let Some(k) = stack.pop() {
+            let Some(b) = self.blocks.remove(&k) else {
+                continue;
+            };
+            if Self::evictable(&b) {
+                self.order.remove(&(b.stamp, k));
+            }
+            let in_dram = b.tier == Where::Dram;
+            if in_dram {
+                self.dram -= 1;
+            }
+            if b.disk.is_some() {
+                let len = self.log.model.tombstone_record;
+                reclaimed.extend(self.log.append(len, None).1);
+            }
+            if let Some(p) = b.parent {
+                self.update(p, |pb| {
+                    pb.children.retain(|c| *c != k);
+                    if in_dram {
+                        pb.dram_children -= 1;
+                    }
+                });
+            }
+            stack.extend(b.children);
+        }
+        reclaimed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

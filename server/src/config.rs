@@ -59,7 +59,7 @@ pub struct Args {
     #[arg(long = "ssd-promote")]
     pub ssd_promote: Option<bool>,
     /// Read blocks that a KV.MATCH finds on SSD back into DRAM, ahead of the
-    /// read that usually follows. Default: true.
+    /// read that usually follows. Default: false.
     #[arg(long = "ssd-stage-on-match")]
     pub ssd_stage_on_match: Option<bool>,
     /// TCP port of the data plane (0: any free port). Default: the RESP port
@@ -119,7 +119,7 @@ pub struct Config {
     pub ssd_segment_size: ByteSize,
     /// Promote blocks read from SSD to DRAM. Default: true.
     pub ssd_promote: bool,
-    /// Stage blocks a match finds on SSD into DRAM. Default: true.
+    /// Stage blocks a match finds on SSD into DRAM. Default: false.
     pub ssd_stage_on_match: bool,
     /// Data plane TCP port; `None` is the RESP port + 10000 (any free port
     /// when taken), 0 any free port.
@@ -151,7 +151,7 @@ impl Default for Config {
             ssd_engine: "auto".into(),
             ssd_segment_size: ByteSize::mib(64),
             ssd_promote: true,
-            ssd_stage_on_match: true,
+            ssd_stage_on_match: false,
             data_port: None,
             shm: true,
             shm_socket: None,

@@ -514,8 +514,9 @@ pub struct SsdSettings {
     /// Move a block read from SSD back to DRAM. Default: true.
     pub promote: bool,
     /// A match that finds blocks on SSD queues them to be read back into DRAM
-    /// (whoever matched is about to read them; and a block in use stays out of
-    /// the SSD log's first-in first-out reclaim). Default: true.
+    /// (whoever matched is about to read them; and a block in use moves out
+    /// of the SSD log's first-in first-out reclaim). It helps some workloads
+    /// and hurts others (bench/README.md). Default: false.
     pub stage_on_match: bool,
 }
 
@@ -524,7 +525,7 @@ impl Default for SsdSettings {
         SsdSettings {
             queue: 256,
             promote: true,
-            stage_on_match: true,
+            stage_on_match: false,
         }
     }
 }
@@ -904,6 +905,12 @@ impl Store {
                     Some(e) if e.tier == TierKind::Ssd && e.slot == r.slot => {
                         e.disk = None; // the record itself is gone: no tombstone
                         true
+                    }
+                    Some(e) if e.disk.as_ref() == Some(&r.slot) => {
+                        // Back in DRAM, and its old record is gone: nothing
+                        // for a tombstone to cancel any more.
+                        e.disk = None;
+                        false
                     }
                     _ => false,
                 }
