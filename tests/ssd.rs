@@ -81,7 +81,7 @@ fn demotion_and_promotion(engine: &str) {
     assert_eq!(
         tier,
         [Some("ssd".into())],
-        "a match moves nothing by default"
+        "far from the log's reclaim end: left on SSD"
     );
     let got: Vec<u8> = cmd("GET").arg("b0").query(&mut c).unwrap();
     assert!(got == block(0, 4000));
@@ -97,12 +97,19 @@ fn demotion_and_promotion(engine: &str) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// With `--ssd-stage-on-match true` a match reads the SSD blocks it finds
-/// back into DRAM (and only those).
+/// A match reads the SSD blocks it finds near the log's reclaim end back
+/// into DRAM (and only those); `--ssd-stage-on-match false` turns it off.
 #[test]
-fn a_match_stages_ssd_blocks_when_asked() {
-    let dir = temp_dir("stage");
-    let ssd = format!("{}:32MiB", dir.display());
+fn a_match_stages_ssd_blocks_near_reclaim() {
+    for staging in [true, false] {
+        match_stages_near_reclaim(staging);
+    }
+}
+
+fn match_stages_near_reclaim(staging: bool) {
+    let dir = temp_dir(&format!("stage-{staging}"));
+    // Two segments: once the second opens, the first is next to go.
+    let ssd = format!("{}:2MiB", dir.display());
     let s = Server::start(&[
         "--dram",
         "256KiB",
@@ -111,10 +118,10 @@ fn a_match_stages_ssd_blocks_when_asked() {
         "--ssd-segment-size",
         "1MiB",
         "--ssd-stage-on-match",
-        "true",
+        if staging { "true" } else { "false" },
     ]);
     let mut c = s.redis();
-    for i in 0..200 {
+    for i in 0..400 {
         let _: () = cmd("KV.PUT")
             .arg(format!("b{i}"))
             .arg(block(i, 4000))
@@ -126,7 +133,8 @@ fn a_match_stages_ssd_blocks_when_asked() {
     assert_eq!(n, 1);
     wait_demotions(&s);
     let tier: Vec<Option<String>> = cmd("KV.EXISTS").arg("b0").arg("b1").query(&mut c).unwrap();
-    assert_eq!(tier, [Some("dram".into()), Some("ssd".into())]);
+    let b0 = if staging { "dram" } else { "ssd" };
+    assert_eq!(tier, [Some(b0.into()), Some("ssd".into())]);
     let got: Vec<u8> = cmd("GET").arg("b0").query(&mut c).unwrap();
     assert!(got == block(0, 4000));
     drop(s);

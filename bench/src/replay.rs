@@ -36,8 +36,8 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub ssd_blocks: Option<usize>,
     /// With --ssd-blocks: the server's --ssd-stage-on-match (matched SSD blocks
-    /// read back into DRAM).
-    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    /// near the log's reclaim end read back into DRAM).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub ssd_stage_on_match: bool,
     /// Replay at this multiple of the trace's speed (timestamps honoured).
     #[arg(long, conflicts_with = "max")]
@@ -115,8 +115,8 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
                 ssd_spec = format!("{}:{size}", path.display());
                 _ssd_file = Some(RemoveOnDrop(path));
                 args.extend(["--ssd", ssd_spec.as_str(), "--ssd-segment-size", "4MiB"]);
-                if a.ssd_stage_on_match {
-                    args.extend(["--ssd-stage-on-match", "true"]);
+                if !a.ssd_stage_on_match {
+                    args.extend(["--ssd-stage-on-match", "false"]);
                 }
             }
             _server = Some(spawn_exact(&a.server, port, dram, &args).await?);

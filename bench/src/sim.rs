@@ -200,7 +200,7 @@ pub fn simulate(trace: &[Chain], capacity: usize, policy: Policy) -> SimResult {
 /// segments of `segment_bytes`, block records of `block_record` bytes and
 /// tombstones of `tombstone_record` bytes, the oldest segment reclaimed whole
 /// when the log is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SsdModel {
     /// Segments in the log.
     pub segments: usize,
@@ -210,8 +210,11 @@ pub struct SsdModel {
     pub block_record: u64,
     /// Bytes a tombstone takes.
     pub tombstone_record: u64,
-    /// Whether a match reads the SSD blocks it finds back into DRAM.
+    /// Whether a match reads the SSD blocks it finds back into DRAM...
     pub stage_on_match: bool,
+    /// ... those whose segment is among this share of the log next in line
+    /// for reclaim (the server's default, 0.3).
+    pub stage_window: f64,
 }
 
 /// Segment size of the SSD tier the replay gives the server (4 MiB, so that
@@ -232,6 +235,7 @@ impl SsdModel {
             block_record,
             tombstone_record: record_len(8, 8),
             stage_on_match,
+            stage_window: tidepool_tiering::SsdSettings::default().stage_window,
         }
     }
 }
@@ -254,6 +258,8 @@ struct TBlock {
     dram_children: u32,
     /// The block's current SSD record, while it lives on SSD.
     record: Option<u64>,
+    /// The segment of its latest record.
+    segment: usize,
     /// This version's record in the log, if it has one (kept after it is
     /// staged back into DRAM, until its segment is reclaimed): a removal
     /// cancels it with a tombstone.
@@ -270,6 +276,9 @@ struct Log {
     /// Block records in each segment: (block id, record id).
     records: Vec<Vec<(u64, u64)>>,
     next: u64,
+    /// The opening count at which each segment was last opened.
+    opened_at: Vec<u64>,
+    opens: u64,
 }
 
 impl Log {
@@ -282,7 +291,21 @@ impl Log {
             sealed: Default::default(),
             records: vec![Vec::new(); model.segments],
             next: 0,
+            opened_at: vec![0; model.segments],
+            opens: 0,
         }
+    }
+
+    /// Whether a record in `segment` is near the reclaim end (in the window
+    /// that staging rescues).
+    fn near_reclaim(&self, segment: usize) -> bool {
+        let segments = self.model.segments as u64;
+        let until = (self.opened_at[segment] + segments).saturating_sub(self.opens);
+        (until as f64) < self.model.stage_window * segments as f64
+    }
+
+    fn active(&self) -> usize {
+        self.active.expect("opened by the first append")
     }
 
     /// Appends a record of `len` bytes (a block's when `block` is given).
@@ -303,6 +326,8 @@ impl Log {
             };
             self.active = Some(next);
             self.write_pos = 0;
+            self.opened_at[next] = self.opens;
+            self.opens += 1;
         }
         let id = self.next;
         self.next += 1;
@@ -350,7 +375,8 @@ pub fn simulate_tiers(trace: &[Chain], dram_blocks: usize, ssd: SsdModel) -> Sim
         }
         if ssd.stage_on_match {
             for id in &chain[..hit] {
-                if t.blocks[id].tier == Where::Ssd && t.blocks[id].record.is_some() {
+                let b = &t.blocks[id];
+                if b.tier == Where::Ssd && b.record.is_some() && t.log.near_reclaim(b.segment) {
                     t.stage(*id);
                 }
             }
@@ -457,6 +483,7 @@ impl Tiers {
             children: Vec::new(),
             dram_children: 0,
             record: None,
+            segment: 0,
             disk: None,
         };
         self.order.insert((b.stamp, id));
@@ -497,8 +524,10 @@ impl Tiers {
                 continue;
             }
             let (rec, reclaimed) = self.log.append(self.log.model.block_record, Some(id));
+            let segment = self.log.active();
             let b = self.blocks.get_mut(&id).expect("checked");
             b.record = Some(rec);
+            b.segment = segment;
             b.disk = Some(rec);
             self.drop_reclaimed(reclaimed);
         }

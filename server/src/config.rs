@@ -58,8 +58,8 @@ pub struct Args {
     /// Move blocks read from SSD back to DRAM. Default: true.
     #[arg(long = "ssd-promote")]
     pub ssd_promote: Option<bool>,
-    /// Read blocks that a KV.MATCH finds on SSD back into DRAM, ahead of the
-    /// read that usually follows. Default: false.
+    /// Read blocks that a KV.MATCH finds on SSD near the log's reclaim end
+    /// back into DRAM, ahead of the read that usually follows. Default: true.
     #[arg(long = "ssd-stage-on-match")]
     pub ssd_stage_on_match: Option<bool>,
     /// TCP port of the data plane (0: any free port). Default: the RESP port
@@ -119,7 +119,7 @@ pub struct Config {
     pub ssd_segment_size: ByteSize,
     /// Promote blocks read from SSD to DRAM. Default: true.
     pub ssd_promote: bool,
-    /// Stage blocks a match finds on SSD into DRAM. Default: false.
+    /// Stage blocks a match finds on SSD near reclaim into DRAM. Default: true.
     pub ssd_stage_on_match: bool,
     /// Data plane TCP port; `None` is the RESP port + 10000 (any free port
     /// when taken), 0 any free port.
@@ -151,7 +151,7 @@ impl Default for Config {
             ssd_engine: "auto".into(),
             ssd_segment_size: ByteSize::mib(64),
             ssd_promote: true,
-            ssd_stage_on_match: false,
+            ssd_stage_on_match: true,
             data_port: None,
             shm: true,
             shm_socket: None,

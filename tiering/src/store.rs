@@ -506,18 +506,25 @@ pub enum Fetch {
 }
 
 /// Settings of the SSD tier's place in the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SsdSettings {
     /// Blocks waiting to be written to SSD before further demotions are dropped
     /// (and counted). Default: 256.
     pub queue: usize,
     /// Move a block read from SSD back to DRAM. Default: true.
     pub promote: bool,
-    /// A match that finds blocks on SSD queues them to be read back into DRAM
-    /// (whoever matched is about to read them; and a block in use moves out
-    /// of the SSD log's first-in first-out reclaim). It helps some workloads
-    /// and hurts others (bench/README.md). Default: false.
+    /// A match that finds blocks on SSD near the log's reclaim end queues
+    /// them to be read back into DRAM: whoever matched is about to read them,
+    /// and a block in use is rescued from the first-in first-out reclaim (it
+    /// is written again at the log's head when it leaves DRAM). Default:
+    /// true.
     pub stage_on_match: bool,
+    /// Which matched SSD blocks are staged: those whose segment is among this
+    /// share of the log next in line for reclaim. Staging every match (1.0)
+    /// pushes so many blocks through DRAM and back that the log turns over
+    /// faster and loses more than it saves on some workloads; 0.3 never lost
+    /// in the measured cases (bench/README.md). Default: 0.3.
+    pub stage_window: f64,
 }
 
 impl Default for SsdSettings {
@@ -525,7 +532,8 @@ impl Default for SsdSettings {
         SsdSettings {
             queue: 256,
             promote: true,
-            stage_on_match: false,
+            stage_on_match: true,
+            stage_window: 0.3,
         }
     }
 }
@@ -1862,7 +1870,15 @@ impl Store {
         #[cfg(test)]
         BETWEEN_MATCH_PASSES.with(|h| h.borrow_mut().as_mut().map(|f| f()));
         // A key removed between the passes ends the prefix there.
-        let staging = self.ssd.get().is_some_and(|s| s.settings.stage_on_match);
+        // Matched SSD blocks near the log's reclaim end are staged.
+        let near_reclaim = |slot: &Slot| match (slot, self.ssd.get()) {
+            (Slot::Extent { offset, .. }, Some(s)) if s.settings.stage_on_match => {
+                let log = s.tier.log();
+                (log.opens_until_reclaim(*offset) as f64)
+                    < s.settings.stage_window * log.segments() as f64
+            }
+            _ => false,
+        };
         let mut stage = Vec::new();
         let mut tiers = vec![TierKind::Dram; end];
         let mut matched = end;
@@ -1895,7 +1911,7 @@ impl Store {
                     leased.push(i);
                 }
                 tiers[i] = e.tier;
-                if staging && e.tier == TierKind::Ssd && matches!(e.slot, Slot::Extent { .. }) {
+                if e.tier == TierKind::Ssd && near_reclaim(&e.slot) {
                     stage.push((i, e.slot.clone(), e.written));
                 }
                 if adaptive && !e.main {

@@ -113,6 +113,11 @@ pub struct SegmentLog {
     segment_size: u64,
     segments: u32,
     state: Mutex<State>,
+    /// For each segment, the number of segment openings before its own; read
+    /// without the lock (see [`SegmentLog::opens_until_reclaim`]).
+    opened_at: Vec<AtomicU64>,
+    /// Segment openings so far.
+    opens: AtomicU64,
     /// Counters.
     pub stats: LogStats,
 }
@@ -183,6 +188,8 @@ impl SegmentLog {
                 keys: vec![Vec::new(); segments as usize],
                 next_seq: 1,
             }),
+            opened_at: (0..segments).map(|_| AtomicU64::new(0)).collect(),
+            opens: AtomicU64::new(0),
             stats: LogStats::default(),
         };
         let recovered = log.recover()?;
@@ -207,6 +214,19 @@ impl SegmentLog {
     /// Segment size in bytes.
     pub fn segment_size(&self) -> u64 {
         self.segment_size
+    }
+
+    /// How many segments will open before the opening that reclaims the
+    /// segment holding `offset` (0: the next one takes it). Segments are
+    /// reused first in first out: the one opened n-th goes when the
+    /// (n + segments)-th opens. Lock-free: a match asks it for every block it
+    /// finds on SSD.
+    pub fn opens_until_reclaim(&self, offset: u64) -> u64 {
+        let s = (offset / self.segment_size) as usize;
+        let Some(at) = self.opened_at.get(s) else {
+            return 0;
+        };
+        (at.load(Relaxed) + self.segments as u64).saturating_sub(self.opens.load(Relaxed))
     }
 
     /// Segments holding data (sealed or active).
@@ -292,6 +312,11 @@ impl SegmentLog {
         used.sort_unstable();
         let mut st = self.state.lock();
         st.sealed = used.iter().map(|(_, s)| *s).collect();
+        // Oldest first, as if opened in that order.
+        for (i, s) in st.sealed.iter().enumerate() {
+            self.opened_at[*s as usize].store(i as u64, Relaxed);
+        }
+        self.opens.store(st.sealed.len() as u64, Relaxed);
         let in_use: std::collections::HashSet<u32> = st.sealed.iter().copied().collect();
         st.free = (0..self.segments).filter(|s| !in_use.contains(s)).collect();
         st.keys = keys;
@@ -413,6 +438,9 @@ impl SegmentLog {
             };
             st.active = Some(next);
             st.write_pos = 0;
+            let n = self.opens.load(Relaxed);
+            self.opened_at[next as usize].store(n, Relaxed);
+            self.opens.store(n + 1, Relaxed);
         }
         let segment = st.active.expect("set above");
         let seq = st.next_seq;
@@ -691,6 +719,39 @@ mod tests {
             assert_eq!(log.read(b"a", &a).unwrap(), None);
             assert_eq!(log.stats.checksum_failures.load(Relaxed), 1);
             assert_eq!(log.read(b"zz", &a).unwrap(), None);
+        });
+    }
+
+    #[test]
+    fn opens_until_reclaim_counts_down_first_in_first_out() {
+        on_both("countdown", |d, _| {
+            let (log, _) = open(&config(d, 3)).unwrap();
+            // 12 KiB records, 5 per 64 KiB segment.
+            let mut locs = Vec::new();
+            for i in 0..11 {
+                let (loc, _) = log
+                    .append(format!("k{i}").as_bytes(), None, &value(i, 10_000), false)
+                    .unwrap();
+                locs.push(loc);
+            }
+            // Three segments opened: the next opening takes the first.
+            assert_eq!(log.opens_until_reclaim(locs[0].offset), 0);
+            assert_eq!(log.opens_until_reclaim(locs[5].offset), 1);
+            assert_eq!(log.opens_until_reclaim(locs[10].offset), 2);
+            for i in 11..16 {
+                log.append(format!("k{i}").as_bytes(), None, &value(i, 10_000), false)
+                    .unwrap();
+            }
+            // The first segment was reclaimed and reopened: the newest now.
+            assert_eq!(log.opens_until_reclaim(locs[0].offset), 2);
+            assert_eq!(log.opens_until_reclaim(locs[5].offset), 0);
+            log.sync().unwrap();
+            drop(log);
+            // After a restart the order is rebuilt from the records.
+            let (log, _) = open(&config(d, 3)).unwrap();
+            assert_eq!(log.opens_until_reclaim(locs[5].offset), 0);
+            assert_eq!(log.opens_until_reclaim(locs[10].offset), 1);
+            assert_eq!(log.opens_until_reclaim(locs[0].offset), 2);
         });
     }
 

@@ -759,8 +759,11 @@ mod with_ssd {
     fn a_match_stages_the_blocks_it_finds_on_ssd() {
         for staging in [true, false] {
             let dir = fresh_dir(&format!("stage-{staging}"));
+            // Every matched SSD block is staged (window 1.0); the window
+            // itself is tested below.
             let settings = SsdSettings {
                 stage_on_match: staging,
+                stage_window: 1.0,
                 ..Default::default()
             };
             let store = open_store_with(&dir, 4 * charge_of(2, 1000), 8, 1 << 20, settings);
@@ -807,6 +810,54 @@ mod with_ssd {
             drop(store);
             let _ = std::fs::remove_dir_all(&dir);
         }
+    }
+
+    /// With the default window, only matched blocks whose segment is near
+    /// the log's reclaim end are staged.
+    #[test]
+    fn only_blocks_near_the_reclaim_end_are_staged() {
+        let dir = fresh_dir("stage-window");
+        let settings = SsdSettings {
+            stage_on_match: true,
+            ..Default::default()
+        };
+        // 8 segments of 1 MiB, 4 KiB records: 256 a segment.
+        let store = open_store_with(&dir, 4 * charge_of(5, 1000), 8, 1 << 20, settings);
+        let put = |k: String, i: usize| {
+            store
+                .put(Bytes::from(k), val(i), PutOptions::default())
+                .unwrap();
+        };
+        put("old".into(), 0);
+        // About 1,400 blocks pushed down: six of the eight segments opened.
+        for i in 0..1400 {
+            put(format!("o{i:04}"), i);
+            if i % 100 == 0 {
+                settle(&store);
+            }
+        }
+        settle(&store);
+        let log = store.ssd.get().unwrap().tier.log();
+        assert_eq!(log.used_segments(), 6);
+        for k in ["old", "o1390"] {
+            assert_eq!(store.tier_of(k.as_bytes()), Some(TierKind::Ssd), "{k}");
+        }
+        assert_eq!(store.match_prefix([&b"old"[..]], None).matched, 1);
+        assert_eq!(store.match_prefix([&b"o1390"[..]], None).matched, 1);
+        settle(&store);
+        assert_eq!(
+            store.tier_of(b"old"),
+            Some(TierKind::Dram),
+            "in the oldest segment: staged"
+        );
+        assert_eq!(
+            store.tier_of(b"o1390"),
+            Some(TierKind::Ssd),
+            "in the newest: left"
+        );
+        store.check_invariants().unwrap();
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Under `adaptive` with an SSD tier, victims of either segment are
