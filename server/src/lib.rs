@@ -126,9 +126,13 @@ async fn start_data_plane(
     };
     let addr = data.local_addr()?;
     let _ = shared.data.tcp_addr.set(addr);
+    // The data port takes as many connections as the RESP port (read at
+    // start: CONFIG SET maxclients later applies to the RESP port only).
+    let data_max = shared.config.read().maxclients;
     let mut tasks = vec![tokio::spawn(tidepool_transport::tcp::serve(
         data,
         shared.data.clone() as Arc<dyn tidepool_transport::tcp::Resolver>,
+        data_max,
     ))];
     #[cfg(feature = "rdma")]
     if let Some(arena) = shared.data.arena.clone() {

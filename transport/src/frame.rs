@@ -101,6 +101,9 @@ pub enum Status {
     Overlap = 3,
     /// The header was malformed.
     BadRequest = 4,
+    /// The data port has as many connections as it takes; this one is
+    /// closed.
+    TooManyConnections = 5,
 }
 
 impl Status {
@@ -111,6 +114,7 @@ impl Status {
             2 => Status::OutOfRange,
             3 => Status::Overlap,
             4 => Status::BadRequest,
+            5 => Status::TooManyConnections,
             _ => return None,
         })
     }
@@ -126,6 +130,7 @@ impl fmt::Display for Status {
             Status::OutOfRange => "range outside the block",
             Status::Overlap => "range already written or being written",
             Status::BadRequest => "malformed request header",
+            Status::TooManyConnections => "too many data connections",
         })
     }
 }

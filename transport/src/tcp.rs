@@ -10,6 +10,7 @@
 
 use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -29,16 +30,28 @@ pub trait Resolver: Send + Sync + 'static {
     fn outbound(&self, token: u64) -> Option<Bytes>;
 }
 
-/// Accepts data connections until the task is dropped.
-pub async fn serve(listener: TcpListener, resolver: Arc<dyn Resolver>) {
+/// Accepts data connections until the task is dropped, at most
+/// `max_connections` open at once: one more is answered
+/// [`Status::TooManyConnections`] and closed.
+pub async fn serve(listener: TcpListener, resolver: Arc<dyn Resolver>, max_connections: usize) {
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         match listener.accept().await {
-            Ok((stream, peer)) => {
-                let r = resolver.clone();
+            Ok((mut stream, peer)) => {
+                if open.fetch_add(1, Relaxed) >= max_connections {
+                    open.fetch_sub(1, Relaxed);
+                    tracing::debug!(%peer, "data connection refused: {max_connections} open");
+                    tokio::spawn(async move {
+                        let _ = reply(&mut stream, Status::TooManyConnections, 0).await;
+                    });
+                    continue;
+                }
+                let (r, open) = (resolver.clone(), open.clone());
                 tokio::spawn(async move {
                     if let Err(e) = serve_conn(stream, r).await {
                         tracing::debug!(%peer, "data connection closed: {e}");
                     }
+                    open.fetch_sub(1, Relaxed);
                 });
             }
             Err(e) => {
@@ -456,8 +469,41 @@ mod tests {
         let table = Arc::new(Table::default());
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        tokio::spawn(serve(l, table.clone()));
+        tokio::spawn(serve(l, table.clone(), 64));
         (table, addr)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_past_the_limit_are_refused_with_a_status() {
+        let table = Arc::new(Table::default());
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(serve(l, table.clone(), 2));
+        let _a = TcpStream::connect(addr).await.unwrap();
+        let _b = TcpStream::connect(addr).await.unwrap();
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let mut rb = [0u8; REPLY_LEN];
+        c.read_exact(&mut rb).await.unwrap();
+        assert_eq!(
+            Reply::decode(&rb).unwrap().status,
+            Status::TooManyConnections
+        );
+        // One leaves: a new one is served (it answers a request).
+        drop(_a);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let mut d = TcpStream::connect(addr).await.unwrap();
+            d.write_all(&[0x55u8; REQUEST_LEN]).await.unwrap();
+            d.read_exact(&mut rb).await.unwrap();
+            match Reply::decode(&rb).unwrap().status {
+                Status::BadRequest => break,
+                Status::TooManyConnections => {
+                    assert!(std::time::Instant::now() < deadline, "never freed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     fn desc(token: u64, len: usize) -> Descriptor {
