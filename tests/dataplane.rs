@@ -338,6 +338,33 @@ fn shm_puts_and_located_blocks_survive_deletion_until_released() {
     plane.read_one(&ld, &mut back).unwrap();
     assert_eq!(&back[..], &data[..5000]);
     assert_eq!(s.info_u64("data_located_copies"), 1);
+
+    // Large values stored inline (copied out of the request) are placed in
+    // the arena: shm readers get them without a copy.
+    let big = &data[..256 * 1024];
+    let _: Value = redis::cmd("KV.MPUT")
+        .arg(2)
+        .arg("big0")
+        .arg(big)
+        .arg("big1")
+        .arg(big)
+        .query(&mut con)
+        .unwrap();
+    let loc: Vec<Value> = redis::cmd("KV.LOCATE")
+        .arg(1)
+        .arg("big1")
+        .arg("VIA")
+        .arg("shm")
+        .query(&mut con)
+        .unwrap();
+    let Value::Array(blocks) = &loc[3] else {
+        panic!("{loc:?}")
+    };
+    let ld = desc(&blocks[0]);
+    let mut back = vec![0u8; big.len()];
+    plane.read_one(&ld, &mut back).unwrap();
+    assert_eq!(&back[..], big);
+    assert_eq!(s.info_u64("data_located_copies"), 1, "no copy-in");
 }
 
 #[test]

@@ -59,6 +59,16 @@ impl Shared {
             arena,
             std::time::Duration::from_millis(config.reserve_timeout),
         ));
+        // Large values the store copies (inline KV.PUT / KV.MPUT) go to the
+        // arena too: its pages are already mapped (fresh heap pages cost a
+        // fault and zeroing each), and shm readers find them there.
+        if let Some(arena) = data.arena.clone() {
+            store.set_value_alloc(Arc::new(move |v| {
+                let mut b = arena.alloc(v.len())?;
+                b.fill(v);
+                Some(Bytes::from_owner(b))
+            }));
+        }
         Ok(Arc::new(Shared {
             data,
             store,

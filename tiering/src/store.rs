@@ -482,6 +482,8 @@ pub struct Store {
     now: ClockFn,
     /// The SSD tier, once attached.
     ssd: std::sync::OnceLock<SsdState>,
+    /// Where copies of large values go, when set (the server's arena).
+    value_alloc: std::sync::OnceLock<ValueAlloc>,
     /// The eviction policy.
     eviction: Eviction,
     /// DRAM bytes in the probation segment (every DRAM block under `lru`).
@@ -537,6 +539,15 @@ impl Default for SsdSettings {
         }
     }
 }
+
+/// Allocates memory for a value and copies it in (the server puts values in
+/// its shared arena: memory it already has, and where shm readers find them);
+/// `None` when it cannot, and the value goes to the heap.
+pub type ValueAlloc = Arc<dyn Fn(&[u8]) -> Option<Bytes> + Send + Sync>;
+
+/// Values from this size on are copied through the [`ValueAlloc`] (its
+/// allocations are whole 4 KiB pages: smaller ones would waste too much).
+pub const VALUE_ALLOC_MIN: usize = 64 * 1024;
 
 /// A block on its way from DRAM to SSD.
 struct Demotion {
@@ -650,6 +661,7 @@ impl Store {
             events,
             now,
             ssd: std::sync::OnceLock::new(),
+            value_alloc: std::sync::OnceLock::new(),
             eviction: config.eviction,
             probation: AtomicU64::new(0),
             share: AtomicU64::new(crate::policy::CANDIDATES[0].to_bits()),
@@ -867,6 +879,22 @@ impl Store {
     /// Demotions and stagings queued and not yet done (0 without an SSD tier).
     pub fn pending_demotions(&self) -> u64 {
         self.ssd.get().map_or(0, |s| s.pending.load(Relaxed))
+    }
+
+    /// Sends copies of values of [`VALUE_ALLOC_MIN`] bytes or more through
+    /// `alloc` (once; false if one was set already).
+    pub fn set_value_alloc(&self, alloc: ValueAlloc) -> bool {
+        self.value_alloc.set(alloc).is_ok()
+    }
+
+    /// A copy of `value` that the store owns.
+    fn copy_value(&self, value: &[u8]) -> Bytes {
+        if value.len() >= VALUE_ALLOC_MIN {
+            if let Some(b) = self.value_alloc.get().and_then(|alloc| alloc(value)) {
+                return b;
+            }
+        }
+        Bytes::copy_from_slice(value)
     }
 
     /// Reads a matched block from SSD into DRAM (on the SSD thread), unless it
@@ -1088,7 +1116,7 @@ impl Store {
             let value = if opts.value_exclusive {
                 value
             } else {
-                Bytes::copy_from_slice(&value)
+                self.copy_value(&value)
             };
             match self.dram.store(&key, opts.parent.as_deref(), value) {
                 Ok(slot) => (slot, TierKind::Dram),

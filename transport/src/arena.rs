@@ -173,6 +173,18 @@ impl ArenaBlock {
     pub fn arena(&self) -> &Arc<Arena> {
         &self.arena
     }
+
+    /// Copies `src` (exactly the block's length) into the block.
+    ///
+    /// # Panics
+    /// When `src` is not `len()` bytes long.
+    pub fn fill(&mut self, src: &[u8]) {
+        assert_eq!(src.len(), self.len, "fill needs exactly the block's length");
+        // SAFETY: the allocation is `len` bytes inside the live mapping and
+        // belongs to this block alone (`&mut self`): nobody else reads or
+        // writes it until the block is handed on.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.as_mut_ptr(), src.len()) };
+    }
 }
 
 impl AsRef<[u8]> for ArenaBlock {

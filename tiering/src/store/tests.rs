@@ -1517,3 +1517,37 @@ fn keys_after_a_miss_are_neither_refreshed_nor_leased() {
         "a block stayed pinned after its lease was released"
     );
 }
+
+/// Copies of large values go through the value allocator (the server's
+/// arena); small ones, and values the caller hands over, do not.
+#[test]
+fn large_value_copies_go_through_the_value_allocator() {
+    let f = fixture(1 << 30);
+    let calls = Arc::new(AtomicU64::new(0));
+    let c = calls.clone();
+    assert!(f.store.set_value_alloc(Arc::new(move |v: &[u8]| {
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(Bytes::copy_from_slice(v))
+    })));
+    let big = Bytes::from(vec![7u8; VALUE_ALLOC_MIN]);
+    f.store
+        .put(b("big"), big.clone(), PutOptions::default())
+        .unwrap();
+    f.store
+        .put(b("small"), b("v"), PutOptions::default())
+        .unwrap();
+    let handed = PutOptions {
+        value_exclusive: true,
+        ..Default::default()
+    };
+    f.store.put(b("own"), big.clone(), handed).unwrap();
+    assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(f.store.get(b"big").unwrap(), big);
+    // An allocator that cannot: the heap takes the copy.
+    let g = fixture(1 << 30);
+    g.store.set_value_alloc(Arc::new(|_: &[u8]| None));
+    g.store
+        .put(b("big"), big.clone(), PutOptions::default())
+        .unwrap();
+    assert_eq!(g.store.get(b"big").unwrap(), big);
+}
