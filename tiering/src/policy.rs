@@ -44,10 +44,18 @@ pub const GHOSTS: usize = 3;
 
 /// Whether a chain is in the tuner's sample.
 pub fn sampled(keys: &[Bytes]) -> bool {
-    match keys.get(keys.len().saturating_sub(1).min(2)) {
-        Some(k) => xxh3_64(k).is_multiple_of(SAMPLE),
-        None => false,
-    }
+    keys.get(sample_index(keys.len()))
+        .is_some_and(|k| sampled_key(k))
+}
+
+/// Which key of a chain of `len` keys decides whether it is sampled.
+pub fn sample_index(len: usize) -> usize {
+    len.saturating_sub(1).min(2)
+}
+
+/// Whether a chain whose deciding key ([`sample_index`]) is `key` is sampled.
+pub fn sampled_key(key: &[u8]) -> bool {
+    xxh3_64(key).is_multiple_of(SAMPLE)
 }
 
 /// A bounded first-in first-out set of keys.
@@ -328,6 +336,12 @@ impl Tuner {
                 *s += m.request(chain) as f64;
             }
         }
+        self.observe_unsampled()
+    }
+
+    /// As [`observe`](Self::observe) for a request that is not sampled
+    /// (the caller checked [`sampled_key`]): it only counts.
+    pub fn observe_unsampled(&mut self) -> f64 {
         self.seen += 1;
         if self.seen.is_multiple_of(ROUND) {
             let mut best = 0;

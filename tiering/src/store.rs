@@ -700,7 +700,8 @@ impl Store {
 
     /// `adaptive`: shows the tuner a chain about to be matched and completed,
     /// and takes the share it chooses.
-    fn tune(&self, keys: &[Bytes]) {
+    /// Feeds the tuner one request: its chain when sampled, else `None`.
+    fn tune(&self, sampled: Option<&[Bytes]>) {
         let blocks = self.capacity_blocks(1);
         let mut tuner = self.tuner.lock();
         let t = tuner.get_or_insert_with(|| crate::policy::Tuner::new(blocks));
@@ -709,7 +710,10 @@ impl Store {
         if self.dram_counters.blocks.load(Relaxed) > 0 && t.capacity() != blocks {
             t.resize(blocks);
         }
-        let share = t.observe(keys);
+        let share = match sampled {
+            Some(chain) => t.observe(chain),
+            None => t.observe_unsampled(),
+        };
         self.share.store(share.to_bits(), Relaxed);
     }
 
@@ -1856,11 +1860,17 @@ impl Store {
         // refreshes (and leases) it.
         let adaptive = self.eviction == Eviction::Adaptive;
         if adaptive {
-            let chain: Vec<Bytes> = keys
-                .clone()
-                .map(|k| Bytes::copy_from_slice(k.as_ref()))
-                .collect();
-            self.tune(&chain);
+            // Only sampled requests feed the miniatures (and need the keys
+            // copied); the others are only counted.
+            let decider = keys.clone().nth(crate::policy::sample_index(queried));
+            let chain: Option<Vec<Bytes>> = decider
+                .is_some_and(|k| crate::policy::sampled_key(k.as_ref()))
+                .then(|| {
+                    keys.clone()
+                        .map(|k| Bytes::copy_from_slice(k.as_ref()))
+                        .collect()
+                });
+            self.tune(chain.as_deref());
         }
         let first = self.clock.fetch_add(queried as u64, Relaxed);
         let items: Vec<I::Item> = keys.collect();
