@@ -1,7 +1,8 @@
 //! tidepool-protocol: the bytes on the wire of tidepool's metadata port.
 //!
-//! This crate owns RESP2 and RESP3 framing (requests are decoded through the
-//! `redis-protocol` crate after a cheap limit check, plus Redis's inline form),
+//! This crate owns RESP2 and RESP3 framing (requests are cut out of the read
+//! buffer by one scan that also checks their limits, plus Redis's inline form;
+//! `redis-protocol` is the reference decoder the tests check against),
 //! the command table (name, arity, flags, key positions) and the typed commands
 //! that the server applies, and reply encoding with stable error codes.
 //!
