@@ -32,6 +32,21 @@ fn addr(s: &Server) -> String {
 }
 
 /// The descriptor in a KV.RESERVE or KV.LOCATE reply entry.
+/// KV.LOCATE of one block for a shm reader: its descriptor.
+fn locate_shm(con: &mut redis::Connection, key: &str) -> Descriptor {
+    let loc: Vec<Value> = redis::cmd("KV.LOCATE")
+        .arg(1)
+        .arg(key)
+        .arg("VIA")
+        .arg("shm")
+        .query(con)
+        .unwrap();
+    let Value::Array(blocks) = &loc[3] else {
+        panic!("{loc:?}")
+    };
+    desc(&blocks[0])
+}
+
 fn desc(v: &Value) -> Descriptor {
     let Value::Array(items) = v else {
         panic!("not a descriptor: {v:?}")
@@ -323,17 +338,7 @@ fn shm_puts_and_located_blocks_survive_deletion_until_released() {
         .arg(&data[..5000])
         .query(&mut con)
         .unwrap();
-    let loc: Vec<Value> = redis::cmd("KV.LOCATE")
-        .arg(1)
-        .arg("inline")
-        .arg("VIA")
-        .arg("shm")
-        .query(&mut con)
-        .unwrap();
-    let Value::Array(blocks) = &loc[3] else {
-        panic!("{loc:?}")
-    };
-    let ld = desc(&blocks[0]);
+    let ld = locate_shm(&mut con, "inline");
     let mut back = vec![0u8; 5000];
     plane.read_one(&ld, &mut back).unwrap();
     assert_eq!(&back[..], &data[..5000]);
@@ -350,17 +355,7 @@ fn shm_puts_and_located_blocks_survive_deletion_until_released() {
         .arg(big)
         .query(&mut con)
         .unwrap();
-    let loc: Vec<Value> = redis::cmd("KV.LOCATE")
-        .arg(1)
-        .arg("big1")
-        .arg("VIA")
-        .arg("shm")
-        .query(&mut con)
-        .unwrap();
-    let Value::Array(blocks) = &loc[3] else {
-        panic!("{loc:?}")
-    };
-    let ld = desc(&blocks[0]);
+    let ld = locate_shm(&mut con, "big1");
     let mut back = vec![0u8; big.len()];
     plane.read_one(&ld, &mut back).unwrap();
     assert_eq!(&back[..], big);

@@ -24,6 +24,26 @@ fn run(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Writes a generated trace of 1,500 requests (chains of about 10 blocks).
+fn gen_trace(name: &str, shape: &str, seed: u64) -> PathBuf {
+    let trace = tmp(name);
+    let seed = seed.to_string();
+    run(&[
+        "gen-trace",
+        "--shape",
+        shape,
+        "--requests",
+        "1500",
+        "--chain",
+        "10",
+        "--seed",
+        &seed,
+        "--out",
+        &trace.display().to_string(),
+    ]);
+    trace
+}
+
 /// Replays `trace` into a server of `capacity` blocks and returns the JSON.
 fn replay(
     trace: &Path,
@@ -101,20 +121,7 @@ fn assert_matches_simulation(v: &serde_json::Value) {
 #[test]
 fn the_server_matches_the_simulation_on_generated_traces() {
     for shape in ["chat", "docs", "scan", "agents"] {
-        let trace = tmp(&format!("{shape}.jsonl"));
-        run(&[
-            "gen-trace",
-            "--shape",
-            shape,
-            "--requests",
-            "1500",
-            "--chain",
-            "10",
-            "--seed",
-            "3",
-            "--out",
-            &trace.display().to_string(),
-        ]);
+        let trace = gen_trace(&format!("{shape}.jsonl"), shape, 3);
         let svg = tmp(&format!("{shape}.svg"));
         let v = replay(&trace, 300, None, Some(&svg), "lru");
         eprintln!(
@@ -165,20 +172,7 @@ fn the_server_matches_the_simulation_on_mooncakes_trace() {
 fn the_server_matches_the_two_tier_simulation() {
     let mut traces = Vec::new();
     for shape in ["chat", "scan"] {
-        let trace = tmp(&format!("ssd-{shape}.jsonl"));
-        run(&[
-            "gen-trace",
-            "--shape",
-            shape,
-            "--requests",
-            "1500",
-            "--chain",
-            "10",
-            "--seed",
-            "5",
-            "--out",
-            &trace.display().to_string(),
-        ]);
+        let trace = gen_trace(&format!("ssd-{shape}.jsonl"), shape, 5);
         traces.push((shape.to_string(), trace, 200, 1000, None));
     }
     let mooncake =
