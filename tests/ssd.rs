@@ -18,6 +18,17 @@ fn block(i: usize, len: usize) -> Vec<u8> {
     (0..len).map(|j| (i * 31 + j * 7) as u8).collect()
 }
 
+/// Stores `b0` .. `b{n-1}`, `block(i, 4000)` each, one KV.PUT at a time.
+fn put_blocks(c: &mut redis::Connection, n: usize) {
+    for i in 0..n {
+        let _: () = cmd("KV.PUT")
+            .arg(format!("b{i}"))
+            .arg(block(i, 4000))
+            .query(c)
+            .unwrap();
+    }
+}
+
 fn wait_demotions(s: &Server) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while s.info_u64("ssd_pending_demotions") > 0 {
@@ -52,13 +63,7 @@ fn demotion_and_promotion(engine: &str) {
         .unwrap();
     assert!(info.contains(&format!("ssd_engine:{engine}")), "{info}");
     let mut c = s.redis();
-    for i in 0..200 {
-        let _: () = cmd("KV.PUT")
-            .arg(format!("b{i}"))
-            .arg(block(i, 4000))
-            .query(&mut c)
-            .unwrap();
-    }
+    put_blocks(&mut c, 200);
     wait_demotions(&s);
     assert!(s.info_u64("dram_used") <= 256 * 1024);
     assert!(s.info_u64("ssd_blocks") > 100, "most blocks went to SSD");
@@ -121,13 +126,7 @@ fn match_stages_near_reclaim(staging: bool) {
         if staging { "true" } else { "false" },
     ]);
     let mut c = s.redis();
-    for i in 0..400 {
-        let _: () = cmd("KV.PUT")
-            .arg(format!("b{i}"))
-            .arg(block(i, 4000))
-            .query(&mut c)
-            .unwrap();
-    }
+    put_blocks(&mut c, 400);
     wait_demotions(&s);
     let n: i64 = cmd("KV.MATCH").arg(1).arg("b0").query(&mut c).unwrap();
     assert_eq!(n, 1);
