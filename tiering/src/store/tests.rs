@@ -1431,12 +1431,7 @@ fn leased_matches_racing_deletes_leave_no_pin_behind() {
         }
     });
     store.check_invariants().unwrap();
-    store.shed(u64::MAX);
-    assert_eq!(
-        store.len(),
-        0,
-        "a block stayed pinned after every lease was released"
-    );
+    assert_nothing_pinned(&store);
 }
 
 /// A key deleted between the two passes of a match ends the prefix there, and
@@ -1469,12 +1464,7 @@ fn a_key_deleted_between_the_passes_of_a_match_leaks_no_pin() {
     );
     assert!(store.release(m.lease.unwrap()));
     store.check_invariants().unwrap();
-    store.shed(u64::MAX);
-    assert_eq!(
-        store.len(),
-        0,
-        "a block stayed pinned after its lease was released"
-    );
+    assert_nothing_pinned(&store);
 }
 
 /// A match visits keys grouped by shard, so keys after a miss may be found
@@ -1510,12 +1500,7 @@ fn keys_after_a_miss_are_neither_refreshed_nor_leased() {
     store.shed(u64::MAX);
     assert_eq!(store.len(), 3, "only the matched prefix is leased");
     assert!(store.release(m.lease.unwrap()));
-    store.shed(u64::MAX);
-    assert_eq!(
-        store.len(),
-        0,
-        "a block stayed pinned after its lease was released"
-    );
+    assert_nothing_pinned(&store);
 }
 
 /// Copies of large values go through the value allocator (the server's
@@ -1550,4 +1535,14 @@ fn large_value_copies_go_through_the_value_allocator() {
         .put(b("big"), big.clone(), PutOptions::default())
         .unwrap();
     assert_eq!(g.store.get(b"big").unwrap(), big);
+}
+
+/// Every block can be evicted: no pin or lease is left behind.
+fn assert_nothing_pinned(store: &Store) {
+    store.shed(u64::MAX);
+    assert_eq!(
+        store.len(),
+        0,
+        "a block stayed pinned after every lease was released"
+    );
 }
