@@ -267,6 +267,7 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut memcpy_rows = Vec::new();
     let mut loopback_rows = Vec::new();
+    let mut iperf_runs = Vec::new();
     for &size in &a.sizes {
         let n = (a.total / size).max(4) as usize;
         let per_batch = (a.batch / size).max(1) as usize;
@@ -309,14 +310,17 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
         if a.ceilings {
             memcpy_rows.push((size, median(mc)));
             loopback_rows.push((size, median(lb)));
+            // One iperf3 run after each size's cells: spread over the run,
+            // as the machine's load changes.
+            iperf_runs.push(iperf3());
         }
         for (i, (way, _)) in clients.iter().enumerate() {
             rows.push((size, *way, median(put[i].clone()), median(get[i].clone())));
         }
     }
     bar.finish_and_clear();
-    let iperf = if a.ceilings {
-        iperf3()
+    let iperf: Result<Vec<f64>, String> = if a.ceilings {
+        iperf_runs.into_iter().collect()
     } else {
         Err("--ceilings false".into())
     };
@@ -357,7 +361,13 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
         );
     }
     match &iperf {
-        Ok(r) => println!("| iperf3 -l 1M, loopback, 3 s | {r:.2} |"),
+        Ok(r) => println!(
+            "| iperf3 -l 1M, loopback, 3 s, median of {} runs (one after each size; {:.2}-{:.2}) | {:.2} |",
+            r.len(),
+            r.iter().copied().fold(f64::INFINITY, f64::min),
+            r.iter().copied().fold(0.0, f64::max),
+            median(r.clone())
+        ),
         Err(e) => println!("| iperf3 -l 1M | not run: {e} |"),
     }
     if let Some(path) = a.json {
@@ -371,7 +381,8 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
             })).collect::<Vec<_>>(),
             "memcpy": memcpy_rows.iter().map(|(s, r)| serde_json::json!({"block_bytes": s, "gbs": r})).collect::<Vec<_>>(),
             "loopback_tcp": loopback_rows.iter().map(|(s, r)| serde_json::json!({"block_bytes": s, "gbs": r})).collect::<Vec<_>>(),
-            "iperf3_gbs": iperf.as_ref().ok(),
+            "iperf3_gbs": iperf.as_ref().ok().map(|r| median(r.clone())),
+            "iperf3_runs_gbs": iperf.as_ref().ok(),
         });
         std::fs::write(&path, serde_json::to_string_pretty(&j)?)?;
     }
