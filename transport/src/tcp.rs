@@ -194,6 +194,11 @@ async fn serve_conn(mut s: TcpStream, r: Arc<dyn Resolver>) -> std::io::Result<(
     // next header, so that they land in the block and not in `ahead`.
     let mut after_write = false;
     loop {
+        // A peer that sends without reading its replies is held back by the
+        // socket, not by memory here.
+        if owed.bytes >= GATHER || owed.heads.len() >= SERVER_IOV / 2 {
+            owed.flush(&mut s).await?;
+        }
         if ahead.len() < REQUEST_LEN {
             let want = if after_write {
                 REQUEST_LEN - ahead.len()
@@ -278,9 +283,6 @@ async fn serve_conn(mut s: TcpStream, r: Arc<dyn Resolver>) -> std::io::Result<(
                     continue;
                 };
                 owed.push(Status::Ok, req.len, Some((block, range)));
-                if owed.bytes >= GATHER {
-                    owed.flush(&mut s).await?;
-                }
             }
         }
     }
@@ -876,6 +878,31 @@ mod tests {
         assert_eq!(status(53), (Status::Ok, 5));
         assert_eq!(&got[69..74], b"first");
         assert_eq!(&ib.seal(true).unwrap().0.into_bytes()[..], b"second");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_never_reads_its_replies_is_held_back() {
+        let (_table, addr) = start().await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        // Refused reads (unknown token), 32 bytes each, each owed a reply.
+        let one = Request {
+            op: Op::Read,
+            token: 99,
+            offset: 0,
+            len: 0,
+        }
+        .encode();
+        let chunk: Vec<u8> = one.iter().copied().cycle().take(1 << 20).collect();
+        // The replies to 256 MiB of requests would be 128 MiB: the server
+        // must stop taking requests long before (socket buffers are a few
+        // MiB), so the writes stall.
+        let send = async {
+            for _ in 0..256 {
+                s.write_all(&chunk).await.unwrap();
+            }
+        };
+        let stalled = tokio::time::timeout(std::time::Duration::from_secs(3), send).await;
+        assert!(stalled.is_err(), "the server took every request unanswered");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
