@@ -542,3 +542,77 @@ fn shm_off_falls_back_to_tcp() {
         assert_eq!(c.get(Bytes::from("k")).await.unwrap().unwrap(), b[0].1);
     });
 }
+
+/// KV.RESERVE of one block `VIA` a plane: its descriptor.
+fn reserve_via(con: &mut redis::Connection, key: &str, len: usize, via: &str) -> Descriptor {
+    let reply: Vec<Value> = redis::cmd("KV.RESERVE")
+        .arg(1)
+        .arg(key)
+        .arg(len)
+        .arg("VIA")
+        .arg(via)
+        .query(con)
+        .unwrap();
+    desc(&reply[0])
+}
+
+fn commit(con: &mut redis::Connection, d: &Descriptor) {
+    let _: String = redis::cmd("KV.COMMIT").arg(d.token).query(con).unwrap();
+}
+
+#[test]
+fn kv_verify_catches_a_stray_shm_write_and_says_what_it_cannot_check() {
+    for checksums in [true, false] {
+        let flag = checksums.to_string();
+        let s = Server::start(&["--dram", "64MiB", "--dram-checksums", &flag]);
+        let mut con = s.redis();
+        let (port, sock, id) = dataplane(&mut con);
+        let shm = ShmPlane::connect(sock.as_ref(), id).unwrap();
+        let data = block(3, 256 << 10);
+        let d = reserve_via(&mut con, "viashm", data.len(), "shm");
+        shm.write_one(&d, &data).unwrap();
+        commit(&mut con, &d);
+        let dt = reserve_via(&mut con, "viatcp", data.len(), "tcp");
+        let rt = rt();
+        let tcp = rt
+            .block_on(TcpPlane::connect(
+                format!("127.0.0.1:{port}").parse().unwrap(),
+                TcpOptions::default(),
+            ))
+            .unwrap();
+        rt.block_on(tcp.write(&[(dt, &data[..])])).unwrap();
+        commit(&mut con, &dt);
+        let _: () = redis::cmd("SET")
+            .arg("inline")
+            .arg(&data[..])
+            .query(&mut con)
+            .unwrap();
+        // Through redis-cli: a nil is an empty line.
+        let verify = |keys: &[&str]| {
+            let mut args = vec!["KV.VERIFY"];
+            args.extend(keys);
+            s.cli_text(&args)
+        };
+        let want = if checksums {
+            "ok\nok\nok\n\n"
+        } else {
+            // Only the tcp block was hashed (as it arrived).
+            "unchecked\nok\nunchecked\n\n"
+        };
+        assert_eq!(
+            verify(&["viashm", "viatcp", "inline", "missing"]),
+            want,
+            "--dram-checksums {checksums}"
+        );
+        // A client scribbles over the committed block through its mapping.
+        shm.write_one(&d, &vec![0u8; data.len()]).unwrap();
+        if checksums {
+            assert_eq!(verify(&["viashm"]), "corrupt\n");
+            assert_eq!(exists(&mut con, "viashm"), 0, "dropped, never served");
+        } else {
+            assert_eq!(verify(&["viashm"]), "unchecked\n");
+            assert_eq!(exists(&mut con, "viashm"), 1);
+        }
+        assert_eq!(verify(&["viatcp"]), "ok\n");
+    }
+}

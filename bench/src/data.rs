@@ -22,6 +22,8 @@ enum Way {
     Inline,
     Tcp,
     Shm,
+    /// shm into a server started with `--dram-checksums false`.
+    ShmUnchecked,
     Redis,
 }
 
@@ -31,6 +33,7 @@ impl Way {
             Way::Inline => "tidepool inline RESP (KV.MPUT / KV.MGET)",
             Way::Tcp => "tidepool tcp data plane",
             Way::Shm => "tidepool shm data plane",
+            Way::ShmUnchecked => "tidepool shm, --dram-checksums false",
             Way::Redis => "redis SET / GET, pipelined",
         }
     }
@@ -214,16 +217,33 @@ fn iperf3() -> Result<f64, String> {
 
 /// Runs the bench and prints the table.
 pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
+    const WAYS: [&str; 4] = ["inline", "tcp", "shm", "shm-unchecked"];
+    if let Some(w) = a.ways.iter().find(|w| !WAYS.contains(&w.as_str())) {
+        anyhow::bail!("unknown way {w:?}: the ways are {}", WAYS.join(", "));
+    }
     let tp_port = free_port()?;
     let rd_port = free_port()?;
     let dram = (a.total * 2).max(1 << 30);
     let dram = dram.to_string();
     let _tp = spawn_tidepool(&a.server, tp_port, &["--dram", &dram]).await?;
     let _rd = spawn_redis(rd_port).await?;
-    let tp_addr = format!("127.0.0.1:{tp_port}");
+    // A second server, without DRAM checksums, when asked for.
+    let unchecked = a.ways.iter().any(|w| w == "shm-unchecked");
+    let un_port = free_port()?;
+    let _un = match unchecked {
+        true => Some(
+            spawn_tidepool(
+                &a.server,
+                un_port,
+                &["--dram", &dram, "--dram-checksums", "false"],
+            )
+            .await?,
+        ),
+        false => None,
+    };
     let tcp = a.tcp;
-    let connect = |plane| {
-        let addr = tp_addr.clone();
+    let connect = |port: u16, plane| {
+        let addr = format!("127.0.0.1:{port}");
         async move {
             Client::connect_with(
                 &addr,
@@ -238,13 +258,19 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
         }
     };
     let mut clients = Vec::new();
-    for (way, name, plane) in [
-        (Way::Inline, "inline", PlaneChoice::Inline),
-        (Way::Tcp, "tcp", PlaneChoice::Tcp),
-        (Way::Shm, "shm", PlaneChoice::Shm),
+    for (way, name, port, plane) in [
+        (Way::Inline, "inline", tp_port, PlaneChoice::Inline),
+        (Way::Tcp, "tcp", tp_port, PlaneChoice::Tcp),
+        (Way::Shm, "shm", tp_port, PlaneChoice::Shm),
+        (
+            Way::ShmUnchecked,
+            "shm-unchecked",
+            un_port,
+            PlaneChoice::Shm,
+        ),
     ] {
         if a.ways.iter().any(|w| w == name) {
-            clients.push((way, connect(plane).await?));
+            clients.push((way, connect(port, plane).await?));
         }
     }
     clients.push((

@@ -73,8 +73,14 @@ enum Cmd {
         /// Measure the ceilings too (memcpy, plain TCP, iperf3).
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         ceilings: bool,
-        /// tidepool planes to measure: inline, tcp, shm (Redis always runs).
-        #[arg(long, value_delimiter = ',', default_value = "inline,tcp,shm")]
+        /// tidepool planes to measure: inline, tcp, shm, shm-unchecked (shm
+        /// into a second server started with --dram-checksums false). Redis
+        /// always runs.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "inline,tcp,shm,shm-unchecked"
+        )]
         ways: Vec<String>,
         /// Parallel connections of the tcp data plane.
         #[arg(long, default_value_t = tidepool_client::TcpOptions::default().connections)]

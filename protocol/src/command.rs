@@ -227,6 +227,7 @@ pub enum Command {
     },
     KvExists(Vec<Bytes>),
     KvDel(Vec<Bytes>),
+    KvVerify(Vec<Bytes>),
     KvPin(Vec<Bytes>),
     KvUnpin(Vec<Bytes>),
     KvRelease(u64),
@@ -667,6 +668,7 @@ impl Command {
             }
             "kv.exists" => Command::KvExists(all()),
             "kv.del" => Command::KvDel(all()),
+            "kv.verify" => Command::KvVerify(all()),
             "kv.pin" => Command::KvPin(all()),
             "kv.unpin" => Command::KvUnpin(all()),
             "kv.release" => Command::KvRelease(

@@ -116,6 +116,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     spec!("kv.hash", -3, ["readonly", "fast"], 0, 0, 0, "kvcache", "0.1.0", "Returns the chain keys of a token sequence: KV.HASH seed block_tokens t1 t2 ..."),
     spec!("kv.exists", -2, ["readonly", "fast"], 1, -1, 1, "kvcache", "0.1.0", "Returns each key's tier, or nil."),
     spec!("kv.del", -2, ["write"], 1, -1, 1, "kvcache", "0.1.0", "Deletes blocks (and the blocks chained under them)."),
+    spec!("kv.verify", -2, ["write"], 1, -1, 1, "kvcache", "0.1.0", "Checks blocks against their checksums: ok, corrupt (dropped, with the blocks chained under it), unchecked (stored without one), or nil."),
     spec!("kv.pin", -2, ["write", "fast"], 1, -1, 1, "kvcache", "0.1.0", "Pins blocks against eviction."),
     spec!("kv.unpin", -2, ["write", "fast"], 1, -1, 1, "kvcache", "0.1.0", "Unpins blocks."),
     spec!("kv.release", 2, ["write", "fast"], 0, 0, 0, "kvcache", "0.1.0", "Releases a lease taken by KV.MATCH ... LEASE or KV.LOCATE."),

@@ -62,6 +62,12 @@ pub struct Args {
     /// back into DRAM, ahead of the read that usually follows. Default: true.
     #[arg(long = "ssd-stage-on-match")]
     pub ssd_stage_on_match: Option<bool>,
+    /// Checksum every block stored in DRAM (XXH3), for KV.VERIFY. Off, a
+    /// DRAM block has one only when it came over the tcp data plane (hashed
+    /// as it arrives): shm puts then cost the server nothing per byte.
+    /// Blocks on SSD always carry their records' checksums. Default: true.
+    #[arg(long = "dram-checksums")]
+    pub dram_checksums: Option<bool>,
     /// TCP port of the data plane (0: any free port). Default: the RESP port
     /// + 10000, or any free port when that one is taken.
     #[arg(long = "data-port")]
@@ -121,6 +127,8 @@ pub struct Config {
     pub ssd_promote: bool,
     /// Stage blocks a match finds on SSD near reclaim into DRAM. Default: true.
     pub ssd_stage_on_match: bool,
+    /// Checksum every DRAM block. Default: true.
+    pub dram_checksums: bool,
     /// Data plane TCP port; `None` is the RESP port + 10000 (any free port
     /// when taken), 0 any free port.
     pub data_port: Option<u16>,
@@ -152,6 +160,7 @@ impl Default for Config {
             ssd_segment_size: ByteSize::mib(64),
             ssd_promote: true,
             ssd_stage_on_match: true,
+            dram_checksums: true,
             data_port: None,
             shm: true,
             shm_socket: None,
@@ -194,6 +203,7 @@ impl Config {
             ssd_segment_size,
             ssd_promote,
             ssd_stage_on_match,
+            dram_checksums,
             shm,
             reserve_timeout,
             eviction
@@ -259,6 +269,7 @@ impl Config {
             low_watermark: self.low_watermark,
             eviction: tidepool_tiering::Eviction::parse(&self.eviction)
                 .unwrap_or(tidepool_tiering::Eviction::Lru),
+            dram_checksums: self.dram_checksums,
         }
     }
 

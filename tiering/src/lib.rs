@@ -26,6 +26,6 @@ pub use error::StoreError;
 pub use event::{Event, EventKind, EventSink};
 pub use store::{
     charge_of, Eviction, Fetch, MatchResult, PutOptions, SsdSettings, SsdStats, Store, StoreConfig,
-    StoreStats, TierStats, ValueAlloc, VALUE_ALLOC_MIN,
+    StoreStats, TierStats, ValueAlloc, Verified, VALUE_ALLOC_MIN,
 };
 pub use tier::{Load, Reclaimed, Slot, Tier, TierError, TierKind};

@@ -92,6 +92,12 @@ pub struct StoreConfig {
     pub low_watermark: f64,
     /// How DRAM picks its victims. Default: [`Eviction::Lru`].
     pub eviction: Eviction,
+    /// Checksum every block stored in DRAM (XXH3-64, kept for
+    /// [`Store::verify`]). Without, a DRAM block carries a checksum only when
+    /// the caller brought one ([`PutOptions::checksum`]: the tcp data plane
+    /// hashes blocks as they arrive); blocks on SSD always carry their
+    /// records' own. Default: true.
+    pub dram_checksums: bool,
 }
 
 /// DRAM eviction policies. Both keep chains prefix-closed (a block with a
@@ -132,6 +138,7 @@ impl Default for StoreConfig {
             high_watermark: 0.95,
             low_watermark: 0.90,
             eviction: Eviction::Lru,
+            dram_checksums: true,
         }
     }
 }
@@ -177,6 +184,29 @@ pub struct PutOptions {
     /// plane hashes blocks as they arrive, while the bytes are in cache). The
     /// store trusts it (and checks it in debug builds).
     pub checksum: Option<u64>,
+}
+
+/// What [`Store::verify`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verified {
+    /// The bytes match their checksum.
+    Intact,
+    /// They do not: the block was dropped.
+    Corrupt,
+    /// A DRAM block stored without a checksum
+    /// ([`StoreConfig::dram_checksums`] off): nothing to check against.
+    Unchecked,
+}
+
+impl Verified {
+    /// The word `KV.VERIFY` answers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verified::Intact => "ok",
+            Verified::Corrupt => "corrupt",
+            Verified::Unchecked => "unchecked",
+        }
+    }
 }
 
 /// Result of a prefix match.
@@ -304,7 +334,9 @@ impl StoreStats {
 struct Entry {
     slot: Slot,
     len: u64,
+    /// The bytes' XXH3-64, when `checked`.
     checksum: u64,
+    checked: bool,
     parent: Option<Key>,
     children: Vec<Key>,
     /// Recency: the clock value of the last access.
@@ -486,6 +518,8 @@ pub struct Store {
     value_alloc: std::sync::OnceLock<ValueAlloc>,
     /// The eviction policy.
     eviction: Eviction,
+    /// Checksum every DRAM block ([`StoreConfig::dram_checksums`]).
+    dram_checksums: bool,
     /// DRAM bytes in the probation segment (every DRAM block under `lru`).
     probation: AtomicU64,
     /// `adaptive`: the probation share in force, as `f64` bits.
@@ -663,6 +697,7 @@ impl Store {
             ssd: std::sync::OnceLock::new(),
             value_alloc: std::sync::OnceLock::new(),
             eviction: config.eviction,
+            dram_checksums: config.dram_checksums,
             probation: AtomicU64::new(0),
             share: AtomicU64::new(crate::policy::CANDIDATES[0].to_bits()),
             ghosts: Mutex::new(crate::policy::Ghosts::default()),
@@ -796,6 +831,7 @@ impl Store {
                 slot,
                 len: r.value_len,
                 checksum: 0,
+                checked: false,
                 parent: r.parent.clone(),
                 children: Vec::new(),
                 stamp,
@@ -1013,7 +1049,7 @@ impl Store {
             dram_capacity: 0,
             high_watermark: high,
             low_watermark: low,
-            eviction: Eviction::Lru,
+            ..StoreConfig::default()
         }
         .validate()?;
         self.watermarks[0].store(high.to_bits(), Relaxed);
@@ -1080,8 +1116,15 @@ impl Store {
         } else {
             charge
         };
-        let checksum = opts.checksum.unwrap_or_else(|| xxh3_64(&value));
-        debug_assert_eq!(checksum, xxh3_64(&value), "a wrong precomputed checksum");
+        let checksum = match opts.checksum {
+            Some(sum) => Some(sum),
+            None if to_ssd || self.dram_checksums => Some(xxh3_64(&value)),
+            None => None,
+        };
+        debug_assert!(
+            opts.checksum.is_none_or(|sum| sum == xxh3_64(&value)),
+            "a wrong precomputed checksum"
+        );
         let len = value.len() as u64;
         let mut reserved = charge;
         let mut held_old = false;
@@ -1186,7 +1229,8 @@ impl Store {
                     let old_slot = std::mem::replace(&mut e.slot, slot);
                     let old_parent = std::mem::replace(&mut e.parent, opts.parent.clone());
                     let old_tier = std::mem::replace(&mut e.tier, tier);
-                    e.checksum = checksum;
+                    e.checksum = checksum.unwrap_or(0);
+                    e.checked = checksum.is_some();
                     e.stamp = stamp;
                     e.written = stamp;
                     // Our hold is over (the entry may be another version by
@@ -1225,7 +1269,8 @@ impl Store {
                     let expires_at = opts.ttl_ms.map(|ms| now.saturating_add(ms));
                     let entry = Entry {
                         len,
-                        checksum,
+                        checksum: checksum.unwrap_or(0),
+                        checked: checksum.is_some(),
                         parent: opts.parent.clone(),
                         children: Vec::new(),
                         stamp,
@@ -1739,7 +1784,7 @@ impl Store {
             self.dram_counters.used.fetch_sub(charge, Relaxed);
             return;
         }
-        let checksum = xxh3_64(value);
+        let checksum = self.dram_checksums.then(|| xxh3_64(value));
         let promoted = {
             let mut shard = self.shard(key);
             let stamp = self.tick_clock();
@@ -1750,7 +1795,8 @@ impl Store {
                 {
                     e.slot = Slot::Memory(value.clone());
                     e.tier = TierKind::Dram;
-                    e.checksum = checksum;
+                    e.checksum = checksum.unwrap_or(0);
+                    e.checked = checksum.is_some();
                     e.stamp = stamp;
                     if !e.main {
                         self.probation.fetch_add(charge, Relaxed);
@@ -1780,22 +1826,29 @@ impl Store {
         }
     }
 
-    /// Reads a block and checks it against its checksum. `Some(false)` means it
-    /// is corrupt (and was dropped).
-    pub fn verify(&self, key: &[u8]) -> Option<bool> {
-        let (slot, sum) = self.read_entry(key, false, |e| (e.slot.clone(), e.checksum))?;
+    /// Reads a block and checks it against its checksum; a corrupt block is
+    /// dropped (with the blocks chained under it). `None`: no such block.
+    pub fn verify(&self, key: &[u8]) -> Option<Verified> {
+        let (slot, sum) = self.read_entry(key, false, |e| {
+            (e.slot.clone(), e.checked.then_some(e.checksum))
+        })?;
         let ok = match (&slot, self.ssd.get()) {
             // The SSD tier checks its own record checksums on every read.
             (Slot::Extent { .. }, Some(ssd)) => matches!(ssd.tier.load(key, &slot), Load::Hit(_)),
-            _ => match self.dram.load(key, &slot) {
-                Load::Hit(b) => xxh3_64(&b) == sum,
-                Load::Miss => false,
+            _ => match (self.dram.load(key, &slot), sum) {
+                (Load::Hit(_), None) => return Some(Verified::Unchecked),
+                (Load::Hit(b), Some(sum)) => xxh3_64(&b) == sum,
+                (Load::Miss, _) => false,
             },
         };
         if !ok {
             self.remove_tree(key, EventKind::Deleted);
         }
-        Some(ok)
+        Some(if ok {
+            Verified::Intact
+        } else {
+            Verified::Corrupt
+        })
     }
 
     /// The tier of a stored block, without touching its recency.

@@ -125,6 +125,14 @@ pub fn execute(
         } => kv::hash(&seed, block_tokens, &tokens),
         C::KvExists(keys) => kv::exists(shared, &keys),
         C::KvDel(keys) => Reply::Int(shared.store.delete(keys.iter().map(|k| &k[..])) as i64),
+        C::KvVerify(keys) => Reply::Array(
+            keys.iter()
+                .map(|k| match shared.store.verify(k) {
+                    Some(v) => Reply::Simple(v.as_str().into()),
+                    None => Reply::Null,
+                })
+                .collect(),
+        ),
         C::KvPin(keys) => {
             Reply::Int(shared.store.set_pinned(keys.iter().map(|k| &k[..]), true) as i64)
         }

@@ -32,6 +32,7 @@ fn fixture(capacity: u64) -> Fixture {
             high_watermark: 1.0,
             low_watermark: 1.0,
             eviction: Eviction::Lru,
+            dram_checksums: true,
         },
         Some(events.clone() as Arc<dyn EventSink>),
         Arc::new(move || t.load(Relaxed)),
@@ -359,15 +360,44 @@ fn scan_visits_every_key_once() {
 fn checksum_detects_corruption_on_demand() {
     let f = fixture(1 << 20);
     put(&f.store, "a", "hello", None).unwrap();
-    assert_eq!(f.store.verify(b"a"), Some(true));
+    assert_eq!(f.store.verify(b"a"), Some(Verified::Intact));
+    assert_eq!(f.store.verify(b"nope"), None);
     // Corrupt the stored checksum to simulate a bad copy.
     f.store.shard(b"a").map.get_mut(&b"a"[..]).unwrap().checksum ^= 1;
-    assert_eq!(f.store.verify(b"a"), Some(false));
+    assert_eq!(f.store.verify(b"a"), Some(Verified::Corrupt));
     assert_eq!(
         f.store.get(b"a"),
         None,
         "a corrupt block is dropped, never served"
     );
+}
+
+#[test]
+fn without_dram_checksums_only_blocks_that_brought_one_are_checked() {
+    let store = Store::new(StoreConfig {
+        dram_checksums: false,
+        ..StoreConfig::default()
+    });
+    let value = Bytes::from_static(b"hello");
+    store
+        .put(
+            Bytes::from_static(b"a"),
+            value.clone(),
+            PutOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(store.verify(b"a"), Some(Verified::Unchecked));
+    assert_eq!(store.get(b"a"), Some(value.clone()), "still served");
+    // A checksum taken on arrival (the tcp data plane) is kept and checked.
+    let opts = PutOptions {
+        checksum: Some(xxh3_64(&value)),
+        ..PutOptions::default()
+    };
+    store.put(Bytes::from_static(b"b"), value, opts).unwrap();
+    assert_eq!(store.verify(b"b"), Some(Verified::Intact));
+    store.shard(b"b").map.get_mut(&b"b"[..]).unwrap().checksum ^= 1;
+    assert_eq!(store.verify(b"b"), Some(Verified::Corrupt));
+    assert_eq!(store.get(b"b"), None);
 }
 
 #[test]
@@ -711,6 +741,7 @@ mod with_ssd {
             high_watermark: 1.0,
             low_watermark: 1.0,
             eviction: Eviction::Lru,
+            dram_checksums: true,
         }));
         let opened =
             SsdTier::open(&log_config(dir, segments, segment), EngineChoice::Auto).unwrap();
@@ -870,6 +901,7 @@ mod with_ssd {
             high_watermark: 1.0,
             low_watermark: 1.0,
             eviction: Eviction::Adaptive,
+            dram_checksums: true,
         }));
         let opened = SsdTier::open(&log_config(&dir, 8, 1 << 20), EngineChoice::Auto).unwrap();
         let tier = Arc::new(opened.tier);
@@ -1187,6 +1219,7 @@ mod ssd_random {
             high_watermark: 1.0,
             low_watermark: 1.0,
             eviction: Eviction::Lru,
+            dram_checksums: true,
         }));
         let config = LogConfig {
             path: dir.to_path_buf(),
@@ -1308,6 +1341,7 @@ fn adaptive_store_matches_its_model_request_by_request() {
             high_watermark: 1.0,
             low_watermark: 1.0,
             eviction: Eviction::Adaptive,
+            dram_checksums: true,
         },
         None,
         Arc::new(|| 1_000_000),
