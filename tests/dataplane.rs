@@ -616,3 +616,63 @@ fn kv_verify_catches_a_stray_shm_write_and_says_what_it_cannot_check() {
         assert_eq!(verify(&["viatcp"]), "ok\n");
     }
 }
+
+#[test]
+fn a_get_in_many_groups_gives_every_lease_back_even_when_it_fails() {
+    let s = Server::start(&["--dram", "256MiB"]);
+    let rt = rt();
+    rt.block_on(async {
+        for choice in [PlaneChoice::Shm, PlaneChoice::Tcp] {
+            let c = tidepool_client::Client::connect_with(
+                &addr(&s),
+                ClientOptions {
+                    plane: choice,
+                    ..ClientOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+            // 150 blocks of 64 KiB (over shm a get moves them in groups of
+            // 64 keys), every fifth one missing.
+            let (len, n) = (64 << 10, 150);
+            let keys: Vec<Bytes> = (0..n)
+                .map(|i| Bytes::from(format!("{choice:?}-{i}")))
+                .collect();
+            let stored: Vec<(Bytes, Bytes)> = (0..n)
+                .filter(|i| i % 5 != 0)
+                .map(|i| (keys[i].clone(), block(i, len)))
+                .collect();
+            assert!(c
+                .put_many(&stored, false, None)
+                .await
+                .unwrap()
+                .iter()
+                .all(|r| r.is_ok()));
+            let mut storage = vec![vec![0u8; len]; n];
+            let mut bufs: Vec<&mut [u8]> = storage.iter_mut().map(|v| &mut v[..]).collect();
+            let got = c.get_many_into(&keys, &mut bufs).await.unwrap();
+            for (i, g) in got.iter().enumerate() {
+                assert_eq!(*g, (i % 5 != 0).then_some(len), "{choice:?} {i}");
+                if i % 5 != 0 {
+                    assert_eq!(&storage[i][..], &block(i, len)[..], "{choice:?} {i}");
+                }
+            }
+            assert_eq!(s.info_u64("kv_leases"), 0, "every group's lease given back");
+            // A buffer too small in a middle group: an error, and still no
+            // lease kept.
+            storage[101] = vec![0u8; 100];
+            let mut bufs: Vec<&mut [u8]> = storage.iter_mut().map(|v| &mut v[..]).collect();
+            let e = c.get_many_into(&keys, &mut bufs).await.unwrap_err();
+            assert!(e.to_string().contains("its buffer 100"), "{e}");
+            assert_eq!(
+                s.info_u64("kv_leases"),
+                0,
+                "{choice:?}: leases after a failure"
+            );
+            // The client goes on working.
+            storage[101] = vec![0u8; len];
+            let mut bufs: Vec<&mut [u8]> = storage.iter_mut().map(|v| &mut v[..]).collect();
+            assert_eq!(c.get_many_into(&keys, &mut bufs).await.unwrap(), got);
+        }
+    });
+}
