@@ -88,6 +88,21 @@ fn dataplane(con: &mut redis::Connection) -> (u16, String, u64) {
     (port, sock, id)
 }
 
+/// tidepool-client connected to `s`, moving blocks over `plane`.
+async fn client_via(
+    s: &Server,
+    plane: PlaneChoice,
+) -> Result<tidepool_client::Client, tidepool_client::ClientError> {
+    tidepool_client::Client::connect_with(
+        &addr(s),
+        ClientOptions {
+            plane,
+            ..ClientOptions::default()
+        },
+    )
+    .await
+}
+
 fn exists(con: &mut redis::Connection, key: &str) -> i64 {
     redis::cmd("EXISTS").arg(key).query(con).unwrap()
 }
@@ -373,15 +388,7 @@ fn the_client_moves_blocks_over_each_plane() {
             (PlaneChoice::Tcp, Some("tcp")),
             (PlaneChoice::Inline, None),
         ] {
-            let c = tidepool_client::Client::connect_with(
-                &addr(&s),
-                ClientOptions {
-                    plane: choice,
-                    ..ClientOptions::default()
-                },
-            )
-            .await
-            .unwrap();
+            let c = client_via(&s, choice).await.unwrap();
             assert_eq!(c.data_plane(), want, "{choice:?}");
             let tag = format!("{choice:?}");
             let sizes = [64 << 10, 1 << 20, (4 << 20) + 123];
@@ -419,15 +426,7 @@ fn the_client_moves_blocks_over_each_plane() {
             assert!(again.iter().all(|r| r.is_ok()));
         }
         // A chain whose parent is missing is refused per block.
-        let c = tidepool_client::Client::connect_with(
-            &addr(&s),
-            ClientOptions {
-                plane: PlaneChoice::Tcp,
-                ..ClientOptions::default()
-            },
-        )
-        .await
-        .unwrap();
+        let c = client_via(&s, PlaneChoice::Tcp).await.unwrap();
         let orphan = [(Bytes::from("orphan"), block(1, 70_000))];
         let r = c
             .put_many(&orphan, true, Some(Bytes::from("no-such-parent")))
@@ -435,15 +434,7 @@ fn the_client_moves_blocks_over_each_plane() {
             .unwrap();
         assert_eq!(r[0].as_ref().unwrap_err().code(), Some("NOPARENT"));
         // RDMA is not there: a clear error.
-        let e = tidepool_client::Client::connect_with(
-            &addr(&s),
-            ClientOptions {
-                plane: PlaneChoice::Rdma,
-                ..ClientOptions::default()
-            },
-        )
-        .await
-        .unwrap_err();
+        let e = client_via(&s, PlaneChoice::Rdma).await.unwrap_err();
         assert!(e.to_string().contains("rdma"), "{e}");
     });
     let mut con = s.redis();
@@ -623,15 +614,7 @@ fn a_get_in_many_groups_gives_every_lease_back_even_when_it_fails() {
     let rt = rt();
     rt.block_on(async {
         for choice in [PlaneChoice::Shm, PlaneChoice::Tcp] {
-            let c = tidepool_client::Client::connect_with(
-                &addr(&s),
-                ClientOptions {
-                    plane: choice,
-                    ..ClientOptions::default()
-                },
-            )
-            .await
-            .unwrap();
+            let c = client_via(&s, choice).await.unwrap();
             // 150 blocks of 64 KiB (over shm a get moves them in groups of
             // 64 keys), every fifth one missing.
             let (len, n) = (64 << 10, 150);
