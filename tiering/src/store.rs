@@ -334,7 +334,8 @@ impl StoreStats {
 struct Entry {
     slot: Slot,
     len: u64,
-    /// The bytes' XXH3-64, when `checked`.
+    /// The bytes' XXH3-64, when `checked` (a flag beside the entry's other
+    /// flags keeps it at 200 bytes; an `Option<u64>` would add 8).
     checksum: u64,
     checked: bool,
     parent: Option<Key>,

@@ -206,7 +206,6 @@ async fn serve_conn(mut s: TcpStream, r: Arc<dyn Resolver>) -> std::io::Result<(
                 AHEAD
             };
             let buf = ahead.spare(want);
-            // `buf` borrows `ahead`; its length is read before the call.
             let n = read_some(&mut s, buf, &mut owed).await?;
             if n == 0 {
                 owed.flush(&mut s).await?;
