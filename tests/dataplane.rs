@@ -608,6 +608,106 @@ fn kv_verify_catches_a_stray_shm_write_and_says_what_it_cannot_check() {
     }
 }
 
+/// KV.COMMIT of one token with a checksum.
+fn commit_summed(
+    con: &mut redis::Connection,
+    d: &Descriptor,
+    sum: u64,
+) -> redis::RedisResult<String> {
+    redis::cmd("KV.COMMIT")
+        .arg(d.token)
+        .arg("CHECKSUMS")
+        .arg(sum.to_string())
+        .query(con)
+}
+
+#[test]
+fn commit_checksums_are_checked_over_tcp_and_kept_from_shm_clients() {
+    // The server hashes no DRAM block of its own accord: every "ok" below
+    // is a checksum the client gave (or, over tcp, one checked against it).
+    let s = Server::start(&["--dram", "64MiB", "--dram-checksums", "false"]);
+    let mut con = s.redis();
+    let (port, sock, id) = dataplane(&mut con);
+    let data = block(5, 300 << 10);
+    let sum = xxhash_rust::xxh3::xxh3_64(&data);
+    let verify = |key: &str| s.cli_text(&["KV.VERIFY", key]);
+    let rt = rt();
+    let tcp = rt
+        .block_on(TcpPlane::connect(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            TcpOptions::default(),
+        ))
+        .unwrap();
+
+    // Over tcp, bytes that do not match the client's checksum are refused
+    // and the reservation dropped.
+    let d = reserve_via(&mut con, "bad", data.len(), "tcp");
+    rt.block_on(tcp.write(&[(d, &data[..])])).unwrap();
+    let err = commit_summed(&mut con, &d, sum ^ 1).unwrap_err();
+    assert_eq!(err.code(), Some("CORRUPT"), "{err}");
+    assert_eq!(exists(&mut con, "bad"), 0);
+    let err = commit_summed(&mut con, &d, sum).unwrap_err();
+    assert_eq!(err.code(), Some("NORESERVATION"), "{err}");
+    assert_eq!(s.info_u64("data_corrupt"), 1);
+    // The right checksum commits.
+    let d = reserve_via(&mut con, "good", data.len(), "tcp");
+    rt.block_on(tcp.write(&[(d, &data[..])])).unwrap();
+    assert_eq!(commit_summed(&mut con, &d, sum).unwrap(), "OK");
+    assert_eq!(verify("good"), "ok\n");
+
+    // As many checksums as tokens, or nothing is committed.
+    let d1 = reserve_via(&mut con, "one", data.len(), "shm");
+    let d2 = reserve_via(&mut con, "two", data.len(), "shm");
+    let shm = ShmPlane::connect(sock.as_ref(), id).unwrap();
+    let s1 = shm.write_one_checksummed(&d1, &data).unwrap();
+    let s2 = shm.write_one_checksummed(&d2, &data).unwrap();
+    assert_eq!((s1, s2), (sum, sum));
+    let err = redis::cmd("KV.COMMIT")
+        .arg(d1.token)
+        .arg(d2.token)
+        .arg("CHECKSUMS")
+        .arg(s1.to_string())
+        .query::<Value>(&mut con)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("1 checksums for 2 tokens"),
+        "{err}"
+    );
+    assert_eq!(exists(&mut con, "one"), 0);
+    // Over shm the client's checksum is kept as given.
+    let ok: Vec<String> = redis::cmd("KV.COMMIT")
+        .arg(d1.token)
+        .arg(d2.token)
+        .arg("CHECKSUMS")
+        .arg(s1.to_string())
+        .arg((s2 ^ 1).to_string())
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(ok, ["OK", "OK"]);
+    assert_eq!(verify("one"), "ok\n");
+    // A wrong one makes the block corrupt: dropped when checked.
+    assert_eq!(verify("two"), "corrupt\n");
+    assert_eq!(exists(&mut con, "two"), 0);
+    // So does a stray write after the commit.
+    shm.write_one(&d1, &vec![0u8; data.len()]).unwrap();
+    assert_eq!(verify("one"), "corrupt\n");
+
+    // tidepool-client over shm sends the checksums its copy computed.
+    rt.block_on(async {
+        let c = client_via(&s, PlaneChoice::Shm).await.unwrap();
+        assert_eq!(c.data_plane(), Some("shm"));
+        let blocks: Vec<(Bytes, Bytes)> = (0..6)
+            .map(|i| (Bytes::from(format!("c{i}")), block(i, (200 << 10) + i * 77)))
+            .collect();
+        for r in c.put_many(&blocks, false, None).await.unwrap() {
+            r.unwrap();
+        }
+    });
+    for i in 0..6 {
+        assert_eq!(verify(&format!("c{i}")), "ok\n", "c{i}");
+    }
+}
+
 #[test]
 fn a_get_in_many_groups_gives_every_lease_back_even_when_it_fails() {
     let s = Server::start(&["--dram", "256MiB"]);

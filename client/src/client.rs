@@ -377,9 +377,17 @@ impl Client {
                 }
                 Ok::<_, ClientError>(out)
             };
-        let commit_cmd = |w: &[(usize, Descriptor)]| {
-            let mut cmd = vec![b("KV.COMMIT")];
+        // A group to commit: (block index, descriptor) and, over shm, the
+        // checksums the copy computed.
+        type Written = (Vec<(usize, Descriptor)>, Option<Vec<u64>>);
+        let commit_cmd = |(w, sums): &Written| {
+            let mut cmd = Vec::with_capacity(2 * w.len() + 2);
+            cmd.push(b("KV.COMMIT"));
             cmd.extend(w.iter().map(|(_, d)| num(d.token)));
+            if let Some(sums) = sums {
+                cmd.push(b("CHECKSUMS"));
+                cmd.extend(sums.iter().map(num));
+            }
             cmd
         };
         // One connection carries the whole exchange, replies read one step
@@ -424,15 +432,15 @@ impl Client {
             &mut results,
         )
         .inspect_err(|_| conn.broken = true)?;
-        let mut prev: Vec<(usize, Descriptor)> = Vec::new();
+        let mut prev: Written = (Vec::new(), None);
         let mut failed = None;
         for gi in 0..n {
             let cur = reserved[gi].take().unwrap_or_default();
             let mut cmds = Vec::new();
             let mut now_owed = Vec::new();
-            if !prev.is_empty() {
+            if !prev.0.is_empty() {
                 cmds.push(commit_cmd(&prev));
-                now_owed.push(Owed::Commit(std::mem::take(&mut prev)));
+                now_owed.push(Owed::Commit(std::mem::take(&mut prev).0));
             }
             if gi + 2 < n {
                 cmds.push(reserve_cmd(&groups[gi + 2]));
@@ -455,11 +463,13 @@ impl Client {
             )
             .inspect_err(|_| conn.broken = true)?;
             owed = now_owed;
-            if let Err(e) = moved {
-                failed = Some((e, cur));
-                break;
+            match moved {
+                Ok(sums) => prev = (cur, sums),
+                Err(e) => {
+                    failed = Some((e, cur));
+                    break;
+                }
             }
-            prev = cur;
         }
         let frames = conn.recv(owed.len()).await?;
         // Replies out of step: the connection is not reused as is.
@@ -481,13 +491,13 @@ impl Client {
             let _ = conn.pipeline(&[abort]).await;
             return Err(e.into());
         }
-        if !prev.is_empty() {
+        if !prev.0.is_empty() {
             let reply = conn.pipeline(&[commit_cmd(&prev)]).await?;
             let f = reply
                 .into_iter()
                 .next()
                 .ok_or_else(|| ClientError::Unexpected("no commit reply".into()))?;
-            record_commits(&prev, f, &mut results)?;
+            record_commits(&prev.0, f, &mut results)?;
         }
         Ok(results
             .into_iter()

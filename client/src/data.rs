@@ -76,12 +76,23 @@ impl Plane {
         }
     }
 
-    pub(crate) async fn write(&self, blocks: &[(Descriptor, &[u8])]) -> Result<(), TransportError> {
+    /// Writes the blocks; over shm, also returns each block's checksum,
+    /// computed in the copy (for `KV.COMMIT ... CHECKSUMS`: the server then
+    /// need not read the block again). Over tcp the server hashes the bytes
+    /// as they arrive.
+    pub(crate) async fn write(
+        &self,
+        blocks: &[(Descriptor, &[u8])],
+    ) -> Result<Option<Vec<u64>>, TransportError> {
         match self {
-            Plane::Tcp(p) => p.write(blocks).await,
-            Plane::Shm(p) => p.write(blocks).await,
+            Plane::Tcp(p) => p.write(blocks).await.map(|()| None),
+            Plane::Shm(p) => blocks
+                .iter()
+                .map(|(d, b)| p.write_one_checksummed(d, b))
+                .collect::<Result<Vec<u64>, _>>()
+                .map(Some),
             #[cfg(feature = "rdma")]
-            Plane::Rdma(p) => p.write(blocks).await,
+            Plane::Rdma(p) => p.write(blocks).await.map(|()| None),
         }
     }
 

@@ -236,7 +236,12 @@ pub enum Command {
         blocks: Vec<(Bytes, u64)>,
         opts: ReserveOpts,
     },
-    KvCommit(Vec<u64>),
+    /// KV.COMMIT: tokens, and the client's checksum of each block when it
+    /// gave them (`CHECKSUMS`, one per token, in the same order).
+    KvCommit {
+        tokens: Vec<u64>,
+        checksums: Option<Vec<u64>>,
+    },
     KvAbort(Vec<u64>),
     KvLocate {
         keys: Vec<Bytes>,
@@ -327,6 +332,41 @@ fn parse_tokens_list(a: &[Bytes]) -> Result<Vec<u64>, CommandError> {
     a.iter()
         .map(|b| parse_u64(b).map_err(|_| CommandError::err("invalid token")))
         .collect()
+}
+
+/// `token [token ...] [CHECKSUMS sum [sum ...]]`: as many sums as tokens.
+fn parse_commit(a: &[Bytes]) -> Result<Command, CommandError> {
+    let Some(at) = a.iter().position(|x| eq(x, "CHECKSUMS")) else {
+        return Ok(Command::KvCommit {
+            tokens: parse_tokens_list(a)?,
+            checksums: None,
+        });
+    };
+    let tokens = parse_tokens_list(&a[..at])?;
+    let sums = a[at + 1..]
+        .iter()
+        .map(|b| parse_checksum(b).ok_or_else(|| CommandError::err("invalid checksum")))
+        .collect::<Result<Vec<u64>, _>>()?;
+    if tokens.is_empty() || sums.len() != tokens.len() {
+        return Err(CommandError::err(format!(
+            "{} checksums for {} tokens (CHECKSUMS gives one per token)",
+            sums.len(),
+            tokens.len()
+        )));
+    }
+    Ok(Command::KvCommit {
+        tokens,
+        checksums: Some(sums),
+    })
+}
+
+/// A block checksum: a decimal 64-bit unsigned integer (the whole range, so
+/// not through `parse_u64`, which stops at Redis's signed limit).
+fn parse_checksum(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(b).ok()?.parse().ok()
 }
 
 fn pairs(args: &[Bytes]) -> Vec<(Bytes, Bytes)> {
@@ -679,7 +719,7 @@ impl Command {
                 let (blocks, opts) = parse_reserve(a)?;
                 Command::KvReserve { blocks, opts }
             }
-            "kv.commit" => Command::KvCommit(parse_tokens_list(a)?),
+            "kv.commit" => parse_commit(a)?,
             "kv.abort" => Command::KvAbort(parse_tokens_list(a)?),
             "kv.locate" => {
                 let (n, rest) = parse_numkeys(a, 1)?;
@@ -1205,7 +1245,44 @@ mod tests {
         );
         assert_eq!(
             parse(&["KV.COMMIT", "3", "4"]).unwrap(),
-            Command::KvCommit(vec![3, 4])
+            Command::KvCommit {
+                tokens: vec![3, 4],
+                checksums: None
+            }
+        );
+        assert_eq!(
+            parse(&[
+                "KV.COMMIT",
+                "3",
+                "4",
+                "checksums",
+                "18446744073709551615",
+                "0"
+            ])
+            .unwrap(),
+            Command::KvCommit {
+                tokens: vec![3, 4],
+                checksums: Some(vec![u64::MAX, 0])
+            }
+        );
+        assert_eq!(
+            err(&["KV.COMMIT", "3", "4", "CHECKSUMS", "1"]),
+            "ERR 1 checksums for 2 tokens (CHECKSUMS gives one per token)"
+        );
+        assert_eq!(
+            err(&["KV.COMMIT", "CHECKSUMS", "1"]),
+            "ERR 1 checksums for 0 tokens (CHECKSUMS gives one per token)"
+        );
+        for bad in ["-1", "+1", "18446744073709551616", "0x10", ""] {
+            assert_eq!(
+                err(&["KV.COMMIT", "3", "CHECKSUMS", bad]),
+                "ERR invalid checksum",
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            err(&["KV.COMMIT", "3", "CHECKSUMS"]),
+            "ERR 0 checksums for 1 tokens (CHECKSUMS gives one per token)"
         );
         assert_eq!(err(&["KV.ABORT", "x"]), "ERR invalid token");
         assert_eq!(

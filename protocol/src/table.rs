@@ -121,7 +121,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     spec!("kv.unpin", -2, ["write", "fast"], 1, -1, 1, "kvcache", "0.1.0", "Unpins blocks."),
     spec!("kv.release", 2, ["write", "fast"], 0, 0, 0, "kvcache", "0.1.0", "Releases a lease taken by KV.MATCH ... LEASE or KV.LOCATE."),
     spec!("kv.reserve", -3, ["write", "denyoom", "movablekeys"], 0, 0, 0, "kvcache", "0.1.0", "Reserves blocks to be written over the data plane: KV.RESERVE key len [key len ...], or KV.RESERVE numblocks key len [key len ...] [VIA tcp|shm|rdma] [PARENT pkey] [CHAIN] [TTL ms]."),
-    spec!("kv.commit", -2, ["write", "fast"], 0, 0, 0, "kvcache", "0.1.0", "Makes reserved blocks visible once their bytes are written: KV.COMMIT token [token ...]."),
+    spec!("kv.commit", -2, ["write", "fast"], 0, 0, 0, "kvcache", "0.1.0", "Makes reserved blocks visible once their bytes are written: KV.COMMIT token [token ...] [CHECKSUMS sum [sum ...]]."),
     spec!("kv.abort", -2, ["write", "fast"], 0, 0, 0, "kvcache", "0.1.0", "Drops reservations: KV.ABORT token [token ...]."),
     spec!("kv.locate", -3, ["readonly", "movablekeys"], 0, 0, 0, "kvcache", "0.1.0", "Returns read descriptors of blocks under a lease: KV.LOCATE numkeys key [key ...] [LEASE ms] [VIA tcp|shm|rdma]."),
     spec!("kv.dataplane", 1, ["readonly", "fast"], 0, 0, 0, "kvcache", "0.1.0", "Describes the data plane: the tcp data port, the shm socket and arena, rdma."),

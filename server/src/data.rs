@@ -75,6 +75,9 @@ pub struct DataStats {
     pub committed_bytes: AtomicU64,
     /// Reservations aborted (KV.ABORT or the connection closing).
     pub aborted: AtomicU64,
+    /// Commits refused because the bytes that arrived over tcp did not match
+    /// the client's checksum (the reservation is dropped).
+    pub corrupt: AtomicU64,
     /// Reservations dropped after the timeout.
     pub expired: AtomicU64,
     /// Blocks located.
@@ -265,8 +268,14 @@ impl DataState {
 
     /// KV.COMMIT: stores each reserved block. One token answers OK or an
     /// error; several answer an array of those.
-    pub fn commit(&self, store: &Store, tokens: &[u64]) -> Reply {
-        let mut replies: Vec<Reply> = tokens.iter().map(|t| self.commit_one(store, *t)).collect();
+    /// KV.COMMIT: stores each reserved block; `checksums`, when given, are
+    /// the client's, one per token.
+    pub fn commit(&self, store: &Store, tokens: &[u64], checksums: Option<&[u64]>) -> Reply {
+        let mut replies: Vec<Reply> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| self.commit_one(store, *t, checksums.map(|c| c[i])))
+            .collect();
         if replies.len() == 1 {
             replies.pop().expect("one")
         } else {
@@ -274,8 +283,13 @@ impl DataState {
         }
     }
 
-    fn commit_one(&self, store: &Store, token: u64) -> Reply {
-        let (r, (region, checksum)) = {
+    /// Commits one reservation. The block's checksum is the one the server
+    /// computed as tcp bytes arrived in order, checked against the client's
+    /// when both exist; else the client's (a shm or rdma client copied the
+    /// bytes itself and hashed them on the way: taken at its word, as its
+    /// bytes are); else none, and the store hashes the block if it must.
+    fn commit_one(&self, store: &Store, token: u64, given: Option<u64>) -> Reply {
+        let (r, (region, arrived)) = {
             let mut map = self.reservations.lock();
             let Some(r) = map.get(&token) else {
                 return Reply::Error(CommandError::new(
@@ -297,6 +311,28 @@ impl DataState {
             (map.remove(&token).expect("looked up above"), region)
         };
         let len = region.len() as u64;
+        let value = region.into_bytes();
+        let checksum = match (arrived, given) {
+            (Some(arrived), Some(given)) if arrived != given => {
+                self.stats.corrupt.fetch_add(1, Relaxed);
+                return Reply::Error(CommandError::new(
+                    "CORRUPT",
+                    format!(
+                        "reservation {token}: the bytes that arrived do not match the \
+                         client's checksum; the reservation is dropped"
+                    ),
+                ));
+            }
+            (Some(arrived), _) => {
+                debug_assert_eq!(
+                    arrived,
+                    tidepool_checksum::checksum(&value),
+                    "the checksum hashed on arrival is wrong"
+                );
+                Some(arrived)
+            }
+            (None, given) => given,
+        };
         let opts = PutOptions {
             parent: r.parent.clone(),
             ttl_ms: r.ttl_ms,
@@ -304,7 +340,7 @@ impl DataState {
             checksum,
             ..PutOptions::default()
         };
-        match store.put(r.key.clone(), region.into_bytes(), opts) {
+        match store.put(r.key.clone(), value, opts) {
             Ok(_) => {
                 self.stats.committed.fetch_add(1, Relaxed);
                 self.stats.committed_bytes.fetch_add(len, Relaxed);

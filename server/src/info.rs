@@ -203,6 +203,7 @@ fn section(shared: &Shared, name: &str, o: &mut String) {
             line!("data_committed", s.committed.load(Relaxed));
             line!("data_committed_bytes", s.committed_bytes.load(Relaxed));
             line!("data_aborted", s.aborted.load(Relaxed));
+            line!("data_corrupt", s.corrupt.load(Relaxed));
             line!("data_expired", s.expired.load(Relaxed));
             line!("data_located", s.located.load(Relaxed));
             line!("data_located_copies", s.located_copies.load(Relaxed));

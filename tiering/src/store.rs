@@ -37,6 +37,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use hashbrown::hash_map::RawEntryMut;
 use parking_lot::Mutex;
+use tidepool_checksum::checksum;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::dram::DramTier;
@@ -95,7 +96,8 @@ pub struct StoreConfig {
     /// Checksum every block stored in DRAM (XXH3-64, kept for
     /// [`Store::verify`]). Without, a DRAM block carries a checksum only when
     /// the caller brought one ([`PutOptions::checksum`]: the tcp data plane
-    /// hashes blocks as they arrive); blocks on SSD always carry their
+    /// hashes blocks as they arrive, a shm client as it copies them); blocks
+    /// on SSD always carry their
     /// records' own. Default: true.
     pub dram_checksums: bool,
 }
@@ -180,9 +182,10 @@ pub struct PutOptions {
     /// copies the value into its own allocation: a view into a larger buffer
     /// (a connection's read buffer, a batch) would pin all of that buffer.
     pub value_exclusive: bool,
-    /// The value's XXH3-64, when the caller already computed it (the data
-    /// plane hashes blocks as they arrive, while the bytes are in cache). The
-    /// store trusts it (and checks it in debug builds).
+    /// The value's checksum ([`tidepool_checksum::checksum`]), when the
+    /// caller already has it: the tcp data plane hashes blocks as they
+    /// arrive, a shm client as it copies. The store takes it at its word: a
+    /// wrong one makes [`Store::verify`] find the block corrupt.
     pub checksum: Option<u64>,
 }
 
@@ -1119,13 +1122,9 @@ impl Store {
         };
         let checksum = match opts.checksum {
             Some(sum) => Some(sum),
-            None if to_ssd || self.dram_checksums => Some(xxh3_64(&value)),
+            None if to_ssd || self.dram_checksums => Some(checksum(&value)),
             None => None,
         };
-        debug_assert!(
-            opts.checksum.is_none_or(|sum| sum == xxh3_64(&value)),
-            "a wrong precomputed checksum"
-        );
         let len = value.len() as u64;
         let mut reserved = charge;
         let mut held_old = false;
@@ -1785,7 +1784,7 @@ impl Store {
             self.dram_counters.used.fetch_sub(charge, Relaxed);
             return;
         }
-        let checksum = self.dram_checksums.then(|| xxh3_64(value));
+        let checksum = self.dram_checksums.then(|| checksum(value));
         let promoted = {
             let mut shard = self.shard(key);
             let stamp = self.tick_clock();
@@ -1838,7 +1837,7 @@ impl Store {
             (Slot::Extent { .. }, Some(ssd)) => matches!(ssd.tier.load(key, &slot), Load::Hit(_)),
             _ => match (self.dram.load(key, &slot), sum) {
                 (Load::Hit(_), None) => return Some(Verified::Unchecked),
-                (Load::Hit(b), Some(sum)) => xxh3_64(&b) == sum,
+                (Load::Hit(b), Some(sum)) => checksum(&b) == sum,
                 (Load::Miss, _) => false,
             },
         };

@@ -202,6 +202,18 @@ impl ShmPlane {
         Ok(())
     }
 
+    /// Copies `buf` into the arena at `d` (synchronously) and returns its
+    /// checksum, computed on the way ([`tidepool_checksum`]): what
+    /// `KV.COMMIT ... CHECKSUMS` hands the server, so it need not read the
+    /// block again.
+    pub fn write_one_checksummed(&self, d: &Descriptor, buf: &[u8]) -> Result<u64, TransportError> {
+        check_lengths(Kind::Shm, std::iter::once((d, buf.len())))?;
+        let p = self.at(d)?;
+        // SAFETY: as in `write_one`; the client's buffer is not in the
+        // arena's reserved range, so the two do not overlap.
+        Ok(unsafe { tidepool_checksum::copy_checksummed_raw(buf, p) })
+    }
+
     /// Copies the block at `d` into `buf` (synchronously).
     pub fn read_one(&self, d: &Descriptor, buf: &mut [u8]) -> Result<(), TransportError> {
         check_lengths(Kind::Shm, std::iter::once((d, buf.len())))?;
@@ -270,6 +282,21 @@ mod tests {
         };
         plane.write(&[(d, b"hello")]).await.unwrap();
         assert_eq!(blk.as_ref(), b"hello");
+        // A block long enough for the vector path, with its checksum.
+        let long: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        let big = arena.alloc(long.len()).unwrap();
+        let bd = Descriptor {
+            offset: big.offset(),
+            len: long.len() as u64,
+            ..d
+        };
+        let sum = plane.write_one_checksummed(&bd, &long).unwrap();
+        assert_eq!(big.as_ref(), &long[..]);
+        assert_eq!(sum, xxhash_rust::xxh3::xxh3_64(&long));
+        assert!(matches!(
+            plane.write_one_checksummed(&bd, &long[1..]),
+            Err(TransportError::Length { .. })
+        ));
         let mut out = [0u8; 5];
         plane.read(&mut [(d, &mut out[..])]).await.unwrap();
         assert_eq!(&out, b"hello");

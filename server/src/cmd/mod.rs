@@ -150,7 +150,11 @@ pub fn execute(
             blocks,
             opts,
         ),
-        C::KvCommit(tokens) => shared.data.commit(&shared.store, &tokens),
+        C::KvCommit { tokens, checksums } => {
+            shared
+                .data
+                .commit(&shared.store, &tokens, checksums.as_deref())
+        }
         C::KvAbort(tokens) => shared.data.abort(&tokens),
         C::KvLocate {
             keys,
