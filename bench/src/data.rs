@@ -1,7 +1,8 @@
 //! `tidepool-bench data`: block put and get throughput over each way bytes can
 //! travel (inline RESP, the TCP data port, shared memory), with Redis SET/GET
-//! of the same blocks, `iperf3 -l 1M` on loopback and a plain memcpy measured
-//! in the same run as the ceilings.
+//! of the same blocks, `iperf3 -l 1M` on loopback, a plain memcpy and a copy
+//! with streaming stores (the one shm puts and gets use) measured in the same
+//! run as the ceilings.
 //!
 //! Each cell writes `total` bytes of blocks of one size in batches (one
 //! `put_many` / `get_many_into` call per batch, a pipeline of SET / GET for
@@ -135,6 +136,23 @@ fn memcpy_rate(blocks: &[(Bytes, Bytes)]) -> f64 {
     let mut off = 0;
     for (_, v) in blocks {
         dst[off..off + v.len()].copy_from_slice(v);
+        off += v.len();
+    }
+    let rate = gbs(total as u64, t.elapsed());
+    std::hint::black_box(&dst);
+    rate
+}
+
+/// The same copy with streaming (non-temporal) stores, as the shm plane
+/// makes it into the arena on puts and into the caller's buffers on gets:
+/// GB/s.
+fn streaming_rate(blocks: &[(Bytes, Bytes)]) -> f64 {
+    let total: usize = blocks.iter().map(|(_, v)| v.len()).sum();
+    let mut dst = vec![1u8; total];
+    let t = Instant::now();
+    let mut off = 0;
+    for (_, v) in blocks {
+        tidepool_checksum::copy_streaming(v, &mut dst[off..off + v.len()]);
         off += v.len();
     }
     let rate = gbs(total as u64, t.elapsed());
@@ -292,6 +310,7 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
     );
     let mut rows = Vec::new();
     let mut memcpy_rows = Vec::new();
+    let mut streaming_rows = Vec::new();
     let mut loopback_rows = Vec::new();
     let mut iperf_runs = Vec::new();
     for &size in &a.sizes {
@@ -312,7 +331,7 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
         for (way, c) in &clients {
             one_cell(c, *way, &blocks, per_batch, &mut bufs).await?;
         }
-        let (mut mc, mut lb) = (Vec::new(), Vec::new());
+        let (mut mc, mut st, mut lb) = (Vec::new(), Vec::new(), Vec::new());
         for run in 0..a.runs {
             for j in 0..clients.len() {
                 // Alternate the order between runs.
@@ -330,11 +349,13 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
             }
             if a.ceilings {
                 mc.push(memcpy_rate(&blocks));
+                st.push(streaming_rate(&blocks));
                 lb.push(loopback_rate(&blocks)?);
             }
         }
         if a.ceilings {
             memcpy_rows.push((size, median(mc)));
+            streaming_rows.push((size, median(st)));
             loopback_rows.push((size, median(lb)));
             // One iperf3 run after each size's cells: spread over the run,
             // as the machine's load changes.
@@ -380,6 +401,12 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
             size >> 10
         );
     }
+    for (size, rate) in &streaming_rows {
+        println!(
+            "| copy with streaming stores (as shm moves blocks), {} KiB blocks into a cold working set | {rate:.2} |",
+            size >> 10
+        );
+    }
     for (size, rate) in &loopback_rows {
         println!(
             "| plain TCP over loopback, {} KiB blocks from and into buffers of their own | {rate:.2} |",
@@ -406,6 +433,7 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
                 "block_bytes": s, "how": w.name(), "put_gbs": p, "get_gbs": g,
             })).collect::<Vec<_>>(),
             "memcpy": memcpy_rows.iter().map(|(s, r)| serde_json::json!({"block_bytes": s, "gbs": r})).collect::<Vec<_>>(),
+            "streaming_copy": streaming_rows.iter().map(|(s, r)| serde_json::json!({"block_bytes": s, "gbs": r})).collect::<Vec<_>>(),
             "loopback_tcp": loopback_rows.iter().map(|(s, r)| serde_json::json!({"block_bytes": s, "gbs": r})).collect::<Vec<_>>(),
             "iperf3_gbs": iperf.as_ref().ok().map(|r| median(r.clone())),
             "iperf3_runs_gbs": iperf.as_ref().ok(),

@@ -70,6 +70,39 @@ pub unsafe fn copy_checksummed_raw(src: &[u8], dst: *mut u8) -> u64 {
     unsafe { portable_copy_checksummed(src, dst) }
 }
 
+/// Copies `src` into `dst` (same length) with stores that bypass the cache
+/// where the CPU allows (AVX2; elsewhere a plain copy). For bulk copies into
+/// memory that will not be read from this core's cache soon: the lines are
+/// not fetched before being overwritten, which saves a third of the memory
+/// traffic of an ordinary copy into a cold destination.
+///
+/// # Panics
+/// When the lengths differ.
+pub fn copy_streaming(src: &[u8], dst: &mut [u8]) {
+    assert_eq!(src.len(), dst.len(), "copy_streaming: lengths differ");
+    // SAFETY: `dst` is writable for `src.len()` bytes and, being `&mut`,
+    // disjoint from `src`.
+    unsafe { copy_streaming_raw(src.as_ptr(), dst) }
+}
+
+/// [`copy_streaming`] from raw memory, such as a shared mapping.
+///
+/// # Safety
+/// `src` MUST be readable for `dst.len()` bytes and MUST NOT overlap `dst`.
+pub unsafe fn copy_streaming_raw(src: *const u8, dst: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if dst.len() >= STREAM_MIN && std::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present; `dst` is at least 4 KiB; the caller's
+        // guarantee for `src`.
+        return unsafe { avx2::stream_copy(src, dst.as_mut_ptr(), dst.len()) };
+    }
+    // SAFETY: the caller's guarantee.
+    unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) }
+}
+
+/// Below this a streamed copy is not worth its fence.
+const STREAM_MIN: usize = 4096;
+
 /// The path without AVX2: copy, then hash the source.
 ///
 /// # Safety
@@ -94,6 +127,34 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::long::{merge, INIT, LAST_AT, SCRAMBLE_AT, SECRET, STRIPE, STRIPES_PER_BLOCK};
+
+    /// Copies `len` bytes: ordinary stores up to the destination's first
+    /// 32-byte boundary and after the last whole 128 bytes, streamed
+    /// (non-temporal) ones between, then a store fence.
+    ///
+    /// # Safety
+    /// The CPU MUST have AVX2; `src` readable and `dst` writable for `len`
+    /// bytes, disjoint.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn stream_copy(src: *const u8, dst: *mut u8, len: usize) {
+        // SAFETY: every range below lies within the first `len` bytes of
+        // `src` and `dst` (the caller's guarantee covers them).
+        unsafe {
+            let head = dst.align_offset(32).min(len);
+            std::ptr::copy_nonoverlapping(src, dst, head);
+            let mut at = head;
+            while at + 128 <= len {
+                let (s, t) = (src.add(at), dst.add(at));
+                for k in 0..4 {
+                    let v = _mm256_loadu_si256(s.add(32 * k) as *const __m256i);
+                    _mm256_stream_si256(t.add(32 * k) as *mut __m256i, v);
+                }
+                at += 128;
+            }
+            std::ptr::copy_nonoverlapping(src.add(at), dst.add(at), len - at);
+            _mm_sfence();
+        }
+    }
 
     /// Hashes `len` bytes at `src`, and copies them to `dst` when given.
     ///
@@ -346,7 +407,17 @@ mod tests {
     /// stores (32-byte aligned only) and the ordinary ones.
     #[test]
     fn aligned_and_unaligned_destinations_copy_alike() {
-        for len in [241, 1000, 1024, 4096 + 17, 65536, 300_001] {
+        for len in [
+            241,
+            1000,
+            1024,
+            4095,
+            4096,
+            4096 + 17,
+            4096 + 127,
+            65536,
+            300_001,
+        ] {
             let src = bytes(len, 11 + len as u64);
             let want = xxh3_64(&src);
             let mut buf = vec![0u8; len + 128];
@@ -357,6 +428,14 @@ mod tests {
                 let dst = &mut buf[at..at + len];
                 assert_eq!(copy_checksummed(&src, dst), want, "len {len} offset {off}");
                 assert_eq!(dst, &src[..], "len {len} offset {off}");
+                assert!(buf[..at].iter().chain(&buf[at + len..]).all(|&b| b == 0x5A));
+                buf.fill(0x5A);
+                copy_streaming(&src, &mut buf[at..at + len]);
+                assert_eq!(
+                    &buf[at..at + len],
+                    &src[..],
+                    "streamed, len {len} offset {off}"
+                );
                 assert!(buf[..at].iter().chain(&buf[at + len..]).all(|&b| b == 0x5A));
             }
         }
@@ -378,6 +457,12 @@ mod tests {
         copy_checksummed(&[1, 2, 3], &mut [0; 2]);
     }
 
+    #[test]
+    #[should_panic(expected = "lengths differ")]
+    fn streamed_lengths_must_match() {
+        copy_streaming(&[1, 2, 3], &mut [0; 4]);
+    }
+
     proptest! {
         #[test]
         fn any_input_hashes_as_xxh3(src in proptest::collection::vec(any::<u8>(), 0..9000), off in 0usize..64) {
@@ -387,6 +472,9 @@ mod tests {
             prop_assert_eq!(copy_checksummed(src, &mut dst), xxh3_64(src));
             prop_assert_eq!(&dst[..], src);
             prop_assert_eq!(checksum(src), xxh3_64(src));
+            let mut streamed = vec![0u8; src.len()];
+            copy_streaming(src, &mut streamed);
+            prop_assert_eq!(&streamed[..], src);
         }
     }
 }

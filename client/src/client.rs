@@ -201,7 +201,7 @@ impl Client {
                 Err(e) if opts.plane != PlaneChoice::Auto => return Err(e),
                 Err(_) => ServerPlanes::default(),
             };
-            client.plane = data::choose(opts.plane, &planes, resp_addr, opts.tcp).await?;
+            client.plane = data::choose(&opts, &planes, resp_addr).await?;
         }
         Ok(client)
     }
