@@ -213,6 +213,21 @@ fn abort_timeout_and_disconnect_drop_reservations() {
         .query(&mut con)
         .unwrap();
     let (ta, tb) = (desc(&reply[0]).token, desc(&reply[1]).token);
+    // Another connection can neither abort nor commit them (a stray or
+    // stale token must not publish bytes still being written).
+    let mut stranger = s.redis();
+    let n: i64 = redis::cmd("KV.ABORT")
+        .arg(ta)
+        .arg(tb)
+        .query(&mut stranger)
+        .unwrap();
+    assert_eq!(n, 0);
+    let err = redis::cmd("KV.COMMIT")
+        .arg(ta)
+        .query::<Value>(&mut stranger)
+        .unwrap_err();
+    assert_eq!(err.code(), Some("NORESERVATION"), "{err}");
+    assert_eq!(s.info_u64("data_reservations_open"), 2);
     let n: i64 = redis::cmd("KV.ABORT")
         .arg(ta)
         .arg(ta)

@@ -269,12 +269,21 @@ impl DataState {
     /// KV.COMMIT: stores each reserved block. One token answers OK or an
     /// error; several answer an array of those.
     /// KV.COMMIT: stores each reserved block; `checksums`, when given, are
-    /// the client's, one per token.
-    pub fn commit(&self, store: &Store, tokens: &[u64], checksums: Option<&[u64]>) -> Reply {
+    /// the client's, one per token. Only the connection that reserved a
+    /// block (`owner`) commits it: another one's token is answered as
+    /// unknown, so a stray or stale token cannot publish bytes still being
+    /// written.
+    pub fn commit(
+        &self,
+        store: &Store,
+        owner: u64,
+        tokens: &[u64],
+        checksums: Option<&[u64]>,
+    ) -> Reply {
         let mut replies: Vec<Reply> = tokens
             .iter()
             .enumerate()
-            .map(|(i, t)| self.commit_one(store, *t, checksums.map(|c| c[i])))
+            .map(|(i, t)| self.commit_one(store, owner, *t, checksums.map(|c| c[i])))
             .collect();
         if replies.len() == 1 {
             replies.pop().expect("one")
@@ -288,13 +297,16 @@ impl DataState {
     /// when both exist; else the client's (a shm or rdma client copied the
     /// bytes itself and hashed them on the way: taken at its word, as its
     /// bytes are); else none, and the store hashes the block if it must.
-    fn commit_one(&self, store: &Store, token: u64, given: Option<u64>) -> Reply {
+    fn commit_one(&self, store: &Store, owner: u64, token: u64, given: Option<u64>) -> Reply {
         let (r, (region, arrived)) = {
             let mut map = self.reservations.lock();
-            let Some(r) = map.get(&token) else {
+            let Some(r) = map.get(&token).filter(|r| r.owner == owner) else {
                 return Reply::Error(CommandError::new(
                     "NORESERVATION",
-                    format!("no reservation {token} (committed, aborted or expired)"),
+                    format!(
+                        "no reservation {token} (committed, aborted, expired or another \
+                         connection's)"
+                    ),
                 ));
             };
             // Over tcp every byte must have come in; over shm the client
@@ -350,11 +362,20 @@ impl DataState {
         }
     }
 
-    /// KV.ABORT: drops reservations. Returns how many existed.
-    pub fn abort(&self, tokens: &[u64]) -> Reply {
+    /// KV.ABORT: drops the reservations `owner` made among `tokens`.
+    /// Returns how many it dropped.
+    pub fn abort(&self, owner: u64, tokens: &[u64]) -> Reply {
         let gone: Vec<Reservation> = {
             let mut map = self.reservations.lock();
-            tokens.iter().filter_map(|t| map.remove(t)).collect()
+            tokens
+                .iter()
+                .filter_map(|t| {
+                    map.get(t)
+                        .is_some_and(|r| r.owner == owner)
+                        .then(|| map.remove(t))
+                        .flatten()
+                })
+                .collect()
         };
         self.stats.aborted.fetch_add(gone.len() as u64, Relaxed);
         Reply::Int(gone.len() as i64)

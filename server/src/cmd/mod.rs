@@ -150,12 +150,13 @@ pub fn execute(
             blocks,
             opts,
         ),
-        C::KvCommit { tokens, checksums } => {
-            shared
-                .data
-                .commit(&shared.store, &tokens, checksums.as_deref())
-        }
-        C::KvAbort(tokens) => shared.data.abort(&tokens),
+        C::KvCommit { tokens, checksums } => shared.data.commit(
+            &shared.store,
+            session.client.id,
+            &tokens,
+            checksums.as_deref(),
+        ),
+        C::KvAbort(tokens) => shared.data.abort(session.client.id, &tokens),
         C::KvLocate {
             keys,
             lease_ms,
