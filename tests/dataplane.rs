@@ -562,6 +562,15 @@ fn reserve_via(con: &mut redis::Connection, key: &str, len: usize, via: &str) ->
     desc(&reply[0])
 }
 
+/// The tcp data plane to the data port `port`, with default options.
+fn tcp_plane(rt: &tokio::runtime::Runtime, port: u16) -> TcpPlane {
+    rt.block_on(TcpPlane::connect(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        TcpOptions::default(),
+    ))
+    .unwrap()
+}
+
 fn commit(con: &mut redis::Connection, d: &Descriptor) {
     let _: String = redis::cmd("KV.COMMIT").arg(d.token).query(con).unwrap();
 }
@@ -580,12 +589,7 @@ fn kv_verify_catches_a_stray_shm_write_and_says_what_it_cannot_check() {
         commit(&mut con, &d);
         let dt = reserve_via(&mut con, "viatcp", data.len(), "tcp");
         let rt = rt();
-        let tcp = rt
-            .block_on(TcpPlane::connect(
-                format!("127.0.0.1:{port}").parse().unwrap(),
-                TcpOptions::default(),
-            ))
-            .unwrap();
+        let tcp = tcp_plane(&rt, port);
         rt.block_on(tcp.write(&[(dt, &data[..])])).unwrap();
         commit(&mut con, &dt);
         let _: () = redis::cmd("SET")
@@ -647,12 +651,7 @@ fn commit_checksums_are_checked_over_tcp_and_kept_from_shm_clients() {
     let sum = xxhash_rust::xxh3::xxh3_64(&data);
     let verify = |key: &str| s.cli_text(&["KV.VERIFY", key]);
     let rt = rt();
-    let tcp = rt
-        .block_on(TcpPlane::connect(
-            format!("127.0.0.1:{port}").parse().unwrap(),
-            TcpOptions::default(),
-        ))
-        .unwrap();
+    let tcp = tcp_plane(&rt, port);
 
     // Over tcp, bytes that do not match the client's checksum are refused
     // and the reservation dropped.

@@ -127,32 +127,17 @@ async fn one_cell(
 
 use tidepool_client::Frame as redis_frame;
 
-/// memcpy of the same blocks into a destination working set as large as the
-/// cell (the shm put's work without the protocol): GB/s.
-fn memcpy_rate(blocks: &[(Bytes, Bytes)]) -> f64 {
+/// Copies the same blocks with `copy` into a destination working set as large
+/// as the cell: GB/s. With `copy_from_slice`, memcpy (the shm put's work
+/// without the protocol); with `tidepool_checksum::copy_streaming`, the copy
+/// with streaming stores that the shm plane makes, in both directions.
+fn copy_rate(blocks: &[(Bytes, Bytes)], copy: fn(&[u8], &mut [u8])) -> f64 {
     let total: usize = blocks.iter().map(|(_, v)| v.len()).sum();
     let mut dst = vec![1u8; total];
     let t = Instant::now();
     let mut off = 0;
     for (_, v) in blocks {
-        dst[off..off + v.len()].copy_from_slice(v);
-        off += v.len();
-    }
-    let rate = gbs(total as u64, t.elapsed());
-    std::hint::black_box(&dst);
-    rate
-}
-
-/// The same copy with streaming (non-temporal) stores, as the shm plane
-/// makes it into the arena on puts and into the caller's buffers on gets:
-/// GB/s.
-fn streaming_rate(blocks: &[(Bytes, Bytes)]) -> f64 {
-    let total: usize = blocks.iter().map(|(_, v)| v.len()).sum();
-    let mut dst = vec![1u8; total];
-    let t = Instant::now();
-    let mut off = 0;
-    for (_, v) in blocks {
-        tidepool_checksum::copy_streaming(v, &mut dst[off..off + v.len()]);
+        copy(v, &mut dst[off..off + v.len()]);
         off += v.len();
     }
     let rate = gbs(total as u64, t.elapsed());
@@ -348,8 +333,8 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
                 bar.inc(1);
             }
             if a.ceilings {
-                mc.push(memcpy_rate(&blocks));
-                st.push(streaming_rate(&blocks));
+                mc.push(copy_rate(&blocks, |s, d| d.copy_from_slice(s)));
+                st.push(copy_rate(&blocks, tidepool_checksum::copy_streaming));
                 lb.push(loopback_rate(&blocks)?);
             }
         }
