@@ -267,8 +267,7 @@ impl DataState {
     }
 
     /// KV.COMMIT: stores each reserved block. One token answers OK or an
-    /// error; several answer an array of those.
-    /// KV.COMMIT: stores each reserved block; `checksums`, when given, are
+    /// error; several answer an array of those. `checksums`, when given, are
     /// the client's, one per token. Only the connection that reserved a
     /// block (`owner`) commits it: another one's token is answered as
     /// unknown, so a stray or stale token cannot publish bytes still being
@@ -283,7 +282,10 @@ impl DataState {
         let mut replies: Vec<Reply> = tokens
             .iter()
             .enumerate()
-            .map(|(i, t)| self.commit_one(store, owner, *t, checksums.map(|c| c[i])))
+            .map(|(i, t)| {
+                let given = checksums.and_then(|c| c.get(i).copied());
+                self.commit_one(store, owner, *t, given)
+            })
             .collect();
         if replies.len() == 1 {
             replies.pop().expect("one")

@@ -97,8 +97,7 @@ pub struct StoreConfig {
     /// [`Store::verify`]). Without, a DRAM block carries a checksum only when
     /// the caller brought one ([`PutOptions::checksum`]: the tcp data plane
     /// hashes blocks as they arrive, a shm client as it copies them); blocks
-    /// on SSD always carry their
-    /// records' own. Default: true.
+    /// on SSD always carry their records' own. Default: true.
     pub dram_checksums: bool,
 }
 
