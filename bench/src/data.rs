@@ -159,7 +159,6 @@ fn loopback_rate(blocks: &[(Bytes, Bytes)]) -> std::io::Result<f64> {
         let mut dst: Vec<Vec<u8>> = lens.iter().map(|n| vec![1u8; *n]).collect();
         let _ = ready_tx.send(());
         let (mut s, _) = l.accept()?;
-        socket2::SockRef::from(&s).set_recv_buffer_size(4 << 20)?;
         for d in dst.iter_mut() {
             s.read_exact(d)?;
         }
@@ -169,9 +168,8 @@ fn loopback_rate(blocks: &[(Bytes, Bytes)]) -> std::io::Result<f64> {
     });
     let _ = ready.recv();
     let mut s = std::net::TcpStream::connect(addr)?;
+    // As the data plane: no delay, the kernel's buffer autotuning.
     s.set_nodelay(true)?;
-    // The data plane's socket buffers.
-    socket2::SockRef::from(&s).set_send_buffer_size(4 << 20)?;
     let total: usize = blocks.iter().map(|(_, v)| v.len()).sum();
     let t = Instant::now();
     for (_, v) in blocks {
