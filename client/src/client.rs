@@ -697,12 +697,11 @@ impl Client {
             let frames = conn.recv(owed.len()).await?;
             settle(owed, frames, &mut located, &mut held).inspect_err(|_| conn.broken = true)?;
             // Every lease still held goes back: the last group's, and on a
-            // failure those of groups located but never read.
+            // failure those of groups located but never read. Nothing waits
+            // for the replies (a lease the server failed to drop expires).
             let releases: Vec<Vec<Bytes>> = held.drain(..).map(release_cmd).collect();
             if !releases.is_empty() {
-                for f in conn.pipeline(&releases).await? {
-                    int(f)?;
-                }
+                conn.send_unanswered(&releases).await?;
             }
             match failed {
                 Some(e) => Err(e),

@@ -17,6 +17,9 @@ pub(crate) struct Conn {
     /// An exchange failed half way: the stream's position is unknown, so the
     /// pool replaces this connection before its next use.
     pub(crate) broken: bool,
+    /// Replies still to come for commands sent without waiting
+    /// ([`Conn::send_unanswered`]): read and dropped before the next ones.
+    unanswered: usize,
 }
 
 impl Conn {
@@ -27,6 +30,7 @@ impl Conn {
             stream,
             rbuf: BytesMut::with_capacity(64 * 1024),
             broken: false,
+            unanswered: 0,
         })
     }
 
@@ -77,6 +81,16 @@ impl Conn {
         Ok(())
     }
 
+    /// Sends commands whose replies nobody waits for (a lease given back at
+    /// the end of a get: the caller need not sit through a round trip for
+    /// it). The replies are read and dropped, errors included, before the
+    /// next command's on this connection.
+    pub(crate) async fn send_unanswered(&mut self, cmds: &[Vec<Bytes>]) -> Result<(), ClientError> {
+        self.send(cmds).await?;
+        self.unanswered += cmds.len();
+        Ok(())
+    }
+
     /// Reads `n` replies.
     pub(crate) async fn recv(&mut self, n: usize) -> Result<Vec<BytesFrame>, ClientError> {
         let out = self.recv_inner(n).await;
@@ -85,6 +99,14 @@ impl Conn {
     }
 
     async fn recv_inner(&mut self, n: usize) -> Result<Vec<BytesFrame>, ClientError> {
+        if self.unanswered > 0 {
+            let skip = std::mem::take(&mut self.unanswered);
+            drop(self.recv_frames(skip).await?);
+        }
+        self.recv_frames(n).await
+    }
+
+    async fn recv_frames(&mut self, n: usize) -> Result<Vec<BytesFrame>, ClientError> {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
             match decode_bytes_mut(&mut self.rbuf)
