@@ -333,8 +333,9 @@ pub struct TcpOptions {
     /// each side; on 2 cores a second connection still took 1 MiB gets
     /// from 4.5 to 5.5 GB/s, the server sending on both cores).
     pub connections: usize,
-    /// Blocks larger than this are cut into pieces sent over several
-    /// connections. Default 1 MiB.
+    /// Blocks move in pieces of at most this size: a read's pieces spread
+    /// over the connections, a write's stay on one connection, in order (so
+    /// the server hashes the block as it arrives). Default 1 MiB.
     pub stripe: usize,
 }
 
