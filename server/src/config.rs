@@ -43,7 +43,7 @@ pub struct Args {
     /// Worker threads (0: one per core). Default: 0.
     #[arg(long)]
     pub threads: Option<usize>,
-    /// SSD tier: PATH[:SIZE], PATH a file, a directory or a block device (a
+    /// SSD tier: `PATH[:SIZE]`, PATH a file, a directory or a block device (a
     /// local NVMe drive or an NVMe-oF namespace). SIZE defaults to the size of
     /// an existing file or device. Default: no SSD tier.
     #[arg(long)]

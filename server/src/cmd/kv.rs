@@ -32,7 +32,7 @@ pub struct PutArgs {
     pub exclusive: bool,
 }
 
-/// KV.PUT key value [PARENT pkey] [TTL ms] [TIER t] [PIN].
+/// `KV.PUT key value [PARENT pkey] [TTL ms] [TIER t] [PIN]`.
 pub fn put(shared: &Shared, key: Bytes, value: Bytes, a: PutArgs) -> Reply {
     let opts = PutOptions {
         parent: a.parent,
@@ -55,7 +55,7 @@ pub fn put(shared: &Shared, key: Bytes, value: Bytes, a: PutArgs) -> Reply {
     }
 }
 
-/// KV.MPUT numblocks key value ... [CHAIN] [PARENT pkey]: one reply per block.
+/// `KV.MPUT numblocks key value ... [CHAIN] [PARENT pkey]`: one reply per block.
 /// With CHAIN each block's parent is the one before it (the first's is PARENT);
 /// without it, PARENT (if given) is the parent of every block.
 pub fn mput(
@@ -99,12 +99,12 @@ fn match_reply(m: MatchResult, opts: MatchOpts) -> Reply {
     Reply::map(fields)
 }
 
-/// KV.MATCH numkeys key ... [LEASE ms] [WITHTIERS].
+/// `KV.MATCH numkeys key ... [LEASE ms] [WITHTIERS]`.
 pub fn match_keys(shared: &Shared, keys: &KeyList, opts: MatchOpts) -> Reply {
     match_reply(shared.store.match_prefix(keys, opts.lease_ms), opts)
 }
 
-/// KV.MATCHTOKENS seed block_tokens t1 ... [LEASE ms] [WITHTIERS].
+/// `KV.MATCHTOKENS seed block_tokens t1 ... [LEASE ms] [WITHTIERS]`.
 pub fn match_tokens(
     shared: &Shared,
     seed: &[u8],

@@ -3,7 +3,7 @@
 //! they are carried out.
 //!
 //! `psync` (pread/pwrite) works everywhere; `uring` (Linux) runs io_uring on a
-//! dedicated I/O thread. [`auto`] picks io_uring when the kernel allows it.
+//! dedicated I/O thread. [`EngineChoice::Auto`] picks io_uring when the kernel allows it.
 
 mod aligned;
 mod psync;
