@@ -45,11 +45,12 @@ pub struct ClientOptions {
     pub read_lease_ms: u64,
     /// Over shm, copy blocks into the caller's buffers with stores that
     /// bypass the CPU cache: faster into buffers that are not in cache
-    /// (blocks bound for a GPU or a large host pool; 1 MiB gets about 25%
-    /// faster in `tidepool-bench data`), about 10% slower when the same
-    /// buffers are reused while still cached, and the blocks are then in
-    /// memory, not in cache, for a CPU that reads them next. Set false when
-    /// the CPU reads the blocks right after the get. Default true.
+    /// (blocks bound for a GPU or a large host pool; 1 and 4 MiB gets a
+    /// quarter to a third faster in `tidepool-bench data`), about 10%
+    /// slower when the same buffers are reused while still cached, and the
+    /// blocks are then in memory, not in cache, for a CPU that reads them
+    /// next. Set false when the CPU reads the blocks right after the get.
+    /// Default true.
     pub streaming_reads: bool,
 }
 

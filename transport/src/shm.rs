@@ -171,11 +171,11 @@ impl ShmPlane {
     /// Whether reads copy into the caller's buffers with stores that bypass
     /// the cache ([`tidepool_checksum::copy_streaming`]). Faster when the
     /// buffers are not in cache (a batch of blocks bound for a GPU or a
-    /// large host pool: about 25% at 1 MiB in `tidepool-bench data`),
-    /// slower (about 10%) when the same buffers are reused while still in
-    /// cache, and the CPU that reads the blocks next finds them in memory,
-    /// not in cache. Writes into the arena always stream: the server does
-    /// not read them back. Default: false.
+    /// large host pool: a quarter to a third more at 1 and 4 MiB in
+    /// `tidepool-bench data`), slower (about 10%) when the same buffers are
+    /// reused while still in cache, and the CPU that reads the blocks next
+    /// finds them in memory, not in cache. Writes into the arena always
+    /// stream: the server does not read them back. Default: false.
     pub fn with_streaming_reads(mut self, on: bool) -> ShmPlane {
         self.stream_reads = on;
         self
