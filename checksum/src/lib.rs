@@ -23,6 +23,8 @@ use xxhash_rust::xxh3::xxh3_64;
 
 /// Inputs up to this length take XXH3's short-input paths (no stripes): the
 /// kernel only handles longer ones and leaves these to `xxhash-rust`.
+// Only the x86-64 kernel uses it.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const SHORT_MAX: usize = 240;
 
 /// The checksum of `bytes`: XXH3-64 with the default secret and seed 0.
@@ -101,6 +103,8 @@ pub unsafe fn copy_streaming_raw(src: *const u8, dst: &mut [u8]) {
 }
 
 /// Below this a streamed copy is not worth its fence.
+// Only the x86-64 kernel uses it.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const STREAM_MIN: usize = 4096;
 
 /// The path without AVX2: copy, then hash the source.
@@ -254,6 +258,8 @@ mod avx2 {
 
 /// The constants and the final fold of XXH3-64's long-input path, shared by
 /// the kernel and the scalar model the tests check it with.
+// Only the x86-64 kernel uses it.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 mod long {
     pub(super) const P32_1: u64 = 0x9E37_79B1;
     const P32_2: u64 = 0x85EB_CA77;
