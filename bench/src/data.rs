@@ -218,9 +218,18 @@ fn iperf3() -> Result<f64, String> {
 
 /// Runs the bench and prints the table.
 pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
-    const WAYS: [&str; 4] = ["inline", "tcp", "shm", "shm-unchecked"];
-    if let Some(w) = a.ways.iter().find(|w| !WAYS.contains(&w.as_str())) {
-        anyhow::bail!("unknown way {w:?}: the ways are {}", WAYS.join(", "));
+    // Each way: its name in --ways, whether it talks to the server without
+    // DRAM checksums, and the client's plane.
+    const WAYS: [(Way, &str, bool, PlaneChoice); 4] = [
+        (Way::Inline, "inline", false, PlaneChoice::Inline),
+        (Way::Tcp, "tcp", false, PlaneChoice::Tcp),
+        (Way::Shm, "shm", false, PlaneChoice::Shm),
+        (Way::ShmUnchecked, "shm-unchecked", true, PlaneChoice::Shm),
+    ];
+    let known = |w: &String| WAYS.iter().any(|(_, name, ..)| name == w);
+    if let Some(w) = a.ways.iter().find(|w| !known(w)) {
+        let names: Vec<&str> = WAYS.iter().map(|(_, name, ..)| *name).collect();
+        anyhow::bail!("unknown way {w:?}: the ways are {}", names.join(", "));
     }
     let tp_port = free_port()?;
     let rd_port = free_port()?;
@@ -259,18 +268,9 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
         }
     };
     let mut clients = Vec::new();
-    for (way, name, port, plane) in [
-        (Way::Inline, "inline", tp_port, PlaneChoice::Inline),
-        (Way::Tcp, "tcp", tp_port, PlaneChoice::Tcp),
-        (Way::Shm, "shm", tp_port, PlaneChoice::Shm),
-        (
-            Way::ShmUnchecked,
-            "shm-unchecked",
-            un_port,
-            PlaneChoice::Shm,
-        ),
-    ] {
+    for (way, name, on_unchecked, plane) in WAYS {
         if a.ways.iter().any(|w| w == name) {
+            let port = if on_unchecked { un_port } else { tp_port };
             clients.push((way, connect(port, plane).await?));
         }
     }

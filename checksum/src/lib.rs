@@ -5,16 +5,18 @@
 //! A block put over shared memory is copied by the client into the server's
 //! arena. Hashing it afterwards, on the server, reads every byte a second
 //! time from memory: on the 2-core development machine that second pass cost
-//! a fifth to a quarter of the put's throughput at 1 and 4 MiB. [`copy_checksummed`] hashes each 64-byte
-//! stripe from the registers it was just loaded into for the copy, so the
-//! checksum costs close to nothing beyond the copy. The client sends the
-//! value with `KV.COMMIT ... CHECKSUMS`.
+//! a fifth to a quarter of the put's throughput at 1 and 4 MiB.
+//! [`copy_checksummed`] hashes each 64-byte stripe from the registers it was
+//! just loaded into for the copy, so the checksum costs close to nothing
+//! beyond the copy. The client sends the value with `KV.COMMIT ...
+//! CHECKSUMS`.
 //!
 //! PERFORMANCE CRITICAL: the AVX2 kernel below runs on every byte of a shm
 //! put; into an aligned destination (arena blocks are page-aligned) its
-//! stores bypass the cache. It is chosen at run time (`is_x86_feature_detected!`); elsewhere the
-//! portable path copies and then hashes with `xxhash-rust`. Both are checked
-//! against `xxhash-rust` by the tests.
+//! stores bypass the cache. It is chosen at run time
+//! (`is_x86_feature_detected!`); elsewhere the portable path copies and then
+//! hashes with `xxhash-rust`. Both are checked against `xxhash-rust` by the
+//! tests.
 //!
 //! No I/O, no dependencies beyond `xxhash-rust`: the store, the transport and
 //! the client all link it.
