@@ -107,9 +107,12 @@ fn assert_matches_simulation(v: &serde_json::Value) {
     let server = v["hit_ratio"].as_f64().unwrap();
     let sim = v["simulated_hit_ratio"].as_f64().unwrap();
     assert!(server > 0.0, "no hits at all: {v}");
-    assert!(
-        (server - sim).abs() <= 0.005 * sim,
-        "server {server} and simulation {sim} differ by more than 0.5%"
+    // Block for block: both divide the blocks they matched by the same
+    // number of blocks queried. The server's SSD thread takes a KV.MPUT's
+    // demotions when it ends, so nothing here depends on timing.
+    assert_eq!(
+        server, sim,
+        "the server matched a different number of blocks than the simulation"
     );
     assert!(
         v["server_evictions"].as_i64().unwrap() > 0,

@@ -279,14 +279,16 @@ impl DataState {
         tokens: &[u64],
         checksums: Option<&[u64]>,
     ) -> Reply {
-        let mut replies: Vec<Reply> = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let given = checksums.and_then(|c| c.get(i).copied());
-                self.commit_one(store, owner, *t, given)
-            })
-            .collect();
+        let mut replies: Vec<Reply> = store.batch(|| {
+            tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let given = checksums.and_then(|c| c.get(i).copied());
+                    self.commit_one(store, owner, *t, given)
+                })
+                .collect()
+        });
         if replies.len() == 1 {
             replies.pop().expect("one")
         } else {

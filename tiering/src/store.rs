@@ -626,6 +626,13 @@ fn shard_of(key: &[u8]) -> usize {
     (xxh3_64(key) as usize) & (SHARDS - 1)
 }
 
+thread_local! {
+    /// Demotions held back until the batch this thread runs ends (see
+    /// [`Store::batch`]): the store's address and the demotions.
+    static HELD_DEMOTIONS: std::cell::RefCell<Option<(usize, Vec<Demotion>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 #[cfg(test)]
 thread_local! {
     /// Runs between the two passes of `match_prefix` on this thread (a test
@@ -870,6 +877,14 @@ impl Store {
     /// entry at the record, unless the block changed meanwhile.
     fn finish_demotion(&self, d: Demotion) {
         let ssd = self.ssd.get().expect("attached");
+        let current = |e: &Entry| {
+            e.written == d.written && e.tier == TierKind::Ssd && matches!(e.slot, Slot::Memory(_))
+        };
+        // Dropped (its parent's record reclaimed, say), deleted or rewritten
+        // since it was queued: nothing to write.
+        if !self.shard(&d.key).map.get(&d.key[..]).is_some_and(current) {
+            return;
+        }
         let stored = ssd.tier.store(&d.key, d.parent.as_deref(), d.value);
         self.drain_reclaimed();
         let slot = match stored {
@@ -891,11 +906,7 @@ impl Store {
         let applied = {
             let mut shard = self.shard(&d.key);
             match shard.map.get_mut(&d.key[..]) {
-                Some(e)
-                    if e.written == d.written
-                        && e.tier == TierKind::Ssd
-                        && matches!(e.slot, Slot::Memory(_)) =>
-                {
+                Some(e) if current(e) => {
                     e.disk = Some(slot.clone());
                     e.slot = slot.clone();
                     true
@@ -1563,6 +1574,37 @@ impl Store {
         if let Some(p) = &demotion.parent {
             self.child_moved(p, false);
         }
+        self.queue_demotion(ssd, demotion);
+        true
+    }
+
+    /// Hands a demotion to the SSD thread, or holds it until the end of the
+    /// batch this thread is in (see [`Store::batch`]). A batch holds at most a
+    /// queue's worth: beyond that, what it holds goes now.
+    fn queue_demotion(&self, ssd: &SsdState, demotion: Demotion) {
+        let me = self as *const Store as usize;
+        let demotion = HELD_DEMOTIONS.with(|held| {
+            let mut held = held.borrow_mut();
+            match held.as_mut() {
+                Some((store, jobs)) if *store == me => {
+                    if jobs.len() < ssd.settings.queue {
+                        jobs.push(demotion);
+                        return None;
+                    }
+                    let mut full = std::mem::take(jobs);
+                    full.push(demotion);
+                    Some(full)
+                }
+                _ => Some(vec![demotion]),
+            }
+        });
+        for d in demotion.into_iter().flatten() {
+            self.send_demotion(ssd, d);
+        }
+    }
+
+    fn send_demotion(&self, ssd: &SsdState, demotion: Demotion) {
+        let key = demotion.key.clone();
         ssd.pending.fetch_add(1, Relaxed);
         match ssd.queue.try_send(SsdJob::Demote(demotion)) {
             Ok(()) => {
@@ -1572,10 +1614,42 @@ impl Store {
                 // The SSD is behind: drop rather than stall the writer.
                 ssd.pending.fetch_sub(1, Relaxed);
                 ssd.dropped.fetch_add(1, Relaxed);
-                self.remove_tree(key, EventKind::Evicted);
+                self.remove_tree(&key, EventKind::Evicted);
             }
         }
-        true
+    }
+
+    /// Runs `f` (several puts: one command's) with the SSD thread's part held
+    /// back until it ends: the demotions `f` causes are queued together, in
+    /// the order they happened, when `f` returns. So the segment reclaims
+    /// those writes cause land after the batch, not at some point inside it
+    /// that depends on how fast the SSD thread is (a `KV.MPUT` behaves the
+    /// same from run to run). Blocks held back are readable from memory
+    /// meanwhile, as queued ones are. Nested batches join the outer one.
+    pub fn batch<R>(&self, f: impl FnOnce() -> R) -> R {
+        struct Release<'a>(&'a Store);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                let held = HELD_DEMOTIONS.with(|h| h.borrow_mut().take());
+                if let (Some((_, jobs)), Some(ssd)) = (held, self.0.ssd.get()) {
+                    for d in jobs {
+                        self.0.send_demotion(ssd, d);
+                    }
+                }
+            }
+        }
+        let me = self as *const Store as usize;
+        let outer = HELD_DEMOTIONS.with(|h| {
+            let mut h = h.borrow_mut();
+            if h.is_some() {
+                return false;
+            }
+            *h = Some((me, Vec::new()));
+            true
+        });
+        // Built only for the outer batch: dropping one flushes.
+        let _release = outer.then(|| Release(self));
+        f()
     }
 
     /// When every DRAM block has a child in DRAM (one chain longer than DRAM),

@@ -57,7 +57,8 @@ pub fn put(shared: &Shared, key: Bytes, value: Bytes, a: PutArgs) -> Reply {
 
 /// `KV.MPUT numblocks key value ... [CHAIN] [PARENT pkey]`: one reply per block.
 /// With CHAIN each block's parent is the one before it (the first's is PARENT);
-/// without it, PARENT (if given) is the parent of every block.
+/// without it, PARENT (if given) is the parent of every block. The demotions
+/// the puts cause go to the SSD thread together at the end (`Store::batch`).
 pub fn mput(
     shared: &Shared,
     blocks: Vec<(Bytes, Bytes)>,
@@ -66,19 +67,21 @@ pub fn mput(
 ) -> Reply {
     let mut prev = parent;
     let mut replies = Vec::with_capacity(blocks.len());
-    for (key, value) in blocks {
-        let opts = PutOptions {
-            parent: prev.clone(),
-            ..PutOptions::default()
-        };
-        replies.push(match shared.store.put(key.clone(), value, opts) {
-            Ok(_) => Reply::ok(),
-            Err(e) => store_error(e),
-        });
-        if chain {
-            prev = Some(key);
+    shared.store.batch(|| {
+        for (key, value) in blocks {
+            let opts = PutOptions {
+                parent: prev.clone(),
+                ..PutOptions::default()
+            };
+            replies.push(match shared.store.put(key.clone(), value, opts) {
+                Ok(_) => Reply::ok(),
+                Err(e) => store_error(e),
+            });
+            if chain {
+                prev = Some(key);
+            }
         }
-    }
+    });
     Reply::Array(replies)
 }
 

@@ -1023,6 +1023,47 @@ mod with_ssd {
         f.store.check_invariants().unwrap();
     }
 
+    /// The demotions of a batch (one command's puts) reach the SSD thread
+    /// when it ends; one deleted meanwhile is never written.
+    #[test]
+    fn a_batch_queues_its_demotions_when_it_ends_and_skips_stale_ones() {
+        let f = fixture("batch", 2 * charge_of(1, 1000), 8, 1 << 20);
+        let appends = || {
+            let ssd = f.store.ssd.get().expect("attached");
+            ssd.tier.log().stats.appends.load(Relaxed)
+        };
+        for k in ["a", "b"] {
+            put(&f.store, k, &"x".repeat(1000), None).unwrap();
+        }
+        f.store.batch(|| {
+            for k in ["c", "d"] {
+                put(&f.store, k, &"y".repeat(1000), None).unwrap();
+            }
+            assert_eq!(f.store.tier_of(b"a"), Some(TierKind::Ssd));
+            assert_eq!(f.store.tier_of(b"b"), Some(TierKind::Ssd));
+            assert_eq!(f.store.pending_demotions(), 0, "held until the end");
+            assert_eq!(
+                f.store.get(b"a").as_deref(),
+                Some("x".repeat(1000).as_bytes()),
+                "readable meanwhile"
+            );
+            assert_eq!(f.store.delete([&b"a"[..]]), 1);
+            // A nested batch joins this one.
+            f.store
+                .batch(|| put(&f.store, "e", &"z".repeat(1000), None).unwrap());
+            assert_eq!(f.store.pending_demotions(), 0);
+        });
+        settle(&f.store);
+        assert_eq!(appends(), 2, "b and c written, deleted a skipped");
+        assert_eq!(f.store.tier_of(b"a"), None);
+        assert_eq!(f.store.tier_of(b"b"), Some(TierKind::Ssd));
+        assert_eq!(
+            f.store.get(b"b").as_deref(),
+            Some("x".repeat(1000).as_bytes())
+        );
+        f.store.check_invariants().unwrap();
+    }
+
     #[test]
     fn reclaimed_segments_drop_their_blocks_and_descendants() {
         // 2 segments of 64 KiB hold 10 records of 5 KiB + 4 KiB header pages... of
