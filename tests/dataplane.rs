@@ -796,3 +796,68 @@ fn a_get_in_many_groups_gives_every_lease_back_even_when_it_fails() {
         }
     });
 }
+
+/// Reservation tokens, located-block tokens and lease ids are not a counter:
+/// a client that sees its own cannot name another's, and the data port
+/// refuses a token next to a real one.
+#[test]
+fn tokens_and_lease_ids_cannot_be_guessed_from_ones_own() {
+    let s = Server::start(&[]);
+    let mut con = s.redis();
+    let (port, _, _) = dataplane(&mut con);
+    let far = |a: u64, b: u64| a.abs_diff(b) > 1 << 32;
+    let a = reserve_via(&mut con, "tok-a", 4096, "tcp");
+    let b = reserve_via(&mut con, "tok-b", 4096, "tcp");
+    assert!(far(a.token, b.token), "{} then {}", a.token, b.token);
+    // Another client's reservation, and a guess at its token from ours.
+    let mut other = s.redis();
+    let theirs = reserve_via(&mut other, "tok-c", 4096, "tcp");
+    let rt = rt();
+    let plane = tcp_plane(&rt, port);
+    let data = block(7, 4096);
+    for guess in [b.token + 1, b.token.wrapping_sub(1), theirs.token ^ 1] {
+        let e = rt
+            .block_on(plane.write(&[(Descriptor { token: guess, ..b }, &data[..])]))
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown"), "{guess}: {e}");
+    }
+    // Located blocks (tcp reads) and leases.
+    rt.block_on(plane.write(&[(a, &data[..])])).unwrap();
+    commit(&mut con, &a);
+    let locate = |con: &mut redis::Connection| -> (i64, Descriptor) {
+        let loc: Vec<Value> = redis::cmd("KV.LOCATE")
+            .arg(1)
+            .arg("tok-a")
+            .arg("VIA")
+            .arg("tcp")
+            .query(con)
+            .unwrap();
+        let (Value::Int(lease), Value::Array(blocks)) = (&loc[1], &loc[3]) else {
+            panic!("{loc:?}")
+        };
+        (*lease, desc(&blocks[0]))
+    };
+    let (l1, d1) = locate(&mut con);
+    let (l2, d2) = locate(&mut con);
+    assert!(
+        l1 > 0 && l2 > 0 && far(l1 as u64, l2 as u64),
+        "{l1} then {l2}"
+    );
+    assert!(far(d1.token, d2.token), "{} then {}", d1.token, d2.token);
+    let m: Vec<Value> = redis::cmd("KV.MATCH")
+        .arg(1)
+        .arg("tok-a")
+        .arg("LEASE")
+        .arg(1000)
+        .query(&mut con)
+        .unwrap();
+    let Value::Int(l3) = m[3] else {
+        panic!("{m:?}")
+    };
+    assert!(far(l2 as u64, l3 as u64), "{l2} then {l3}");
+    let released: i64 = redis::cmd("KV.RELEASE")
+        .arg(l3 + 1)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(released, 0, "a guessed lease id releases nothing");
+}

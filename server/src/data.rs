@@ -94,7 +94,7 @@ pub struct DataState {
     outstanding: Arc<AtomicU64>,
     located: Mutex<HashMap<u64, Bytes>>,
     holds: Mutex<HashMap<u64, Hold>>,
-    next_token: AtomicU64,
+    tokens: tidepool_tiering::ids::Ids,
     timeout: Duration,
     /// Where the TCP data port listens, once bound.
     pub tcp_addr: OnceLock<SocketAddr>,
@@ -124,17 +124,13 @@ impl DataState {
             outstanding: Arc::new(AtomicU64::new(0)),
             located: Mutex::new(HashMap::new()),
             holds: Mutex::new(HashMap::new()),
-            next_token: AtomicU64::new(1),
+            tokens: Default::default(),
             timeout,
             tcp_addr: OnceLock::new(),
             shm_path: OnceLock::new(),
             rdma: OnceLock::new(),
             stats: DataStats::default(),
         }
-    }
-
-    fn token(&self) -> u64 {
-        self.next_token.fetch_add(1, Relaxed)
     }
 
     /// Bytes reserved and not committed.
@@ -245,8 +241,10 @@ impl DataState {
                 _ => Region::alloc(self.arena.as_ref(), len as usize),
             };
             let offset = region.arena_offset().unwrap_or(0);
-            let token = self.token();
-            self.reservations.lock().insert(
+            let mut reservations = self.reservations.lock();
+            // Unguessable: the data port takes the token as the right to write.
+            let token = self.tokens.fresh(|t| reservations.contains_key(&t));
+            reservations.insert(
                 token,
                 Reservation {
                     outstanding: self.outstanding.clone(),
@@ -260,6 +258,7 @@ impl DataState {
                     owner,
                 },
             );
+            drop(reservations);
             self.stats.reserved.fetch_add(1, Relaxed);
             out.push(descriptor(kind, offset, len, token));
         }
@@ -456,9 +455,14 @@ impl DataState {
                 },
                 _ => (value, 0),
             };
-            let token = self.token();
-            blocks.push(descriptor(kind, offset, value.len() as u64, token));
-            self.located.lock().insert(token, value);
+            let len = value.len() as u64;
+            let token = {
+                let mut located = self.located.lock();
+                let token = self.tokens.fresh(|t| located.contains_key(&t));
+                located.insert(token, value);
+                token
+            };
+            blocks.push(descriptor(kind, offset, len, token));
             tokens.push(token);
         }
         self.stats.located.fetch_add(tokens.len() as u64, Relaxed);

@@ -13,6 +13,7 @@
 pub mod dram;
 pub mod error;
 pub mod event;
+pub mod ids;
 pub mod io;
 pub mod policy;
 pub mod ssd;

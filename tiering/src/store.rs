@@ -508,7 +508,7 @@ pub struct Store {
     evict_lock: Mutex<()>,
     /// Leases by id, sharded by id so that leasing matches do not meet on one lock.
     leases: Box<[Mutex<HashMap<u64, Lease>>]>,
-    next_lease: AtomicU64,
+    next_lease: crate::ids::Ids,
     matches: AtomicU64,
     expired: AtomicU64,
     keys_queried: AtomicU64,
@@ -697,7 +697,7 @@ impl Store {
             ],
             evict_lock: Mutex::new(()),
             leases: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            next_lease: AtomicU64::new(1),
+            next_lease: crate::ids::Ids::default(),
             matches: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             keys_queried: AtomicU64::new(0),
@@ -2106,7 +2106,6 @@ impl Store {
         self.keys_queried.fetch_add(queried as u64, Relaxed);
         self.keys_matched.fetch_add(out.matched as u64, Relaxed);
         if let Some(ms) = lease_ms {
-            let id = self.next_lease.fetch_add(1, Relaxed);
             let lease = Lease {
                 deadline: self.now_ms().saturating_add(ms),
                 // Exactly the keys whose lease count went up (a key removed
@@ -2119,8 +2118,7 @@ impl Store {
                         .collect()
                 },
             };
-            self.lease_shard(id).insert(id, lease);
-            out.lease = Some(id);
+            out.lease = Some(self.insert_lease(lease));
         }
         out
     }
@@ -2142,13 +2140,23 @@ impl Store {
             }
         }
         let n = held.len();
-        let id = self.next_lease.fetch_add(1, Relaxed);
         let lease = Lease {
             deadline: self.now_ms().saturating_add(lease_ms),
             keys: held,
         };
-        self.lease_shard(id).insert(id, lease);
-        (id, n)
+        (self.insert_lease(lease), n)
+    }
+
+    /// Files a lease under a fresh, unguessable id (see [`crate::ids`]).
+    fn insert_lease(&self, lease: Lease) -> u64 {
+        loop {
+            let id = self.next_lease.draw();
+            let mut shard = self.lease_shard(id);
+            if let std::collections::hash_map::Entry::Vacant(v) = shard.entry(id) {
+                v.insert(lease);
+                return id;
+            }
+        }
     }
 
     /// Evicts least recently used DRAM blocks until at least `bytes` were
