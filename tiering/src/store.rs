@@ -1620,9 +1620,7 @@ impl Store {
     ) -> Option<Option<Key>> {
         let (demotion, charge) = {
             let mut shard = self.shard(key);
-            let Some(e) = shard.map.get_mut(&key[..]) else {
-                return None;
-            };
+            let e = shard.map.get_mut(&key[..])?;
             let movable = e.tier == TierKind::Dram && !e.pinned && e.leases == 0 && e.held == 0;
             if e.stamp != stamp || !movable || (leaf_only && !e.evictable()) {
                 return None;
