@@ -25,6 +25,8 @@ enum Way {
     Shm,
     /// shm into a server started with `--dram-checksums false`.
     ShmUnchecked,
+    /// shm puts into a full store: each block stored evicts one.
+    ShmFull,
     Redis,
 }
 
@@ -35,6 +37,7 @@ impl Way {
             Way::Tcp => "tidepool tcp data plane",
             Way::Shm => "tidepool shm data plane",
             Way::ShmUnchecked => "tidepool shm, --dram-checksums false",
+            Way::ShmFull => "tidepool shm, puts into a full store (each evicts a block)",
             Way::Redis => "redis SET / GET, pipelined",
         }
     }
@@ -72,6 +75,36 @@ fn pattern(n: usize, seed: usize) -> Bytes {
         .map(|i| (i.wrapping_mul(31) ^ seed) as u8)
         .collect::<Vec<_>>()
         .into()
+}
+
+/// DRAM of the server that `shm-full` puts into.
+const FULL_DRAM: u64 = 2 << 30;
+
+/// Puts `blocks` under keys of their own (`tag` before each key) into a
+/// store that is full, so each block stored evicts one: the steady state of
+/// a cache. Returns put GB/s.
+async fn full_cell(
+    c: &Client,
+    blocks: &[(Bytes, Bytes)],
+    per_batch: usize,
+    tag: &str,
+) -> anyhow::Result<f64> {
+    let total: u64 = blocks.iter().map(|(_, v)| v.len() as u64).sum();
+    let tagged: Vec<(Bytes, Bytes)> = blocks
+        .iter()
+        .map(|(k, v)| {
+            let mut key = tag.as_bytes().to_vec();
+            key.extend_from_slice(k);
+            (Bytes::from(key), v.clone())
+        })
+        .collect();
+    let t = Instant::now();
+    for batch in tagged.chunks(per_batch) {
+        for r in c.put_many(batch, false, None).await? {
+            r?;
+        }
+    }
+    Ok(gbs(total, t.elapsed()))
 }
 
 /// Puts then gets `blocks` once; returns (put GB/s, get GB/s).
@@ -218,13 +251,27 @@ fn iperf3() -> Result<f64, String> {
 
 /// Runs the bench and prints the table.
 pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
-    // Each way: its name in --ways, whether it talks to the server without
-    // DRAM checksums, and the client's plane.
-    const WAYS: [(Way, &str, bool, PlaneChoice); 4] = [
-        (Way::Inline, "inline", false, PlaneChoice::Inline),
-        (Way::Tcp, "tcp", false, PlaneChoice::Tcp),
-        (Way::Shm, "shm", false, PlaneChoice::Shm),
-        (Way::ShmUnchecked, "shm-unchecked", true, PlaneChoice::Shm),
+    // Each way: its name in --ways, the server it talks to, and the
+    // client's plane.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Server {
+        Main,
+        /// Started with --dram-checksums false.
+        Unchecked,
+        /// DRAM of `FULL_DRAM`, filled by the warm-up pass.
+        Small,
+    }
+    const WAYS: [(Way, &str, Server, PlaneChoice); 5] = [
+        (Way::Inline, "inline", Server::Main, PlaneChoice::Inline),
+        (Way::Tcp, "tcp", Server::Main, PlaneChoice::Tcp),
+        (Way::Shm, "shm", Server::Main, PlaneChoice::Shm),
+        (
+            Way::ShmUnchecked,
+            "shm-unchecked",
+            Server::Unchecked,
+            PlaneChoice::Shm,
+        ),
+        (Way::ShmFull, "shm-full", Server::Small, PlaneChoice::Shm),
     ];
     let known = |w: &String| WAYS.iter().any(|(_, name, ..)| name == w);
     if let Some(w) = a.ways.iter().find(|w| !known(w)) {
@@ -251,6 +298,14 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
         ),
         false => None,
     };
+    // And one for puts into a full store, of a DRAM size a cache has.
+    let full = a.ways.iter().any(|w| w == "shm-full");
+    let small_port = free_port()?;
+    let small_dram = FULL_DRAM.to_string();
+    let _small = match full {
+        true => Some(spawn_tidepool(&a.server, small_port, &["--dram", &small_dram]).await?),
+        false => None,
+    };
     let tcp = a.tcp;
     let connect = |port: u16, plane| {
         let addr = format!("127.0.0.1:{port}");
@@ -268,9 +323,13 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
         }
     };
     let mut clients = Vec::new();
-    for (way, name, on_unchecked, plane) in WAYS {
+    for (way, name, server, plane) in WAYS {
         if a.ways.iter().any(|w| w == name) {
-            let port = if on_unchecked { un_port } else { tp_port };
+            let port = match server {
+                Server::Main => tp_port,
+                Server::Unchecked => un_port,
+                Server::Small => small_port,
+            };
             clients.push((way, connect(port, plane).await?));
         }
     }
@@ -312,7 +371,15 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
         let mut get: Vec<Vec<f64>> = vec![Vec::new(); clients.len()];
         // A warm-up pass each: pages of the arena and of the buffers mapped.
         for (way, c) in &clients {
-            one_cell(c, *way, &blocks, per_batch, &mut bufs).await?;
+            if *way == Way::ShmFull {
+                c.command(vec![Bytes::from_static(b"FLUSHALL")]).await?;
+                // Until the store is full, and once more.
+                for pass in 0..=FULL_DRAM.div_ceil(a.total) {
+                    full_cell(c, &blocks, per_batch, &format!("warm{pass}-")).await?;
+                }
+            } else {
+                one_cell(c, *way, &blocks, per_batch, &mut bufs).await?;
+            }
         }
         let (mut mc, mut st, mut lb) = (Vec::new(), Vec::new(), Vec::new());
         for run in 0..a.runs {
@@ -325,7 +392,12 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
                 };
                 let (way, c) = &clients[i];
                 bar.set_message(format!("{} KiB {:?}", size >> 10, way));
-                let (p, g) = one_cell(c, *way, &blocks, per_batch, &mut bufs).await?;
+                let (p, g) = if *way == Way::ShmFull {
+                    let tag = format!("run{run}-");
+                    (full_cell(c, &blocks, per_batch, &tag).await?, f64::NAN)
+                } else {
+                    one_cell(c, *way, &blocks, per_batch, &mut bufs).await?
+                };
                 put[i].push(p);
                 get[i].push(g);
                 bar.inc(1);
@@ -367,6 +439,15 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
             .iter()
             .find(|r| r.0 == size && r.1 == Way::Redis)
             .expect("redis row");
+        if g.is_nan() {
+            println!(
+                "| {} KiB | {} | {p:.2} | - | {:.2}x | - |",
+                size >> 10,
+                way.name(),
+                p / redis.2,
+            );
+            continue;
+        }
         println!(
             "| {} KiB | {} | {p:.2} | {g:.2} | {:.2}x | {:.2}x |",
             size >> 10,
@@ -413,7 +494,8 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
             "batch_bytes": a.batch,
             "runs": a.runs,
             "rows": rows.iter().map(|(s, w, p, g)| serde_json::json!({
-                "block_bytes": s, "how": w.name(), "put_gbs": p, "get_gbs": g,
+                "block_bytes": s, "how": w.name(), "put_gbs": p,
+                "get_gbs": if g.is_nan() { None } else { Some(g) },
             })).collect::<Vec<_>>(),
             "memcpy": memcpy_rows.iter().map(|(s, r)| serde_json::json!({"block_bytes": s, "gbs": r})).collect::<Vec<_>>(),
             "streaming_copy": streaming_rows.iter().map(|(s, r)| serde_json::json!({"block_bytes": s, "gbs": r})).collect::<Vec<_>>(),

@@ -74,12 +74,13 @@ enum Cmd {
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         ceilings: bool,
         /// tidepool planes to measure: inline, tcp, shm, shm-unchecked (shm
-        /// into a second server started with --dram-checksums false). Redis
-        /// always runs.
+        /// into a second server started with --dram-checksums false),
+        /// shm-full (puts into a server with 2 GiB of DRAM, filled by a
+        /// warm-up pass: each block stored evicts one). Redis always runs.
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "inline,tcp,shm,shm-unchecked"
+            default_value = "inline,tcp,shm,shm-unchecked,shm-full"
         )]
         ways: Vec<String>,
         /// Parallel connections of the tcp data plane.
@@ -238,7 +239,7 @@ async fn wait_up(port: u16) -> anyhow::Result<()> {
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 

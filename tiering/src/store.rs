@@ -644,8 +644,10 @@ impl Segment {
 /// under its shard's lock, and looked up again; a block another thread
 /// files with an old stamp meanwhile waits for the next run.
 struct Heads {
-    /// Per segment, per shard: the head, when looked up.
-    heads: [[Option<(u64, Key)>; SHARDS]; 3],
+    /// Per segment, per shard: the head's key, when looked up...
+    heads: [[Option<Key>; SHARDS]; 3],
+    /// ... and its stamp (`u64::MAX` for none), apart for a quick minimum.
+    stamps: [[u64; SHARDS]; 3],
     /// The shards whose heads must be looked up again.
     stale: u64,
 }
@@ -656,6 +658,7 @@ impl Heads {
     fn new() -> Heads {
         Heads {
             heads: std::array::from_fn(|_| std::array::from_fn(|_| None)),
+            stamps: [[u64::MAX; SHARDS]; 3],
             stale: u64::MAX >> (64 - SHARDS),
         }
     }
@@ -673,14 +676,20 @@ impl Heads {
             self.stale &= self.stale - 1;
             let mut shard = store.shards[s].lock();
             for &seg in segments {
-                self.heads[seg as usize][s] = shard.lru_head_in(seg.range());
+                let head = shard.lru_head_in(seg.range());
+                let i = seg as usize;
+                self.stamps[i][s] = head.as_ref().map_or(u64::MAX, |h| h.0);
+                self.heads[i][s] = head.map(|h| h.1);
             }
         }
-        self.heads[segment as usize]
+        let i = segment as usize;
+        let (s, &stamp) = self.stamps[i]
             .iter()
-            .flatten()
-            .min_by_key(|(stamp, _)| *stamp)
-            .cloned()
+            .enumerate()
+            .min_by_key(|(_, stamp)| **stamp)
+            .expect("SHARDS > 0");
+        let key = self.heads[i][s].clone()?;
+        Some((stamp, key))
     }
 
     /// `key`'s shard changed: its heads are looked up again.
