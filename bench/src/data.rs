@@ -57,6 +57,8 @@ pub struct DataArgs {
     pub tcp: tidepool_client::TcpOptions,
     /// Measure memcpy, plain TCP and iperf3 too.
     pub ceilings: bool,
+    /// DRAM of the server that `shm-full` puts into.
+    pub full_dram: u64,
     /// Which tidepool planes to measure (redis always runs: it is the
     /// reference of every ratio).
     pub ways: Vec<String>,
@@ -76,9 +78,6 @@ fn pattern(n: usize, seed: usize) -> Bytes {
         .collect::<Vec<_>>()
         .into()
 }
-
-/// DRAM of the server that `shm-full` puts into.
-const FULL_DRAM: u64 = 2 << 30;
 
 /// Puts `blocks` under keys of their own (`tag` before each key) into a
 /// store that is full, so each block stored evicts one: the steady state of
@@ -258,7 +257,7 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
         Main,
         /// Started with --dram-checksums false.
         Unchecked,
-        /// DRAM of `FULL_DRAM`, filled by the warm-up pass.
+        /// DRAM of `full_dram`, filled by the warm-up pass.
         Small,
     }
     const WAYS: [(Way, &str, Server, PlaneChoice); 5] = [
@@ -301,7 +300,7 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
     // And one for puts into a full store, of a DRAM size a cache has.
     let full = a.ways.iter().any(|w| w == "shm-full");
     let small_port = free_port()?;
-    let small_dram = FULL_DRAM.to_string();
+    let small_dram = a.full_dram.to_string();
     let _small = match full {
         true => Some(spawn_tidepool(&a.server, small_port, &["--dram", &small_dram]).await?),
         false => None,
@@ -374,7 +373,7 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
             if *way == Way::ShmFull {
                 c.command(vec![Bytes::from_static(b"FLUSHALL")]).await?;
                 // Until the store is full, and once more.
-                for pass in 0..=FULL_DRAM.div_ceil(a.total) {
+                for pass in 0..=a.full_dram.div_ceil(a.total) {
                     full_cell(c, &blocks, per_batch, &format!("warm{pass}-")).await?;
                 }
             } else {

@@ -75,7 +75,7 @@ enum Cmd {
         ceilings: bool,
         /// tidepool planes to measure: inline, tcp, shm, shm-unchecked (shm
         /// into a second server started with --dram-checksums false),
-        /// shm-full (puts into a server with 2 GiB of DRAM, filled by a
+        /// shm-full (puts into a server with --full-dram of DRAM, filled by a
         /// warm-up pass: each block stored evicts one). Redis always runs.
         #[arg(
             long,
@@ -89,6 +89,9 @@ enum Cmd {
         /// Stripe size of the tcp data plane.
         #[arg(long, default_value = "1MiB")]
         tcp_stripe: bytesize::ByteSize,
+        /// DRAM of the server that shm-full puts into.
+        #[arg(long, default_value = "2GiB")]
+        full_dram: bytesize::ByteSize,
         /// tidepool-server binary.
         #[arg(long, default_value = "target/release/tidepool-server")]
         server: String,
@@ -593,11 +596,13 @@ fn main() -> anyhow::Result<()> {
             runs,
             tcp_connections,
             tcp_stripe,
+            full_dram,
             ways,
             ceilings,
             server,
             json,
         } => rt.block_on(data::bench_data(data::DataArgs {
+            full_dram: full_dram.as_u64(),
             ways,
             ceilings,
             tcp: tidepool_client::TcpOptions {
