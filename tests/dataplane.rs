@@ -203,7 +203,9 @@ fn tcp_reservations_are_invisible_until_committed() {
 
 #[test]
 fn abort_timeout_and_disconnect_drop_reservations() {
-    let s = Server::start(&["--reserve-timeout", "300"]);
+    // Long enough that the checks before the expiry never race it on a
+    // loaded machine.
+    let s = Server::start(&["--reserve-timeout", "2000"]);
     let mut con = s.redis();
     let reply: Vec<Value> = redis::cmd("KV.RESERVE")
         .arg("a")
@@ -236,7 +238,7 @@ fn abort_timeout_and_disconnect_drop_reservations() {
     assert_eq!(n, 1);
     assert_eq!(s.info_u64("data_reservations_open"), 1);
     // b times out.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while s.info_u64("data_reservations_open") > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
