@@ -13,14 +13,18 @@ use crate::{ClientError, ClientOptions, PlaneChoice};
 use tidepool_transport::Descriptor;
 
 /// Cuts blocks of these sizes into runs (ranges of indices) of about
-/// `COMMIT_GROUP` bytes, none empty.
-fn put_groups(sizes: impl Iterator<Item = usize>) -> Vec<std::ops::Range<usize>> {
+/// `group_bytes` bytes and at most `group_blocks` blocks, none empty.
+fn put_groups(
+    sizes: impl Iterator<Item = usize>,
+    group_bytes: usize,
+    group_blocks: usize,
+) -> Vec<std::ops::Range<usize>> {
     let mut groups = Vec::new();
     let (mut start, mut bytes, mut n) = (0, 0, 0);
     for (i, len) in sizes.enumerate() {
         bytes += len;
         n = i + 1;
-        if bytes >= COMMIT_GROUP {
+        if bytes >= group_bytes || n - start >= group_blocks {
             groups.push(start..n);
             (start, bytes) = (n, 0);
         }
@@ -41,10 +45,18 @@ fn put_groups(sizes: impl Iterator<Item = usize>) -> Vec<std::ops::Range<usize>>
 const GET_GROUP_KEYS: usize = 64;
 
 /// Bytes per group of a data-plane put: reserved, moved and committed
-/// together, while the neighbouring groups are at the server. Over tcp a
-/// group ends with a wait for the data port's replies, in which the socket
-/// idles: 1 MiB groups moved a fifth less than 4 MiB ones.
+/// together, while the neighbouring groups are at the server.
 const COMMIT_GROUP: usize = 4 << 20;
+
+/// Over tcp a group ends with a wait for the data port's replies, in which
+/// the sockets idle, so tcp groups are larger: 1 MiB puts 4.30 -> 5.08 GB/s
+/// (medians of five alternating pairs) with 16 MiB groups against 4 MiB
+/// (and 1 MiB groups moved a fifth less than 4 MiB ones). But reserving and
+/// committing many small blocks takes the server longer than the sockets
+/// idle (64 KiB blocks gained nothing from larger groups), so at most
+/// `TCP_GROUP_BLOCKS` blocks a group.
+const TCP_COMMIT_GROUP: usize = 16 << 20;
+const TCP_GROUP_BLOCKS: usize = 64;
 
 /// Options of one put.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -330,7 +342,11 @@ impl Client {
         chain: bool,
         parent: Option<Bytes>,
     ) -> Result<Vec<Result<(), ClientError>>, ClientError> {
-        let groups = put_groups(blocks.iter().map(|(_, v)| v.len()));
+        let sizes = blocks.iter().map(|(_, v)| v.len());
+        let groups = match plane.kind() {
+            tidepool_transport::Kind::Tcp => put_groups(sizes, TCP_COMMIT_GROUP, TCP_GROUP_BLOCKS),
+            _ => put_groups(sizes, COMMIT_GROUP, usize::MAX),
+        };
         let kind = plane.kind().as_str();
         let reserve_cmd = |g: &std::ops::Range<usize>| {
             let mut cmd = Vec::with_capacity(2 * g.len() + 7);
@@ -915,4 +931,33 @@ fn record_commits(
         results[*i] = Some(check(f).map(|_| ()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_groups_cut_by_bytes_and_by_blocks() {
+        let mib = 1 << 20;
+        // By bytes: 4 MiB groups of 1 MiB blocks, the rest last.
+        let g = put_groups([mib; 10].into_iter(), 4 * mib, usize::MAX);
+        assert_eq!(g, vec![0..4, 4..8, 8..10]);
+        // A block larger than a group is a group of its own.
+        let g = put_groups([mib, 9 * mib, mib].into_iter(), 4 * mib, usize::MAX);
+        assert_eq!(g, vec![0..2, 2..3]);
+        // By blocks: 64 KiB blocks at most 64 a group, whatever the bytes.
+        let g = put_groups([64 << 10; 200].into_iter(), 16 * mib, 64);
+        assert_eq!(g, vec![0..64, 64..128, 128..192, 192..200]);
+        // Together they cover every block once, in order; none is empty.
+        for (bytes, blocks) in [(4 * mib, usize::MAX), (16 * mib, 64), (1, 1)] {
+            let sizes: Vec<usize> = (0..300).map(|i| (i * 7919) % (3 * mib)).collect();
+            let g = put_groups(sizes.iter().copied(), bytes, blocks);
+            assert!(g.iter().all(|r| !r.is_empty()));
+            assert_eq!(g.first().map(|r| r.start), Some(0));
+            assert_eq!(g.last().map(|r| r.end), Some(300));
+            assert!(g.windows(2).all(|w| w[0].end == w[1].start));
+        }
+        assert!(put_groups(std::iter::empty(), 4 * mib, 64).is_empty());
+    }
 }
