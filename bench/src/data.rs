@@ -7,7 +7,9 @@
 //! Each cell writes `total` bytes of blocks of one size in batches (one
 //! `put_many` / `get_many_into` call per batch, a pipeline of SET / GET for
 //! Redis), on a freshly flushed server, then reads them back into caller
-//! buffers. Runs alternate between the systems; medians are reported.
+//! buffers. Runs alternate between the systems; medians are reported. The
+//! `shm-full` way only puts, into a server whose DRAM a warm-up pass filled,
+//! under keys of their own each run: each block stored evicts one.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -258,7 +260,7 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
         /// Started with --dram-checksums false.
         Unchecked,
         /// DRAM of `full_dram`, filled by the warm-up pass.
-        Small,
+        Full,
     }
     const WAYS: [(Way, &str, Server, PlaneChoice); 5] = [
         (Way::Inline, "inline", Server::Main, PlaneChoice::Inline),
@@ -270,7 +272,7 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
             Server::Unchecked,
             PlaneChoice::Shm,
         ),
-        (Way::ShmFull, "shm-full", Server::Small, PlaneChoice::Shm),
+        (Way::ShmFull, "shm-full", Server::Full, PlaneChoice::Shm),
     ];
     let known = |w: &String| WAYS.iter().any(|(_, name, ..)| name == w);
     if let Some(w) = a.ways.iter().find(|w| !known(w)) {
@@ -299,10 +301,10 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
     };
     // And one for puts into a full store, of a DRAM size a cache has.
     let full = a.ways.iter().any(|w| w == "shm-full");
-    let small_port = free_port()?;
-    let small_dram = a.full_dram.to_string();
-    let _small = match full {
-        true => Some(spawn_tidepool(&a.server, small_port, &["--dram", &small_dram]).await?),
+    let full_port = free_port()?;
+    let full_dram = a.full_dram.to_string();
+    let _full = match full {
+        true => Some(spawn_tidepool(&a.server, full_port, &["--dram", &full_dram]).await?),
         false => None,
     };
     let tcp = a.tcp;
@@ -327,7 +329,7 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
             let port = match server {
                 Server::Main => tp_port,
                 Server::Unchecked => un_port,
-                Server::Small => small_port,
+                Server::Full => full_port,
             };
             clients.push((way, connect(port, plane).await?));
         }

@@ -329,7 +329,8 @@ impl Client {
     }
 
     /// `put_many` over the data plane, in groups of about `COMMIT_GROUP`
-    /// bytes, three deep: while group i moves, the KV.RESERVE of group i + 1
+    /// bytes (over tcp `TCP_COMMIT_GROUP`, at most `TCP_GROUP_BLOCKS`
+    /// blocks), three deep: while group i moves, the KV.RESERVE of group i + 1
     /// and the KV.COMMIT of group i - 1 are at the server, so its work
     /// (allocating, checksumming, indexing) overlaps the copy. Commits go in
     /// order, so a chain's parents are in before their children. A block the

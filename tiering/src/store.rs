@@ -1674,22 +1674,18 @@ impl Store {
     /// queue's worth: beyond that, what it holds goes now.
     fn queue_demotion(&self, ssd: &SsdState, demotion: Demotion) {
         let me = self as *const Store as usize;
-        let demotion = HELD_DEMOTIONS.with(|held| {
-            let mut held = held.borrow_mut();
-            match held.as_mut() {
-                Some((store, jobs)) if *store == me => {
-                    if jobs.len() < ssd.settings.queue {
-                        jobs.push(demotion);
-                        return None;
-                    }
-                    let mut full = std::mem::take(jobs);
-                    full.push(demotion);
-                    Some(full)
-                }
-                _ => Some(vec![demotion]),
-            }
+        let held = HELD_DEMOTIONS.with(|h| matches!(&*h.borrow(), Some((s, _)) if *s == me));
+        if !held {
+            self.send_demotion(ssd, demotion);
+            return;
+        }
+        let full = HELD_DEMOTIONS.with(|h| {
+            let mut h = h.borrow_mut();
+            let (_, jobs) = h.as_mut().expect("checked above");
+            jobs.push(demotion);
+            (jobs.len() > ssd.settings.queue).then(|| std::mem::take(jobs))
         });
-        for d in demotion.into_iter().flatten() {
+        for d in full.into_iter().flatten() {
             self.send_demotion(ssd, d);
         }
     }
