@@ -116,6 +116,58 @@ fn eviction_is_leaf_first_lru() {
     f.store.check_invariants().unwrap();
 }
 
+/// One eviction run (from the high watermark down to the low one) takes
+/// many victims, in leaf-first LRU order: a parent whose last child just went
+/// is next if it is the oldest, wherever its shard (the run keeps the shards'
+/// heads and must look again where a victim changed one), for both policies.
+#[test]
+fn one_eviction_run_takes_its_victims_in_leaf_first_lru_order() {
+    for eviction in [Eviction::Lru, Eviction::Adaptive] {
+        let events = Arc::new(Recorder::default());
+        let store = Store::with_parts(
+            StoreConfig {
+                dram_capacity: 15 * charge_of(2, 1),
+                high_watermark: 0.99,
+                low_watermark: 0.3,
+                eviction,
+                dram_checksums: true,
+            },
+            Some(events.clone() as Arc<dyn EventSink>),
+            Arc::new(|| 1_000_000),
+        );
+        // Two chains of four, then six single blocks: 14 blocks, under the
+        // high watermark.
+        for chain in ["a", "b"] {
+            for i in 0..4 {
+                let parent = (i > 0).then(|| format!("{chain}{}", i - 1));
+                put(&store, &format!("{chain}{i}"), "1", parent.as_deref()).unwrap();
+            }
+        }
+        for i in 0..6 {
+            put(&store, &format!("s{i}"), "1", None).unwrap();
+        }
+        assert!(events
+            .0
+            .lock()
+            .iter()
+            .all(|(k, _)| *k != EventKind::Evicted));
+        // The 15th passes it: one run evicts down to 4 blocks.
+        put(&store, "t0", "1", None).unwrap();
+        let f = Fixture {
+            store,
+            events,
+            time: Arc::new(AtomicU64::new(0)),
+        };
+        let order = evicted(&f);
+        assert_eq!(
+            order,
+            ["a3", "a2", "a1", "a0", "b3", "b2", "b1", "b0", "s0", "s1", "s2"],
+            "{eviction:?}"
+        );
+        f.store.check_invariants().unwrap();
+    }
+}
+
 #[test]
 fn overwriting_at_capacity_evicts_only_for_growth() {
     let f = fixture(3 * charge_of(1, 10));
@@ -1005,6 +1057,54 @@ mod with_ssd {
         settle(&f.store);
         assert_eq!(f.store.len(), 2);
         f.store.check_invariants().unwrap();
+    }
+
+    /// One eviction run demotes its victims in leaf-first LRU order: a
+    /// parent whose last DRAM child went down is next if it is the oldest.
+    #[test]
+    fn one_eviction_run_demotes_in_leaf_first_lru_order() {
+        let dir = fresh_dir("run-order");
+        let store = Arc::new(Store::new(StoreConfig {
+            dram_capacity: 15 * charge_of(2, 1000),
+            high_watermark: 0.99,
+            low_watermark: 0.3,
+            eviction: Eviction::Lru,
+            dram_checksums: true,
+        }));
+        let opened = SsdTier::open(&log_config(&dir, 8, 1 << 20), EngineChoice::Auto).unwrap();
+        let tier = Arc::new(opened.tier);
+        let cap = tier.capacity();
+        store
+            .attach_ssd(tier, cap, opened.recovered, SsdSettings::default())
+            .unwrap();
+        let key = |s: &str| Bytes::from(s.to_string());
+        for c in ["a", "b"] {
+            for i in 0..4 {
+                let opts = PutOptions {
+                    parent: (i > 0).then(|| key(&format!("{c}{}", i - 1))),
+                    ..Default::default()
+                };
+                store.put(key(&format!("{c}{i}")), val(i), opts).unwrap();
+            }
+        }
+        for i in 0..7 {
+            store
+                .put(key(&format!("s{i}")), val(i), PutOptions::default())
+                .unwrap();
+        }
+        settle(&store);
+        let on = |k: &str| store.tier_of(k.as_bytes());
+        for k in [
+            "a0", "a1", "a2", "a3", "b0", "b1", "b2", "b3", "s0", "s1", "s2",
+        ] {
+            assert_eq!(on(k), Some(TierKind::Ssd), "{k}");
+        }
+        for k in ["s3", "s4", "s5", "s6"] {
+            assert_eq!(on(k), Some(TierKind::Dram), "{k}");
+        }
+        store.check_invariants().unwrap();
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
