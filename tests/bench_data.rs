@@ -65,4 +65,11 @@ fn the_data_bench_measures_every_way() {
         }
     }
     assert_eq!(rows.len(), 2 * hows.len());
+    // Without ceilings only the target against Redis can be told.
+    let targets = v["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 1, "{v}");
+    assert_eq!(targets[0]["target"], "tcp get at least 2x Redis GET");
+    assert_eq!(targets[0]["block_bytes"], 1 << 20);
+    assert!(targets[0]["measured"].as_str().unwrap().ends_with('x'));
+    assert!(stdout.contains("| target (issue 4) |"), "{stdout}");
 }

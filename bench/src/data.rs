@@ -250,6 +250,62 @@ fn iperf3() -> Result<f64, String> {
         .ok_or_else(|| "iperf3 gave no rate".into())
 }
 
+/// One of the issue's targets, read off this run's rows.
+struct Target {
+    what: &'static str,
+    block: u64,
+    measured: String,
+    met: bool,
+}
+
+/// The targets this run can tell: tcp GET against Redis at 1 MiB, tcp
+/// against iperf3 and shm against memcpy at each size (each where the
+/// rows and ceilings it needs were measured). Puts and gets are both held
+/// to the share.
+fn targets(
+    rows: &[(u64, Way, f64, f64)],
+    memcpy: &[(u64, f64)],
+    iperf3: Option<f64>,
+) -> Vec<Target> {
+    let row = |size: u64, way: Way| rows.iter().find(|r| r.0 == size && r.1 == way);
+    let mut out = Vec::new();
+    if let (Some(t), Some(r)) = (row(1 << 20, Way::Tcp), row(1 << 20, Way::Redis)) {
+        let x = t.3 / r.3;
+        out.push(Target {
+            what: "tcp get at least 2x Redis GET",
+            block: 1 << 20,
+            measured: format!("{x:.2}x"),
+            met: x >= 2.0,
+        });
+    }
+    let mut sizes: Vec<u64> = rows.iter().map(|r| r.0).collect();
+    sizes.dedup();
+    for &size in &sizes {
+        if let (Some(t), Some(ip)) = (row(size, Way::Tcp), iperf3) {
+            let (p, g) = (t.2 / ip, t.3 / ip);
+            out.push(Target {
+                what: "tcp put / get at least 80% of iperf3 -l 1M",
+                block: size,
+                measured: format!("{:.0}% / {:.0}%", p * 100.0, g * 100.0),
+                met: p >= 0.8 && g >= 0.8,
+            });
+        }
+    }
+    for &size in &sizes {
+        let mc = memcpy.iter().find(|m| m.0 == size).map(|m| m.1);
+        if let (Some(s), Some(mc)) = (row(size, Way::Shm), mc) {
+            let (p, g) = (s.2 / mc, s.3 / mc);
+            out.push(Target {
+                what: "shm put / get at least 80% of memcpy",
+                block: size,
+                measured: format!("{:.0}% / {:.0}%", p * 100.0, g * 100.0),
+                met: p >= 0.8 && g >= 0.8,
+            });
+        }
+    }
+    out
+}
+
 /// Runs the bench and prints the table.
 pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
     // Each way: its name in --ways, the server it talks to, and the
@@ -488,6 +544,25 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
         ),
         Err(e) => println!("| iperf3 -l 1M | not run: {e} |"),
     }
+    let targets = targets(
+        &rows,
+        &memcpy_rows,
+        iperf.as_ref().ok().map(|r| median(r.clone())),
+    );
+    if !targets.is_empty() {
+        println!();
+        println!("| target (issue 4) | block | measured | met |");
+        println!("|---|---|---|---|");
+        for t in &targets {
+            println!(
+                "| {} | {} KiB | {} | {} |",
+                t.what,
+                t.block >> 10,
+                t.measured,
+                if t.met { "yes" } else { "no" }
+            );
+        }
+    }
     if let Some(path) = a.json {
         let j = serde_json::json!({
             "bench": "data",
@@ -503,6 +578,9 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
             "loopback_tcp": loopback_rows.iter().map(|(s, r)| serde_json::json!({"block_bytes": s, "gbs": r})).collect::<Vec<_>>(),
             "iperf3_gbs": iperf.as_ref().ok().map(|r| median(r.clone())),
             "iperf3_runs_gbs": iperf.as_ref().ok(),
+            "targets": targets.iter().map(|t| serde_json::json!({
+                "target": t.what, "block_bytes": t.block, "measured": t.measured, "met": t.met,
+            })).collect::<Vec<_>>(),
         });
         std::fs::write(&path, serde_json::to_string_pretty(&j)?)?;
     }
