@@ -165,18 +165,26 @@ use tidepool_client::Frame as redis_frame;
 /// as the cell: GB/s. With `copy_from_slice`, memcpy (the shm put's work
 /// without the protocol); with `tidepool_checksum::copy_streaming`, the copy
 /// with streaming stores that the shm plane makes, in both directions.
+///
+/// The best of three passes: a ceiling is what the machine can do, and one
+/// bench's memcpy of 4 MiB blocks (the median of one pass in each of its
+/// three runs) read 5.7 GB/s against 17.5-20.3 in the others, while the
+/// streaming copy measured right after it each time was not slow.
 fn copy_rate(blocks: &[(Bytes, Bytes)], copy: fn(&[u8], &mut [u8])) -> f64 {
     let total: usize = blocks.iter().map(|(_, v)| v.len()).sum();
     let mut dst = vec![1u8; total];
-    let t = Instant::now();
-    let mut off = 0;
-    for (_, v) in blocks {
-        copy(v, &mut dst[off..off + v.len()]);
-        off += v.len();
+    let mut best: f64 = 0.0;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let mut off = 0;
+        for (_, v) in blocks {
+            copy(v, &mut dst[off..off + v.len()]);
+            off += v.len();
+        }
+        best = best.max(gbs(total as u64, t.elapsed()));
+        std::hint::black_box(&dst);
     }
-    let rate = gbs(total as u64, t.elapsed());
-    std::hint::black_box(&dst);
-    rate
+    best
 }
 
 /// Plain TCP over loopback moving the same blocks from their own buffers
