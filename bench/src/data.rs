@@ -288,29 +288,28 @@ fn targets(
     }
     let mut sizes: Vec<u64> = rows.iter().map(|r| r.0).collect();
     sizes.dedup();
-    for &size in &sizes {
-        if let (Some(t), Some(ip)) = (row(size, Way::Tcp), iperf3) {
-            let (p, g) = (t.2 / ip, t.3 / ip);
-            out.push(Target {
-                what: "tcp put / get at least 80% of iperf3 -l 1M",
-                block: size,
-                measured: format!("{:.0}% / {:.0}%", p * 100.0, g * 100.0),
-                met: p >= 0.8 && g >= 0.8,
-            });
+    // Put and get of `way` as shares of `ceiling`, at each size.
+    let mut shares = |what: &'static str, way: Way, ceiling: &dyn Fn(u64) -> Option<f64>| {
+        for &size in &sizes {
+            if let (Some(r), Some(c)) = (row(size, way), ceiling(size)) {
+                let (p, g) = (r.2 / c, r.3 / c);
+                out.push(Target {
+                    what,
+                    block: size,
+                    measured: format!("{:.0}% / {:.0}%", p * 100.0, g * 100.0),
+                    met: p >= 0.8 && g >= 0.8,
+                });
+            }
         }
-    }
-    for &size in &sizes {
-        let mc = memcpy.iter().find(|m| m.0 == size).map(|m| m.1);
-        if let (Some(s), Some(mc)) = (row(size, Way::Shm), mc) {
-            let (p, g) = (s.2 / mc, s.3 / mc);
-            out.push(Target {
-                what: "shm put / get at least 80% of memcpy",
-                block: size,
-                measured: format!("{:.0}% / {:.0}%", p * 100.0, g * 100.0),
-                met: p >= 0.8 && g >= 0.8,
-            });
-        }
-    }
+    };
+    shares(
+        "tcp put / get at least 80% of iperf3 -l 1M",
+        Way::Tcp,
+        &|_| iperf3,
+    );
+    shares("shm put / get at least 80% of memcpy", Way::Shm, &|size| {
+        memcpy.iter().find(|m| m.0 == size).map(|m| m.1)
+    });
     out
 }
 

@@ -788,13 +788,25 @@ mod with_ssd {
         segment: u64,
         settings: SsdSettings,
     ) -> Arc<Store> {
-        let store = Arc::new(Store::new(StoreConfig {
+        let config = StoreConfig {
             dram_capacity: dram,
             high_watermark: 1.0,
             low_watermark: 1.0,
             eviction: Eviction::Lru,
             dram_checksums: true,
-        }));
+        };
+        open_store_config(dir, config, segments, segment, settings)
+    }
+
+    /// A store of `config` over an SSD log of `segments` x `segment` bytes.
+    fn open_store_config(
+        dir: &std::path::Path,
+        config: StoreConfig,
+        segments: u64,
+        segment: u64,
+        settings: SsdSettings,
+    ) -> Arc<Store> {
+        let store = Arc::new(Store::new(config));
         let opened =
             SsdTier::open(&log_config(dir, segments, segment), EngineChoice::Auto).unwrap();
         let tier = Arc::new(opened.tier);
@@ -948,19 +960,14 @@ mod with_ssd {
     #[test]
     fn adaptive_demotes_victims_of_both_segments() {
         let dir = fresh_dir("adaptive-demote");
-        let store = Arc::new(Store::new(StoreConfig {
+        let config = StoreConfig {
             dram_capacity: 4 * charge_of(2, 1000),
             high_watermark: 1.0,
             low_watermark: 1.0,
             eviction: Eviction::Adaptive,
             dram_checksums: true,
-        }));
-        let opened = SsdTier::open(&log_config(&dir, 8, 1 << 20), EngineChoice::Auto).unwrap();
-        let tier = Arc::new(opened.tier);
-        let cap = tier.capacity();
-        store
-            .attach_ssd(tier, cap, opened.recovered, SsdSettings::default())
-            .unwrap();
+        };
+        let store = open_store_config(&dir, config, 8, 1 << 20, SsdSettings::default());
         let put = |k: &str, i: usize| {
             store
                 .put(Bytes::from(k.to_string()), val(i), PutOptions::default())
@@ -1064,19 +1071,14 @@ mod with_ssd {
     #[test]
     fn one_eviction_run_demotes_in_leaf_first_lru_order() {
         let dir = fresh_dir("run-order");
-        let store = Arc::new(Store::new(StoreConfig {
+        let config = StoreConfig {
             dram_capacity: 15 * charge_of(2, 1000),
             high_watermark: 0.99,
             low_watermark: 0.3,
             eviction: Eviction::Lru,
             dram_checksums: true,
-        }));
-        let opened = SsdTier::open(&log_config(&dir, 8, 1 << 20), EngineChoice::Auto).unwrap();
-        let tier = Arc::new(opened.tier);
-        let cap = tier.capacity();
-        store
-            .attach_ssd(tier, cap, opened.recovered, SsdSettings::default())
-            .unwrap();
+        };
+        let store = open_store_config(&dir, config, 8, 1 << 20, SsdSettings::default());
         let key = |s: &str| Bytes::from(s.to_string());
         for c in ["a", "b"] {
             for i in 0..4 {
