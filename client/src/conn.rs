@@ -20,6 +20,11 @@ pub(crate) struct Conn {
     /// Replies still to come for commands sent without waiting
     /// ([`Conn::send_unanswered`]): read and dropped before the next ones.
     unanswered: usize,
+    /// Replies owed to the exchange under way: commands sent (or being
+    /// sent) whose replies are not read yet. Left above zero when the
+    /// exchange was given up half way (its future dropped), which puts
+    /// the connection out of step ([`Conn::in_step`]).
+    owed: usize,
 }
 
 impl Conn {
@@ -31,7 +36,16 @@ impl Conn {
             rbuf: BytesMut::with_capacity(64 * 1024),
             broken: false,
             unanswered: 0,
+            owed: 0,
         })
+    }
+
+    /// Whether the next command's reply is the next one to read: no error
+    /// left the stream at an unknown position, and no exchange was given up
+    /// with replies (or half a command) in flight. The pool replaces a
+    /// connection that is not.
+    pub(crate) fn in_step(&self) -> bool {
+        !self.broken && self.owed == 0
     }
 
     /// Sends every command, then reads one reply per command, in order.
@@ -51,6 +65,9 @@ impl Conn {
     }
 
     async fn send_inner(&mut self, cmds: &[Vec<Bytes>]) -> Result<(), ClientError> {
+        // Counted before the first byte goes: a send cut short leaves half
+        // a command in the stream.
+        self.owed += cmds.len();
         let mut chunks: Vec<Bytes> = Vec::new();
         // Sized once: a 256-key match is thousands of small arguments, and
         // growing the buffer as it fills copied it over and over.
@@ -87,6 +104,7 @@ impl Conn {
     /// next command's on this connection.
     pub(crate) async fn send_unanswered(&mut self, cmds: &[Vec<Bytes>]) -> Result<(), ClientError> {
         self.send(cmds).await?;
+        self.owed -= cmds.len();
         self.unanswered += cmds.len();
         Ok(())
     }
@@ -99,29 +117,44 @@ impl Conn {
     }
 
     async fn recv_inner(&mut self, n: usize) -> Result<Vec<BytesFrame>, ClientError> {
-        if self.unanswered > 0 {
-            let skip = std::mem::take(&mut self.unanswered);
-            drop(self.recv_frames(skip).await?);
+        // Counted down frame by frame: a skip cut short (its future
+        // dropped) leaves the count of what is still to skip exact.
+        while self.unanswered > 0 {
+            match self.next_frame()? {
+                Some(_) => self.unanswered -= 1,
+                None => self.fill().await?,
+            }
         }
-        self.recv_frames(n).await
+        let frames = self.recv_frames(n).await?;
+        self.owed = self.owed.saturating_sub(n);
+        Ok(frames)
     }
 
     async fn recv_frames(&mut self, n: usize) -> Result<Vec<BytesFrame>, ClientError> {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
-            match decode_bytes_mut(&mut self.rbuf)
-                .map_err(|e| ClientError::Protocol(e.to_string()))?
-            {
-                Some((frame, _, _)) => out.push(frame),
-                None => {
-                    self.rbuf.reserve(64 * 1024);
-                    if self.stream.read_buf(&mut self.rbuf).await? == 0 {
-                        return Err(ClientError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-                    }
-                }
+            match self.next_frame()? {
+                Some(frame) => out.push(frame),
+                None => self.fill().await?,
             }
         }
         Ok(out)
+    }
+
+    /// The next whole reply in the read buffer, if there is one.
+    fn next_frame(&mut self) -> Result<Option<BytesFrame>, ClientError> {
+        Ok(decode_bytes_mut(&mut self.rbuf)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .map(|(frame, _, _)| frame))
+    }
+
+    /// Reads more of the stream into the read buffer.
+    async fn fill(&mut self) -> Result<(), ClientError> {
+        self.rbuf.reserve(64 * 1024);
+        if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+            return Err(ClientError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        Ok(())
     }
 }
 

@@ -386,13 +386,10 @@ impl TcpPlane {
     /// Sends one lane of writes on connection `i`.
     async fn lane_writes(&self, i: usize, lane: Vec<Piece<&[u8]>>) -> Result<(), TransportError> {
         let mut slot = self.conns[i].lock().await;
-        let out = match connected(&mut slot, self.addr).await {
-            Ok(s) => send_writes(s, &lane).await,
-            Err(e) => Err(e),
-        };
-        if out.is_err() {
-            // The stream's position is unknown: start afresh next time.
-            *slot = None;
+        let mut s = taken(&mut slot, self.addr).await?;
+        let out = send_writes(&mut s, &lane).await;
+        if out.is_ok() {
+            *slot = Some(s);
         }
         out
     }
@@ -404,26 +401,28 @@ impl TcpPlane {
         mut lane: Vec<Piece<&mut [u8]>>,
     ) -> Result<(), TransportError> {
         let mut slot = self.conns[i].lock().await;
-        let out = match connected(&mut slot, self.addr).await {
-            Ok(s) => send_reads(s, &mut lane).await,
-            Err(e) => Err(e),
-        };
-        if out.is_err() {
-            *slot = None;
+        let mut s = taken(&mut slot, self.addr).await?;
+        let out = send_reads(&mut s, &mut lane).await;
+        if out.is_ok() {
+            *slot = Some(s);
         }
         out
     }
 }
 
-/// The stream in `slot`, reconnecting when an earlier error closed it.
-async fn connected(
+/// The stream in `slot`, taken out for one exchange (or a new one when
+/// the slot is empty). The caller puts it back only when the exchange
+/// completes: after an error, or an exchange given up half way (its future
+/// dropped), the stream's position is unknown, and the slot stays empty
+/// until the next exchange dials afresh.
+async fn taken(
     slot: &mut Option<TcpStream>,
     addr: SocketAddr,
-) -> Result<&mut TcpStream, TransportError> {
-    if slot.is_none() {
-        *slot = Some(dial(addr).await?);
+) -> Result<TcpStream, TransportError> {
+    match slot.take() {
+        Some(s) => Ok(s),
+        None => dial(addr).await,
     }
-    Ok(slot.as_mut().expect("connected above"))
 }
 
 async fn dial(addr: SocketAddr) -> Result<TcpStream, TransportError> {
