@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use redis_protocol::resp2::types::BytesFrame;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::conn::Conn;
 use crate::data::{self, Moving, Plane, Reserved, ServerPlanes};
+use crate::get::GetDriver;
 use crate::{ClientError, ClientOptions, PlaneChoice};
 use tidepool_transport::Descriptor;
 
@@ -147,7 +148,7 @@ pub struct Stats {
 /// takes one pooled connection for its pipeline.
 pub struct Client {
     addr: Arc<str>,
-    conns: Vec<Mutex<Conn>>,
+    conns: Vec<Arc<Mutex<Conn>>>,
     next: AtomicUsize,
     plane: Option<Plane>,
     opts: ClientOptions,
@@ -171,14 +172,14 @@ fn num(n: impl ToString) -> Bytes {
 }
 
 /// Turns an error frame into an error, anything else into itself.
-fn check(frame: BytesFrame) -> Result<BytesFrame, ClientError> {
+pub(crate) fn check(frame: BytesFrame) -> Result<BytesFrame, ClientError> {
     match frame {
         BytesFrame::Error(e) => Err(ClientError::server(&e)),
         f => Ok(f),
     }
 }
 
-fn int(frame: BytesFrame) -> Result<i64, ClientError> {
+pub(crate) fn int(frame: BytesFrame) -> Result<i64, ClientError> {
     match check(frame)? {
         BytesFrame::Integer(i) => Ok(i),
         other => Err(ClientError::Unexpected(format!("{other:?}"))),
@@ -193,7 +194,7 @@ fn bulk_or_nil(frame: BytesFrame) -> Result<Option<Bytes>, ClientError> {
     }
 }
 
-fn array(frame: BytesFrame) -> Result<Vec<BytesFrame>, ClientError> {
+pub(crate) fn array(frame: BytesFrame) -> Result<Vec<BytesFrame>, ClientError> {
     match check(frame)? {
         BytesFrame::Array(v) => Ok(v),
         other => Err(ClientError::Unexpected(format!("{other:?}"))),
@@ -210,7 +211,7 @@ fn text(frame: &BytesFrame) -> Option<String> {
 }
 
 /// A RESP2 map (flat array of key, value) as pairs.
-fn pairs(frame: BytesFrame) -> Result<Vec<(String, BytesFrame)>, ClientError> {
+pub(crate) fn pairs(frame: BytesFrame) -> Result<Vec<(String, BytesFrame)>, ClientError> {
     let items = array(frame)?;
     let mut out = Vec::with_capacity(items.len() / 2);
     let mut it = items.into_iter();
@@ -245,7 +246,7 @@ impl Client {
             .ok_or_else(|| ClientError::Unexpected(format!("{addr} resolves to nothing")))?;
         let mut conns = Vec::with_capacity(opts.connections.max(1));
         for _ in 0..opts.connections.max(1) {
-            conns.push(Mutex::new(Conn::connect(addr).await?));
+            conns.push(Arc::new(Mutex::new(Conn::connect(addr).await?)));
         }
         let mut client = Client {
             addr: addr.into(),
@@ -285,6 +286,15 @@ impl Client {
     /// Pooled connection `i`, replaced first if an earlier exchange broke it.
     async fn conn(&self, i: usize) -> Result<tokio::sync::MutexGuard<'_, Conn>, ClientError> {
         let mut conn = self.conns[i].lock().await;
+        if !conn.in_step() {
+            *conn = Conn::connect(&self.addr).await?;
+        }
+        Ok(conn)
+    }
+
+    /// [`Client::conn`], held by a guard that a spawned task can own.
+    async fn conn_owned(&self, i: usize) -> Result<OwnedMutexGuard<Conn>, ClientError> {
+        let mut conn = self.conns[i].clone().lock_owned().await;
         if !conn.in_step() {
             *conn = Conn::connect(&self.addr).await?;
         }
@@ -659,12 +669,12 @@ impl Client {
     }
 
     /// `get_many_into` over the data plane, in groups of `GET_GROUP_KEYS`
-    /// keys (one group over tcp), pipelined as puts are: while group i
-    /// moves, the KV.LOCATE of group i + 2 and the KV.RELEASE of group i - 1
-    /// are at the server, and their replies are read a step late. Each group
-    /// is located under a lease of its own, given back once it has moved
-    /// (whatever happened). Locating 512 blocks of 64 KiB and releasing them
-    /// took a quarter of a 32 MiB shm get when the copy waited for it.
+    /// keys (one group over tcp). A task of its own ([`GetDriver`]) locates
+    /// the groups (a few ahead of the copy) and gives each group's lease
+    /// back once it has moved, on one pooled connection; this task copies
+    /// each group into the caller's buffers as its locations come in. A get
+    /// given up half way (its future dropped) or failed leaves the task to
+    /// give every lease back and read every reply.
     async fn get_many_into_via(
         &self,
         plane: &Plane,
@@ -682,125 +692,38 @@ impl Client {
             .step_by(per_group)
             .map(|start| start..(start + per_group).min(keys.len()))
             .collect();
-        let locate_cmd = |g: &std::ops::Range<usize>| {
-            let mut cmd = Vec::with_capacity(g.len() + 6);
-            cmd.extend([b("KV.LOCATE"), num(g.len())]);
-            cmd.extend(keys[g.clone()].iter().cloned());
-            cmd.extend([
-                b("LEASE"),
-                num(self.opts.read_lease_ms),
-                b("VIA"),
-                b(plane.kind().as_str()),
-            ]);
-            cmd
-        };
-        let release_cmd = |lease: u64| vec![b("KV.RELEASE"), num(lease)];
-        enum Owed {
-            Locate(usize),
-            Release,
-        }
-        // A group's lease and its blocks' locations, once located.
-        type Located = Option<(u64, Vec<BytesFrame>)>;
-        let settle = |owed: Vec<Owed>,
-                      frames: Vec<BytesFrame>,
-                      located: &mut Vec<Located>,
-                      held: &mut Vec<u64>|
-         -> Result<(), ClientError> {
-            for (o, f) in owed.into_iter().zip(frames) {
-                match o {
-                    Owed::Locate(g) => {
-                        let (lease, blocks) = locate_reply(f, groups[g].len())?;
-                        held.push(lease);
-                        located[g] = Some((lease, blocks));
-                    }
-                    Owed::Release => {
-                        int(f)?;
-                    }
-                }
-            }
-            Ok(())
-        };
-        let n = groups.len();
-        let mut located: Vec<Located> = (0..n).map(|_| None).collect();
-        // Leases located and not yet given back: if the connection fails
-        // half way, they go back over another one; if the get is given up
-        // (its future dropped), from a task of their own.
-        let mut held = HeldLeases {
-            leases: Vec::new(),
+        let i = self.next.fetch_add(1, Relaxed) % self.conns.len();
+        let driver = GetDriver {
+            conn: self.conn_owned(i).await?,
+            keys: keys.to_vec(),
+            groups: groups.clone(),
+            lease_ms: self.opts.read_lease_ms,
+            via: plane.kind().as_str(),
             addr: self.addr.clone(),
         };
-        let held = &mut held.leases;
-        let i = self.next.fetch_add(1, Relaxed) % self.conns.len();
-        let mut conn = self.conn(i).await?;
-        let res = async {
-            let first: Vec<Vec<Bytes>> = groups.iter().take(2).map(locate_cmd).collect();
-            conn.send(&first).await?;
-            let frames = conn.recv(1).await?;
-            // Replies out of step: the connection is not reused as is.
-            settle(vec![Owed::Locate(0)], frames, &mut located, held)
-                .inspect_err(|_| conn.broken = true)?;
-            let mut owed: Vec<Owed> = (1..first.len()).map(Owed::Locate).collect();
-            let mut out: Vec<Option<usize>> = vec![None; keys.len()];
-            let mut prev_lease = None;
-            let mut failed = None;
-            for gi in 0..n {
-                let (lease, frames) = located[gi].take().expect("located a step ago");
-                let mut cmds = Vec::new();
-                let mut now_owed = Vec::new();
-                if gi + 2 < n {
-                    cmds.push(locate_cmd(&groups[gi + 2]));
-                    now_owed.push(Owed::Locate(gi + 2));
-                }
-                let releasing = prev_lease.replace(lease);
-                if let Some(prev) = releasing {
-                    cmds.push(release_cmd(prev));
-                    now_owed.push(Owed::Release);
-                }
-                if !cmds.is_empty() {
-                    conn.send(&cmds).await?;
-                }
-                held.retain(|l| Some(*l) != releasing);
-                let g = groups[gi].clone();
-                let moved = read_group(plane, frames, &mut bufs[g.clone()], &mut out[g.clone()])
-                    .await
-                    .map_err(|e| match e {
-                        ClientError::Unexpected(why) => {
-                            ClientError::Unexpected(format!("group from block {}: {why}", g.start))
-                        }
-                        e => e,
-                    });
-                let frames = conn.recv(owed.len()).await?;
-                settle(std::mem::take(&mut owed), frames, &mut located, held)
-                    .inspect_err(|_| conn.broken = true)?;
-                owed = now_owed;
-                if let Err(e) = moved {
-                    failed = Some(e);
-                    break;
-                }
-            }
-            let frames = conn.recv(owed.len()).await?;
-            settle(owed, frames, &mut located, held).inspect_err(|_| conn.broken = true)?;
-            // Every lease still held goes back: the last group's, and on a
-            // failure those of groups located but never read. Nothing waits
-            // for the replies (a lease the server failed to drop expires).
-            let releases: Vec<Vec<Bytes>> = held.drain(..).map(release_cmd).collect();
-            if !releases.is_empty() {
-                conn.send_unanswered(&releases).await?;
-            }
-            match failed {
-                Some(e) => Err(e),
-                None => Ok(out),
-            }
+        let (located_tx, mut located) = tokio::sync::mpsc::unbounded_channel();
+        let (done, done_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(driver.run(located_tx, done_rx));
+        let mut out: Vec<Option<usize>> = vec![None; keys.len()];
+        for (gi, g) in groups.into_iter().enumerate() {
+            let group = located.recv().await.ok_or_else(|| {
+                ClientError::Unexpected("the get's protocol task stopped".into())
+            })??;
+            read_group(plane, group, &mut bufs[g.clone()], &mut out[g.clone()])
+                .await
+                .map_err(|e| match e {
+                    ClientError::Unexpected(why) => {
+                        ClientError::Unexpected(format!("group from block {}: {why}", g.start))
+                    }
+                    e => e,
+                })?;
+            let _ = done.send(gi);
+            // On a single-threaded runtime the protocol task runs only
+            // while this one waits: let it send the next KV.LOCATE before
+            // the next copy.
+            tokio::task::yield_now().await;
         }
-        .await;
-        drop(conn);
-        if !held.is_empty() {
-            // The connection failed: best effort over another (the leases
-            // would expire anyway).
-            let releases: Vec<Vec<Bytes>> = held.drain(..).map(release_cmd).collect();
-            let _ = self.pipeline(&releases).await;
-        }
-        res
+        Ok(out)
     }
 
     fn match_reply(frame: BytesFrame) -> Result<Match, ClientError> {
@@ -921,46 +844,24 @@ impl Client {
     }
 }
 
-/// A KV.LOCATE reply for `n` keys: its lease and one location (a
-/// descriptor or nil) per key.
-fn locate_reply(frame: BytesFrame, n: usize) -> Result<(u64, Vec<BytesFrame>), ClientError> {
-    let (mut lease, mut located) = (None, Vec::new());
-    for (k, v) in pairs(frame)? {
-        match (k.as_str(), v) {
-            ("lease", BytesFrame::Integer(l)) => lease = Some(l as u64),
-            ("blocks", f) => located = array(f)?,
-            _ => {}
-        }
-    }
-    let lease = lease.ok_or_else(|| ClientError::Unexpected("KV.LOCATE without a lease".into()))?;
-    if located.len() != n {
-        return Err(ClientError::Unexpected(format!(
-            "{} locations for {n} keys",
-            located.len()
-        )));
-    }
-    Ok((lease, located))
-}
-
 /// Moves one located group into its buffers, recording each block's
 /// length in `out` (`None` for a miss).
 async fn read_group(
     plane: &Plane,
-    located: Vec<BytesFrame>,
+    located: Vec<Option<Descriptor>>,
     bufs: &mut [&mut [u8]],
     out: &mut [Option<usize>],
 ) -> Result<(), ClientError> {
     let mut reads = Vec::new();
-    for (i, ((frame, buf), out)) in located
+    for (i, ((d, buf), out)) in located
         .into_iter()
         .zip(bufs.iter_mut())
         .zip(out)
         .enumerate()
     {
-        match check(frame)? {
-            BytesFrame::Null => *out = None,
-            f => {
-                let d = data::descriptor(f)?;
+        match d {
+            None => *out = None,
+            Some(d) => {
                 let len = d.len as usize;
                 if len > buf.len() {
                     return Err(ClientError::Unexpected(format!(
@@ -975,39 +876,6 @@ async fn read_group(
     }
     plane.read(&mut reads).await?;
     Ok(())
-}
-
-/// Leases a get holds and has not given back yet. Dropped with some left
-/// (the get's future dropped half way: a timeout, a cancelled request), it
-/// gives them back from a task of its own over a connection of its own:
-/// the pool's connection the get used is out of step by then, and the
-/// leases would otherwise pin their blocks until they expire.
-struct HeldLeases {
-    leases: Vec<u64>,
-    addr: Arc<str>,
-}
-
-impl Drop for HeldLeases {
-    fn drop(&mut self) {
-        if self.leases.is_empty() {
-            return;
-        }
-        // Outside a runtime there is no task to give them: they expire.
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let cmds: Vec<Vec<Bytes>> = self
-            .leases
-            .drain(..)
-            .map(|l| vec![b("KV.RELEASE"), num(l)])
-            .collect();
-        let addr = self.addr.clone();
-        rt.spawn(async move {
-            if let Ok(mut conn) = Conn::connect(&addr).await {
-                let _ = conn.pipeline(&cmds).await;
-            }
-        });
-    }
 }
 
 /// Records a KV.COMMIT reply (`OK` for one token, an array for several).

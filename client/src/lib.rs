@@ -27,6 +27,7 @@ mod client;
 mod conn;
 mod data;
 mod error;
+mod get;
 
 pub use client::{Client, Match, PutOptions, Stats};
 pub use data::{ClientOptions, PlaneChoice};
