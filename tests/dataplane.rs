@@ -875,8 +875,8 @@ fn a_put_or_get_given_up_half_way_leaves_nothing_half_done() {
     rt.block_on(async {
         for choice in [PlaneChoice::Shm, PlaneChoice::Tcp] {
             let c = client_via(&s, choice).await.unwrap();
-            // 40 MiB a put: many groups, over shm copied on the copier
-            // thread while the protocol goes on.
+            // 40 MiB a put or a get: many groups, each pipelined with the
+            // next group's reservation (or location).
             let (len, n) = (256 << 10, 160);
             for (round, cut_us) in [30u64, 1000, 5000, 20_000, 60_000].into_iter().enumerate() {
                 let tag = format!("{choice:?}-{round}");

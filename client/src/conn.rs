@@ -17,6 +17,9 @@ pub(crate) struct Conn {
     /// An exchange failed half way: the stream's position is unknown, so the
     /// pool replaces this connection before its next use.
     pub(crate) broken: bool,
+    /// Replies still to come for commands sent without waiting
+    /// ([`Conn::send_unanswered`]): read and dropped before the next ones.
+    unanswered: usize,
     /// Replies owed to the exchange under way: commands sent (or being
     /// sent) whose replies are not read yet. Left above zero when the
     /// exchange was given up half way (its future dropped), which puts
@@ -32,6 +35,7 @@ impl Conn {
             stream,
             rbuf: BytesMut::with_capacity(64 * 1024),
             broken: false,
+            unanswered: 0,
             owed: 0,
         })
     }
@@ -94,16 +98,36 @@ impl Conn {
         Ok(())
     }
 
-    /// Reads `n` replies. Cancel-safe for one reply (a reply not wholly
-    /// read stays in the buffer); dropped while reading several, it may
-    /// lose the ones read so far, and the connection is then out of step.
+    /// Sends commands whose replies nobody waits for (a lease given back at
+    /// the end of a get: the caller need not sit through a round trip for
+    /// it). The replies are read and dropped, errors included, before the
+    /// next command's on this connection.
+    pub(crate) async fn send_unanswered(&mut self, cmds: &[Vec<Bytes>]) -> Result<(), ClientError> {
+        self.send(cmds).await?;
+        self.owed -= cmds.len();
+        self.unanswered += cmds.len();
+        Ok(())
+    }
+
+    /// Reads `n` replies.
     pub(crate) async fn recv(&mut self, n: usize) -> Result<Vec<BytesFrame>, ClientError> {
-        let out = self.recv_frames(n).await;
-        match &out {
-            Ok(_) => self.owed = self.owed.saturating_sub(n),
-            Err(_) => self.broken = true,
-        }
+        let out = self.recv_inner(n).await;
+        self.broken |= out.is_err();
         out
+    }
+
+    async fn recv_inner(&mut self, n: usize) -> Result<Vec<BytesFrame>, ClientError> {
+        // Counted down frame by frame: a skip cut short (its future
+        // dropped) leaves the count of what is still to skip exact.
+        while self.unanswered > 0 {
+            match self.next_frame()? {
+                Some(_) => self.unanswered -= 1,
+                None => self.fill().await?,
+            }
+        }
+        let frames = self.recv_frames(n).await?;
+        self.owed = self.owed.saturating_sub(n);
+        Ok(frames)
     }
 
     async fn recv_frames(&mut self, n: usize) -> Result<Vec<BytesFrame>, ClientError> {

@@ -4,9 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use bytes::Bytes;
 use redis_protocol::resp2::types::BytesFrame;
-use tidepool_transport::shm::{Copying, ShmPlane};
+use tidepool_transport::shm::ShmPlane;
 use tidepool_transport::tcp::{TcpOptions, TcpPlane};
 use tidepool_transport::{DataPlane, Descriptor, Kind, TransportError};
 
@@ -107,18 +106,6 @@ impl Plane {
         }
     }
 
-    /// Starts moving a group of a put: over shm the copy begins at once on
-    /// the plane's copier thread; over tcp and rdma the bytes move when the
-    /// returned [`Moving`] is finished.
-    pub(crate) fn start_write<'a>(&self, blocks: &[(Descriptor, &'a Bytes)]) -> Moving<'a> {
-        match self {
-            Plane::Shm(p) => Moving::Copier(
-                p.start_write(blocks.iter().map(|(d, b)| (*d, (*b).clone())).collect()),
-            ),
-            _ => Moving::Later(blocks.iter().map(|(d, b)| (*d, &b[..])).collect()),
-        }
-    }
-
     pub(crate) async fn read(
         &self,
         blocks: &mut [(Descriptor, &mut [u8])],
@@ -128,26 +115,6 @@ impl Plane {
             Plane::Shm(p) => p.read(blocks).await,
             #[cfg(feature = "rdma")]
             Plane::Rdma(p) => p.read(blocks).await,
-        }
-    }
-}
-
-/// A put group's move, started by [`Plane::start_write`].
-pub(crate) enum Moving<'a> {
-    /// Moved by [`Moving::finish`].
-    Later(Vec<(Descriptor, &'a [u8])>),
-    /// Being copied on the shm plane's copier thread (dropping it cancels
-    /// the copy and waits for the block in progress).
-    Copier(Copying),
-}
-
-impl Moving<'_> {
-    /// Waits for the group to be moved (moving it, over tcp and rdma), with
-    /// the checksums of [`Plane::write`].
-    pub(crate) async fn finish(self, plane: &Plane) -> Result<Option<Vec<u64>>, TransportError> {
-        match self {
-            Moving::Later(blocks) => plane.write(&blocks).await,
-            Moving::Copier(c) => c.await.map(Some),
         }
     }
 }

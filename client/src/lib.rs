@@ -27,7 +27,6 @@ mod client;
 mod conn;
 mod data;
 mod error;
-mod get;
 
 pub use client::{Client, Match, PutOptions, Stats};
 pub use data::{ClientOptions, PlaneChoice};

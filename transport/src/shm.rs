@@ -9,27 +9,16 @@
 //! The client checks the id against the one the server reported over RESP,
 //! so a socket path that belongs to another server (or a stale file) is never
 //! used by mistake.
-//!
-//! Puts can copy on a thread of the plane's own ([`ShmPlane::start_write`]),
-//! so that the client's protocol work (sending the next reservations and the
-//! last commits, reading their replies) runs beside the copy instead of
-//! between copies.
 
 use std::fs::File;
-use std::future::Future;
 use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, OnceLock};
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
 
-use bytes::Bytes;
 use memmap2::MmapRaw;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
-use parking_lot::{Condvar, Mutex};
 
 use crate::arena::Arena;
 use crate::{check_lengths, DataPlane, Descriptor, Kind, TransportError};
@@ -99,51 +88,12 @@ pub fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
 /// The client side: the server's arena mapped into this process.
 #[derive(Debug)]
 pub struct ShmPlane {
-    map: Arc<Mapping>,
+    map: MmapRaw,
+    size: u64,
     id: u64,
     path: PathBuf,
     /// Reads copy with streaming stores ([`ShmPlane::with_streaming_reads`]).
     stream_reads: bool,
-    /// The copier thread's queue, once [`ShmPlane::start_write`] started it.
-    copier: OnceLock<mpsc::Sender<Ticket>>,
-}
-
-/// The arena as this process maps it.
-#[derive(Debug)]
-struct Mapping {
-    map: MmapRaw,
-    size: u64,
-}
-
-// SAFETY: plain shared memory; every access goes through copies into and
-// out of ranges the server handed to this client.
-unsafe impl Send for Mapping {}
-// SAFETY: as above.
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    fn at(&self, d: &Descriptor) -> Result<*mut u8, TransportError> {
-        let end = d.offset.checked_add(d.len);
-        if end.is_none_or(|e| e > self.size) {
-            return Err(TransportError::Descriptor(format!(
-                "[{}, +{}) is outside the arena of {} bytes",
-                d.offset, d.len, self.size
-            )));
-        }
-        // SAFETY: inside the mapping, checked above.
-        Ok(unsafe { self.map.as_mut_ptr().add(d.offset as usize) })
-    }
-
-    /// Copies `buf` into the arena at `d` and returns its checksum.
-    fn write_checksummed(&self, d: &Descriptor, buf: &[u8]) -> Result<u64, TransportError> {
-        check_lengths(Kind::Shm, std::iter::once((d, buf.len())))?;
-        let p = self.at(d)?;
-        // SAFETY: the range is inside the mapping; the server reserved it
-        // for this client and reads it only after KV.COMMIT; the client's
-        // buffer is not in the arena's reserved range, so the two do not
-        // overlap.
-        Ok(unsafe { tidepool_checksum::copy_checksummed_raw(buf, p) })
-    }
 }
 
 impl ShmPlane {
@@ -210,11 +160,11 @@ impl ShmPlane {
         }
         let map = MmapRaw::map_raw(&file)?;
         Ok(ShmPlane {
-            map: Arc::new(Mapping { map, size }),
+            map,
+            size,
             id,
             path: path.to_owned(),
             stream_reads: false,
-            copier: OnceLock::new(),
         })
     }
 
@@ -238,7 +188,7 @@ impl ShmPlane {
 
     /// The arena's size.
     pub fn size(&self) -> u64 {
-        self.map.size
+        self.size
     }
 
     /// The socket this plane came from.
@@ -247,7 +197,15 @@ impl ShmPlane {
     }
 
     fn at(&self, d: &Descriptor) -> Result<*mut u8, TransportError> {
-        self.map.at(d)
+        let end = d.offset.checked_add(d.len);
+        if end.is_none_or(|e| e > self.size) {
+            return Err(TransportError::Descriptor(format!(
+                "[{}, +{}) is outside the arena of {} bytes",
+                d.offset, d.len, self.size
+            )));
+        }
+        // SAFETY: inside the mapping, checked above.
+        Ok(unsafe { self.map.as_mut_ptr().add(d.offset as usize) })
     }
 
     /// Copies `buf` into the arena at `d` (synchronously).
@@ -265,54 +223,11 @@ impl ShmPlane {
     /// `KV.COMMIT ... CHECKSUMS` hands the server, so it need not read the
     /// block again.
     pub fn write_one_checksummed(&self, d: &Descriptor, buf: &[u8]) -> Result<u64, TransportError> {
-        self.map.write_checksummed(d, buf)
-    }
-
-    /// Starts copying `blocks` into the arena, each at its descriptor, on
-    /// the plane's copier thread (started on first use; one per plane, so
-    /// the copies of concurrent puts queue behind each other, in the order
-    /// they were started); the returned [`Copying`] resolves to their
-    /// checksums, in order, as [`ShmPlane::write_one_checksummed`] computes
-    /// them.
-    ///
-    /// Dropping the `Copying` before it resolves cancels the blocks not
-    /// copied yet and waits for the one being copied: once the drop
-    /// returns, nothing more is written for it (a caller that gives up may
-    /// let its reservations go, and the server hand their memory to another
-    /// client).
-    pub fn start_write(&self, blocks: Vec<(Descriptor, Bytes)>) -> Copying {
-        let job = Arc::new(Job {
-            blocks,
-            cancel: AtomicBool::new(false),
-            state: Mutex::new(JobState::default()),
-            done: Condvar::new(),
-        });
-        let copying = Copying { job: job.clone() };
-        if job.blocks.is_empty() {
-            job.finish(Ok(Vec::new()));
-            return copying;
-        }
-        let queue = self.copier.get_or_init(|| {
-            let (tx, rx) = mpsc::channel::<Ticket>();
-            let map = self.map.clone();
-            let spawned = std::thread::Builder::new()
-                .name("tidepool-shm-copy".into())
-                .spawn(move || {
-                    while let Ok(ticket) = rx.recv() {
-                        ticket.0.run(&map);
-                    }
-                });
-            if let Err(e) = spawned {
-                // The receiver went with the closure: every job sent fails
-                // (`Ticket`'s drop).
-                tracing::warn!("shm copier thread: {e}");
-            }
-            tx
-        });
-        // A send fails only when the thread is gone; the ticket then comes
-        // back and its drop fails the job.
-        let _ = queue.send(Ticket(job));
-        copying
+        check_lengths(Kind::Shm, std::iter::once((d, buf.len())))?;
+        let p = self.at(d)?;
+        // SAFETY: as in `write_one`; the client's buffer is not in the
+        // arena's reserved range, so the two do not overlap.
+        Ok(unsafe { tidepool_checksum::copy_checksummed_raw(buf, p) })
     }
 
     /// Copies the block at `d` into `buf` (synchronously).
@@ -332,108 +247,11 @@ impl ShmPlane {
     }
 }
 
-/// Blocks being copied on a plane's copier thread
-/// ([`ShmPlane::start_write`]): a future of their checksums.
-#[derive(Debug)]
-pub struct Copying {
-    job: Arc<Job>,
-}
-
-#[derive(Debug)]
-struct Job {
-    blocks: Vec<(Descriptor, Bytes)>,
-    /// Set when the `Copying` is dropped unfinished: the copier stops
-    /// before its next block.
-    cancel: AtomicBool,
-    state: Mutex<JobState>,
-    /// Signalled when the job finishes (for a drop that waits).
-    done: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct JobState {
-    finished: bool,
-    result: Option<Result<Vec<u64>, TransportError>>,
-    waker: Option<Waker>,
-}
-
-impl Job {
-    /// Copies the blocks (on the copier thread), stopping at the first
-    /// error or at a cancel.
-    fn run(&self, map: &Mapping) {
-        let mut sums = Vec::with_capacity(self.blocks.len());
-        for (d, b) in &self.blocks {
-            if self.cancel.load(Ordering::Relaxed) {
-                return self.finish(Err(TransportError::Unavailable("copy cancelled".into())));
-            }
-            match map.write_checksummed(d, b) {
-                Ok(sum) => sums.push(sum),
-                Err(e) => return self.finish(Err(e)),
-            }
-        }
-        self.finish(Ok(sums));
-    }
-
-    /// Records the outcome (the first one only) and wakes whoever waits.
-    fn finish(&self, result: Result<Vec<u64>, TransportError>) {
-        let waker = {
-            let mut st = self.state.lock();
-            if st.finished {
-                return;
-            }
-            st.finished = true;
-            st.result = Some(result);
-            st.waker.take()
-        };
-        self.done.notify_all();
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-}
-
-/// A job in the copier's queue. Dropped unfinished (the thread gone, or
-/// the queue torn down with jobs in it), it fails the job, so no `Copying`
-/// waits forever.
-struct Ticket(Arc<Job>);
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        self.0.finish(Err(TransportError::Unavailable(
-            "the shm copier thread stopped".into(),
-        )));
-    }
-}
-
-impl Future for Copying {
-    type Output = Result<Vec<u64>, TransportError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut st = self.job.state.lock();
-        if st.finished {
-            return Poll::Ready(st.result.take().unwrap_or_else(|| {
-                Err(TransportError::Protocol(
-                    "copy polled after it finished".into(),
-                ))
-            }));
-        }
-        match &st.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => st.waker = Some(cx.waker().clone()),
-        }
-        Poll::Pending
-    }
-}
-
-impl Drop for Copying {
-    fn drop(&mut self) {
-        self.job.cancel.store(true, Ordering::Relaxed);
-        let mut st = self.job.state.lock();
-        while !st.finished {
-            self.job.done.wait(&mut st);
-        }
-    }
-}
+// SAFETY: the mapping is plain shared memory; all access goes through
+// copies into and out of ranges the server handed to this client.
+unsafe impl Send for ShmPlane {}
+// SAFETY: as above.
+unsafe impl Sync for ShmPlane {}
 
 impl DataPlane for ShmPlane {
     fn kind(&self) -> Kind {
@@ -544,112 +362,6 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(e, Err(TransportError::Unavailable(_))));
-        std::fs::remove_file(&path).unwrap();
-    }
-
-    /// A plane over `arena`, through its socket.
-    async fn plane_of(arena: &Arc<Arena>, name: &str) -> (ShmPlane, PathBuf) {
-        let path = sock(name);
-        let l = bind(&path).unwrap();
-        tokio::spawn(serve(l, arena.clone()));
-        let (p, id) = (path.clone(), arena.id());
-        let plane = tokio::task::spawn_blocking(move || ShmPlane::connect(&p, id))
-            .await
-            .unwrap()
-            .unwrap();
-        (plane, path)
-    }
-
-    fn desc(offset: u64, len: usize) -> Descriptor {
-        Descriptor {
-            kind: Kind::Shm,
-            offset,
-            len: len as u64,
-            token: 1,
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_copier_thread_writes_blocks_and_their_checksums() {
-        let arena = Arena::new(8 << 20).unwrap();
-        let (plane, path) = plane_of(&arena, "copier").await;
-        let blocks: Vec<Bytes> = (0..6u8)
-            .map(|i| Bytes::from((0..100_000u32).map(|j| (j as u8) ^ i).collect::<Vec<u8>>()))
-            .collect();
-        let allocs: Vec<_> = blocks
-            .iter()
-            .map(|b| arena.alloc(b.len()).unwrap())
-            .collect();
-        let job = |range: std::ops::Range<usize>| {
-            range
-                .map(|i| (desc(allocs[i].offset(), blocks[i].len()), blocks[i].clone()))
-                .collect::<Vec<_>>()
-        };
-        // Two jobs in flight at once, resolved in order.
-        let (a, b) = (plane.start_write(job(0..3)), plane.start_write(job(3..6)));
-        let (sa, sb) = (a.await.unwrap(), b.await.unwrap());
-        for (i, sum) in sa.iter().chain(&sb).enumerate() {
-            assert_eq!(allocs[i].as_ref(), &blocks[i][..], "block {i}");
-            assert_eq!(*sum, xxhash_rust::xxh3::xxh3_64(&blocks[i]), "block {i}");
-        }
-        assert!(plane.start_write(Vec::new()).await.unwrap().is_empty());
-        // A bad descriptor fails its job, after the blocks before it, and
-        // the thread goes on with the next job.
-        let mut bad = job(0..2);
-        bad.push((desc(arena.size() - 10, blocks[2].len()), blocks[2].clone()));
-        bad.extend(job(3..4));
-        assert!(matches!(
-            plane.start_write(bad).await,
-            Err(TransportError::Descriptor(_))
-        ));
-        assert!(matches!(
-            plane
-                .start_write(vec![(desc(allocs[0].offset(), 5), blocks[0].clone())])
-                .await,
-            Err(TransportError::Length { .. })
-        ));
-        assert_eq!(plane.start_write(job(5..6)).await.unwrap().len(), 1);
-        std::fs::remove_file(&path).unwrap();
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_dropped_copy_writes_nothing_after_the_drop() {
-        let arena = Arena::new(96 << 20).unwrap();
-        let (plane, path) = plane_of(&arena, "cancel").await;
-        let block = Bytes::from(vec![7u8; 1 << 20]);
-        let allocs: Vec<_> = (0..64).map(|_| arena.alloc(block.len()).unwrap()).collect();
-        let blocks: Vec<_> = allocs
-            .iter()
-            .map(|a| (desc(a.offset(), block.len()), block.clone()))
-            .collect();
-        // Started, not awaited, dropped: the drop waits for the block in
-        // progress, and nothing is written once it returns.
-        let copying = plane.start_write(blocks.clone());
-        drop(copying);
-        let written = |a: &crate::ArenaBlock| a.as_ref().iter().filter(|&&b| b == 7).count();
-        let now: Vec<usize> = allocs.iter().map(written).collect();
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        let later: Vec<usize> = allocs.iter().map(written).collect();
-        assert_eq!(now, later, "bytes written after the drop returned");
-        assert!(
-            later.iter().all(|&n| n == 0 || n == block.len()),
-            "{later:?}"
-        );
-        // The copier stops at the drop rather than finish the job: 10 GiB
-        // (the same blocks over and over) are far from copied when the
-        // drop comes.
-        let long: Vec<_> = std::iter::repeat_n(blocks, 160).flatten().collect();
-        let copying = plane.start_write(long);
-        let job = copying.job.clone();
-        drop(copying);
-        let st = job.state.lock();
-        assert!(st.finished);
-        assert!(
-            matches!(&st.result, Some(Err(TransportError::Unavailable(m))) if m.contains("cancelled")),
-            "{:?}",
-            st.result
-        );
-        drop(st);
         std::fs::remove_file(&path).unwrap();
     }
 
