@@ -6,8 +6,11 @@
 //! it as a [`RemoteArena`] (base address, rkey, size) in `KV.DATAPLANE`; a
 //! descriptor's offset is then an offset in that region, and the client
 //! WRITEs into or READs out of `base + offset` with the rkey, without the
-//! server's CPU. Client buffers are registered on first use and kept
-//! ([`Registry`]).
+//! server's CPU. A client buffer is registered for the one transfer that
+//! uses it, unless its owner registered it ahead ([`RdmaPlane::register`],
+//! kept in a [`Registry`]): a registration pins the pages it found, so one
+//! kept past the buffer's life (memory freed and mapped again at the same
+//! address) would move bytes to and from pages nobody reads any more.
 //!
 //! NOT RUN ON HARDWARE: the machine this was written on has no RDMA device
 //! and cannot load soft-RoCE. What runs without a device is tested: the
@@ -77,7 +80,7 @@ impl RemoteArena {
 
 /// Registered local memory: which address ranges have a memory region, and
 /// its local key. Pure bookkeeping (no verbs), so it is tested without a
-/// device; [`RdmaPlane`] keeps one to register each buffer once.
+/// device; [`RdmaPlane`] keeps the ranges its owner registered ahead.
 #[derive(Debug, Default)]
 pub struct Registry {
     /// (start, end, lkey, handle) sorted by start; ranges never overlap.
@@ -126,23 +129,6 @@ impl Registry {
     /// Whether nothing is registered.
     pub fn is_empty(&self) -> bool {
         self.regions.is_empty()
-    }
-
-    /// The gap to register so that `[addr, addr + len)` is covered, widened
-    /// to pages but clipped to the registered neighbours.
-    pub fn gap_for(&self, addr: u64, len: u64) -> (u64, u64) {
-        const PAGE: u64 = 4096;
-        let mut start = addr & !(PAGE - 1);
-        let mut end = (addr + len).div_ceil(PAGE) * PAGE;
-        for r in &self.regions {
-            if r.1 <= addr && r.1 > start {
-                start = r.1;
-            }
-            if r.0 >= addr + len && r.0 < end {
-                end = r.0;
-            }
-        }
-        (start, end - start)
     }
 }
 
@@ -395,17 +381,49 @@ impl Endpoint {
     }
 }
 
-/// A memory region registered for this plane's client buffers.
+/// A memory region registered for this plane's client buffers;
+/// deregistered when dropped.
 struct Mr(*mut ibv_mr);
 
 // SAFETY: an MR is an opaque handle.
 unsafe impl Send for Mr {}
 
+impl Mr {
+    /// Registers `[buf, buf + len)` with the endpoint's protection domain.
+    fn new(ep: &Endpoint, buf: *const u8, len: usize) -> Result<Mr, TransportError> {
+        let access = (ibv_access_flags::IBV_ACCESS_LOCAL_WRITE
+            | ibv_access_flags::IBV_ACCESS_REMOTE_READ
+            | ibv_access_flags::IBV_ACCESS_REMOTE_WRITE)
+            .0 as i32;
+        // SAFETY: the id's pd is live; the range is the caller's memory,
+        // mapped for as long as the region lives (the callers' contract).
+        let mr = unsafe { ibv_reg_mr((*ep.id).pd, buf as *mut _, len, access) };
+        if mr.is_null() {
+            return Err(os_err("ibv_reg_mr"));
+        }
+        Ok(Mr(mr))
+    }
+
+    fn lkey(&self) -> u32 {
+        // SAFETY: a registered region.
+        unsafe { (*self.0).lkey }
+    }
+}
+
+impl Drop for Mr {
+    fn drop(&mut self) {
+        // SAFETY: registered by `Mr::new`, deregistered once, here.
+        unsafe { ibv_dereg_mr(self.0) };
+    }
+}
+
 /// The client side: one connected queue pair to a server's arena.
 pub struct RdmaPlane {
     ep: Mutex<Endpoint>,
     remote: RemoteArena,
-    registry: Mutex<(Registry, Vec<Mr>)>,
+    /// Ranges registered ahead, and their regions by handle (`None` once
+    /// unregistered).
+    registry: Mutex<(Registry, Vec<Option<Mr>>)>,
 }
 
 impl std::fmt::Debug for RdmaPlane {
@@ -429,32 +447,36 @@ impl RdmaPlane {
         })
     }
 
-    /// The local key for `buf`, registering the pages around it on first use.
-    fn lkey(&self, ep: &Endpoint, buf: *const u8, len: usize) -> Result<u32, TransportError> {
+    /// Registers `[buf, buf + len)` ahead, for every transfer into or out
+    /// of it until [`RdmaPlane::unregister`] or the plane's drop: for
+    /// buffers that live long (a pool of KV blocks), which then skip a
+    /// registration per transfer. Refused when it overlaps a range already
+    /// registered.
+    ///
+    /// # Safety
+    /// The memory MUST stay mapped (not freed, not unmapped) until it is
+    /// unregistered or the plane is dropped: the registration pins the
+    /// pages it found, and transfers through it go to those pages.
+    pub unsafe fn register(&self, buf: *const u8, len: usize) -> Result<(), TransportError> {
+        let ep = self.ep.lock();
+        let mr = Mr::new(&ep, buf, len)?;
         let mut reg = self.registry.lock();
-        if let Some(k) = reg.0.lookup(buf as u64, len as u64) {
-            return Ok(k);
-        }
-        let (start, size) = reg.0.gap_for(buf as u64, len as u64);
-        let access = (ibv_access_flags::IBV_ACCESS_LOCAL_WRITE
-            | ibv_access_flags::IBV_ACCESS_REMOTE_READ
-            | ibv_access_flags::IBV_ACCESS_REMOTE_WRITE)
-            .0 as i32;
-        // SAFETY: the id's pd is live; the range is the caller's memory.
-        let mr = unsafe { ibv_reg_mr((*ep.id).pd, start as *mut _, size as usize, access) };
-        if mr.is_null() {
-            return Err(os_err("ibv_reg_mr"));
-        }
-        // SAFETY: a valid MR.
-        let lkey = unsafe { (*mr).lkey };
         let handle = reg.1.len();
-        reg.1.push(Mr(mr));
         reg.0
-            .insert(start, size, lkey, handle)
-            .map_err(TransportError::Protocol)?;
-        reg.0
-            .lookup(buf as u64, len as u64)
-            .ok_or_else(|| TransportError::Protocol("buffer spans two registrations".into()))
+            .insert(buf as u64, len as u64, mr.lkey(), handle)
+            .map_err(TransportError::Descriptor)?;
+        reg.1.push(Some(mr));
+        Ok(())
+    }
+
+    /// Forgets the registration starting at `buf`; false when there is none.
+    pub fn unregister(&self, buf: *const u8) -> bool {
+        let mut reg = self.registry.lock();
+        match reg.0.remove(buf as u64) {
+            // Dropping the region deregisters it.
+            Some(handle) => reg.1[handle].take().is_some(),
+            None => false,
+        }
     }
 
     fn transfer(
@@ -465,8 +487,21 @@ impl RdmaPlane {
         write: bool,
     ) -> Result<(), TransportError> {
         let remote = self.remote.address_of(d)?;
+        if len == 0 {
+            return Ok(());
+        }
         let ep = self.ep.lock();
-        let lkey = self.lkey(&ep, buf, len)?;
+        let registered = self.registry.lock().0.lookup(buf as u64, len as u64);
+        // Not registered ahead: registered for this transfer only, and
+        // deregistered (the drop) once its completion is in.
+        let once;
+        let lkey = match registered {
+            Some(k) => k,
+            None => {
+                once = Mr::new(&ep, buf, len)?;
+                once.lkey()
+            }
+        };
         let op = if write {
             ibv_wr_opcode::IBV_WR_RDMA_WRITE
         } else {
@@ -484,15 +519,6 @@ impl RdmaPlane {
             off += n;
         }
         Ok(())
-    }
-}
-
-impl Drop for RdmaPlane {
-    fn drop(&mut self) {
-        for mr in self.registry.lock().1.drain(..) {
-            // SAFETY: registered by us, deregistered once.
-            unsafe { ibv_dereg_mr(mr.0) };
-        }
     }
 }
 
@@ -774,12 +800,6 @@ mod tests {
         assert!(r.insert(0x5000, 0, 1, 2).is_err());
         r.insert(0x3000, 0x5000, 8, 2).unwrap();
         assert_eq!(r.len(), 3);
-        // A gap is widened to pages but stops at neighbours.
-        assert_eq!(r.gap_for(0x9100, 10), (0x9000, 0x1000));
-        let mut r2 = Registry::default();
-        r2.insert(0x1000, 0x1000, 1, 0).unwrap();
-        assert_eq!(r2.gap_for(0x2010, 0x10), (0x2000, 0x1000));
-        assert_eq!(r2.gap_for(0x0010, 0x10), (0x0, 0x1000));
         assert_eq!(r.remove(0x1000), Some(0));
         assert_eq!(r.lookup(0x1000, 1), None);
         assert_eq!(r.remove(0x1000), None);
