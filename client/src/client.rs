@@ -661,16 +661,17 @@ impl Client {
         };
         let n = groups.len();
         let mut located: Vec<Located> = (0..n).map(|_| None).collect();
-        // Leases located and not yet given back: if the connection fails
-        // half way, they go back over another one; if the get is given up
-        // (its future dropped), from a task of their own.
-        let mut held = HeldLeases {
-            leases: Vec::new(),
+        // The connection, and the leases located and not yet given back: if
+        // the connection fails half way, they go back over another one; if
+        // the get is given up (its future dropped), from a task of their
+        // own, with those of locations sent for and not read (`GetGuard`).
+        let i = self.next.fetch_add(1, Relaxed) % self.conns.len();
+        let mut guard = GetGuard {
+            conn: self.conn(i).await?,
+            held: Vec::new(),
             addr: self.addr.clone(),
         };
-        let held = &mut held.leases;
-        let i = self.next.fetch_add(1, Relaxed) % self.conns.len();
-        let mut conn = self.conn(i).await?;
+        let GetGuard { conn, held, .. } = &mut guard;
         let res = async {
             let first: Vec<Vec<Bytes>> = groups.iter().take(2).map(locate_cmd).collect();
             conn.send(&first).await?;
@@ -732,11 +733,12 @@ impl Client {
             }
         }
         .await;
-        drop(conn);
+        let held = std::mem::take(&mut guard.held);
+        drop(guard);
         if !held.is_empty() {
             // The connection failed: best effort over another (the leases
             // would expire anyway).
-            let releases: Vec<Vec<Bytes>> = held.drain(..).map(release_cmd).collect();
+            let releases: Vec<Vec<Bytes>> = held.into_iter().map(release_cmd).collect();
             let _ = self.pipeline(&releases).await;
         }
         res
@@ -916,37 +918,66 @@ async fn read_group(
     Ok(())
 }
 
-/// Leases a get holds and has not given back yet. Dropped with some left
-/// (the get's future dropped half way: a timeout, a cancelled request), it
-/// gives them back from a task of its own over a connection of its own:
-/// the pool's connection the get used is out of step by then, and the
-/// leases would otherwise pin their blocks until they expire.
-struct HeldLeases {
-    leases: Vec<u64>,
+/// A data-plane get's connection and the leases it holds and has not
+/// given back yet. Dropped with leases held or replies owed (the get's
+/// future dropped half way: a timeout, a cancelled request), it moves the
+/// connection out of the pool (which then opens a new one) into a task of
+/// its own, which reads the replies the get never read (locations carry
+/// leases too) and gives every lease back; a lease whose reply cannot be
+/// read (a send cut short, a failed connection) expires.
+struct GetGuard<'a> {
+    conn: tokio::sync::MutexGuard<'a, Conn>,
+    held: Vec<u64>,
     addr: Arc<str>,
 }
 
-impl Drop for HeldLeases {
+impl Drop for GetGuard<'_> {
     fn drop(&mut self) {
-        if self.leases.is_empty() {
+        let unread = self.conn.owed_readable();
+        if self.held.is_empty() && unread == 0 {
             return;
         }
         // Outside a runtime there is no task to give them: they expire.
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let cmds: Vec<Vec<Bytes>> = self
-            .leases
-            .drain(..)
-            .map(|l| vec![b("KV.RELEASE"), num(l)])
-            .collect();
+        let mut leases = std::mem::take(&mut self.held);
+        let mut conn = (unread > 0).then(|| self.conn.take());
         let addr = self.addr.clone();
         rt.spawn(async move {
-            if let Ok(mut conn) = Conn::connect(&addr).await {
-                let _ = conn.pipeline(&cmds).await;
+            if let Some(c) = conn.as_mut() {
+                if let Ok(frames) = c.recv(unread).await {
+                    leases.extend(frames.into_iter().filter_map(lease_of));
+                }
             }
+            if leases.is_empty() {
+                return;
+            }
+            let mut c = match conn.filter(|c| c.in_step()) {
+                Some(c) => c,
+                None => match Conn::connect(&addr).await {
+                    Ok(c) => c,
+                    Err(_) => return,
+                },
+            };
+            let releases: Vec<Vec<Bytes>> = leases
+                .into_iter()
+                .map(|l| vec![b("KV.RELEASE"), num(l)])
+                .collect();
+            let _ = c.pipeline(&releases).await;
         });
     }
+}
+
+/// The lease of a KV.LOCATE reply (anything else: none).
+fn lease_of(frame: BytesFrame) -> Option<u64> {
+    pairs(frame)
+        .ok()?
+        .into_iter()
+        .find_map(|(k, v)| match (k.as_str(), v) {
+            ("lease", BytesFrame::Integer(l)) => Some(l as u64),
+            _ => None,
+        })
 }
 
 /// Records a KV.COMMIT reply (`OK` for one token, an array for several).

@@ -12,7 +12,8 @@ use crate::ClientError;
 const INLINE_MAX: usize = 16 * 1024;
 
 pub(crate) struct Conn {
-    stream: TcpStream,
+    /// `None` once [`Conn::take`] moved the stream out.
+    stream: Option<TcpStream>,
     rbuf: BytesMut,
     /// An exchange failed half way: the stream's position is unknown, so the
     /// pool replaces this connection before its next use.
@@ -25,6 +26,9 @@ pub(crate) struct Conn {
     /// exchange was given up half way (its future dropped), which puts
     /// the connection out of step ([`Conn::in_step`]).
     owed: usize,
+    /// A send is under way: given up now, it leaves half a command in the
+    /// stream, and no reply after it will come.
+    sending: bool,
 }
 
 impl Conn {
@@ -32,12 +36,45 @@ impl Conn {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         Ok(Conn {
-            stream,
+            stream: Some(stream),
             rbuf: BytesMut::with_capacity(64 * 1024),
             broken: false,
             unanswered: 0,
             owed: 0,
+            sending: false,
         })
+    }
+
+    /// Moves this connection out, leaving a closed one (out of step, so the
+    /// pool replaces it) in its place: for a task that reads the replies an
+    /// exchange given up left owed.
+    pub(crate) fn take(&mut self) -> Conn {
+        let taken = Conn {
+            stream: self.stream.take(),
+            rbuf: std::mem::take(&mut self.rbuf),
+            broken: self.broken,
+            unanswered: self.unanswered,
+            owed: self.owed,
+            sending: self.sending,
+        };
+        self.broken = true;
+        taken
+    }
+
+    /// Replies owed that will come: commands wholly sent on a stream whose
+    /// position is known (0 when an error or a send cut short left it
+    /// unknown).
+    pub(crate) fn owed_readable(&self) -> usize {
+        match self.broken || self.sending || self.stream.is_none() {
+            true => 0,
+            false => self.owed,
+        }
+    }
+
+    fn stream(&mut self) -> std::io::Result<&mut TcpStream> {
+        self.stream
+            .as_mut()
+            .ok_or_else(|| std::io::ErrorKind::NotConnected.into())
     }
 
     /// Whether the next command's reply is the next one to read: no error
@@ -94,7 +131,9 @@ impl Conn {
             }
         }
         chunks.push(cur.freeze());
-        write_all_chunks(&mut self.stream, &chunks).await?;
+        self.sending = true;
+        write_all_chunks(self.stream()?, &chunks).await?;
+        self.sending = false;
         Ok(())
     }
 
@@ -151,7 +190,11 @@ impl Conn {
     /// Reads more of the stream into the read buffer.
     async fn fill(&mut self) -> Result<(), ClientError> {
         self.rbuf.reserve(64 * 1024);
-        if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+        let (stream, rbuf) = match self.stream.as_mut() {
+            Some(s) => (s, &mut self.rbuf),
+            None => return Err(ClientError::Io(std::io::ErrorKind::NotConnected.into())),
+        };
+        if stream.read_buf(rbuf).await? == 0 {
             return Err(ClientError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
         Ok(())
