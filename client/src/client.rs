@@ -236,13 +236,14 @@ impl Client {
         self.conn(i).await?.pipeline(cmds).await
     }
 
-    /// Pooled connection `i`, replaced first if an earlier exchange broke it.
-    async fn conn(&self, i: usize) -> Result<tokio::sync::MutexGuard<'_, Conn>, ClientError> {
+    /// Pooled connection `i`, replaced first if an earlier exchange left it
+    /// out of step.
+    async fn conn(&self, i: usize) -> Result<Pooled<'_>, ClientError> {
         let mut conn = self.conns[i].lock().await;
         if !conn.in_step() {
             *conn = Conn::connect(&self.addr).await?;
         }
-        Ok(conn)
+        Ok(Pooled(conn))
     }
 
     async fn one(&self, cmd: Vec<Bytes>) -> Result<BytesFrame, ClientError> {
@@ -918,6 +919,34 @@ async fn read_group(
     Ok(())
 }
 
+/// A pooled connection in use. Given back out of step (its exchange failed,
+/// or was given up half way: the caller's future dropped), it is closed at
+/// once rather than when the pool next hands it out, so the server drops
+/// the reservations it made without waiting for their timeout.
+pub(crate) struct Pooled<'a>(tokio::sync::MutexGuard<'a, Conn>);
+
+impl std::ops::Deref for Pooled<'_> {
+    type Target = Conn;
+
+    fn deref(&self) -> &Conn {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Pooled<'_> {
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.0
+    }
+}
+
+impl Drop for Pooled<'_> {
+    fn drop(&mut self) {
+        if !self.0.in_step() {
+            drop(self.0.take());
+        }
+    }
+}
+
 /// A data-plane get's connection and the leases it holds and has not
 /// given back yet. Dropped with leases held or replies owed (the get's
 /// future dropped half way: a timeout, a cancelled request), it moves the
@@ -926,7 +955,7 @@ async fn read_group(
 /// leases too) and gives every lease back; a lease whose reply cannot be
 /// read (a send cut short, a failed connection) expires.
 struct GetGuard<'a> {
-    conn: tokio::sync::MutexGuard<'a, Conn>,
+    conn: Pooled<'a>,
     held: Vec<u64>,
     addr: Arc<str>,
 }
