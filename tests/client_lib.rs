@@ -1,7 +1,7 @@
 //! tidepool-client against the real server.
 
 use bytes::Bytes;
-use tidepool_client::{blocking, chain_keys, Client, PutOptions};
+use tidepool_client::{blocking, chain_keys, Client, ClientError, PutOptions};
 use tidepool_tests::Server;
 
 fn addr(s: &Server) -> String {
@@ -156,7 +156,7 @@ fn blocking_client() {
 /// A pooled connection the server closed is replaced, not reused out of step.
 #[test]
 fn a_broken_pooled_connection_is_replaced() {
-    let s = Server::start(&[]);
+    let s = Server::start(&["--proto-max-bulk-len", "4096"]);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -166,10 +166,23 @@ fn a_broken_pooled_connection_is_replaced() {
         c.put(Bytes::from("k"), Bytes::from("v"), &PutOptions::default())
             .await
             .unwrap();
-        // The server closes the only pooled connection after answering.
+        // The server closes the only pooled connection after answering;
+        // the client knows QUIT ends it and replaces it before the next call.
         c.command(vec![Bytes::from("QUIT")]).await.unwrap();
-        // The next call may fail on the closed socket; within two calls the
-        // pool has replaced it and answers correctly.
+        assert_eq!(
+            c.get(Bytes::from("k")).await.unwrap().as_deref(),
+            Some(&b"v"[..])
+        );
+        // Closed by the server unannounced (a request past
+        // proto-max-bulk-len: an error reply, then the close): the next
+        // call may fail on the closed socket; within two calls the pool has
+        // replaced it.
+        let big = Bytes::from(vec![b'x'; 5000]);
+        let e = c
+            .command(vec![Bytes::from("SET"), Bytes::from("big"), big])
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("Protocol error"), "{e}");
         let mut ok = false;
         for _ in 0..2 {
             if let Ok(v) = c.get(Bytes::from("k")).await {
@@ -184,5 +197,66 @@ fn a_broken_pooled_connection_is_replaced() {
             c.get(Bytes::from("k")).await.unwrap().as_deref(),
             Some(&b"v"[..])
         );
+    });
+}
+
+/// Commands that would make a pooled connection answer out of turn are
+/// refused before anything is sent; the pool keeps answering in step.
+#[test]
+fn commands_that_would_unsettle_a_pooled_connection_are_refused() {
+    let s = Server::start(&[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = Client::connect(&addr(&s), 1).await.unwrap();
+        let cmd = |args: &[&str]| {
+            args.iter()
+                .map(|a| Bytes::from(a.to_string()))
+                .collect::<Vec<_>>()
+        };
+        for refused in [
+            cmd(&["SUBSCRIBE", "ch"]),
+            cmd(&["psubscribe", "c*"]),
+            cmd(&["UNSUBSCRIBE", "a", "b"]),
+            cmd(&["MONITOR"]),
+            cmd(&["HELLO", "3"]),
+            cmd(&["client", "reply", "off"]),
+            Vec::new(),
+        ] {
+            let e = c.command(refused.clone()).await.unwrap_err();
+            assert!(matches!(e, ClientError::Refused(_)), "{refused:?}: {e}");
+            // In a pipeline too, and nothing of the pipeline is sent.
+            let e = c
+                .pipeline_frames(&[cmd(&["SET", "sent", "1"]), refused.clone()])
+                .await
+                .unwrap_err();
+            assert!(matches!(e, ClientError::Refused(_)), "{refused:?}: {e}");
+        }
+        assert_eq!(
+            c.command(cmd(&["EXISTS", "sent"])).await.unwrap(),
+            tidepool_client::Frame::Integer(0)
+        );
+        // What is allowed still answers in step on the one connection.
+        c.command(cmd(&["HELLO", "2"])).await.unwrap();
+        c.command(cmd(&["HELLO"])).await.unwrap();
+        for i in 0..3 {
+            let echo = c.command(cmd(&["ECHO", &format!("e{i}")])).await.unwrap();
+            assert_eq!(
+                echo,
+                tidepool_client::Frame::BulkString(format!("e{i}").into())
+            );
+        }
+        // A subscriber on a connection of its own gets what is published.
+        let mut sub = s.redis();
+        let mut pubsub = sub.as_pubsub();
+        pubsub.subscribe("news").unwrap();
+        assert_eq!(
+            c.command(cmd(&["PUBLISH", "news", "hi"])).await.unwrap(),
+            tidepool_client::Frame::Integer(1)
+        );
+        let msg: String = pubsub.get_message().unwrap().get_payload().unwrap();
+        assert_eq!(msg, "hi");
     });
 }

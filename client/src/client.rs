@@ -124,6 +124,42 @@ fn num(n: impl ToString) -> Bytes {
     Bytes::from(n.to_string())
 }
 
+/// Whether a caller's command may go over a pooled connection: `Ok(true)`
+/// when it ends or resets the connection (sent, then the connection is
+/// replaced), an error when it would make the connection answer out of turn
+/// (see [`Client::pipeline_frames`]).
+fn pool_safety(cmd: &[Bytes]) -> Result<bool, ClientError> {
+    let Some(name) = cmd.first() else {
+        return Err(ClientError::Refused("an empty command".into()));
+    };
+    let is = |a: &Bytes, s: &str| a.eq_ignore_ascii_case(s.as_bytes());
+    let refuse = |why: &str| {
+        Err(ClientError::Refused(format!(
+            "{} {why}",
+            String::from_utf8_lossy(name).to_uppercase()
+        )))
+    };
+    const SUBSCRIPTIONS: [&str; 7] = [
+        "SUBSCRIBE",
+        "PSUBSCRIBE",
+        "SSUBSCRIBE",
+        "UNSUBSCRIBE",
+        "PUNSUBSCRIBE",
+        "SUNSUBSCRIBE",
+        "MONITOR",
+    ];
+    if SUBSCRIPTIONS.iter().any(|s| is(name, s)) {
+        return refuse("turns a connection into a stream of pushes (or answers once per channel): use a connection of its own");
+    }
+    if is(name, "CLIENT") && cmd.get(1).is_some_and(|a| is(a, "REPLY")) {
+        return refuse("REPLY would leave a pooled connection without the replies it waits for");
+    }
+    if is(name, "HELLO") && cmd.get(1).is_some_and(|v| !is(v, "2")) {
+        return refuse("with a protocol other than 2: this client reads RESP2");
+    }
+    Ok(is(name, "QUIT") || is(name, "RESET"))
+}
+
 /// Turns an error frame into an error, anything else into itself.
 fn check(frame: BytesFrame) -> Result<BytesFrame, ClientError> {
     match frame {
@@ -254,25 +290,60 @@ impl Client {
     }
 
     /// Sends a raw command (name first) and returns the reply frame; server
-    /// errors become [`ClientError::Server`].
+    /// errors become [`ClientError::Server`]. Commands that would leave a
+    /// pooled connection answering out of turn are refused
+    /// ([`ClientError::Refused`]; see [`Client::pipeline_frames`]).
     pub async fn command(&self, args: Vec<Bytes>) -> Result<BytesFrame, ClientError> {
-        check(self.one(args).await?)
+        let mut replies = self.user_pipeline(std::slice::from_ref(&args)).await?;
+        check(
+            replies
+                .pop()
+                .ok_or_else(|| ClientError::Unexpected("no reply".into()))?,
+        )
     }
 
     /// Sends commands (name first) in one pipeline and returns their reply
     /// frames, in order (error replies stay frames: one failing command does
     /// not hide the others).
+    ///
+    /// The connections are pooled and every call reads one reply per
+    /// command, so commands that change how a connection answers are refused
+    /// before anything is sent ([`ClientError::Refused`]): `SUBSCRIBE` and
+    /// the other pub/sub subscriptions and unsubscriptions (pushes, or one
+    /// reply per channel; use a connection of its own, e.g. the `redis`
+    /// crate's pub/sub), `MONITOR`, `CLIENT REPLY`, and `HELLO` with a
+    /// protocol other than 2 (this client reads RESP2). `QUIT` and `RESET`
+    /// are sent, and the connection is then replaced.
     pub async fn pipeline_frames(
         &self,
         cmds: &[Vec<Bytes>],
     ) -> Result<Vec<BytesFrame>, ClientError> {
-        self.pipeline(cmds).await
+        self.user_pipeline(cmds).await
+    }
+
+    /// A pipeline of the caller's commands: refused when one would put the
+    /// pooled connection out of step; a connection that `QUIT` or `RESET`
+    /// ended or reset is replaced.
+    async fn user_pipeline(&self, cmds: &[Vec<Bytes>]) -> Result<Vec<BytesFrame>, ClientError> {
+        let mut ends = false;
+        for cmd in cmds {
+            ends |= pool_safety(cmd)?;
+        }
+        let i = self.next.fetch_add(1, Relaxed) % self.conns.len();
+        let mut conn = self.conn(i).await?;
+        let out = conn.pipeline(cmds).await;
+        conn.broken |= ends;
+        out
     }
 
     /// Sends commands (name first) in one pipeline and returns their integer
     /// replies, in order (for EXISTS-style batches).
     pub async fn pipeline_ints(&self, cmds: &[Vec<Bytes>]) -> Result<Vec<i64>, ClientError> {
-        self.pipeline(cmds).await?.into_iter().map(int).collect()
+        self.user_pipeline(cmds)
+            .await?
+            .into_iter()
+            .map(int)
+            .collect()
     }
 
     /// Stores one block.

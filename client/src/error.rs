@@ -23,6 +23,11 @@ pub enum ClientError {
     /// The reply had an unexpected shape.
     #[error("unexpected reply: {0}")]
     Unexpected(String),
+    /// The client refused to send a command (one that would leave a pooled
+    /// connection answering out of turn, see
+    /// [`crate::Client::pipeline_frames`]).
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 impl ClientError {
