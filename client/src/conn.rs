@@ -190,11 +190,10 @@ impl Conn {
     /// Reads more of the stream into the read buffer.
     async fn fill(&mut self) -> Result<(), ClientError> {
         self.rbuf.reserve(64 * 1024);
-        let (stream, rbuf) = match self.stream.as_mut() {
-            Some(s) => (s, &mut self.rbuf),
-            None => return Err(ClientError::Io(std::io::ErrorKind::NotConnected.into())),
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(ClientError::Io(std::io::ErrorKind::NotConnected.into()));
         };
-        if stream.read_buf(rbuf).await? == 0 {
+        if stream.read_buf(&mut self.rbuf).await? == 0 {
             return Err(ClientError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
         Ok(())
