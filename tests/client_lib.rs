@@ -153,14 +153,19 @@ fn blocking_client() {
     );
 }
 
+/// A single-threaded runtime, as a small service embedding the client has.
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A pooled connection the server closed is replaced, not reused out of step.
 #[test]
 fn a_broken_pooled_connection_is_replaced() {
     let s = Server::start(&["--proto-max-bulk-len", "4096"]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = current_thread();
     rt.block_on(async {
         let c = Client::connect(&addr(&s), 1).await.unwrap();
         c.put(Bytes::from("k"), Bytes::from("v"), &PutOptions::default())
@@ -205,10 +210,7 @@ fn a_broken_pooled_connection_is_replaced() {
 #[test]
 fn commands_that_would_unsettle_a_pooled_connection_are_refused() {
     let s = Server::start(&[]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = current_thread();
     rt.block_on(async {
         let c = Client::connect(&addr(&s), 1).await.unwrap();
         let cmd = |args: &[&str]| {

@@ -726,10 +726,32 @@ fn commit_checksums_are_checked_over_tcp_and_kept_from_shm_clients() {
 
 /// Waits (up to 10 s) until the server holds no lease.
 fn wait_no_leases(s: &Server, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while s.info_u64("kv_leases") != 0 {
-        assert!(Instant::now() < deadline, "{what}: leases never went back");
+    wait_zero(s, "kv_leases", Duration::from_secs(10), what);
+}
+
+/// Waits (up to `within`) until the INFO field `field` reads 0.
+fn wait_zero(s: &Server, field: &str, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    while s.info_u64(field) != 0 {
+        assert!(Instant::now() < deadline, "{what}: {field} never went to 0");
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Sends `ECHO <tag><i>` `times` times: each pooled connection in turn must
+/// answer with its command's own reply (none left out of step).
+async fn echoes_answer_in_step(c: &tidepool_client::Client, tag: &str, times: usize) {
+    for i in 0..times {
+        let word = format!("{tag}{i}");
+        let echo = c
+            .command(vec![Bytes::from("ECHO"), Bytes::from(word.clone())])
+            .await
+            .unwrap();
+        assert_eq!(
+            echo,
+            tidepool_client::Frame::BulkString(word.into()),
+            "{tag}"
+        );
     }
 }
 
@@ -769,15 +791,8 @@ fn a_get_in_many_groups_gives_every_lease_back_even_when_it_fails() {
             wait_no_leases(&s, "every group's lease given back");
             // Each pooled connection that gave one back answers its next
             // command with that command's own reply.
-            for i in 0..8 {
-                let echo = c
-                    .command(vec![Bytes::from("ECHO"), Bytes::from(format!("e{i}"))])
-                    .await
-                    .unwrap();
-                assert_eq!(
-                    echo,
-                    tidepool_client::Frame::BulkString(format!("e{i}").into())
-                );
+            for _ in 0..8 {
+                echoes_answer_in_step(&c, "e", 1).await;
                 let mut one = [vec![0u8; len]];
                 let mut bufs: Vec<&mut [u8]> = one.iter_mut().map(|v| &mut v[..]).collect();
                 let got = c.get_many_into(&keys[1..2], &mut bufs).await.unwrap();
@@ -919,47 +934,20 @@ fn a_put_or_get_given_up_half_way_leaves_nothing_half_done() {
                 // What the put reserved goes back at once: a connection left
                 // out of step is closed, and the server drops what it held
                 // (well before the reservations' 30 s timeout).
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while s.info_u64("data_reservations_open") != 0 {
-                    assert!(Instant::now() < deadline, "{tag}: reservations kept");
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+                let soon = Duration::from_secs(5);
+                wait_zero(&s, "data_reservations_open", soon, &tag);
                 // Every pooled connection answers its next command with
                 // that command's own reply.
-                for i in 0..8 {
-                    let echo = c
-                        .command(vec![Bytes::from("ECHO"), Bytes::from(format!("e{i}"))])
-                        .await
-                        .unwrap();
-                    assert_eq!(
-                        echo,
-                        tidepool_client::Frame::BulkString(format!("e{i}").into()),
-                        "{tag}"
-                    );
-                }
+                echoes_answer_in_step(&c, &format!("{tag}-put-"), 8).await;
                 // The whole put, then a get of it given up half way: no
                 // lease is kept.
                 let put = c.put_many(&blocks, false, None).await.unwrap();
                 assert!(put.iter().all(|r| r.is_ok()), "{tag}");
                 let mut bufs: Vec<&mut [u8]> = storage.iter_mut().map(|v| &mut v[..]).collect();
                 give_up_after(c.get_many_into(&keys, &mut bufs), waits).await;
-                for i in 0..8 {
-                    let echo = c
-                        .command(vec![Bytes::from("ECHO"), Bytes::from(format!("g{i}"))])
-                        .await
-                        .unwrap();
-                    assert_eq!(
-                        echo,
-                        tidepool_client::Frame::BulkString(format!("g{i}").into()),
-                        "{tag}"
-                    );
-                }
+                echoes_answer_in_step(&c, &format!("{tag}-get-"), 8).await;
                 // Well before they would expire (30 s).
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while s.info_u64("kv_leases") != 0 {
-                    assert!(Instant::now() < deadline, "{tag}: leases kept");
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+                wait_zero(&s, "kv_leases", soon, &tag);
                 // And the whole get still works.
                 let mut bufs: Vec<&mut [u8]> = storage.iter_mut().map(|v| &mut v[..]).collect();
                 let got = c.get_many_into(&keys, &mut bufs).await.unwrap();
