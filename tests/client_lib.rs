@@ -1,7 +1,9 @@
 //! tidepool-client against the real server.
 
 use bytes::Bytes;
-use tidepool_client::{blocking, chain_keys, Client, ClientError, PutOptions};
+use tidepool_client::{
+    blocking, chain_keys, Client, ClientError, ClientOptions, PlaneChoice, PutOptions,
+};
 use tidepool_tests::Server;
 
 fn addr(s: &Server) -> String {
@@ -151,6 +153,36 @@ fn blocking_client() {
         [None, None],
         "the chain went with its head"
     );
+    // Over each data plane: blocks large enough to leave RESP, read back
+    // into caller buffers.
+    for (plane, name) in [(PlaneChoice::Shm, "shm"), (PlaneChoice::Tcp, "tcp")] {
+        let opts = ClientOptions {
+            plane,
+            ..ClientOptions::default()
+        };
+        let c = blocking::Client::connect_with(&addr(&s), opts).unwrap();
+        assert_eq!(c.data_plane(), Some(name));
+        let blocks: Vec<(Bytes, Bytes)> = (0..20)
+            .map(|i| {
+                let v: Vec<u8> = (0..300_000u32).map(|j| (j as u8) ^ (i as u8)).collect();
+                (Bytes::from(format!("{name}-{i}")), Bytes::from(v))
+            })
+            .collect();
+        assert!(c
+            .put_many(&blocks, true, None)
+            .unwrap()
+            .iter()
+            .all(|r| r.is_ok()));
+        let keys: Vec<Bytes> = blocks.iter().map(|(k, _)| k.clone()).collect();
+        let mut storage = vec![vec![0u8; 300_000]; blocks.len()];
+        let mut bufs: Vec<&mut [u8]> = storage.iter_mut().map(|b| &mut b[..]).collect();
+        let got = c.get_many_into(&keys, &mut bufs).unwrap();
+        assert!(got.iter().all(|g| *g == Some(300_000)), "{name}");
+        for (i, (_, v)) in blocks.iter().enumerate() {
+            assert_eq!(&storage[i][..], &v[..], "{name} {i}");
+        }
+        assert_eq!(c.match_prefix(&keys, None).unwrap().matched, 20);
+    }
 }
 
 /// A single-threaded runtime, as a small service embedding the client has.

@@ -1,9 +1,25 @@
 //! A blocking client for callers without an async runtime: the async
 //! [`crate::Client`] driven by a runtime of its own (one client, two faces).
+//!
+//! ```no_run
+//! # fn demo() -> Result<(), tidepool_client::ClientError> {
+//! use bytes::Bytes;
+//! use tidepool_client::blocking::Client;
+//!
+//! let client = Client::connect("127.0.0.1:6379", 2)?;
+//! let keys = tidepool_client::chain_keys(b"model-a", 16, &(0..32).collect::<Vec<u32>>());
+//! let blocks: Vec<(Bytes, Bytes)> = keys
+//!     .iter()
+//!     .map(|k| (k.clone(), Bytes::from(vec![0u8; 4096])))
+//!     .collect();
+//! client.put_chain(&blocks, None)?;
+//! assert_eq!(client.match_prefix(&keys, None)?.matched, 2);
+//! # Ok(()) }
+//! ```
 
 use bytes::Bytes;
 
-use crate::{ClientError, Match, PutOptions, Stats};
+use crate::{ClientError, ClientOptions, Match, PutOptions, Stats};
 
 /// Blocking tidepool client. Every method blocks the calling thread until the
 /// reply is in. MUST NOT be used from inside an async runtime.
@@ -21,6 +37,20 @@ impl Client {
             .build()?;
         let inner = rt.block_on(crate::Client::connect(addr, connections))?;
         Ok(Client { inner, rt })
+    }
+
+    /// Connects with explicit settings (see [`crate::Client::connect_with`]).
+    pub fn connect_with(addr: &str, opts: ClientOptions) -> Result<Client, ClientError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let inner = rt.block_on(crate::Client::connect_with(addr, opts))?;
+        Ok(Client { inner, rt })
+    }
+
+    /// The data plane in use (see [`crate::Client::data_plane`]).
+    pub fn data_plane(&self) -> Option<&'static str> {
+        self.inner.data_plane()
     }
 
     /// See [`crate::Client::put`].

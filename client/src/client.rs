@@ -369,8 +369,30 @@ impl Client {
         check(self.one(cmd).await?).map(|_| ())
     }
 
-    /// Stores blocks in one pipelined `KV.MPUT`; each gets its own result.
-    /// Without `chain` the blocks are independent (all under `parent`, if given).
+    /// Stores blocks; each gets its own result (`Ok` also for a block already
+    /// stored: a key names its prefix, so its bytes are the same). Without
+    /// `chain` the blocks are independent (all under `parent`, if given);
+    /// with it each block's parent is the one before it.
+    ///
+    /// Over a data plane (blocks of at least [`ClientOptions::inline_below`]
+    /// bytes) the blocks are reserved (`KV.RESERVE`), moved and committed
+    /// (`KV.COMMIT`) in groups, pipelined; else they go in one `KV.MPUT`.
+    /// A block is visible only once committed: a call that fails or is given
+    /// up half way leaves no block half written.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &tidepool_client::Client) -> Result<(), tidepool_client::ClientError> {
+    /// use bytes::Bytes;
+    /// let blocks: Vec<(Bytes, Bytes)> = (0..8)
+    ///     .map(|i| (Bytes::from(format!("layer0-blk{i}")), Bytes::from(vec![1u8; 1 << 20])))
+    ///     .collect();
+    /// for (i, r) in client.put_many(&blocks, false, None).await?.iter().enumerate() {
+    ///     if let Err(e) = r {
+    ///         eprintln!("block {i} refused: {e}"); // e.g. OOM when DRAM is pinned full
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn put_many(
         &self,
         blocks: &[(Bytes, Bytes)],
@@ -632,6 +654,22 @@ impl Client {
     /// Returns, per key, the length written (`None` for a miss). A buffer too
     /// small for its block is an error, and nothing is written past it; after
     /// an error the buffers' contents are unspecified.
+    ///
+    /// Over a data plane the blocks are located under a lease
+    /// (`KV.LOCATE ... LEASE`, so eviction cannot reuse their memory while
+    /// they move), copied or received straight into `bufs`, and the lease
+    /// is given back; small blocks come inline (`KV.MGET`).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &tidepool_client::Client, keys: &[bytes::Bytes]) -> Result<(), tidepool_client::ClientError> {
+    /// // One buffer per key, as large as the largest block.
+    /// let mut pool = vec![0u8; keys.len() << 20];
+    /// let mut bufs: Vec<&mut [u8]> = pool.chunks_mut(1 << 20).collect();
+    /// let got = client.get_many_into(keys, &mut bufs).await?;
+    /// let hits = got.iter().take_while(|g| g.is_some()).count();
+    /// println!("{hits} leading blocks read");
+    /// # Ok(()) }
+    /// ```
     pub async fn get_many_into(
         &self,
         keys: &[Bytes],
@@ -856,7 +894,16 @@ impl Client {
     }
 
     /// The same as [`Client::match_prefix`] with the chain hashed by the server
-    /// from token ids.
+    /// from token ids: what a scheduler asks of each node for a prompt it
+    /// has as tokens.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &tidepool_client::Client) -> Result<(), tidepool_client::ClientError> {
+    /// let prompt: Vec<u32> = vec![101, 2023, 2003, 1037, 3231]; // token ids
+    /// let hit = client.match_tokens(b"model-a", 16, &prompt, None).await?;
+    /// println!("{} blocks of 16 tokens cached", hit.matched);
+    /// # Ok(()) }
+    /// ```
     pub async fn match_tokens(
         &self,
         seed: &[u8],

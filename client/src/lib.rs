@@ -6,19 +6,39 @@
 //! (`KV.HASH`), typed errors, and a [`blocking::Client`] wrapper for callers
 //! without an async runtime.
 //!
-//! Blocks travel inline in RESP for now; the separate data plane (TCP, shared
-//! memory, RDMA) comes with its own work.
+//! Block bytes take the server's data plane when it offers one
+//! ([`ClientOptions::plane`]): shared memory on the server's host (one copy
+//! into the server's arena), else RDMA (cargo feature `rdma`, with a
+//! device), else the TCP data port; batches of small blocks go inline in
+//! RESP. The calls are the same whichever plane moves the bytes.
+//!
+//! An engine that computed the KV blocks of a prompt stores them as a chain,
+//! and one that is about to serve a prompt asks how much of it is cached and
+//! reads those blocks into its own buffers:
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), tidepool_client::ClientError> {
-//! use tidepool_client::Client;
+//! use tidepool_client::{chain_keys, Client};
+//!
 //! let client = Client::connect("127.0.0.1:6379", 4).await?;
+//! // 64 tokens in blocks of 16: four chained keys, as KV.HASH makes them.
 //! let tokens: Vec<u32> = (0..64).collect();
-//! let keys = tidepool_client::chain_keys(b"model-a", 16, &tokens);
-//! let blocks: Vec<_> = keys.iter().map(|k| (k.clone(), vec![0u8; 1024].into())).collect();
+//! let keys = chain_keys(b"model-a", 16, &tokens);
+//! let blocks: Vec<_> = keys
+//!     .iter()
+//!     .map(|k| (k.clone(), vec![7u8; 256 << 10].into()))
+//!     .collect();
 //! client.put_chain(&blocks, None).await?;
-//! let hit = client.match_prefix(&keys, None).await?;
-//! assert_eq!(hit.matched, 4);
+//!
+//! // Later: how much of the prompt is cached, held for 30 s while it is read.
+//! let hit = client.match_prefix(&keys, Some(30_000)).await?;
+//! let mut storage = vec![vec![0u8; 256 << 10]; hit.matched];
+//! let mut bufs: Vec<&mut [u8]> = storage.iter_mut().map(|b| &mut b[..]).collect();
+//! let lens = client.get_many_into(&keys[..hit.matched], &mut bufs).await?;
+//! assert!(lens.iter().all(|l| *l == Some(256 << 10)));
+//! if let Some(lease) = hit.lease {
+//!     client.release(lease).await?;
+//! }
 //! # Ok(()) }
 //! ```
 
