@@ -185,6 +185,25 @@ fn blocking_client() {
     }
 }
 
+/// The blocking client refuses to block a thread of an async runtime (a
+/// clear error, not tokio's panic), and dropping it there does not panic.
+#[test]
+fn the_blocking_client_refuses_to_block_an_async_runtime() {
+    let s = Server::start(&[]);
+    let c = blocking::Client::connect(&addr(&s), 1).unwrap();
+    let rt = current_thread();
+    rt.block_on(async {
+        let e = c.get(Bytes::from("k")).unwrap_err();
+        assert!(matches!(e, ClientError::Refused(_)), "{e}");
+        let e = blocking::Client::connect(&addr(&s), 1).unwrap_err();
+        assert!(matches!(e, ClientError::Refused(_)), "{e}");
+        drop(c);
+    });
+    // Outside, a new one works.
+    let c = blocking::Client::connect(&addr(&s), 1).unwrap();
+    assert_eq!(c.get(Bytes::from("k")).unwrap(), None);
+}
+
 /// A single-threaded runtime, as a small service embedding the client has.
 fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

@@ -22,30 +22,73 @@ use bytes::Bytes;
 use crate::{ClientError, ClientOptions, Match, PutOptions, Stats};
 
 /// Blocking tidepool client. Every method blocks the calling thread until the
-/// reply is in. MUST NOT be used from inside an async runtime.
+/// reply is in. Called from inside an async runtime (where blocking a
+/// thread stalls other tasks) it refuses, with [`ClientError::Refused`]:
+/// use [`crate::Client`] there.
 #[derive(Debug)]
 pub struct Client {
     inner: crate::Client,
-    rt: tokio::runtime::Runtime,
+    /// `None` only while being dropped.
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+/// Refuses to block a thread of an async runtime.
+fn outside_async() -> Result<(), ClientError> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(_) => Err(ClientError::Refused(
+            "the blocking client was called from inside an async runtime: use tidepool_client::Client there".into(),
+        )),
+        Err(_) => Ok(()),
+    }
+}
+
+/// A runtime of the blocking client's own, and `connect` driven on it.
+fn connected(
+    connect: impl std::future::Future<Output = Result<crate::Client, ClientError>>,
+) -> Result<Client, ClientError> {
+    outside_async()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let inner = rt.block_on(connect)?;
+    Ok(Client {
+        inner,
+        rt: Some(rt),
+    })
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // Dropped inside an async runtime, a runtime's own drop would
+        // panic (it blocks); this one does not wait for its tasks.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Client {
     /// Connects `connections` sockets to a tidepool server.
     pub fn connect(addr: &str, connections: usize) -> Result<Client, ClientError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let inner = rt.block_on(crate::Client::connect(addr, connections))?;
-        Ok(Client { inner, rt })
+        connected(crate::Client::connect(addr, connections))
     }
 
     /// Connects with explicit settings (see [`crate::Client::connect_with`]).
     pub fn connect_with(addr: &str, opts: ClientOptions) -> Result<Client, ClientError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let inner = rt.block_on(crate::Client::connect_with(addr, opts))?;
-        Ok(Client { inner, rt })
+        connected(crate::Client::connect_with(addr, opts))
+    }
+
+    /// Drives `fut` on this client's runtime, unless called from inside an
+    /// async runtime.
+    fn run<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        outside_async()?;
+        self.rt
+            .as_ref()
+            .expect("the runtime lives until the client drops")
+            .block_on(fut)
     }
 
     /// The data plane in use (see [`crate::Client::data_plane`]).
@@ -55,7 +98,7 @@ impl Client {
 
     /// See [`crate::Client::put`].
     pub fn put(&self, key: Bytes, value: Bytes, opts: &PutOptions) -> Result<(), ClientError> {
-        self.rt.block_on(self.inner.put(key, value, opts))
+        self.run(self.inner.put(key, value, opts))
     }
 
     /// See [`crate::Client::put_many`].
@@ -65,7 +108,7 @@ impl Client {
         chain: bool,
         parent: Option<Bytes>,
     ) -> Result<Vec<Result<(), ClientError>>, ClientError> {
-        self.rt.block_on(self.inner.put_many(blocks, chain, parent))
+        self.run(self.inner.put_many(blocks, chain, parent))
     }
 
     /// See [`crate::Client::put_chain`].
@@ -74,17 +117,17 @@ impl Client {
         blocks: &[(Bytes, Bytes)],
         parent: Option<Bytes>,
     ) -> Result<(), ClientError> {
-        self.rt.block_on(self.inner.put_chain(blocks, parent))
+        self.run(self.inner.put_chain(blocks, parent))
     }
 
     /// See [`crate::Client::get`].
     pub fn get(&self, key: Bytes) -> Result<Option<Bytes>, ClientError> {
-        self.rt.block_on(self.inner.get(key))
+        self.run(self.inner.get(key))
     }
 
     /// See [`crate::Client::get_many`].
     pub fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Option<Bytes>>, ClientError> {
-        self.rt.block_on(self.inner.get_many(keys))
+        self.run(self.inner.get_many(keys))
     }
 
     /// See [`crate::Client::get_many_into`].
@@ -93,7 +136,7 @@ impl Client {
         keys: &[Bytes],
         bufs: &mut [&mut [u8]],
     ) -> Result<Vec<Option<usize>>, ClientError> {
-        self.rt.block_on(self.inner.get_many_into(keys, bufs))
+        self.run(self.inner.get_many_into(keys, bufs))
     }
 
     /// See [`crate::Client::match_prefix`].
@@ -102,7 +145,7 @@ impl Client {
         keys: &[Bytes],
         lease_ms: Option<u64>,
     ) -> Result<Match, ClientError> {
-        self.rt.block_on(self.inner.match_prefix(keys, lease_ms))
+        self.run(self.inner.match_prefix(keys, lease_ms))
     }
 
     /// See [`crate::Client::match_tokens`].
@@ -113,7 +156,7 @@ impl Client {
         tokens: &[u32],
         lease_ms: Option<u64>,
     ) -> Result<Match, ClientError> {
-        self.rt.block_on(
+        self.run(
             self.inner
                 .match_tokens(seed, block_tokens, tokens, lease_ms),
         )
@@ -121,21 +164,21 @@ impl Client {
 
     /// See [`crate::Client::release`].
     pub fn release(&self, lease: u64) -> Result<bool, ClientError> {
-        self.rt.block_on(self.inner.release(lease))
+        self.run(self.inner.release(lease))
     }
 
     /// See [`crate::Client::exists`].
     pub fn exists(&self, keys: &[Bytes]) -> Result<Vec<Option<String>>, ClientError> {
-        self.rt.block_on(self.inner.exists(keys))
+        self.run(self.inner.exists(keys))
     }
 
     /// See [`crate::Client::delete`].
     pub fn delete(&self, keys: &[Bytes]) -> Result<usize, ClientError> {
-        self.rt.block_on(self.inner.delete(keys))
+        self.run(self.inner.delete(keys))
     }
 
     /// See [`crate::Client::stats`].
     pub fn stats(&self) -> Result<Stats, ClientError> {
-        self.rt.block_on(self.inner.stats())
+        self.run(self.inner.stats())
     }
 }
