@@ -522,6 +522,15 @@ impl RdmaPlane {
     }
 }
 
+impl Drop for RdmaPlane {
+    fn drop(&mut self) {
+        // The regions registered ahead go first: they belong to the
+        // endpoint's protection domain, which the fields' drop (the
+        // endpoint is declared first) would free before them.
+        self.registry.get_mut().1.clear();
+    }
+}
+
 impl DataPlane for RdmaPlane {
     fn kind(&self) -> Kind {
         Kind::Rdma
