@@ -16,13 +16,13 @@ use tidepool_transport::Descriptor;
 /// Cuts blocks of these sizes into runs (ranges of indices) of about
 /// `group_bytes` bytes and at most `group_blocks` blocks, none empty.
 fn put_groups(
-    sizes: &[usize],
+    sizes: impl Iterator<Item = usize>,
     group_bytes: usize,
     group_blocks: usize,
 ) -> Vec<std::ops::Range<usize>> {
     let mut groups = Vec::new();
     let (mut start, mut bytes, mut n) = (0, 0, 0);
-    for (i, &len) in sizes.iter().enumerate() {
+    for (i, len) in sizes.enumerate() {
         bytes += len;
         n = i + 1;
         if bytes >= group_bytes || n - start >= group_blocks {
@@ -438,10 +438,10 @@ impl Client {
         chain: bool,
         parent: Option<Bytes>,
     ) -> Result<Vec<Result<(), ClientError>>, ClientError> {
-        let sizes: Vec<usize> = blocks.iter().map(|(_, v)| v.len()).collect();
+        let sizes = blocks.iter().map(|(_, v)| v.len());
         let groups = match plane.kind() {
-            tidepool_transport::Kind::Tcp => put_groups(&sizes, TCP_COMMIT_GROUP, TCP_GROUP_BLOCKS),
-            _ => put_groups(&sizes, COMMIT_GROUP, usize::MAX),
+            tidepool_transport::Kind::Tcp => put_groups(sizes, TCP_COMMIT_GROUP, TCP_GROUP_BLOCKS),
+            _ => put_groups(sizes, COMMIT_GROUP, usize::MAX),
         };
         let kind = plane.kind().as_str();
         let reserve_cmd = |g: &std::ops::Range<usize>| {
@@ -1159,21 +1159,21 @@ mod tests {
     fn put_groups_cut_by_bytes_and_by_blocks() {
         let mib = 1 << 20;
         // By bytes: 4 MiB groups of 1 MiB blocks, the rest last.
-        let g = put_groups(&[mib; 10], 4 * mib, usize::MAX);
+        let g = put_groups([mib; 10].into_iter(), 4 * mib, usize::MAX);
         assert_eq!(g, vec![0..4, 4..8, 8..10]);
         // A block larger than a group is a group of its own.
-        let g = put_groups(&[mib, 9 * mib, mib], 4 * mib, usize::MAX);
+        let g = put_groups([mib, 9 * mib, mib].into_iter(), 4 * mib, usize::MAX);
         assert_eq!(g, vec![0..2, 2..3]);
         // By blocks: 64 KiB blocks at most 64 a group, whatever the bytes.
-        let g = put_groups(&[64 << 10; 200], 16 * mib, 64);
+        let g = put_groups([64 << 10; 200].into_iter(), 16 * mib, 64);
         assert_eq!(g, vec![0..64, 64..128, 128..192, 192..200]);
         // Together they cover every block once, in order; none is empty.
         for (bytes, blocks) in [(4 * mib, usize::MAX), (16 * mib, 64), (1, 1)] {
             let sizes: Vec<usize> = (0..300).map(|i| (i * 7919) % (3 * mib)).collect();
-            let g = put_groups(&sizes, bytes, blocks);
+            let g = put_groups(sizes.iter().copied(), bytes, blocks);
             covers_in_order(&g, 300);
         }
-        assert!(put_groups(&[], 4 * mib, 64).is_empty());
+        assert!(put_groups(std::iter::empty(), 4 * mib, 64).is_empty());
     }
 
     /// `g` covers blocks 0..n once, in order, with no empty group.
