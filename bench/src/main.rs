@@ -544,6 +544,18 @@ async fn bench_match(
     Ok(())
 }
 
+/// Runs `work` as a task on the runtime's workers, as a serving engine calls
+/// the client, rather than on the thread of `block_on`: that thread does not
+/// poll the I/O driver, so each socket event there costs a wakeup handed
+/// over from a worker (tcp gets of 1 MiB blocks moved 4-7% less, three
+/// alternating pairs).
+fn on_worker<F>(rt: &tokio::runtime::Runtime, work: F) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    rt.block_on(rt.spawn(work))?
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -601,21 +613,24 @@ fn main() -> anyhow::Result<()> {
             ceilings,
             server,
             json,
-        } => rt.block_on(data::bench_data(data::DataArgs {
-            full_dram: full_dram.as_u64(),
-            ways,
-            ceilings,
-            tcp: tidepool_client::TcpOptions {
-                connections: tcp_connections,
-                stripe: tcp_stripe.as_u64() as usize,
-            },
-            sizes: sizes.iter().map(|s| s.as_u64()).collect(),
-            total: total.as_u64(),
-            batch: batch.as_u64(),
-            runs: runs.max(1),
-            server,
-            json,
-        })),
+        } => on_worker(
+            &rt,
+            data::bench_data(data::DataArgs {
+                full_dram: full_dram.as_u64(),
+                ways,
+                ceilings,
+                tcp: tidepool_client::TcpOptions {
+                    connections: tcp_connections,
+                    stripe: tcp_stripe.as_u64() as usize,
+                },
+                sizes: sizes.iter().map(|s| s.as_u64()).collect(),
+                total: total.as_u64(),
+                batch: batch.as_u64(),
+                runs: runs.max(1),
+                server,
+                json,
+            }),
+        ),
         Cmd::Sched(args) => rt.block_on(sched::sched(args)),
         Cmd::GenTrace {
             shape,
