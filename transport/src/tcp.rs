@@ -526,7 +526,17 @@ async fn send_reads(
     let mut heads = vec![[0u8; REPLY_LEN]; pieces.len()];
     // The first reply not yet in, and how much of it is.
     let (mut i, mut at) = (0usize, 0usize);
+    let mut lowat = 1;
     while i < pieces.len() {
+        // Bytes sure to come: the rest of reply i (only its header, while
+        // that is not in) and a header for each reply after it (a refusal
+        // is a header alone).
+        let rest = if at < REPLY_LEN {
+            REPLY_LEN - at
+        } else {
+            REPLY_LEN + pieces[i].buf.len() - at
+        };
+        let sure = rest + REPLY_LEN * (pieces.len() - i - 1);
         let mut iov: Vec<IoSliceMut<'_>> = Vec::with_capacity(MAX_IOV);
         for (head, p) in heads[i..].iter_mut().zip(pieces[i..].iter_mut()) {
             if iov.len() + 2 > MAX_IOV {
@@ -541,7 +551,7 @@ async fn send_reads(
                 iov.push(IoSliceMut::new(body));
             }
         }
-        let mut n = read_vectored(s, &mut iov).await?;
+        let mut n = read_vectored(s, &mut iov, sure.min(RECV_LOWAT), &mut lowat).await?;
         drop(iov);
         if n == 0 {
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
@@ -560,18 +570,69 @@ async fn send_reads(
             }
         }
     }
+    // At rest a connection wakes its reader for any byte (the replies to
+    // writes are a header each).
+    if lowat != 1 {
+        set_recv_lowat(s, 1)?;
+    }
     Ok(())
 }
 
-/// One vectored read of what has arrived, waiting until something has.
-async fn read_vectored(s: &TcpStream, iov: &mut [IoSliceMut<'_>]) -> std::io::Result<usize> {
+/// A reader waiting for replies to reads is woken once this many bytes are
+/// in (or all that are sure to come, if fewer), not for each segment that
+/// arrives. In `tidepool-bench`'s driver loop of 32 MiB gets over two
+/// connections (2 vCPUs), 1 MiB blocks moved 3.25-3.42 GB/s with it and
+/// 2.71-2.81 without, 4 MiB blocks 2.98-3.20 against 2.54-2.65 (three
+/// alternating pairs each); a 256 KiB mark gained half as much, 4 MiB no
+/// more.
+const RECV_LOWAT: usize = 1 << 20;
+
+/// One vectored read of what has arrived, waiting until something has: at
+/// least `lowat` bytes (`*cur` is the socket's mark now), so `lowat` must
+/// not exceed the bytes sure to come, or the wait lasts until the peer
+/// closes. The mark is set only when the read has to wait.
+async fn read_vectored(
+    s: &TcpStream,
+    iov: &mut [IoSliceMut<'_>],
+    lowat: usize,
+    cur: &mut usize,
+) -> std::io::Result<usize> {
     loop {
         s.readable().await?;
         match s.try_read_vectored(iov) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if *cur != lowat {
+                    set_recv_lowat(s, lowat)?;
+                    *cur = lowat;
+                }
+            }
             other => return other,
         }
     }
+}
+
+/// Sets the socket's receive low-water mark (`SO_RCVLOWAT`): readiness, and
+/// the reader's wakeup, wait until that many bytes are in, the socket's
+/// receive memory is nearly full, or the peer has closed. Setting it wakes
+/// a reader at once if enough are in already.
+fn set_recv_lowat(s: &TcpStream, bytes: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let v = libc::c_int::try_from(bytes.max(1)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `s` owns an open socket for the length of the call, and the
+    // option value is a live c_int whose size is passed with it.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl DataPlane for TcpPlane {
@@ -998,5 +1059,56 @@ mod tests {
             Ok(_) => assert!(rest.is_empty()),
             Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
         }
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_waits_for_no_more_than_is_sure_to_come() {
+        // A scripted server: it answers a batch of two reads with the first
+        // block, and only later with a refusal of the second (a header
+        // alone), keeping the connection open. A reader whose wakeup mark
+        // counted on the second block's bytes would sleep through it.
+        const LEN: usize = 2 << 20;
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut reqs = [0u8; 2 * REQUEST_LEN];
+            s.read_exact(&mut reqs).await.unwrap();
+            let ok = Reply {
+                status: Status::Ok,
+                len: LEN as u64,
+            };
+            s.write_all(&ok.encode()).await.unwrap();
+            s.write_all(&vec![9u8; LEN]).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let no = Reply {
+                status: Status::UnknownToken,
+                len: 0,
+            };
+            s.write_all(&no.encode()).await.unwrap();
+            let _ = done_rx.await;
+        });
+        let plane = TcpPlane::connect(
+            addr,
+            TcpOptions {
+                connections: 1,
+                stripe: LEN,
+            },
+        )
+        .await
+        .unwrap();
+        let (mut a, mut b) = (vec![0u8; LEN], vec![0u8; LEN]);
+        let mut reads = [(desc(1, LEN), &mut a[..]), (desc(2, LEN), &mut b[..])];
+        let waited = std::time::Duration::from_secs(10);
+        let e = tokio::time::timeout(waited, plane.read(&mut reads))
+            .await
+            .expect("the refusal was slept through")
+            .unwrap_err();
+        assert!(
+            matches!(e, TransportError::Refused(Status::UnknownToken)),
+            "{e}"
+        );
+        assert!(a.iter().all(|&x| x == 9));
+        let _ = done_tx.send(());
     }
 }
