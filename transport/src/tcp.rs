@@ -172,11 +172,19 @@ impl Owed {
 }
 
 /// Reads what has arrived into `buf`; when nothing has, first sends the
-/// replies owed (the peer may be waiting for them), then waits.
-async fn read_some(s: &mut TcpStream, buf: &mut [u8], owed: &mut Owed) -> std::io::Result<usize> {
+/// replies owed (the peer may be waiting for them), then waits for `need`
+/// bytes (those it takes to make progress: never more than must come).
+async fn read_some(
+    s: &mut TcpStream,
+    buf: &mut [u8],
+    owed: &mut Owed,
+    mark: &mut Lowat,
+    need: usize,
+) -> std::io::Result<usize> {
     match s.try_read(buf) {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
             owed.flush(s).await?;
+            mark.expect(s, need)?;
             s.read(buf).await
         }
         other => other,
@@ -190,6 +198,7 @@ async fn serve_conn(mut s: TcpStream, r: Arc<dyn Resolver>) -> std::io::Result<(
     // After a write header its bytes follow: then read no further than the
     // next header, so that they land in the block and not in `ahead`.
     let mut after_write = false;
+    let mut mark = Lowat::default();
     loop {
         // A peer that sends without reading its replies is held back by the
         // socket, not by memory here.
@@ -202,8 +211,9 @@ async fn serve_conn(mut s: TcpStream, r: Arc<dyn Resolver>) -> std::io::Result<(
             } else {
                 AHEAD
             };
+            let need = REQUEST_LEN - ahead.len();
             let buf = ahead.spare(want);
-            let n = read_some(&mut s, buf, &mut owed).await?;
+            let n = read_some(&mut s, buf, &mut owed, &mut mark, need).await?;
             if n == 0 {
                 owed.flush(&mut s).await?;
                 return match ahead.len() {
@@ -238,7 +248,7 @@ async fn serve_conn(mut s: TcpStream, r: Arc<dyn Resolver>) -> std::io::Result<(
                     Err(status) => {
                         // The refused bytes follow the header: read past them
                         // so the stream stays in step, then answer.
-                        discard(&mut s, &mut ahead, &mut owed, req.len).await?;
+                        discard(&mut s, &mut ahead, &mut owed, &mut mark, req.len).await?;
                         owed.push(status, 0, None);
                         continue;
                     }
@@ -254,7 +264,8 @@ async fn serve_conn(mut s: TcpStream, r: Arc<dyn Resolver>) -> std::io::Result<(
                 claim.absorb(got);
                 while got < len {
                     let end = (got + HASH_CHUNK).min(len);
-                    let n = read_some(&mut s, &mut claim.buf()[got..end], &mut owed).await?;
+                    let buf = &mut claim.buf()[got..end];
+                    let n = read_some(&mut s, buf, &mut owed, &mut mark, len - got).await?;
                     if n == 0 {
                         return Err(std::io::ErrorKind::UnexpectedEof.into());
                     }
@@ -293,6 +304,7 @@ async fn discard(
     s: &mut TcpStream,
     ahead: &mut Ahead,
     owed: &mut Owed,
+    mark: &mut Lowat,
     len: u64,
 ) -> std::io::Result<()> {
     let early = ahead.len().min(len as usize);
@@ -301,7 +313,8 @@ async fn discard(
     let mut scratch = vec![0u8; (64 << 10).min(len as usize)];
     while len > 0 {
         let n = (len as usize).min(scratch.len());
-        let got = read_some(s, &mut scratch[..n], owed).await?;
+        let need = usize::try_from(len).unwrap_or(usize::MAX);
+        let got = read_some(s, &mut scratch[..n], owed, mark, need).await?;
         if got == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
@@ -526,7 +539,7 @@ async fn send_reads(
     let mut heads = vec![[0u8; REPLY_LEN]; pieces.len()];
     // The first reply not yet in, and how much of it is.
     let (mut i, mut at) = (0usize, 0usize);
-    let mut lowat = 1;
+    let mut mark = Lowat::default();
     while i < pieces.len() {
         // Bytes sure to come: the rest of reply i (only its header, while
         // that is not in) and a header for each reply after it (a refusal
@@ -551,7 +564,7 @@ async fn send_reads(
                 iov.push(IoSliceMut::new(body));
             }
         }
-        let mut n = read_vectored(s, &mut iov, sure.min(RECV_LOWAT), &mut lowat).await?;
+        let mut n = read_vectored(s, &mut iov, &mut mark, sure).await?;
         drop(iov);
         if n == 0 {
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
@@ -572,40 +585,57 @@ async fn send_reads(
     }
     // At rest a connection wakes its reader for any byte (the replies to
     // writes are a header each).
-    if lowat != 1 {
-        set_recv_lowat(s, 1)?;
-    }
+    mark.expect(s, 1)?;
     Ok(())
 }
 
-/// A reader waiting for replies to reads is woken once this many bytes are
-/// in (or all that are sure to come, if fewer), not for each segment that
-/// arrives. In `tidepool-bench`'s driver loop of 32 MiB gets over two
-/// connections (2 vCPUs), 1 MiB blocks moved 3.25-3.42 GB/s with it and
-/// 2.71-2.81 without, 4 MiB blocks 2.98-3.20 against 2.54-2.65 (three
-/// alternating pairs each); a 256 KiB mark gained half as much, 4 MiB no
-/// more.
+/// A reader waiting for a block's bytes (the server for a write, the client
+/// for the replies to its reads) is woken once this many are in (or all
+/// that must come, if fewer), not for each segment that arrives. In a driver
+/// loop of 32 MiB calls over two connections (2 vCPUs), 1 MiB gets moved
+/// 3.25-3.42 GB/s with it and 2.71-2.81 without, 4 MiB gets 2.98-3.20
+/// against 2.54-2.65; with the server's side too, 1 MiB puts 3.08-3.27
+/// against 2.79-2.94 (its waits for data fell from about 4,000 a second to
+/// 1,000), 4 MiB puts 3.11-3.20 against 2.86-2.96 (alternating runs). A
+/// 256 KiB mark gained about half as much, 4 MiB no more; 64 KiB blocks
+/// gained nothing either way.
 const RECV_LOWAT: usize = 1 << 20;
 
-/// One vectored read of what has arrived, waiting until something has: at
-/// least `lowat` bytes (`*cur` is the socket's mark now), so `lowat` must
-/// not exceed the bytes sure to come, or the wait lasts until the peer
-/// closes. The mark is set only when the read has to wait.
+/// A socket's receive low-water mark, as last set.
+struct Lowat(usize);
+
+impl Default for Lowat {
+    fn default() -> Self {
+        Lowat(1)
+    }
+}
+
+impl Lowat {
+    /// Before a read waits: wake it once `bytes` are in (at most
+    /// [`RECV_LOWAT`]). `bytes` must not exceed what is sure to come, or the
+    /// wait lasts until the peer closes. A syscall only when the mark moves.
+    fn expect(&mut self, s: &TcpStream, bytes: usize) -> std::io::Result<()> {
+        let bytes = bytes.clamp(1, RECV_LOWAT);
+        if self.0 != bytes {
+            set_recv_lowat(s, bytes)?;
+            self.0 = bytes;
+        }
+        Ok(())
+    }
+}
+
+/// One vectored read of what has arrived, waiting, when nothing has, until
+/// `sure` bytes (all that must come, or [`RECV_LOWAT`]) are in.
 async fn read_vectored(
     s: &TcpStream,
     iov: &mut [IoSliceMut<'_>],
-    lowat: usize,
-    cur: &mut usize,
+    mark: &mut Lowat,
+    sure: usize,
 ) -> std::io::Result<usize> {
     loop {
         s.readable().await?;
         match s.try_read_vectored(iov) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if *cur != lowat {
-                    set_recv_lowat(s, lowat)?;
-                    *cur = lowat;
-                }
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => mark.expect(s, sure)?,
             other => return other,
         }
     }
