@@ -58,7 +58,7 @@ const COMMIT_GROUP: usize = 4 << 20;
 /// moved 64 KiB puts 2.57-3.40 GB/s against 2.33-2.58 with 64 (three
 /// alternating pairs on a VM with 6 GB/s memcpy: with 64, each of the eight
 /// groups of a 32 MiB call ended in a wait for the server's last bytes);
-/// 16 KiB puts moved the same with 64 to 1024 (1.04-1.12 GB/s).
+/// 16 KiB puts were within the noise with 64 to 1024 (0.89-1.12 GB/s).
 const TCP_COMMIT_GROUP: usize = 16 << 20;
 const TCP_GROUP_BLOCKS: usize = 256;
 
