@@ -9,7 +9,9 @@
 //! buffer on either side. It reads request headers a batch at a time and
 //! answers a batch of reads with vectored writes of about 2 MiB, whatever
 //! the block size; the client reads replies with vectored reads into its
-//! buffers.
+//! buffers. A reader waiting for block bytes, on either side, has the kernel
+//! wake it only once a megabyte of them is in (`RECV_LOWAT`), not for each
+//! segment.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::net::SocketAddr;
@@ -1090,6 +1092,7 @@ mod tests {
             Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
         }
     }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reader_waits_for_no_more_than_is_sure_to_come() {
         // A scripted server: it answers a batch of two reads with the first
