@@ -343,10 +343,18 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
 /// Settings of a client's TCP data plane.
 #[derive(Debug, Clone, Copy)]
 pub struct TcpOptions {
-    /// Parallel connections. Default: one per two cores, at least 2 and at
-    /// most 4 (a connection's transfers already keep one core copying on
-    /// each side; on 2 cores a second connection still took 1 MiB gets
-    /// from 4.5 to 5.5 GB/s, the server sending on both cores).
+    /// Parallel connections. Default: one per two cores, at least 1 and at
+    /// most 4. The client takes the replies of all its connections on one
+    /// task, so a connection more adds a sender on the server, not a
+    /// reader here. On a 2-core VM with the server on the same host, after
+    /// the receive low-water mark ([`RECV_LOWAT`]) made one connection's
+    /// wakeups few, one connection moved 1 MiB gets at 3.8-4.2 GB/s and
+    /// two at 3.2-3.6 (a driver loop of 32 MiB calls, alternating): the
+    /// second connection's sender and the client's reader then share the
+    /// two cores with the first's, and its first bytes came 1-5 ms after
+    /// the first connection's. Puts moved the same with one or two.
+    /// (Before that mark, on another 2-core VM, a second connection had
+    /// taken 1 MiB gets from 4.5 to 5.5 GB/s.)
     pub connections: usize,
     /// Blocks move in pieces of at most this size: a read's pieces spread
     /// over the connections, a write's stay on one connection, in order (so
@@ -358,7 +366,7 @@ impl Default for TcpOptions {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         TcpOptions {
-            connections: (cores / 2).clamp(2, 4),
+            connections: (cores / 2).clamp(1, 4),
             stripe: 1 << 20,
         }
     }
