@@ -14,7 +14,10 @@
 //! (read `len` bytes at `offset` of the located block `token`). A write's
 //! reply carries the bytes written; a read's the bytes that follow. A refused
 //! write's bytes are read and dropped before its reply, so the stream stays in
-//! step; a malformed header is answered and the connection closed.
+//! step. A refused read is answered (a header alone) and ends the
+//! connection: the server sends nothing after it, so a reader of a batch can
+//! count on every byte it asked for coming, or on the connection closing. A
+//! malformed header is answered and the connection closed.
 
 use std::fmt;
 
