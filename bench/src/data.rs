@@ -297,7 +297,7 @@ fn targets(
                     what,
                     block: size,
                     // Whole percents rounded down, so that a share shown
-                    // as 80% has met the line (79.6% once read "80%, no").
+                    // as 80% has met the line (79.9% once read "80%, no").
                     measured: format!("{:.0}% / {:.0}%", (p * 100.0).floor(), (g * 100.0).floor()),
                     met: p >= 0.8 && g >= 0.8,
                 });
