@@ -959,3 +959,41 @@ fn a_put_or_get_given_up_half_way_leaves_nothing_half_done() {
         }
     });
 }
+
+#[test]
+fn a_tcp_put_of_many_groups_commits_a_chain_in_order() {
+    // 600 blocks of 8 KiB: three tcp groups (at most 256 blocks each), each
+    // group's bytes sent before the replies to the group before are read.
+    // Commits must still go in order: a child committed before its parent
+    // is refused (NOPARENT).
+    let s = Server::start(&[]);
+    rt().block_on(async {
+        let c = tidepool_client::Client::connect_with(
+            &addr(&s),
+            ClientOptions {
+                plane: PlaneChoice::Tcp,
+                inline_below: 0,
+                ..ClientOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        let blocks: Vec<(Bytes, Bytes)> = (0..600)
+            .map(|i| (Bytes::from(format!("g{i}")), block(i, 8192)))
+            .collect();
+        let r = c.put_many(&blocks, true, None).await.unwrap();
+        assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
+        let keys: Vec<Bytes> = blocks.iter().map(|(k, _)| k.clone()).collect();
+        let mut storage = vec![vec![0u8; 8192]; blocks.len()];
+        let mut bufs: Vec<&mut [u8]> = storage.iter_mut().map(|v| &mut v[..]).collect();
+        let got = c.get_many_into(&keys, &mut bufs).await.unwrap();
+        assert!(got.iter().all(|g| *g == Some(8192)));
+        for (i, (_, v)) in blocks.iter().enumerate() {
+            assert_eq!(&storage[i][..], &v[..], "block {i}");
+        }
+        // The chain is whole: a match of all its keys finds every block.
+        let m = c.match_prefix(&keys, None).await.unwrap();
+        assert_eq!(m.matched, blocks.len());
+    });
+    assert_eq!(s.info_u64("data_committed"), 600);
+}

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use redis_protocol::resp2::types::BytesFrame;
 use tidepool_transport::shm::ShmPlane;
-use tidepool_transport::tcp::{TcpOptions, TcpPlane};
+use tidepool_transport::tcp::{TcpOptions, TcpPlane, TcpWrites};
 use tidepool_transport::{DataPlane, Descriptor, Kind, TransportError};
 
 use crate::ClientError;
@@ -103,6 +103,14 @@ impl Plane {
                 .map(Some),
             #[cfg(feature = "rdma")]
             Plane::Rdma(p) => p.write(blocks).await.map(|()| None),
+        }
+    }
+
+    /// A tcp write session ([`TcpWrites`]), for the tcp plane.
+    pub(crate) async fn tcp_writes(&self) -> Option<TcpWrites<'_>> {
+        match self {
+            Plane::Tcp(p) => Some(p.writes().await),
+            _ => None,
         }
     }
 

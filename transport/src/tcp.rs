@@ -423,15 +423,23 @@ impl TcpPlane {
         self.addr
     }
 
-    /// Sends one lane of writes on connection `i`.
-    async fn lane_writes(&self, i: usize, lane: Vec<Piece<&[u8]>>) -> Result<(), TransportError> {
-        let mut slot = self.conns[i].lock().await;
-        let mut s = taken(&mut slot, self.addr).await?;
-        let out = send_writes(&mut s, &lane).await;
-        if out.is_ok() {
-            *slot = Some(s);
+    /// A write session over all the connections (locked in order, so
+    /// sessions and reads of other tasks wait their turn): batches sent one
+    /// after another, each one's replies read after the next is out.
+    pub async fn writes(&self) -> TcpWrites<'_> {
+        let mut lanes = Vec::with_capacity(self.conns.len());
+        for slot in &self.conns {
+            lanes.push(WriteLane {
+                slot: slot.lock().await,
+                stream: None,
+                unconfirmed: std::collections::VecDeque::new(),
+            });
         }
-        out
+        TcpWrites {
+            addr: self.addr,
+            stripe: self.opts.stripe,
+            lanes,
+        }
     }
 
     /// Sends one lane of reads on connection `i`.
@@ -511,6 +519,8 @@ fn check_reply(b: &[u8; REPLY_LEN], want: u64) -> Result<(), TransportError> {
     Ok(())
 }
 
+/// Sends write requests and their bytes; the replies are read later
+/// ([`read_write_replies`]).
 async fn send_writes(s: &mut TcpStream, pieces: &[Piece<&[u8]>]) -> Result<(), TransportError> {
     let headers: Vec<[u8; REQUEST_LEN]> = pieces
         .iter()
@@ -532,11 +542,16 @@ async fn send_writes(s: &mut TcpStream, pieces: &[Piece<&[u8]>]) -> Result<(), T
         }
         write_all_vectored(s, &mut iov).await?;
     }
-    // All the replies at once: they are headers only.
-    let mut replies = vec![0u8; pieces.len() * REPLY_LEN];
+    Ok(())
+}
+
+/// Reads the replies to writes of `lens` bytes, all at once (they are
+/// headers only), and checks them.
+async fn read_write_replies(s: &mut TcpStream, lens: &[u64]) -> Result<(), TransportError> {
+    let mut replies = vec![0u8; lens.len() * REPLY_LEN];
     s.read_exact(&mut replies).await?;
-    for (rb, p) in replies.chunks_exact(REPLY_LEN).zip(pieces) {
-        check_reply(rb.try_into().expect("REPLY_LEN bytes"), p.buf.len() as u64)?;
+    for (rb, len) in replies.chunks_exact(REPLY_LEN).zip(lens) {
+        check_reply(rb.try_into().expect("REPLY_LEN bytes"), *len)?;
     }
     Ok(())
 }
@@ -699,23 +714,73 @@ fn set_recv_lowat(s: &TcpStream, bytes: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-impl DataPlane for TcpPlane {
-    fn kind(&self) -> Kind {
-        Kind::Tcp
-    }
+/// A run of write batches over a [`TcpPlane`]'s connections
+/// ([`TcpPlane::writes`]): [`send`](TcpWrites::send) puts a batch's bytes
+/// on the wire and returns, [`confirm`](TcpWrites::confirm) reads the
+/// replies of the oldest batch not yet confirmed. Sending batch i + 1 before
+/// confirming batch i keeps bytes moving while the server takes in the end
+/// of batch i. [`finish`](TcpWrites::finish) hands the connections back
+/// once every batch is confirmed; after an error, or when the session is
+/// dropped with batches unconfirmed, the connections are closed (the
+/// replies in flight would put them out of step) and the next user dials
+/// afresh.
+pub struct TcpWrites<'a> {
+    addr: SocketAddr,
+    stripe: usize,
+    lanes: Vec<WriteLane<'a>>,
+}
 
-    /// A block's pieces all go over one connection, in order, so the server
-    /// can hash the block as it arrives (its checksum then costs no second
-    /// pass); different blocks spread over the connections. Dealing the
-    /// pieces of a block over two connections moved a tenth less here.
-    async fn write(&self, blocks: &[(Descriptor, &[u8])]) -> Result<(), TransportError> {
+/// One connection of a write session.
+struct WriteLane<'a> {
+    slot: tokio::sync::MutexGuard<'a, Option<TcpStream>>,
+    /// Taken out of the slot on first use.
+    stream: Option<TcpStream>,
+    /// For each batch sent and not confirmed, the lengths of its pieces on
+    /// this connection, in order.
+    unconfirmed: std::collections::VecDeque<Vec<u64>>,
+}
+
+impl WriteLane<'_> {
+    /// The connection, taken out of the slot (or dialled) when no batch is
+    /// outstanding on it; one lost with batches outstanding is an error.
+    async fn stream(&mut self, addr: SocketAddr) -> Result<&mut TcpStream, TransportError> {
+        if self.stream.is_none() {
+            if self.unconfirmed.iter().any(|b| !b.is_empty()) {
+                return Err(lost());
+            }
+            self.stream = Some(taken(&mut self.slot, addr).await?);
+        }
+        Ok(self.stream.as_mut().expect("set above"))
+    }
+}
+
+fn lost() -> TransportError {
+    TransportError::Protocol("the data connection of unconfirmed writes was lost".into())
+}
+
+impl std::fmt::Debug for TcpWrites<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpWrites")
+            .field("addr", &self.addr)
+            .field("connections", &self.lanes.len())
+            .finish()
+    }
+}
+
+impl TcpWrites<'_> {
+    /// Sends one batch: a block's pieces all go over one connection, in
+    /// order, so the server can hash the block as it arrives (its checksum
+    /// then costs no second pass); different blocks spread over the
+    /// connections. Dealing the pieces of a block over two connections
+    /// moved a tenth less here. An error leaves the session unusable.
+    pub async fn send(&mut self, blocks: &[(Descriptor, &[u8])]) -> Result<(), TransportError> {
         check_lengths(Kind::Tcp, blocks.iter().map(|(d, b)| (d, b.len())))?;
         let mut runs = Vec::with_capacity(blocks.len());
         for (d, buf) in blocks {
             let mut run = Vec::new();
             let mut off = 0;
             loop {
-                let end = (off + self.opts.stripe).min(buf.len());
+                let end = (off + self.stripe).min(buf.len());
                 run.push(Piece {
                     token: d.token,
                     offset: off as u64,
@@ -728,9 +793,77 @@ impl DataPlane for TcpPlane {
             }
             runs.push(run);
         }
-        let lanes = deal(runs, self.conns.len(), |b| b.len());
-        let lanes = lanes.into_iter().enumerate().filter(|(_, l)| !l.is_empty());
-        try_join_all(lanes.map(|(i, lane)| self.lane_writes(i, lane))).await?;
+        let dealt = deal(runs, self.lanes.len(), |b| b.len());
+        let addr = self.addr;
+        let sends = self
+            .lanes
+            .iter_mut()
+            .zip(dealt)
+            .map(|(lane, pieces)| async move {
+                if pieces.is_empty() {
+                    lane.unconfirmed.push_back(Vec::new());
+                    return Ok(());
+                }
+                lane.stream(addr).await?;
+                lane.unconfirmed
+                    .push_back(pieces.iter().map(|p| p.buf.len() as u64).collect());
+                let s = lane.stream.as_mut().expect("taken above");
+                let out = send_writes(s, &pieces).await;
+                if out.is_err() {
+                    lane.stream = None;
+                }
+                out
+            });
+        try_join_all(sends).await?;
+        Ok(())
+    }
+
+    /// Reads the replies of the oldest batch sent and not yet confirmed:
+    /// `Ok` once the server holds all of its bytes. A refusal or an error
+    /// leaves the session unusable.
+    pub async fn confirm(&mut self) -> Result<(), TransportError> {
+        let reads = self.lanes.iter_mut().map(|lane| async move {
+            let lens = lane.unconfirmed.pop_front().unwrap_or_default();
+            if lens.is_empty() {
+                return Ok(());
+            }
+            let Some(s) = lane.stream.as_mut() else {
+                return Err(lost());
+            };
+            let out = read_write_replies(s, &lens).await;
+            if out.is_err() {
+                lane.stream = None;
+            }
+            out
+        });
+        try_join_all(reads).await?;
+        Ok(())
+    }
+
+    /// Hands the connections back for the next exchange, each only if all
+    /// its batches were confirmed (else it is closed).
+    pub fn finish(self) {
+        for mut lane in self.lanes {
+            if lane.unconfirmed.iter().all(|b| b.is_empty()) {
+                if let Some(s) = lane.stream.take() {
+                    *lane.slot = Some(s);
+                }
+            }
+        }
+    }
+}
+
+impl DataPlane for TcpPlane {
+    fn kind(&self) -> Kind {
+        Kind::Tcp
+    }
+
+    /// One batch, sent and confirmed ([`TcpWrites`]).
+    async fn write(&self, blocks: &[(Descriptor, &[u8])]) -> Result<(), TransportError> {
+        let mut w = self.writes().await;
+        w.send(blocks).await?;
+        w.confirm().await?;
+        w.finish();
         Ok(())
     }
 
@@ -1214,5 +1347,118 @@ mod tests {
         );
         assert!(a.iter().all(|&x| x == 9));
         let _ = done_tx.send(());
+    }
+
+    /// A tcp reservation of `len` bytes under `token` that hashes its bytes.
+    fn reserve(table: &Table, token: u64, len: usize) -> Arc<Inbound> {
+        let ib = Arc::new(Inbound::with_hashing(crate::Region::alloc(None, len), true));
+        table.inbound.lock().insert(token, ib.clone());
+        ib
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_sent_before_the_replies_to_earlier_ones_all_land() {
+        let (table, addr) = start().await;
+        let plane = TcpPlane::connect(
+            addr,
+            TcpOptions {
+                connections: 3,
+                stripe: 64 << 10,
+            },
+        )
+        .await
+        .unwrap();
+        // Three batches; the second has one block, so two connections
+        // carry none of it.
+        let sizes: [&[usize]; 3] = [
+            &[200_000, 1, 70_000, 4096, 300_000],
+            &[150_000],
+            &[0, 90_000],
+        ];
+        let mut token = 0u64;
+        let mut batches = Vec::new();
+        for batch in sizes {
+            let mut blocks = Vec::new();
+            for &n in batch {
+                token += 1;
+                let data: Vec<u8> = (0..n)
+                    .map(|j| (token as usize * 31 + j * 7) as u8)
+                    .collect();
+                blocks.push((token, reserve(&table, token, n), data));
+            }
+            batches.push(blocks);
+        }
+        let refs = |i: usize| -> Vec<(Descriptor, &[u8])> {
+            batches[i]
+                .iter()
+                .map(|(t, _, d)| (desc(*t, d.len()), d.as_slice()))
+                .collect()
+        };
+        let (one, two, three) = (refs(0), refs(1), refs(2));
+        let mut w = plane.writes().await;
+        w.send(&one).await.unwrap();
+        w.send(&two).await.unwrap();
+        w.confirm().await.unwrap();
+        w.send(&three).await.unwrap();
+        w.confirm().await.unwrap();
+        w.confirm().await.unwrap();
+        w.finish();
+        drop((one, two, three));
+        for (t, ib, data) in batches.into_iter().flatten() {
+            let (region, sum) = ib
+                .seal(true)
+                .unwrap_or_else(|_| panic!("block {t} incomplete"));
+            let bytes = region.into_bytes();
+            assert_eq!(&bytes[..], &data[..], "block {t}");
+            assert_eq!(sum, Some(xxhash_rust::xxh3::xxh3_64(&bytes)), "block {t}");
+        }
+        // The connections went back in step: another write goes through.
+        let ib = reserve(&table, 100, 3);
+        plane.write(&[(desc(100, 3), b"abc")]).await.unwrap();
+        assert_eq!(&ib.seal(true).unwrap().0.into_bytes()[..], b"abc");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refusal_in_an_unconfirmed_batch_fails_its_confirm_and_the_plane_recovers() {
+        let (table, addr) = start().await;
+        let plane = TcpPlane::connect(
+            addr,
+            TcpOptions {
+                connections: 1,
+                stripe: 1 << 20,
+            },
+        )
+        .await
+        .unwrap();
+        let good = reserve(&table, 1, 5);
+        let later = reserve(&table, 2, 5);
+        let mut w = plane.writes().await;
+        // Token 9 is unknown: refused, its bytes skipped.
+        w.send(&[(desc(1, 5), b"hello"), (desc(9, 3), b"xyz")])
+            .await
+            .unwrap();
+        w.send(&[(desc(2, 5), b"later")]).await.unwrap();
+        let e = w.confirm().await.unwrap_err();
+        assert!(
+            matches!(e, TransportError::Refused(Status::UnknownToken)),
+            "{e}"
+        );
+        // The session is spent: its connection is gone, and confirming
+        // again says so rather than waiting on a fresh one.
+        let wait = std::time::Duration::from_secs(10);
+        let again = tokio::time::timeout(wait, w.confirm()).await.expect("hung");
+        assert!(again.is_err());
+        w.finish();
+        assert_eq!(&good.seal(true).unwrap().0.into_bytes()[..], b"hello");
+        // The server took the second batch too (the stream stayed in step
+        // after the refused bytes); only its reply went unread.
+        let deadline = std::time::Instant::now() + wait;
+        while !later.is_complete() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(later.is_complete());
+        let ib = reserve(&table, 3, 2);
+        plane.write(&[(desc(3, 2), b"ok")]).await.unwrap();
+        assert_eq!(&ib.seal(true).unwrap().0.into_bytes()[..], b"ok");
     }
 }
