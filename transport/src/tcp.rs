@@ -926,6 +926,19 @@ mod tests {
         }
     }
 
+    /// A client plane of `connections` connections and `stripe`-byte pieces.
+    async fn connect_plane(addr: SocketAddr, connections: usize, stripe: usize) -> TcpPlane {
+        TcpPlane::connect(
+            addr,
+            TcpOptions {
+                connections,
+                stripe,
+            },
+        )
+        .await
+        .unwrap()
+    }
+
     async fn start() -> (Arc<Table>, SocketAddr) {
         let table = Arc::new(Table::default());
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1019,15 +1032,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn striped_writes_and_reads_move_every_byte() {
         let (table, addr) = start().await;
-        let plane = TcpPlane::connect(
-            addr,
-            TcpOptions {
-                connections: 3,
-                stripe: 5000,
-            },
-        )
-        .await
-        .unwrap();
+        let plane = connect_plane(addr, 3, 5000).await;
         let sizes = [0usize, 1, 4096, 12_345, 100_000];
         let data: Vec<Vec<u8>> = sizes
             .iter()
@@ -1117,15 +1122,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_refusal_amid_a_batch_of_reads_fails_it_and_the_plane_recovers() {
         let (table, addr) = start().await;
-        let plane = TcpPlane::connect(
-            addr,
-            TcpOptions {
-                connections: 1,
-                stripe: 1 << 20,
-            },
-        )
-        .await
-        .unwrap();
+        let plane = connect_plane(addr, 1, 1 << 20).await;
         let block = Bytes::from(vec![7u8; 100_000]);
         table.outbound.lock().insert(1, block.clone());
         table.outbound.lock().insert(3, block.clone());
@@ -1325,15 +1322,7 @@ mod tests {
             s.shutdown().await.unwrap();
             let _ = done_rx.await;
         });
-        let plane = TcpPlane::connect(
-            addr,
-            TcpOptions {
-                connections: 1,
-                stripe: LEN,
-            },
-        )
-        .await
-        .unwrap();
+        let plane = connect_plane(addr, 1, LEN).await;
         let (mut a, mut b) = (vec![0u8; LEN], vec![0u8; LEN]);
         let mut reads = [(desc(1, LEN), &mut a[..]), (desc(2, LEN), &mut b[..])];
         let waited = std::time::Duration::from_secs(10);
@@ -1359,15 +1348,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn batches_sent_before_the_replies_to_earlier_ones_all_land() {
         let (table, addr) = start().await;
-        let plane = TcpPlane::connect(
-            addr,
-            TcpOptions {
-                connections: 3,
-                stripe: 64 << 10,
-            },
-        )
-        .await
-        .unwrap();
+        let plane = connect_plane(addr, 3, 64 << 10).await;
         // Three batches; the second has one block, so two connections
         // carry none of it.
         let sizes: [&[usize]; 3] = [
@@ -1421,15 +1402,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_refusal_in_an_unconfirmed_batch_fails_its_confirm_and_the_plane_recovers() {
         let (table, addr) = start().await;
-        let plane = TcpPlane::connect(
-            addr,
-            TcpOptions {
-                connections: 1,
-                stripe: 1 << 20,
-            },
-        )
-        .await
-        .unwrap();
+        let plane = connect_plane(addr, 1, 1 << 20).await;
         let good = reserve(&table, 1, 5);
         let later = reserve(&table, 2, 5);
         let mut w = plane.writes().await;
