@@ -440,8 +440,12 @@ impl Client {
     /// group is committed once they are: a driver loop of 32 MiB calls moved
     /// 1 MiB puts at 3.25-3.67 GB/s against 2.77-3.38 (six alternating
     /// pairs; medians 3.35 and 3.17), 4 MiB 2.88-3.65 against 2.76-3.46
-    /// (3.55, 2.99), 64 KiB 2.89-3.55 against 2.82-3.40 (3.20, 3.10). A block the server already holds is left as it is (a key
-    /// names its prefix, so its bytes are the same).
+    /// (3.55, 2.99), 64 KiB 2.89-3.55 against 2.82-3.40 (3.20, 3.10). The
+    /// data connections are then held for the whole put, where they were
+    /// taken a group at a time: a get of the same client waits for a put of
+    /// many groups to end, not for its current group. A block the server
+    /// already holds is left as it is (a key names its prefix, so its bytes
+    /// are the same).
     async fn put_many_via(
         &self,
         plane: &Plane,
@@ -585,13 +589,16 @@ impl Client {
                 None => plane.write(&writes).await,
             };
             let mut confirmed = Ok(());
-            if let (Some(w), Some(before), true) = (&mut tcp, &sent, moved.is_ok()) {
-                confirmed = w.confirm().await;
-                if confirmed.is_ok() {
-                    let written = (before.clone(), None);
-                    conn.send(&[commit_cmd(&written)]).await?;
-                    now_owed.push(Owed::Commit(written.0));
-                    sent = None;
+            if let (Some(w), true) = (&mut tcp, moved.is_ok()) {
+                if let Some(before) = sent.take() {
+                    confirmed = w.confirm().await;
+                    if confirmed.is_ok() {
+                        let written = (before, None);
+                        conn.send(&[commit_cmd(&written)]).await?;
+                        now_owed.push(Owed::Commit(written.0));
+                    } else {
+                        sent = Some(before);
+                    }
                 }
             }
             // What was sent a step ago.
