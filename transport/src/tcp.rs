@@ -439,6 +439,7 @@ impl TcpPlane {
             addr: self.addr,
             stripe: self.opts.stripe,
             lanes,
+            broken: false,
         }
     }
 
@@ -728,6 +729,9 @@ pub struct TcpWrites<'a> {
     addr: SocketAddr,
     stripe: usize,
     lanes: Vec<WriteLane<'a>>,
+    /// An error happened: a batch may be half sent, so nothing more is
+    /// sent or read, and no connection goes back.
+    broken: bool,
 }
 
 /// One connection of a write session.
@@ -741,13 +745,9 @@ struct WriteLane<'a> {
 }
 
 impl WriteLane<'_> {
-    /// The connection, taken out of the slot (or dialled) when no batch is
-    /// outstanding on it; one lost with batches outstanding is an error.
+    /// The connection, taken out of the slot (or dialled) on first use.
     async fn stream(&mut self, addr: SocketAddr) -> Result<&mut TcpStream, TransportError> {
         if self.stream.is_none() {
-            if self.unconfirmed.iter().any(|b| !b.is_empty()) {
-                return Err(lost());
-            }
             self.stream = Some(taken(&mut self.slot, addr).await?);
         }
         Ok(self.stream.as_mut().expect("set above"))
@@ -755,7 +755,7 @@ impl WriteLane<'_> {
 }
 
 fn lost() -> TransportError {
-    TransportError::Protocol("the data connection of unconfirmed writes was lost".into())
+    TransportError::Protocol("a write session failed: its connections are closed".into())
 }
 
 impl std::fmt::Debug for TcpWrites<'_> {
@@ -775,6 +775,9 @@ impl TcpWrites<'_> {
     /// moved a tenth less here. An error leaves the session unusable.
     pub async fn send(&mut self, blocks: &[(Descriptor, &[u8])]) -> Result<(), TransportError> {
         check_lengths(Kind::Tcp, blocks.iter().map(|(d, b)| (d, b.len())))?;
+        if self.broken {
+            return Err(lost());
+        }
         let mut runs = Vec::with_capacity(blocks.len());
         for (d, buf) in blocks {
             let mut run = Vec::new();
@@ -808,20 +811,20 @@ impl TcpWrites<'_> {
                 lane.unconfirmed
                     .push_back(pieces.iter().map(|p| p.buf.len() as u64).collect());
                 let s = lane.stream.as_mut().expect("taken above");
-                let out = send_writes(s, &pieces).await;
-                if out.is_err() {
-                    lane.stream = None;
-                }
-                out
+                send_writes(s, &pieces).await
             });
-        try_join_all(sends).await?;
-        Ok(())
+        let out = try_join_all(sends).await.map(|_| ());
+        self.broken = out.is_err();
+        out
     }
 
     /// Reads the replies of the oldest batch sent and not yet confirmed:
     /// `Ok` once the server holds all of its bytes. A refusal or an error
     /// leaves the session unusable.
     pub async fn confirm(&mut self) -> Result<(), TransportError> {
+        if self.broken {
+            return Err(lost());
+        }
         let reads = self.lanes.iter_mut().map(|lane| async move {
             let lens = lane.unconfirmed.pop_front().unwrap_or_default();
             if lens.is_empty() {
@@ -830,19 +833,19 @@ impl TcpWrites<'_> {
             let Some(s) = lane.stream.as_mut() else {
                 return Err(lost());
             };
-            let out = read_write_replies(s, &lens).await;
-            if out.is_err() {
-                lane.stream = None;
-            }
-            out
+            read_write_replies(s, &lens).await
         });
-        try_join_all(reads).await?;
-        Ok(())
+        let out = try_join_all(reads).await.map(|_| ());
+        self.broken = out.is_err();
+        out
     }
 
     /// Hands the connections back for the next exchange, each only if all
     /// its batches were confirmed (else it is closed).
     pub fn finish(self) {
+        if self.broken {
+            return;
+        }
         for mut lane in self.lanes {
             if lane.unconfirmed.iter().all(|b| b.is_empty()) {
                 if let Some(s) = lane.stream.take() {
