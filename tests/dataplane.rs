@@ -997,3 +997,54 @@ fn a_tcp_put_of_many_groups_commits_a_chain_in_order() {
     });
     assert_eq!(s.info_u64("data_committed"), 600);
 }
+
+#[test]
+fn gets_beside_a_put_of_many_tcp_groups_finish() {
+    // A put of many tcp groups holds the client's data connections to its
+    // end; gets of the same client, run beside it over two connections,
+    // wait their turn and read the right bytes, and every block of the put
+    // is committed.
+    let s = Server::start(&[]);
+    rt().block_on(async {
+        let c = tidepool_client::Client::connect_with(
+            &addr(&s),
+            ClientOptions {
+                plane: PlaneChoice::Tcp,
+                inline_below: 0,
+                tcp: TcpOptions {
+                    connections: 2,
+                    stripe: 64 << 10,
+                },
+                ..ClientOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        let stored: Vec<(Bytes, Bytes)> = (0..8)
+            .map(|i| (Bytes::from(format!("s{i}")), block(i, 300_000)))
+            .collect();
+        c.put_many(&stored, false, None).await.unwrap();
+        let many: Vec<(Bytes, Bytes)> = (0..600)
+            .map(|i| (Bytes::from(format!("m{i}")), block(1000 + i, 8192)))
+            .collect();
+        let put = c.put_many(&many, false, None);
+        let gets = async {
+            let keys: Vec<Bytes> = stored.iter().map(|(k, _)| k.clone()).collect();
+            for _ in 0..20 {
+                let mut storage = vec![vec![0u8; 300_000]; keys.len()];
+                let mut bufs: Vec<&mut [u8]> = storage.iter_mut().map(|v| &mut v[..]).collect();
+                let got = c.get_many_into(&keys, &mut bufs).await.unwrap();
+                assert!(got.iter().all(|g| *g == Some(300_000)));
+                for (i, (_, v)) in stored.iter().enumerate() {
+                    assert_eq!(&storage[i][..], &v[..]);
+                }
+            }
+        };
+        let both = async { tokio::join!(put, gets).0 };
+        let r = tokio::time::timeout(Duration::from_secs(30), both)
+            .await
+            .expect("a put and gets of one client stalled each other");
+        assert!(r.unwrap().iter().all(|r| r.is_ok()));
+    });
+    assert_eq!(s.info_u64("data_committed"), 608);
+}
