@@ -960,6 +960,33 @@ fn a_put_or_get_given_up_half_way_leaves_nothing_half_done() {
     });
 }
 
+/// A client that moves every block over the tcp plane, with `tcp` settings.
+async fn tcp_client(s: &Server, tcp: TcpOptions) -> tidepool_client::Client {
+    tidepool_client::Client::connect_with(
+        &addr(s),
+        ClientOptions {
+            plane: PlaneChoice::Tcp,
+            inline_below: 0,
+            tcp,
+            ..ClientOptions::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Gets `blocks` into buffers of their size and checks every byte.
+async fn get_and_check(c: &tidepool_client::Client, blocks: &[(Bytes, Bytes)]) {
+    let keys: Vec<Bytes> = blocks.iter().map(|(k, _)| k.clone()).collect();
+    let mut storage: Vec<Vec<u8>> = blocks.iter().map(|(_, v)| vec![0u8; v.len()]).collect();
+    let mut bufs: Vec<&mut [u8]> = storage.iter_mut().map(|v| &mut v[..]).collect();
+    let got = c.get_many_into(&keys, &mut bufs).await.unwrap();
+    for (i, (_, v)) in blocks.iter().enumerate() {
+        assert_eq!(got[i], Some(v.len()), "block {i}");
+        assert_eq!(&storage[i][..], &v[..], "block {i}");
+    }
+}
+
 #[test]
 fn a_tcp_put_of_many_groups_commits_a_chain_in_order() {
     // 600 blocks of 8 KiB: three tcp groups (at most 256 blocks each), each
@@ -968,30 +995,15 @@ fn a_tcp_put_of_many_groups_commits_a_chain_in_order() {
     // is refused (NOPARENT).
     let s = Server::start(&[]);
     rt().block_on(async {
-        let c = tidepool_client::Client::connect_with(
-            &addr(&s),
-            ClientOptions {
-                plane: PlaneChoice::Tcp,
-                inline_below: 0,
-                ..ClientOptions::default()
-            },
-        )
-        .await
-        .unwrap();
+        let c = tcp_client(&s, TcpOptions::default()).await;
         let blocks: Vec<(Bytes, Bytes)> = (0..600)
             .map(|i| (Bytes::from(format!("g{i}")), block(i, 8192)))
             .collect();
         let r = c.put_many(&blocks, true, None).await.unwrap();
         assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
-        let keys: Vec<Bytes> = blocks.iter().map(|(k, _)| k.clone()).collect();
-        let mut storage = vec![vec![0u8; 8192]; blocks.len()];
-        let mut bufs: Vec<&mut [u8]> = storage.iter_mut().map(|v| &mut v[..]).collect();
-        let got = c.get_many_into(&keys, &mut bufs).await.unwrap();
-        assert!(got.iter().all(|g| *g == Some(8192)));
-        for (i, (_, v)) in blocks.iter().enumerate() {
-            assert_eq!(&storage[i][..], &v[..], "block {i}");
-        }
+        get_and_check(&c, &blocks).await;
         // The chain is whole: a match of all its keys finds every block.
+        let keys: Vec<Bytes> = blocks.iter().map(|(k, _)| k.clone()).collect();
         let m = c.match_prefix(&keys, None).await.unwrap();
         assert_eq!(m.matched, blocks.len());
     });
@@ -1006,20 +1018,11 @@ fn gets_beside_a_put_of_many_tcp_groups_finish() {
     // is committed.
     let s = Server::start(&[]);
     rt().block_on(async {
-        let c = tidepool_client::Client::connect_with(
-            &addr(&s),
-            ClientOptions {
-                plane: PlaneChoice::Tcp,
-                inline_below: 0,
-                tcp: TcpOptions {
-                    connections: 2,
-                    stripe: 64 << 10,
-                },
-                ..ClientOptions::default()
-            },
-        )
-        .await
-        .unwrap();
+        let tcp = TcpOptions {
+            connections: 2,
+            stripe: 64 << 10,
+        };
+        let c = tcp_client(&s, tcp).await;
         let stored: Vec<(Bytes, Bytes)> = (0..8)
             .map(|i| (Bytes::from(format!("s{i}")), block(i, 300_000)))
             .collect();
@@ -1029,15 +1032,8 @@ fn gets_beside_a_put_of_many_tcp_groups_finish() {
             .collect();
         let put = c.put_many(&many, false, None);
         let gets = async {
-            let keys: Vec<Bytes> = stored.iter().map(|(k, _)| k.clone()).collect();
             for _ in 0..20 {
-                let mut storage = vec![vec![0u8; 300_000]; keys.len()];
-                let mut bufs: Vec<&mut [u8]> = storage.iter_mut().map(|v| &mut v[..]).collect();
-                let got = c.get_many_into(&keys, &mut bufs).await.unwrap();
-                assert!(got.iter().all(|g| *g == Some(300_000)));
-                for (i, (_, v)) in stored.iter().enumerate() {
-                    assert_eq!(&storage[i][..], &v[..]);
-                }
+                get_and_check(&c, &stored).await;
             }
         };
         let both = async { tokio::join!(put, gets).0 };
