@@ -45,6 +45,7 @@ fn the_data_bench_measures_every_way() {
     let hows = [
         "tidepool inline RESP (KV.MPUT / KV.MGET)",
         "tidepool tcp data plane",
+        "tidepool tcp, --dram-checksums false",
         "tidepool shm data plane",
         "tidepool shm, --dram-checksums false",
         "tidepool shm, puts into a full store (each evicts a block)",

@@ -24,6 +24,8 @@ use crate::{free_port, median, spawn_redis, spawn_tidepool, Proc};
 enum Way {
     Inline,
     Tcp,
+    /// tcp into a server started with `--dram-checksums false`.
+    TcpUnchecked,
     Shm,
     /// shm into a server started with `--dram-checksums false`.
     ShmUnchecked,
@@ -37,6 +39,7 @@ impl Way {
         match self {
             Way::Inline => "tidepool inline RESP (KV.MPUT / KV.MGET)",
             Way::Tcp => "tidepool tcp data plane",
+            Way::TcpUnchecked => "tidepool tcp, --dram-checksums false",
             Way::Shm => "tidepool shm data plane",
             Way::ShmUnchecked => "tidepool shm, --dram-checksums false",
             Way::ShmFull => "tidepool shm, puts into a full store (each evicts a block)",
@@ -327,9 +330,15 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
         /// DRAM of `full_dram`, filled by the warm-up pass.
         Full,
     }
-    const WAYS: [(Way, &str, Server, PlaneChoice); 5] = [
+    const WAYS: [(Way, &str, Server, PlaneChoice); 6] = [
         (Way::Inline, "inline", Server::Main, PlaneChoice::Inline),
         (Way::Tcp, "tcp", Server::Main, PlaneChoice::Tcp),
+        (
+            Way::TcpUnchecked,
+            "tcp-unchecked",
+            Server::Unchecked,
+            PlaneChoice::Tcp,
+        ),
         (Way::Shm, "shm", Server::Main, PlaneChoice::Shm),
         (
             Way::ShmUnchecked,
@@ -351,7 +360,7 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
     let _tp = spawn_tidepool(&a.server, tp_port, &["--dram", &dram]).await?;
     let _rd = spawn_redis(rd_port).await?;
     // A second server, without DRAM checksums, when asked for.
-    let unchecked = a.ways.iter().any(|w| w == "shm-unchecked");
+    let unchecked = a.ways.iter().any(|w| w.ends_with("-unchecked"));
     let un_port = free_port()?;
     let _un = match unchecked {
         true => Some(

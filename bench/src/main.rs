@@ -73,14 +73,15 @@ enum Cmd {
         /// Measure the ceilings too (memcpy, plain TCP, iperf3).
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         ceilings: bool,
-        /// tidepool planes to measure: inline, tcp, shm, shm-unchecked (shm
-        /// into a second server started with --dram-checksums false),
-        /// shm-full (puts into a server with --full-dram of DRAM, filled by a
-        /// warm-up pass: each block stored evicts one). Redis always runs.
+        /// tidepool planes to measure: inline, tcp, shm, tcp-unchecked and
+        /// shm-unchecked (tcp and shm into a second server started with
+        /// --dram-checksums false), shm-full (puts into a server with
+        /// --full-dram of DRAM, filled by a warm-up pass: each block stored
+        /// evicts one). Redis always runs.
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "inline,tcp,shm,shm-unchecked,shm-full"
+            default_value = "inline,tcp,tcp-unchecked,shm,shm-unchecked,shm-full"
         )]
         ways: Vec<String>,
         /// Parallel connections of the tcp data plane.

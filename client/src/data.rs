@@ -89,7 +89,7 @@ impl Plane {
     /// Writes the blocks; over shm, also returns each block's checksum,
     /// computed in the copy (for `KV.COMMIT ... CHECKSUMS`: the server then
     /// need not read the block again). Over tcp the server hashes the bytes
-    /// as they arrive.
+    /// as they arrive, if it keeps DRAM checksums.
     pub(crate) async fn write(
         &self,
         blocks: &[(Descriptor, &[u8])],

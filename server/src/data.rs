@@ -251,7 +251,13 @@ impl DataState {
                     len,
                     key,
                     kind,
-                    inbound: Arc::new(Inbound::with_hashing(region, kind == Kind::Tcp)),
+                    // Tcp bytes are hashed as they land (in cache) for a
+                    // store that checksums its DRAM blocks; for one that
+                    // does not, that pass would be wasted.
+                    inbound: Arc::new(Inbound::with_hashing(
+                        region,
+                        kind == Kind::Tcp && store.dram_checksums(),
+                    )),
                     parent,
                     ttl_ms: opts.ttl_ms,
                     deadline,
@@ -297,9 +303,12 @@ impl DataState {
 
     /// Commits one reservation. The block's checksum is the one the server
     /// computed as tcp bytes arrived in order, checked against the client's
-    /// when both exist; else the client's (a shm or rdma client copied the
-    /// bytes itself and hashed them on the way: taken at its word, as its
-    /// bytes are); else none, and the store hashes the block if it must.
+    /// when both exist; else the client's, over tcp checked first with a
+    /// pass of the server's own (the bytes were not hashed on arrival: the
+    /// store keeps no DRAM checksums, or they came out of order), over shm
+    /// or rdma taken at its word (the client copied the bytes itself and
+    /// hashed them on the way, as it wrote them); else none, and the store
+    /// hashes the block if it must.
     fn commit_one(&self, store: &Store, owner: u64, token: u64, given: Option<u64>) -> Reply {
         let (r, (region, arrived)) = {
             let mut map = self.reservations.lock();
@@ -327,6 +336,10 @@ impl DataState {
         };
         let len = region.len() as u64;
         let value = region.into_bytes();
+        let arrived = match (arrived, given) {
+            (None, Some(_)) if r.kind == Kind::Tcp => Some(tidepool_checksum::checksum(&value)),
+            (arrived, _) => arrived,
+        };
         let checksum = match (arrived, given) {
             (Some(arrived), Some(given)) if arrived != given => {
                 self.stats.corrupt.fetch_add(1, Relaxed);

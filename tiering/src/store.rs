@@ -95,9 +95,9 @@ pub struct StoreConfig {
     pub eviction: Eviction,
     /// Checksum every block stored in DRAM (XXH3-64, kept for
     /// [`Store::verify`]). Without, a DRAM block carries a checksum only when
-    /// the caller brought one ([`PutOptions::checksum`]: the tcp data plane
-    /// hashes blocks as they arrive, a shm client as it copies them); blocks
-    /// on SSD always carry their records' own. Default: true.
+    /// the caller brought one ([`PutOptions::checksum`]: a shm client hashes
+    /// its blocks as it copies them); blocks on SSD always carry their
+    /// records' own. Default: true.
     pub dram_checksums: bool,
 }
 
@@ -803,6 +803,12 @@ impl Store {
     /// The eviction policy.
     pub fn eviction(&self) -> Eviction {
         self.eviction
+    }
+
+    /// Whether every DRAM block carries a checksum
+    /// ([`StoreConfig::dram_checksums`]).
+    pub fn dram_checksums(&self) -> bool {
+        self.dram_checksums
     }
 
     /// `adaptive`: the probation share in force (1.0: plain LRU).
