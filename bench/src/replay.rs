@@ -145,6 +145,7 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         .expect("valid template"),
     );
     let (mut queried, mut matched, mut stored_bytes, mut put_errors) = (0u64, 0u64, 0u64, 0u64);
+    let mut first_refusal: Option<String> = None;
     let mut match_lat = Vec::with_capacity(requests.len());
     let mut put_lat = Vec::new();
     // Hit ratio per window of requests, and cumulative.
@@ -180,9 +181,15 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
                 .collect();
             let parent = hit.checked_sub(1).map(|p| keys[p].clone());
             let q = Instant::now();
-            for r in client.put_many(&blocks, true, parent).await? {
-                if r.is_err() {
+            for (r, (k, _)) in client
+                .put_many(&blocks, true, parent)
+                .await?
+                .into_iter()
+                .zip(&blocks)
+            {
+                if let Err(e) = r {
                     put_errors += 1;
+                    first_refusal.get_or_insert_with(|| format!("request {i}, block {k:?}: {e}"));
                 }
             }
             put_lat.push(q.elapsed());
@@ -305,8 +312,8 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     if let Some(path) = &a.svg {
         crate::plot::replay_svg(path, &series, &match_lat, &put_lat, simulated)?;
     }
-    if put_errors > 0 {
-        bail!("{put_errors} block puts were refused");
+    if let Some(first) = first_refusal {
+        bail!("{put_errors} block puts were refused; the first: {first}");
     }
     Ok(())
 }

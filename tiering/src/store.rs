@@ -598,8 +598,12 @@ struct Demotion {
 enum SsdJob {
     /// Write a DRAM victim to SSD.
     Demote(Demotion),
-    /// Read a matched block back into DRAM, if it is still that record.
-    Stage { key: Key, slot: Slot, written: u64 },
+    /// Read one match's blocks on SSD back into DRAM, in chain order, each
+    /// if it is still that record. One job, so that no demotion the first
+    /// staging causes is written (and no segment reclaimed for it) before
+    /// the rest are read: the order does not depend on how soon the SSD
+    /// thread wakes up.
+    Stage(Vec<(Key, Slot, u64)>),
 }
 
 /// The attached SSD tier.
@@ -902,14 +906,20 @@ impl Store {
                 while let Ok(job) = rx.recv() {
                     match weak.upgrade() {
                         Some(store) => {
-                            match job {
-                                SsdJob::Demote(d) => store.finish_demotion(d),
-                                SsdJob::Stage { key, slot, written } => {
-                                    store.stage(&key, &slot, written)
+                            let done = match job {
+                                SsdJob::Demote(d) => {
+                                    store.finish_demotion(d);
+                                    1
                                 }
-                            }
+                                SsdJob::Stage(blocks) => {
+                                    for (key, slot, written) in &blocks {
+                                        store.stage(key, slot, *written);
+                                    }
+                                    blocks.len() as u64
+                                }
+                            };
                             if let Some(s) = store.ssd.get() {
-                                s.pending.fetch_sub(1, Relaxed);
+                                s.pending.fetch_sub(done, Relaxed);
                             }
                         }
                         None => return,
@@ -1059,20 +1069,14 @@ impl Store {
         }
     }
 
-    /// Queues matched blocks found on SSD to be read back into DRAM; when the
-    /// queue is full they stay where they are.
+    /// Queues matched blocks found on SSD to be read back into DRAM (one
+    /// job); when the queue is full they stay where they are.
     fn queue_stagings(&self, stage: Vec<(Key, Slot, u64)>) {
         let Some(ssd) = self.ssd.get() else { return };
-        for (key, slot, written) in stage {
-            ssd.pending.fetch_add(1, Relaxed);
-            if ssd
-                .queue
-                .try_send(SsdJob::Stage { key, slot, written })
-                .is_err()
-            {
-                ssd.pending.fetch_sub(1, Relaxed);
-                break;
-            }
+        let n = stage.len() as u64;
+        ssd.pending.fetch_add(n, Relaxed);
+        if ssd.queue.try_send(SsdJob::Stage(stage)).is_err() {
+            ssd.pending.fetch_sub(n, Relaxed);
         }
     }
 
