@@ -554,8 +554,8 @@ async fn send_writes(s: &mut TcpStream, pieces: &[Piece<&[u8]>]) -> Result<(), T
 /// A client's `writev` of write requests carries about this many bytes (a
 /// request more once it is reached), the size the server's answers to
 /// reads are gathered to ([`GATHER`]). Pieces of 1 MiB went out up to 32
-/// to a call before (a connection's whole share of a put group: 8 MiB with
-/// the client's 16 MiB groups over two connections): in a driver
+/// to a call before (a connection's whole share of a put group: all 16 MiB
+/// of a group on the one connection two cores get): in a driver
 /// loop of 32 MiB `put_many` calls (2 vCPUs, one server binary, alternating
 /// runs), 1 MiB puts moved 3.12-4.13 GB/s against 2.80-3.55 (four pairs),
 /// 4 MiB puts 3.77-3.81 against 2.95-3.19 (three pairs). A lean blocking
