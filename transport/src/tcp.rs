@@ -559,7 +559,8 @@ async fn send_writes(s: &mut TcpStream, pieces: &[Piece<&[u8]>]) -> Result<(), T
 /// loop of 32 MiB `put_many` calls (2 vCPUs, one server binary, alternating
 /// runs), 1 MiB puts moved 3.12-4.13 GB/s against 2.80-3.55 (four pairs),
 /// 4 MiB puts 3.77-3.81 against 2.95-3.19 (three pairs). A lean blocking
-/// writer had shown the same: 1 MiB blocks at 3.3-3.4 GB/s with 32 MiB
+/// writer into a `--dram-checksums false` server had shown the same (its
+/// data part alone timed): 1 MiB blocks at 3.3-3.4 GB/s with 32 MiB
 /// writes, 3.8-4.2 with 1 to 4 MiB ones; 64 KiB blocks (32 to a call, 2 MiB,
 /// as before) moved more than with 1, 4 or 8 MiB calls.
 const WRITE_BYTES: usize = 2 << 20;
