@@ -466,6 +466,58 @@ fn the_client_moves_blocks_over_each_plane() {
     assert_eq!(err.code(), Some("NOTRANSPORT"));
 }
 
+/// Over shm the client copies on its copying threads (several groups of
+/// blocks at once) or, with none, on the put's task: either way every block
+/// lands whole, and the checksums it hands over with KV.COMMIT are its
+/// own, in order (the server, started without DRAM checksums, hashes
+/// nothing itself: each "ok" of KV.VERIFY is a client checksum that
+/// matches the stored bytes).
+#[test]
+fn shm_puts_copied_on_threads_or_inline_land_with_their_own_checksums() {
+    let s = Server::start(&["--dram", "256MiB", "--dram-checksums", "false"]);
+    let rt = rt();
+    for threads in [0, 1, 3] {
+        let tag = format!("copy{threads}");
+        let blocks: Vec<(Bytes, Bytes)> = rt.block_on(async {
+            let c = tidepool_client::Client::connect_with(
+                &addr(&s),
+                ClientOptions {
+                    plane: PlaneChoice::Shm,
+                    shm_copy_threads: threads,
+                    inline_below: 0,
+                    ..ClientOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+            // About 20 MiB: five groups, blocks of many sizes.
+            let sizes = [100, 4097, 65_536, 300_001, 1 << 20, (2 << 20) + 5];
+            let blocks: Vec<(Bytes, Bytes)> = (0..36)
+                .map(|i| {
+                    let len = sizes[i % sizes.len()];
+                    (Bytes::from(format!("{tag}-{i}")), block(i + threads, len))
+                })
+                .collect();
+            let put = c.put_many(&blocks, true, None).await.unwrap();
+            assert!(put.iter().all(|r| r.is_ok()), "{tag}: {put:?}");
+            blocks
+        });
+        let mut args = vec!["KV.VERIFY".to_string()];
+        args.extend(
+            blocks
+                .iter()
+                .map(|(k, _)| String::from_utf8_lossy(k).into_owned()),
+        );
+        let args: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
+        assert_eq!(s.cli_text(&args), "ok\n".repeat(blocks.len()), "{tag}");
+        let mut con = s.redis();
+        for (k, v) in &blocks {
+            let got: Vec<u8> = redis::cmd("GET").arg(&k[..]).query(&mut con).unwrap();
+            assert!(got == v[..], "{tag}: {k:?}");
+        }
+    }
+}
+
 #[test]
 fn reservations_in_flight_are_bounded_by_the_dram_capacity() {
     use std::io::Write;

@@ -90,6 +90,9 @@ enum Cmd {
         /// Stripe size of the tcp data plane.
         #[arg(long, default_value = "1MiB")]
         tcp_stripe: bytesize::ByteSize,
+        /// Threads that copy shm puts (0: on the put's task).
+        #[arg(long, default_value_t = tidepool_client::ClientOptions::default().shm_copy_threads)]
+        shm_copy_threads: usize,
         /// DRAM of the server that shm-full puts into.
         #[arg(long, default_value = "2GiB")]
         full_dram: bytesize::ByteSize,
@@ -609,6 +612,7 @@ fn main() -> anyhow::Result<()> {
             runs,
             tcp_connections,
             tcp_stripe,
+            shm_copy_threads,
             full_dram,
             ways,
             ceilings,
@@ -618,6 +622,7 @@ fn main() -> anyhow::Result<()> {
             &rt,
             data::bench_data(data::DataArgs {
                 full_dram: full_dram.as_u64(),
+                shm_copy_threads,
                 ways,
                 ceilings,
                 tcp: tidepool_client::TcpOptions {

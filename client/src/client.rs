@@ -1,6 +1,6 @@
 //! The async client: a pool of connections and the tidepool operations.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -11,7 +11,8 @@ use tokio::sync::Mutex;
 use crate::conn::Conn;
 use crate::data::{self, Plane, Reserved, ServerPlanes};
 use crate::{ClientError, ClientOptions, PlaneChoice};
-use tidepool_transport::Descriptor;
+use tidepool_transport::shm::ShmWrite;
+use tidepool_transport::{Descriptor, TransportError};
 
 /// Cuts blocks of these sizes into runs (ranges of indices) of about
 /// `group_bytes` bytes and at most `group_blocks` blocks, none empty.
@@ -433,7 +434,14 @@ impl Client {
     /// bytes (over tcp `TCP_COMMIT_GROUP`, at most `TCP_GROUP_BLOCKS`
     /// blocks), three deep: while group i moves, the KV.RESERVE of group i + 1
     /// and the KV.COMMIT of group i - 1 are at the server, so its work
-    /// (allocating, checksumming, indexing) overlaps the copy. Commits go in
+    /// (allocating, checksumming, indexing) overlaps the copy. Over shm a
+    /// group's copies are queued on the plane's copying threads once its
+    /// reservation is in ([`ClientOptions::shm_copy_threads`]), so that
+    /// group i + 1 is copied while i is (two threads), and while this task
+    /// sends, reads and parses the protocol around them: 32 MiB puts of
+    /// 64 KiB blocks 6.5-7.2 GB/s with two threads against 5.0-5.2 copying
+    /// here, of 4 MiB blocks 8.6-9.2 against 5.8-6.1 (one thread: 5.6-5.9
+    /// and 5.9-6.3; alternating runs of a driver loop). Commits go in
     /// order, so a chain's parents are in before their children. Over tcp a
     /// group's bytes go out before the replies to the group before it are
     /// read ([`TcpWrites`](tidepool_transport::tcp::TcpWrites)), and that
@@ -530,6 +538,25 @@ impl Client {
         let mut reserved: Vec<Option<Vec<(usize, Descriptor)>>> = (0..n).map(|_| None).collect();
         let i = self.next.fetch_add(1, Relaxed) % self.conns.len();
         let mut conn = self.conn(i).await?;
+        // Over shm, each group's copies are queued on the plane's copying
+        // threads as soon as its reservation is in (`next_queued`: the next
+        // group to queue), and awaited when the group is to be committed.
+        // Declared after `conn`, so that a put given up half way stops its
+        // copies before the connection closes and the server frees the
+        // reserved ranges.
+        let shm = plane.shm();
+        let mut queued: VecDeque<Result<ShmWrite, TransportError>> = VecDeque::new();
+        let mut next_queued = 0;
+        let queue_reserved = |reserved: &[Option<Vec<(usize, Descriptor)>>],
+                              queued: &mut VecDeque<_>,
+                              next_queued: &mut usize| {
+            let Some(p) = shm else { return };
+            while let Some(Some(r)) = reserved.get(*next_queued) {
+                let copies = r.iter().map(|(i, d)| (*d, blocks[*i].1.clone()));
+                queued.push_back(p.write_queued(copies.collect()));
+                *next_queued += 1;
+            }
+        };
         let mut owed: Vec<Owed> = Vec::new();
         let mut cmds = Vec::new();
         for (g, range) in groups.iter().enumerate().take(2) {
@@ -559,6 +586,7 @@ impl Client {
             &mut results,
         )
         .inspect_err(|_| conn.broken = true)?;
+        queue_reserved(&reserved, &mut queued, &mut next_queued);
         let mut prev: Written = (Vec::new(), None);
         // Over tcp a group's bytes go out before the replies to the group
         // before it are read, so the socket does not idle while the server
@@ -582,14 +610,19 @@ impl Client {
             if !cmds.is_empty() {
                 conn.send(&cmds).await?;
             }
-            let writes: Vec<(Descriptor, &[u8])> =
-                cur.iter().map(|(i, d)| (*d, &blocks[*i].1[..])).collect();
-            let moved = match &mut tcp {
-                Some(w) => w.send(&writes).await.map(|()| None),
-                None => plane.write(&writes).await,
+            let writes: Vec<(Descriptor, &[u8])> = match shm {
+                Some(_) => Vec::new(),
+                None => cur.iter().map(|(i, d)| (*d, &blocks[*i].1[..])).collect(),
+            };
+            // Over shm the group was queued already; it is awaited below,
+            // after the replies.
+            let moved = match (&mut tcp, shm) {
+                (Some(w), _) => Some(w.send(&writes).await.map(|()| None)),
+                (None, Some(_)) => None,
+                (None, None) => Some(plane.write(&writes).await),
             };
             let mut confirmed = Ok(());
-            if let (Some(w), true) = (&mut tcp, moved.is_ok()) {
+            if let (Some(w), Some(Ok(_))) = (&mut tcp, &moved) {
                 if let Some(before) = sent.take() {
                     confirmed = w.confirm().await;
                     if confirmed.is_ok() {
@@ -612,6 +645,15 @@ impl Client {
             )
             .inspect_err(|_| conn.broken = true)?;
             owed = now_owed;
+            queue_reserved(&reserved, &mut queued, &mut next_queued);
+            let moved = match moved {
+                Some(m) => m,
+                None => match queued.pop_front() {
+                    Some(Ok(w)) => Ok(Some(w.finish().await)),
+                    Some(Err(e)) => Err(e),
+                    None => Err(TransportError::Protocol(format!("group {gi} not queued"))),
+                },
+            };
             match (moved, confirmed) {
                 (Ok(sums), Ok(())) if tcp.is_some() => {
                     debug_assert!(sums.is_none() && sent.is_none());
@@ -649,7 +691,9 @@ impl Client {
         )
         .inspect_err(|_| conn.broken = true)?;
         if let Some((e, cur)) = failed {
-            // Nothing from the failed group on is committed.
+            // Nothing from the failed group on is committed; copies still
+            // queued stop before the server frees their ranges.
+            queued.clear();
             let mut abort = vec![b("KV.ABORT")];
             abort.extend(
                 cur.iter()

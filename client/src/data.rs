@@ -52,6 +52,11 @@ pub struct ClientOptions {
     /// next. Set false when the CPU reads the blocks right after the get.
     /// Default true.
     pub streaming_reads: bool,
+    /// Threads that copy the blocks of shm puts into the server's arena,
+    /// while the put's task carries on with reservations and commits; 0
+    /// copies on the put's task (blocking its executor thread meanwhile).
+    /// Default 2.
+    pub shm_copy_threads: usize,
 }
 
 impl Default for ClientOptions {
@@ -63,6 +68,7 @@ impl Default for ClientOptions {
             tcp: TcpOptions::default(),
             read_lease_ms: 30_000,
             streaming_reads: true,
+            shm_copy_threads: 2,
         }
     }
 }
@@ -103,6 +109,14 @@ impl Plane {
                 .map(Some),
             #[cfg(feature = "rdma")]
             Plane::Rdma(p) => p.write(blocks).await.map(|()| None),
+        }
+    }
+
+    /// The shm plane, if this is it.
+    pub(crate) fn shm(&self) -> Option<&ShmPlane> {
+        match self {
+            Plane::Shm(p) => Some(p),
+            _ => None,
         }
     }
 
@@ -176,7 +190,9 @@ pub(crate) async fn choose(
             (Some(path), Some(id)) => Ok(Plane::Shm(
                 ShmPlane::connect(path, id)
                     .map_err(unavailable)?
-                    .with_streaming_reads(opts.streaming_reads),
+                    .with_streaming_reads(opts.streaming_reads)
+                    .with_copy_threads(opts.shm_copy_threads)
+                    .map_err(unavailable)?,
             )),
             _ => Err(unavailable(TransportError::Unavailable(
                 "the server offers no shm socket".into(),

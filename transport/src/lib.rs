@@ -22,6 +22,7 @@ use std::future::Future;
 use std::str::FromStr;
 
 pub mod arena;
+mod copiers;
 pub mod frame;
 pub mod region;
 pub mod shm;
