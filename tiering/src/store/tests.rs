@@ -1680,6 +1680,51 @@ fn keys_after_a_miss_are_neither_refreshed_nor_leased() {
     assert_nothing_pinned(&store);
 }
 
+/// A match without a lease refreshes keys as it meets them and gives the
+/// ones past the miss their old stamps back. An eviction in between re-files
+/// those (stale heads) under the newer stamps: given back, they are filed
+/// again under the old, and they are still the first to go.
+#[test]
+fn keys_past_a_miss_filed_anew_in_the_meantime_go_back_to_their_place() {
+    let f = fixture(1 << 30);
+    let store = Arc::new(f.store);
+    // k3 (missing) in the last shard, so that the match meets every other
+    // key before the miss.
+    let names = (0..).map(|j| b(&format!("n{j}")));
+    let mut keys: Vec<Bytes> = names
+        .clone()
+        .filter(|k| shard_of(k) < SHARDS - 1)
+        .take(9)
+        .collect();
+    let last = names.clone().find(|k| shard_of(k) == SHARDS - 1).unwrap();
+    keys.insert(3, last);
+    // Oldest first: k4..k9, then x, then k0..k2.
+    for k in keys[4..].iter().chain([&b("x")]).chain(&keys[..3]) {
+        store.put(k.clone(), b("v"), PutOptions::default()).unwrap();
+    }
+    let s = store.clone();
+    BETWEEN_MATCH_PASSES.with(|h| {
+        *h.borrow_mut() = Some(Box::new(move || {
+            // k4..k9 look fresh now, so eviction files them again under
+            // their new stamps and takes x.
+            assert!(s.shed(1) > 0);
+        }))
+    });
+    let m = store.match_prefix(&keys, None);
+    BETWEEN_MATCH_PASSES.with(|h| h.borrow_mut().take());
+    assert_eq!(m.matched, 3);
+    assert!(store.tier_of(b"x").is_none(), "x went in between");
+    store.check_invariants().unwrap();
+    for _ in 4..10 {
+        store.shed(1);
+    }
+    assert_eq!(store.len(), 3, "k4..k9 went first");
+    for k in &keys[..3] {
+        assert!(store.tier_of(k).is_some());
+    }
+    store.check_invariants().unwrap();
+}
+
 /// Copies of large values go through the value allocator (the server's
 /// arena); small ones, and values the caller hands over, do not.
 #[test]
