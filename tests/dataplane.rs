@@ -471,7 +471,8 @@ fn the_client_moves_blocks_over_each_plane() {
 /// lands whole, and the checksums it hands over with KV.COMMIT are its
 /// own, in order (the server, started without DRAM checksums, hashes
 /// nothing itself: each "ok" of KV.VERIFY is a client checksum that
-/// matches the stored bytes).
+/// matches the stored bytes). Puts of several tasks at once share the
+/// copying threads.
 #[test]
 fn shm_puts_copied_on_threads_or_inline_land_with_their_own_checksums() {
     let s = Server::start(&["--dram", "256MiB", "--dram-checksums", "false"]);
@@ -515,6 +516,39 @@ fn shm_puts_copied_on_threads_or_inline_land_with_their_own_checksums() {
             let got: Vec<u8> = redis::cmd("GET").arg(&k[..]).query(&mut con).unwrap();
             assert!(got == v[..], "{tag}: {k:?}");
         }
+    }
+    // Puts of several tasks at once share one client's copying threads.
+    let keys: Vec<Vec<(Bytes, Bytes)>> = rt.block_on(async {
+        let c = client_via(&s, PlaneChoice::Shm).await.unwrap();
+        let put = |t: usize| {
+            let c = &c;
+            async move {
+                let blocks: Vec<(Bytes, Bytes)> = (0..24)
+                    .map(|i| {
+                        let key = Bytes::from(format!("task{t}-{i}"));
+                        (key, block(100 * t + i, 300_000 + 4096 * i))
+                    })
+                    .collect();
+                let put = c.put_many(&blocks, false, None).await.unwrap();
+                assert!(put.iter().all(|r| r.is_ok()), "task {t}");
+                blocks
+            }
+        };
+        let (a, b, c, d) = tokio::join!(put(0), put(1), put(2), put(3));
+        vec![a, b, c, d]
+    });
+    let mut args = vec!["KV.VERIFY".to_string()];
+    args.extend(
+        keys.iter()
+            .flatten()
+            .map(|(k, _)| String::from_utf8_lossy(k).into_owned()),
+    );
+    let args: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
+    assert_eq!(s.cli_text(&args), "ok\n".repeat(args.len() - 1));
+    let mut con = s.redis();
+    for (k, v) in keys.iter().flatten() {
+        let got: Vec<u8> = redis::cmd("GET").arg(&k[..]).query(&mut con).unwrap();
+        assert!(got == v[..], "{k:?}");
     }
 }
 
