@@ -649,7 +649,7 @@ impl Client {
             let moved = match moved {
                 Some(m) => m,
                 None => match queued.pop_front() {
-                    Some(Ok(w)) => Ok(Some(w.finish().await)),
+                    Some(Ok(w)) => w.finish().await.map(Some),
                     Some(Err(e)) => Err(e),
                     None => Err(TransportError::Protocol(format!("group {gi} not queued"))),
                 },

@@ -2118,30 +2118,20 @@ impl Store {
             return self.finish_match(items, matched, tiers, expired, stage, None);
         }
         let mut end = queried;
-        for group in groups() {
-            if group[0] as usize >= end {
-                continue;
-            }
-            let shard = self.shards[hashed[group[0] as usize].0].lock();
-            for &i in group {
-                let i = i as usize;
-                if i >= end {
-                    break;
+        self.walk_prefix(&hashed, &order, &mut end, |shard, i| {
+            let found = shard
+                .map
+                .raw_entry()
+                .from_key_hashed_nocheck(hashed[i].1, items[i].as_ref());
+            match found {
+                Some((_, e)) if e.expires_at.is_none_or(|t| t > self.now_ms()) => true,
+                Some(_) => {
+                    expired.push(i);
+                    false
                 }
-                let found = shard
-                    .map
-                    .raw_entry()
-                    .from_key_hashed_nocheck(hashed[i].1, items[i].as_ref());
-                match found {
-                    Some((_, e)) if e.expires_at.is_none_or(|t| t > self.now_ms()) => {}
-                    Some(_) => {
-                        expired.push(i);
-                        end = i;
-                    }
-                    None => end = i,
-                }
+                None => false,
             }
-        }
+        });
 
         #[cfg(test)]
         BETWEEN_MATCH_PASSES.with(|h| h.borrow_mut().as_mut().map(|f| f()));
@@ -2209,6 +2199,36 @@ impl Store {
         }
     }
 
+    /// Visits the keys of a match shard by shard (`order`, from
+    /// [`by_shard`]; each shard locked once), ascending within a shard,
+    /// passing over those at or past `*end`. `visit` says whether the key
+    /// is stored; one that is not ends the prefix (`*end` becomes its
+    /// index).
+    fn walk_prefix(
+        &self,
+        hashed: &[(usize, u64)],
+        order: &[u32],
+        end: &mut usize,
+        mut visit: impl FnMut(&mut Shard, usize) -> bool,
+    ) {
+        for group in order.chunk_by(|a, b| hashed[*a as usize].0 == hashed[*b as usize].0) {
+            if group[0] as usize >= *end {
+                continue;
+            }
+            let mut guard = self.shards[hashed[group[0] as usize].0].lock();
+            for &i in group {
+                let i = i as usize;
+                if i >= *end {
+                    break;
+                }
+                if !visit(&mut guard, i) {
+                    *end = i;
+                    break;
+                }
+            }
+        }
+    }
+
     /// `match_prefix` without a lease, in one pass over the shards: found
     /// keys are refreshed as they are met (the stamp `first + i`), and
     /// those that turn out to lie past the first miss (met in a shard
@@ -2231,41 +2251,30 @@ impl Store {
         // (index, stamp before) of each key refreshed; keys to promote.
         let mut touched: Vec<(usize, u64)> = Vec::with_capacity(items.len());
         let mut promote = Vec::new();
-        for group in order.chunk_by(|a, b| hashed[*a as usize].0 == hashed[*b as usize].0) {
-            if group[0] as usize >= end {
-                continue;
+        self.walk_prefix(hashed, order, &mut end, |shard, i| {
+            let found = shard
+                .map
+                .raw_entry_mut()
+                .from_key_hashed_nocheck(hashed[i].1, items[i].as_ref());
+            let RawEntryMut::Occupied(found) = found else {
+                return false;
+            };
+            let e = found.into_mut();
+            if e.expires_at.is_some_and(|t| t <= self.now_ms()) {
+                expired.push(i);
+                return false;
             }
-            let mut guard = self.shards[hashed[group[0] as usize].0].lock();
-            for &i in group {
-                let i = i as usize;
-                if i >= end {
-                    break;
-                }
-                let found = guard
-                    .map
-                    .raw_entry_mut()
-                    .from_key_hashed_nocheck(hashed[i].1, items[i].as_ref());
-                let RawEntryMut::Occupied(found) = found else {
-                    end = i;
-                    break;
-                };
-                let e = found.into_mut();
-                if e.expires_at.is_some_and(|t| t <= self.now_ms()) {
-                    expired.push(i);
-                    end = i;
-                    break;
-                }
-                touched.push((i, e.stamp));
-                e.stamp = first + i as u64;
-                tiers[i] = e.tier;
-                if e.tier == TierKind::Ssd && self.near_reclaim(&e.slot) {
-                    stage.push((i, e.slot.clone(), e.written));
-                }
-                if adaptive && !e.main {
-                    promote.push(i);
-                }
+            touched.push((i, e.stamp));
+            e.stamp = first + i as u64;
+            tiers[i] = e.tier;
+            if e.tier == TierKind::Ssd && self.near_reclaim(&e.slot) {
+                stage.push((i, e.slot.clone(), e.written));
             }
-        }
+            if adaptive && !e.main {
+                promote.push(i);
+            }
+            true
+        });
         #[cfg(test)]
         BETWEEN_MATCH_PASSES.with(|h| h.borrow_mut().as_mut().map(|f| f()));
         for &(i, before) in touched.iter().filter(|(i, _)| *i > end) {

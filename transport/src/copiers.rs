@@ -25,6 +25,8 @@ use bytes::Bytes;
 use memmap2::MmapRaw;
 use parking_lot::{Condvar, Mutex};
 
+use crate::TransportError;
+
 /// One submitted group: its blocks and what the copies report.
 struct Batch {
     map: Arc<MmapRaw>,
@@ -34,12 +36,37 @@ struct Batch {
     /// Blocks neither copied nor skipped yet.
     left: AtomicUsize,
     cancelled: AtomicBool,
+    /// A copy panicked (a bug): the group fails rather than hang.
+    failed: AtomicBool,
     done: tokio::sync::Notify,
 }
 
 impl Batch {
-    /// Copies block `i` (unless cancelled) and counts it off.
+    fn new(map: Arc<MmapRaw>, blocks: Vec<(usize, Bytes)>, sums: Vec<u64>, left: usize) -> Batch {
+        Batch {
+            map,
+            blocks,
+            sums: sums.into_iter().map(AtomicU64::new).collect(),
+            left: AtomicUsize::new(left),
+            cancelled: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            done: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Copies block `i` (unless cancelled) and counts it off, whatever
+    /// happens.
     fn run(&self, i: usize) {
+        let copy = std::panic::AssertUnwindSafe(|| self.copy(i));
+        if std::panic::catch_unwind(copy).is_err() {
+            self.failed.store(true, Ordering::Release);
+        }
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.done.notify_one();
+        }
+    }
+
+    fn copy(&self, i: usize) {
         if !self.cancelled.load(Ordering::Acquire) {
             let (offset, src) = &self.blocks[i];
             // SAFETY: `submit`'s caller checked that the range is inside
@@ -50,9 +77,6 @@ impl Batch {
                 tidepool_checksum::copy_checksummed_raw(src, self.map.as_mut_ptr().add(*offset))
             };
             self.sums[i].store(sum, Ordering::Relaxed);
-        }
-        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.done.notify_one();
         }
     }
 }
@@ -104,14 +128,7 @@ impl Copiers {
     /// against the mapping.
     pub(crate) fn submit(&self, map: Arc<MmapRaw>, blocks: Vec<(usize, Bytes)>) -> ShmWrite {
         let n = blocks.len();
-        let batch = Arc::new(Batch {
-            map,
-            blocks,
-            sums: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            left: AtomicUsize::new(n),
-            cancelled: AtomicBool::new(false),
-            done: tokio::sync::Notify::new(),
-        });
+        let batch = Arc::new(Batch::new(map, blocks, vec![0; n], n));
         if n > 0 {
             let mut q = self.shared.queue.lock();
             q.jobs.extend((0..n).map(|i| (batch.clone(), i)));
@@ -172,29 +189,28 @@ impl ShmWrite {
     /// A group copied already (on the caller's thread), with its checksums.
     pub(crate) fn done(map: Arc<MmapRaw>, sums: Vec<u64>) -> ShmWrite {
         ShmWrite {
-            batch: Arc::new(Batch {
-                map,
-                blocks: Vec::new(),
-                sums: sums.into_iter().map(AtomicU64::new).collect(),
-                left: AtomicUsize::new(0),
-                cancelled: AtomicBool::new(false),
-                done: tokio::sync::Notify::new(),
-            }),
+            batch: Arc::new(Batch::new(map, Vec::new(), sums, 0)),
         }
     }
 
     /// Waits until every block is in the arena; returns their checksums
     /// (XXH3-64, what `KV.COMMIT ... CHECKSUMS` takes), in order.
-    pub async fn finish(self) -> Vec<u64> {
+    pub async fn finish(self) -> Result<Vec<u64>, TransportError> {
         while self.batch.left.load(Ordering::Acquire) > 0 {
             // A wake-up sent between the load and here is kept as a permit.
             self.batch.done.notified().await;
         }
-        self.batch
+        if self.batch.failed.load(Ordering::Acquire) {
+            return Err(TransportError::Protocol(
+                "a copy into the shm arena panicked".into(),
+            ));
+        }
+        Ok(self
+            .batch
             .sums
             .iter()
             .map(|s| s.load(Ordering::Relaxed))
-            .collect()
+            .collect())
     }
 }
 
@@ -210,5 +226,40 @@ impl Drop for ShmWrite {
         while b.left.load(Ordering::Acquire) > 0 {
             std::thread::yield_now();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_copy_that_panics_fails_its_group_and_the_thread_goes_on() {
+        let map = Arc::new(MmapRaw::from(
+            memmap2::MmapOptions::new().len(1 << 16).map_anon().unwrap(),
+        ));
+        let copiers = Copiers::start(1).unwrap();
+        // A job for a block the batch does not have: its copy panics.
+        let batch = Arc::new(Batch::new(map.clone(), Vec::new(), vec![0], 1));
+        copiers
+            .shared
+            .queue
+            .lock()
+            .jobs
+            .push_back((batch.clone(), 0));
+        copiers.shared.ready.notify_one();
+        let e = ShmWrite { batch }.finish().await.unwrap_err();
+        assert!(e.to_string().contains("panicked"), "{e}");
+        // The same thread copies the next group.
+        let src = Bytes::from(vec![7u8; 5000]);
+        let sums = copiers
+            .submit(map.clone(), vec![(4096, src.clone())])
+            .finish()
+            .await
+            .unwrap();
+        assert_eq!(sums, [xxhash_rust::xxh3::xxh3_64(&src)]);
+        // SAFETY: the copy is finished; nothing else touches the mapping.
+        let back = unsafe { std::slice::from_raw_parts(map.as_ptr().add(4096), 5000) };
+        assert_eq!(back, &src[..]);
     }
 }

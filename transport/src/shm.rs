@@ -463,7 +463,12 @@ mod tests {
                 held.push(a);
                 blocks.push((d, pattern(len, i + threads)));
             }
-            let sums = plane.write_queued(blocks.clone()).unwrap().finish().await;
+            let sums = plane
+                .write_queued(blocks.clone())
+                .unwrap()
+                .finish()
+                .await
+                .unwrap();
             assert_eq!(sums.len(), blocks.len());
             for (i, ((_, want), a)) in blocks.iter().zip(&held).enumerate() {
                 assert_eq!(a.as_ref(), &want[..], "{threads} threads, block {i}");
