@@ -53,9 +53,9 @@ pub struct ClientOptions {
     /// Default true.
     pub streaming_reads: bool,
     /// Threads that copy the blocks of shm puts into the server's arena,
-    /// while the put's task carries on with reservations and commits; 0
-    /// copies on the put's task (blocking its executor thread meanwhile).
-    /// Default 2.
+    /// while the put's task carries on with reservations and commits
+    /// (started by the first shm put); 0 copies on the put's task
+    /// (blocking its executor thread meanwhile). Default 2.
     pub shm_copy_threads: usize,
 }
 
@@ -191,8 +191,7 @@ pub(crate) async fn choose(
                 ShmPlane::connect(path, id)
                     .map_err(unavailable)?
                     .with_streaming_reads(opts.streaming_reads)
-                    .with_copy_threads(opts.shm_copy_threads)
-                    .map_err(unavailable)?,
+                    .with_copy_threads(opts.shm_copy_threads),
             )),
             _ => Err(unavailable(TransportError::Unavailable(
                 "the server offers no shm socket".into(),

@@ -114,13 +114,18 @@ impl Copiers {
             ready: Condvar::new(),
         });
         let threads = threads.max(1);
+        let copiers = Copiers {
+            shared: shared.clone(),
+            threads,
+        };
         for i in 0..threads {
             let shared = shared.clone();
+            // On failure `copiers` drops, ending the threads started.
             std::thread::Builder::new()
                 .name(format!("tidepool-shm-copy-{i}"))
                 .spawn(move || work(&shared))?;
         }
-        Ok(Copiers { shared, threads })
+        Ok(copiers)
     }
 
     /// Queues the copies of `blocks` (offset in `map`, bytes) and returns

@@ -98,9 +98,11 @@ pub struct ShmPlane {
     path: PathBuf,
     /// Reads copy with streaming stores ([`ShmPlane::with_streaming_reads`]).
     stream_reads: bool,
-    /// Threads for [`ShmPlane::write_queued`]; `None` copies on the
-    /// caller's thread.
-    copiers: Option<Copiers>,
+    /// Threads for [`ShmPlane::write_queued`] (0: none).
+    copy_threads: usize,
+    /// Started by the first [`ShmPlane::write_queued`]; `None` copies on
+    /// the caller's thread.
+    copiers: std::sync::OnceLock<Option<Copiers>>,
 }
 
 impl ShmPlane {
@@ -172,7 +174,8 @@ impl ShmPlane {
             id,
             path: path.to_owned(),
             stream_reads: false,
-            copiers: None,
+            copy_threads: 0,
+            copiers: std::sync::OnceLock::new(),
         })
     }
 
@@ -189,19 +192,17 @@ impl ShmPlane {
         self
     }
 
-    /// Starts `threads` threads that copy the blocks of
-    /// [`ShmPlane::write_queued`], so that the caller's task goes on with
+    /// Copies the blocks of [`ShmPlane::write_queued`] on `threads` threads
+    /// (started by its first call), so that the caller's task goes on with
     /// the protocol while they copy; 0 (the default) copies on the caller's
-    /// thread. More than one copy at a time moves more where one core
-    /// cannot take a machine's memory bandwidth: on the 2-core development
-    /// VM one thread's memcpy ran at 5-6 GB/s and two threads' at 9-10
-    /// together.
-    pub fn with_copy_threads(mut self, threads: usize) -> Result<ShmPlane, TransportError> {
-        self.copiers = match threads {
-            0 => None,
-            n => Some(Copiers::start(n)?),
-        };
-        Ok(self)
+    /// thread, as does a plane whose threads could not be started. More
+    /// than one copy at a time moves more where one core cannot take a
+    /// machine's memory bandwidth: on the 2-core development VM one
+    /// thread's memcpy ran at 5-6 GB/s and two threads' at 9-10 together.
+    pub fn with_copy_threads(mut self, threads: usize) -> ShmPlane {
+        self.copy_threads = threads;
+        self.copiers = std::sync::OnceLock::new();
+        self
     }
 
     /// The arena's id.
@@ -266,7 +267,15 @@ impl ShmPlane {
         for (d, _) in &blocks {
             self.at(d)?;
         }
-        match &self.copiers {
+        let copiers = self.copiers.get_or_init(|| match self.copy_threads {
+            0 => None,
+            n => Copiers::start(n)
+                .inspect_err(|e| {
+                    tracing::warn!("shm copy threads not started ({e}): copying inline")
+                })
+                .ok(),
+        });
+        match copiers {
             Some(c) => Ok(c.submit(
                 self.map.clone(),
                 blocks
@@ -433,7 +442,7 @@ mod tests {
         .await
         .unwrap()
         .unwrap();
-        plane.with_copy_threads(threads).unwrap()
+        plane.with_copy_threads(threads)
     }
 
     fn pattern(len: usize, seed: usize) -> Bytes {
