@@ -364,7 +364,7 @@ pub struct TcpOptions {
     /// most 4. The client takes the replies of all its connections on one
     /// task, so a connection more adds a sender on the server, not a
     /// reader here. On a 2-core VM with the server on the same host, after
-    /// the receive low-water mark ([`RECV_LOWAT`]) made one connection's
+    /// the receive low-water mark (`RECV_LOWAT`, 1 MiB) made one connection's
     /// wakeups few, one connection moved 1 MiB gets at 3.8-4.2 GB/s and
     /// two at 3.2-3.6 (a driver loop of 32 MiB calls, alternating): the
     /// second connection's sender and the client's reader then share the
