@@ -527,9 +527,10 @@ impl Client {
         };
         // One connection carries the whole exchange, replies read one step
         // late: at step i the client sends the commit of group i - 1 and
-        // the reservation of group i + 2, copies group i, then reads what it
-        // sent at step i - 1 (the commit of i - 2, the reservation of i + 1).
-        // The server has a whole group's copy time to answer.
+        // the reservation of group i + 2 (i + `ahead`), copies group i, then
+        // reads what it sent at step i - 1 (the commit of i - 2, the
+        // reservation of i + 1). The server has a whole group's copy time
+        // to answer.
         enum Owed {
             Commit(Vec<(usize, Descriptor)>),
             Reserve(usize),
@@ -545,6 +546,10 @@ impl Client {
         // copies before the connection closes and the server frees the
         // reserved ranges.
         let shm = plane.shm();
+        // Groups reserved ahead: two; over shm as many as copy at once (the
+        // threads copy the groups queued, one group's blocks at a time
+        // when a group is one large block).
+        let ahead = shm.map_or(2, |p| p.copy_threads().max(2));
         let mut queued: VecDeque<Result<ShmWrite, TransportError>> = VecDeque::new();
         let mut next_queued = 0;
         let queue_reserved = |reserved: &[Option<Vec<(usize, Descriptor)>>],
@@ -559,7 +564,7 @@ impl Client {
         };
         let mut owed: Vec<Owed> = Vec::new();
         let mut cmds = Vec::new();
-        for (g, range) in groups.iter().enumerate().take(2) {
+        for (g, range) in groups.iter().enumerate().take(ahead) {
             cmds.push(reserve_cmd(range));
             owed.push(Owed::Reserve(g));
         }
@@ -603,9 +608,9 @@ impl Client {
                 cmds.push(commit_cmd(&prev));
                 now_owed.push(Owed::Commit(std::mem::take(&mut prev).0));
             }
-            if gi + 2 < n {
-                cmds.push(reserve_cmd(&groups[gi + 2]));
-                now_owed.push(Owed::Reserve(gi + 2));
+            if gi + ahead < n {
+                cmds.push(reserve_cmd(&groups[gi + ahead]));
+                now_owed.push(Owed::Reserve(gi + ahead));
             }
             if !cmds.is_empty() {
                 conn.send(&cmds).await?;

@@ -205,6 +205,12 @@ impl ShmPlane {
         self
     }
 
+    /// Threads that copy the blocks of [`ShmPlane::write_queued`] (0: the
+    /// caller's).
+    pub fn copy_threads(&self) -> usize {
+        self.copy_threads
+    }
+
     /// The arena's id.
     pub fn id(&self) -> u64 {
         self.id
