@@ -2235,7 +2235,6 @@ impl Store {
     /// visited before the miss's) get their old stamp back unless something
     /// refreshed them since, so they end neither refreshed nor staged nor
     /// promoted, as in two passes. Returns the prefix and its tiers.
-    #[allow(clippy::too_many_arguments)]
     fn match_once<K: AsRef<[u8]>>(
         &self,
         items: &[K],
