@@ -875,7 +875,8 @@ fn a_get_in_many_groups_gives_every_lease_back_even_when_it_fails() {
                     assert_eq!(&storage[i][..], &block(i, len)[..], "{choice:?} {i}");
                 }
             }
-            // The last lease goes back without the get waiting for the reply.
+            // The last lease goes back (over tcp without the get waiting for
+            // the reply).
             wait_no_leases(&s, "every group's lease given back");
             // Each pooled connection that gave one back answers its next
             // command with that command's own reply.
@@ -898,6 +899,120 @@ fn a_get_in_many_groups_gives_every_lease_back_even_when_it_fails() {
             storage[101] = vec![0u8; len];
             let mut bufs: Vec<&mut [u8]> = storage.iter_mut().map(|v| &mut v[..]).collect();
             assert_eq!(c.get_many_into(&keys, &mut bufs).await.unwrap(), got);
+        }
+    });
+}
+
+/// `KV.RELEASE` answers 1 only for a lease still in force: one past its time
+/// answers 0 even before the server's sweep (every 100 ms) drops it. And a
+/// get that copied blocks out of the arena under a lease that had run out
+/// fails with `LeaseExpired` (the server may have reused that memory
+/// meanwhile), where over tcp, which the server sends while it holds the
+/// bytes, the same lease is no error.
+#[test]
+fn a_lease_that_ran_out_during_a_shm_copy_fails_the_get() {
+    let s = Server::start(&["--dram", "512MiB"]);
+    let mut con = s.redis();
+    let release = |con: &mut redis::Connection, lease: i64| -> i64 {
+        redis::cmd("KV.RELEASE").arg(lease).query(con).unwrap()
+    };
+    // The value after "lease" in a map reply (RESP2: a flat array).
+    let lease_of = |v: &[Value]| {
+        let at = v
+            .iter()
+            .position(|x| matches!(x, Value::BulkString(k) if k == b"lease"))
+            .unwrap_or_else(|| panic!("no lease in {v:?}"));
+        match &v[at + 1] {
+            Value::Int(l) => *l,
+            other => panic!("{other:?}"),
+        }
+    };
+    redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query::<()>(&mut con)
+        .unwrap();
+    for ms in [1, 60_000] {
+        let loc: Vec<Value> = redis::cmd("KV.LOCATE")
+            .arg(1)
+            .arg("k")
+            .arg("LEASE")
+            .arg(ms)
+            .query(&mut con)
+            .unwrap();
+        let matched: Vec<Value> = redis::cmd("KV.MATCH")
+            .arg(1)
+            .arg("k")
+            .arg("LEASE")
+            .arg(ms)
+            .query(&mut con)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let want = i64::from(ms > 1);
+        assert_eq!(
+            release(&mut con, lease_of(&loc)),
+            want,
+            "KV.LOCATE LEASE {ms}"
+        );
+        assert_eq!(
+            release(&mut con, lease_of(&matched)),
+            want,
+            "KV.MATCH LEASE {ms}"
+        );
+    }
+    let rt = rt();
+    rt.block_on(async {
+        // One group of 64 blocks of 1 MiB: its copy takes well over the
+        // 1 ms lease.
+        let (len, n) = (1 << 20, 64);
+        let blocks: Vec<(Bytes, Bytes)> = (0..n)
+            .map(|i| (Bytes::from(format!("lapse-{i}")), block(i, len)))
+            .collect();
+        let keys: Vec<Bytes> = blocks.iter().map(|(k, _)| k.clone()).collect();
+        let c = client_via(&s, PlaneChoice::Shm).await.unwrap();
+        assert!(c
+            .put_many(&blocks, false, None)
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.is_ok()));
+        let mut storage = vec![vec![0u8; len]; n];
+        for (plane, ms) in [
+            (PlaneChoice::Shm, 1),
+            (PlaneChoice::Shm, 30_000),
+            (PlaneChoice::Tcp, 1),
+        ] {
+            let c = tidepool_client::Client::connect_with(
+                &addr(&s),
+                ClientOptions {
+                    plane,
+                    read_lease_ms: ms,
+                    ..ClientOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+            let mut bufs: Vec<&mut [u8]> = storage.iter_mut().map(|v| &mut v[..]).collect();
+            let got = c.get_many_into(&keys, &mut bufs).await;
+            match (plane, ms) {
+                (PlaneChoice::Shm, 1) => {
+                    let e = got.unwrap_err();
+                    assert!(
+                        matches!(e, tidepool_client::ClientError::LeaseExpired(_)),
+                        "{e}"
+                    );
+                    assert!(e.to_string().contains("blocks 0..64"), "{e}");
+                }
+                _ => {
+                    assert_eq!(got.unwrap(), vec![Some(len); n], "{plane:?} {ms}");
+                    for (i, (_, v)) in blocks.iter().enumerate() {
+                        assert_eq!(&storage[i][..], &v[..], "{plane:?} block {i}");
+                    }
+                }
+            }
+            wait_no_leases(&s, &format!("{plane:?} lease {ms} ms given back"));
+            // The connection is in step for the next command.
+            echoes_answer_in_step(&c, "after", 4).await;
         }
     });
 }

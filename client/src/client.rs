@@ -763,7 +763,12 @@ impl Client {
     /// Over a data plane the blocks are located under a lease
     /// (`KV.LOCATE ... LEASE`, so eviction cannot reuse their memory while
     /// they move), copied or received straight into `bufs`, and the lease
-    /// is given back; small blocks come inline (`KV.MGET`).
+    /// is given back; small blocks come inline (`KV.MGET`). Over shm or
+    /// rdma the client copies out of the server's memory itself: a lease
+    /// that had run out by the time it was given back (a copy that took
+    /// longer than [`ClientOptions::read_lease_ms`]) fails the get with
+    /// [`ClientError::LeaseExpired`], since that memory may have been
+    /// reused under the copy.
     ///
     /// ```no_run
     /// # async fn demo(client: &tidepool_client::Client, keys: &[bytes::Bytes]) -> Result<(), tidepool_client::ClientError> {
@@ -849,16 +854,32 @@ impl Client {
             cmd
         };
         let release_cmd = |lease: u64| vec![b("KV.RELEASE"), num(lease)];
+        // Over shm and rdma the client copies out of the server's memory
+        // itself: only a lease still in force when given back (`KV.RELEASE`
+        // answering 1) says that memory was not reused during the copy.
+        // Over tcp the server sends the bytes while it holds them.
+        let one_sided = plane.kind() != tidepool_transport::Kind::Tcp;
+        let lapsed = |g: &std::ops::Range<usize>| {
+            ClientError::LeaseExpired(format!(
+                "blocks {}..{} were copied under a lease of {} ms that had run out when \
+                 given back: their memory may have been reused meanwhile",
+                g.start, g.end, self.opts.read_lease_ms
+            ))
+        };
         enum Owed {
             Locate(usize),
-            Release,
+            /// The release of a group's lease, after the group was read.
+            Release(usize),
         }
         // A group's lease and its blocks' locations, once located.
         type Located = Option<(u64, Vec<BytesFrame>)>;
+        // A lease that had lapsed is recorded in `expired` (the first one),
+        // not returned at once: the rest of the replies still count.
         let settle = |owed: Vec<Owed>,
                       frames: Vec<BytesFrame>,
                       located: &mut Vec<Located>,
-                      held: &mut Vec<u64>|
+                      held: &mut Vec<u64>,
+                      expired: &mut Option<ClientError>|
          -> Result<(), ClientError> {
             for (o, f) in owed.into_iter().zip(frames) {
                 match o {
@@ -867,8 +888,10 @@ impl Client {
                         held.push(lease);
                         located[g] = Some((lease, blocks));
                     }
-                    Owed::Release => {
-                        int(f)?;
+                    Owed::Release(g) => {
+                        if int(f)? == 0 && one_sided && expired.is_none() {
+                            *expired = Some(lapsed(&groups[g]));
+                        }
                     }
                 }
             }
@@ -891,12 +914,20 @@ impl Client {
             let first: Vec<Vec<Bytes>> = groups.iter().take(2).map(locate_cmd).collect();
             conn.send(&first).await?;
             let frames = conn.recv(1).await?;
+            let mut expired = None;
             // Replies out of step: the connection is not reused as is.
-            settle(vec![Owed::Locate(0)], frames, &mut located, held)
-                .inspect_err(|_| conn.broken = true)?;
+            settle(
+                vec![Owed::Locate(0)],
+                frames,
+                &mut located,
+                held,
+                &mut expired,
+            )
+            .inspect_err(|_| conn.broken = true)?;
             let mut owed: Vec<Owed> = (1..first.len()).map(Owed::Locate).collect();
             let mut out: Vec<Option<usize>> = vec![None; keys.len()];
-            let mut prev_lease = None;
+            // The lease of the group read last, and that group.
+            let mut prev: Option<(u64, usize)> = None;
             let mut failed = None;
             for gi in 0..n {
                 let (lease, frames) = located[gi].take().expect("located a step ago");
@@ -906,15 +937,15 @@ impl Client {
                     cmds.push(locate_cmd(&groups[gi + 2]));
                     now_owed.push(Owed::Locate(gi + 2));
                 }
-                let releasing = prev_lease.replace(lease);
-                if let Some(prev) = releasing {
-                    cmds.push(release_cmd(prev));
-                    now_owed.push(Owed::Release);
+                let releasing = prev.replace((lease, gi));
+                if let Some((l, g)) = releasing {
+                    cmds.push(release_cmd(l));
+                    now_owed.push(Owed::Release(g));
                 }
                 if !cmds.is_empty() {
                     conn.send(&cmds).await?;
                 }
-                held.retain(|l| Some(*l) != releasing);
+                held.retain(|l| Some(*l) != releasing.map(|r| r.0));
                 let g = groups[gi].clone();
                 let moved = read_group(plane, frames, &mut bufs[g.clone()], &mut out[g.clone()])
                     .await
@@ -925,26 +956,41 @@ impl Client {
                         e => e,
                     });
                 let frames = conn.recv(owed.len()).await?;
-                settle(std::mem::take(&mut owed), frames, &mut located, held)
-                    .inspect_err(|_| conn.broken = true)?;
+                settle(
+                    std::mem::take(&mut owed),
+                    frames,
+                    &mut located,
+                    held,
+                    &mut expired,
+                )
+                .inspect_err(|_| conn.broken = true)?;
                 owed = now_owed;
                 if let Err(e) = moved {
                     failed = Some(e);
                     break;
                 }
             }
+            // A one-sided read of the last group is whole only if its lease
+            // was still in force when given back: that release is answered.
+            if let (true, None, Some((l, g))) = (one_sided, &failed, prev) {
+                held.retain(|h| *h != l);
+                conn.send(&[release_cmd(l)]).await?;
+                owed.push(Owed::Release(g));
+            }
             let frames = conn.recv(owed.len()).await?;
-            settle(owed, frames, &mut located, held).inspect_err(|_| conn.broken = true)?;
-            // Every lease still held goes back: the last group's, and on a
-            // failure those of groups located but never read. Nothing waits
-            // for the replies (a lease the server failed to drop expires).
+            settle(owed, frames, &mut located, held, &mut expired)
+                .inspect_err(|_| conn.broken = true)?;
+            // Every lease still held goes back: over tcp the last group's,
+            // and on a failure those of groups located but never read.
+            // Nothing waits for the replies (a lease the server failed to
+            // drop expires).
             let releases: Vec<Vec<Bytes>> = held.drain(..).map(release_cmd).collect();
             if !releases.is_empty() {
                 conn.send_unanswered(&releases).await?;
             }
-            match failed {
-                Some(e) => Err(e),
-                None => Ok(out),
+            match (failed, expired) {
+                (Some(e), _) | (None, Some(e)) => Err(e),
+                (None, None) => Ok(out),
             }
         }
         .await;

@@ -41,7 +41,9 @@ pub struct ClientOptions {
     /// Settings of the TCP data plane.
     pub tcp: TcpOptions,
     /// Lease of blocks read through the data plane, in ms (released as soon
-    /// as the bytes are in). Default 30000.
+    /// as the bytes are in). A shm or rdma get whose lease runs out before
+    /// it is given back fails with [`crate::ClientError::LeaseExpired`].
+    /// Default 30000.
     pub read_lease_ms: u64,
     /// Over shm, copy blocks into the caller's buffers with stores that
     /// bypass the CPU cache: faster into buffers that are not in cache

@@ -23,6 +23,13 @@ pub enum ClientError {
     /// The reply had an unexpected shape.
     #[error("unexpected reply: {0}")]
     Unexpected(String),
+    /// A get over shared memory (or RDMA) copied blocks out of the server's
+    /// memory under a lease that had run out by the time it was given back:
+    /// the server may have reused that memory during the copy, so the
+    /// buffers' contents cannot be trusted. Get the blocks again, or raise
+    /// [`crate::ClientOptions::read_lease_ms`].
+    #[error("lease expired: {0}")]
+    LeaseExpired(String),
     /// The client refused to send a command (one that would leave a pooled
     /// connection answering out of turn, see
     /// [`crate::Client::pipeline_frames`]).

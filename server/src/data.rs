@@ -492,20 +492,27 @@ impl DataState {
         ])
     }
 
-    /// Drops what KV.LOCATE held under `lease`. False when nothing was held.
-    pub fn release(&self, lease: u64) -> bool {
-        let Some(hold) = self.holds.lock().remove(&lease) else {
-            return false;
-        };
+    /// Drops what KV.LOCATE held under `lease`: `None` when nothing was
+    /// (another kind of lease, or one given back or swept), else whether
+    /// the hold was still in force. Until it is dropped here or by the
+    /// sweep, the blocks' memory cannot be reused, so `Some(true)` tells a
+    /// client that copied them out of the arena that its copy is whole; a
+    /// hold past its time answers `Some(false)` even before the sweep gets
+    /// to it, so the answer does not hang on when the sweep last ran.
+    pub fn release(&self, lease: u64) -> Option<bool> {
+        let hold = self.holds.lock().remove(&lease)?;
         let mut located = self.located.lock();
         for t in hold.tokens {
             located.remove(&t);
         }
-        true
+        Some(hold.deadline > Instant::now())
     }
 
-    /// Drops expired reservations and holds. Call periodically.
-    pub fn sweep(&self) {
+    /// Drops expired reservations and holds, and with each hold the
+    /// store's lease of the same id (so that `KV.RELEASE` of a hold that
+    /// was swept cannot find that lease and answer that it held). Call
+    /// periodically.
+    pub fn sweep(&self, store: &Store) {
         let now = Instant::now();
         let expired: Vec<Reservation> = {
             let mut map = self.reservations.lock();
@@ -529,6 +536,7 @@ impl DataState {
             .collect();
         for lease in due {
             self.release(lease);
+            store.release(lease);
         }
     }
 

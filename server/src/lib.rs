@@ -51,7 +51,7 @@ pub async fn run(
                 tokio::select! {
                     _ = tick.tick() => {
                         shared.store.expire_due();
-                        shared.data.sweep();
+                        shared.data.sweep(&shared.store);
                         failures_seen = report_checksum_failures(&shared, failures_seen);
                     }
                     _ = stop.changed() => break,

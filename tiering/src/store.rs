@@ -2416,13 +2416,16 @@ impl Store {
         before.saturating_sub(self.used())
     }
 
-    /// Drops a lease. False when it does not exist (released or expired).
+    /// Drops a lease. True when it was still in force; false when it does
+    /// not exist (released, or expired and swept) or its time had run out
+    /// (then it is dropped now, as the sweep would have).
     pub fn release(&self, lease: u64) -> bool {
         let Some(l) = self.lease_shard(lease).remove(&lease) else {
             return false;
         };
+        let in_force = l.deadline > self.now_ms();
         self.drop_lease(l);
-        true
+        in_force
     }
 
     fn drop_lease(&self, l: Lease) {

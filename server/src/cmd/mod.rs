@@ -140,8 +140,12 @@ pub fn execute(
             Reply::Int(shared.store.set_pinned(keys.iter().map(|k| &k[..]), false) as i64)
         }
         C::KvRelease(id) => {
-            let held = shared.data.release(id);
-            Reply::Int((shared.store.release(id) || held) as i64)
+            // A KV.LOCATE lease is a hold of the blocks' memory and a store
+            // lease: the hold answers (it is what keeps the bytes a client
+            // copies in place). A KV.MATCH lease is a store lease only.
+            let leased = shared.store.release(id);
+            let in_force = shared.data.release(id).unwrap_or(leased);
+            Reply::Int(in_force as i64)
         }
         C::KvReserve { blocks, opts } => shared.data.reserve(
             &shared.store,

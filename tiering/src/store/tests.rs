@@ -227,6 +227,23 @@ fn leases_expire() {
 }
 
 #[test]
+fn a_lease_released_past_its_time_answers_that_it_had_run_out() {
+    let f = fixture(2 * charge_of(1, 1));
+    put(&f.store, "a", "1", None).unwrap();
+    put(&f.store, "b", "1", None).unwrap();
+    let early = f.store.match_prefix(&[b("a")], Some(100)).lease.unwrap();
+    let late = f.store.match_prefix(&[b("b")], Some(100)).lease.unwrap();
+    f.time.fetch_add(99, Relaxed);
+    assert!(f.store.release(early), "in force 1 ms before its end");
+    f.time.fetch_add(1, Relaxed);
+    // Not swept yet, but its time is up: false, and dropped all the same.
+    assert!(!f.store.release(late));
+    assert_eq!(f.store.stats().leases, 0);
+    put(&f.store, "c", "1", None).unwrap();
+    f.store.check_invariants().unwrap();
+}
+
+#[test]
 fn a_lease_over_any_keys_holds_the_stored_ones() {
     let f = fixture(3 * charge_of(1, 1));
     put(&f.store, "a", "1", None).unwrap();
