@@ -1017,6 +1017,59 @@ fn a_lease_that_ran_out_during_a_shm_copy_fails_the_get() {
     });
 }
 
+/// A shm put starts no copy past its reservation's time (less a margin),
+/// which KV.DATAPLANE tells the client: past it the server may give the
+/// range to another block. With a 1 ms reservation timeout, a put of six
+/// 16 MiB blocks (copied two at a time, each well over a millisecond) is
+/// refused with `Expired` and leaves nothing stored; with the default
+/// timeout the same put lands.
+#[test]
+fn a_shm_put_starts_no_copy_past_its_reservations_time() {
+    let blocks: Vec<(Bytes, Bytes)> = (0..6)
+        .map(|i| (Bytes::from(format!("late-{i}")), block(i, 16 << 20)))
+        .collect();
+    let rt = rt();
+    for timeout in ["1", "30000"] {
+        let s = Server::start(&["--dram", "512MiB", "--reserve-timeout", timeout]);
+        let mut con = s.redis();
+        let dp: Vec<Value> = redis::cmd("KV.DATAPLANE").query(&mut con).unwrap();
+        let at = dp
+            .iter()
+            .position(|v| matches!(v, Value::BulkString(k) if k == b"reserve_timeout_ms"))
+            .unwrap_or_else(|| panic!("{dp:?}"));
+        assert_eq!(dp[at + 1], Value::Int(timeout.parse().unwrap()));
+        rt.block_on(async {
+            let c = client_via(&s, PlaneChoice::Shm).await.unwrap();
+            let r = c.put_many(&blocks, false, None).await;
+            if timeout == "1" {
+                let e = r.unwrap_err();
+                assert!(
+                    matches!(
+                        e,
+                        tidepool_client::ClientError::Transport(
+                            tidepool_transport::TransportError::Expired(_)
+                        )
+                    ),
+                    "{e}"
+                );
+            } else {
+                assert!(r.unwrap().iter().all(|r| r.is_ok()));
+            }
+        });
+        let stored = blocks
+            .iter()
+            .filter(|(k, _)| exists(&mut con, std::str::from_utf8(k).unwrap()) == 1)
+            .count();
+        if timeout == "1" {
+            // Groups committed before the late one may stand; the late one
+            // and those after it are aborted.
+            assert!(stored < blocks.len(), "every block stored");
+        } else {
+            assert_eq!(stored, blocks.len());
+        }
+    }
+}
+
 /// Reservation tokens, located-block tokens and lease ids are not a counter:
 /// a client that sees its own cannot name another's, and the data port
 /// refuses a token next to a real one.

@@ -112,6 +112,22 @@ pub struct Client {
     next: AtomicUsize,
     plane: Option<Plane>,
     opts: ClientOptions,
+    /// How long after sending a `KV.RESERVE` a one-sided put (shm, rdma)
+    /// may still start writing the reserved memory: the server's
+    /// reservation timeout less a margin (see [`write_window`]). `None`:
+    /// the server did not say.
+    write_window: Option<std::time::Duration>,
+}
+
+/// The time a one-sided put may start writing a reservation, given the
+/// server's reservation timeout: past it the server may hand the range to
+/// another block, so a copy that starts then (a client stalled that long
+/// mid-put) could overwrite that block. A quarter of the timeout, at most
+/// a second, is kept in hand for the copy that starts just before the end
+/// and for the request's trip to the server.
+fn write_window(timeout_ms: u64) -> std::time::Duration {
+    let timeout = std::time::Duration::from_millis(timeout_ms);
+    timeout - (timeout / 4).min(std::time::Duration::from_secs(1))
 }
 
 impl std::fmt::Debug for Client {
@@ -250,6 +266,7 @@ impl Client {
             next: AtomicUsize::new(0),
             plane: None,
             opts,
+            write_window: None,
         };
         if opts.plane != PlaneChoice::Inline {
             let planes = match client.one(vec![b("KV.DATAPLANE")]).await.and_then(pairs) {
@@ -257,6 +274,7 @@ impl Client {
                 Err(e) if opts.plane != PlaneChoice::Auto => return Err(e),
                 Err(_) => ServerPlanes::default(),
             };
+            client.write_window = planes.reserve_timeout_ms.map(write_window);
             client.plane = data::choose(&opts, &planes, resp_addr).await?;
         }
         Ok(client)
@@ -552,13 +570,21 @@ impl Client {
         let ahead = shm.map_or(2, |p| p.copy_threads().max(2));
         let mut queued: VecDeque<Result<ShmWrite, TransportError>> = VecDeque::new();
         let mut next_queued = 0;
+        // When each group's KV.RESERVE went out: a one-sided write into its
+        // memory starts no later than `write_window` after that.
+        let mut reserve_sent: Vec<Option<std::time::Instant>> = vec![None; n];
+        let deadline = |reserve_sent: &[Option<std::time::Instant>], g: usize| {
+            Some(reserve_sent[g]? + self.write_window?)
+        };
         let queue_reserved = |reserved: &[Option<Vec<(usize, Descriptor)>>],
+                              reserve_sent: &[Option<std::time::Instant>],
                               queued: &mut VecDeque<_>,
                               next_queued: &mut usize| {
             let Some(p) = shm else { return };
             while let Some(Some(r)) = reserved.get(*next_queued) {
                 let copies = r.iter().map(|(i, d)| (*d, blocks[*i].1.clone()));
-                queued.push_back(p.write_queued(copies.collect()));
+                let by = deadline(reserve_sent, *next_queued);
+                queued.push_back(p.write_queued(copies.collect(), by));
                 *next_queued += 1;
             }
         };
@@ -567,6 +593,7 @@ impl Client {
         for (g, range) in groups.iter().enumerate().take(ahead) {
             cmds.push(reserve_cmd(range));
             owed.push(Owed::Reserve(g));
+            reserve_sent[g] = Some(std::time::Instant::now());
         }
         conn.send(&cmds).await?;
         let settle = |owed: Vec<Owed>,
@@ -591,7 +618,7 @@ impl Client {
             &mut results,
         )
         .inspect_err(|_| conn.broken = true)?;
-        queue_reserved(&reserved, &mut queued, &mut next_queued);
+        queue_reserved(&reserved, &reserve_sent, &mut queued, &mut next_queued);
         let mut prev: Written = (Vec::new(), None);
         // Over tcp a group's bytes go out before the replies to the group
         // before it are read, so the socket does not idle while the server
@@ -611,6 +638,7 @@ impl Client {
             if gi + ahead < n {
                 cmds.push(reserve_cmd(&groups[gi + ahead]));
                 now_owed.push(Owed::Reserve(gi + ahead));
+                reserve_sent[gi + ahead] = Some(std::time::Instant::now());
             }
             if !cmds.is_empty() {
                 conn.send(&cmds).await?;
@@ -624,7 +652,14 @@ impl Client {
             let moved = match (&mut tcp, shm) {
                 (Some(w), _) => Some(w.send(&writes).await.map(|()| None)),
                 (None, Some(_)) => None,
-                (None, None) => Some(plane.write(&writes).await),
+                // rdma: the same deadline, checked before the group's
+                // writes are posted.
+                (None, None) => Some(match deadline(&reserve_sent, gi) {
+                    Some(by) if std::time::Instant::now() >= by => Err(TransportError::Expired(
+                        format!("group {gi}'s writes were due to start after its reservation's deadline"),
+                    )),
+                    _ => plane.write(&writes).await,
+                }),
             };
             let mut confirmed = Ok(());
             if let (Some(w), Some(Ok(_))) = (&mut tcp, &moved) {
@@ -650,7 +685,7 @@ impl Client {
             )
             .inspect_err(|_| conn.broken = true)?;
             owed = now_owed;
-            queue_reserved(&reserved, &mut queued, &mut next_queued);
+            queue_reserved(&reserved, &reserve_sent, &mut queued, &mut next_queued);
             let moved = match moved {
                 Some(m) => m,
                 None => match queued.pop_front() {
@@ -1305,6 +1340,15 @@ fn record_commits(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_write_window_keeps_a_quarter_of_the_timeout_and_at_most_a_second() {
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(write_window(30_000), ms(29_000));
+        assert_eq!(write_window(2_000), ms(1_500));
+        assert_eq!(write_window(100), ms(75));
+        assert_eq!(write_window(1), std::time::Duration::from_micros(750));
+    }
 
     #[test]
     fn put_groups_cut_by_bytes_and_by_blocks() {

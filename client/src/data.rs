@@ -157,6 +157,8 @@ pub(crate) struct ServerPlanes {
     shm_socket: Option<PathBuf>,
     arena_id: Option<u64>,
     rdma: Option<String>,
+    /// How long the server keeps an uncommitted reservation.
+    pub(crate) reserve_timeout_ms: Option<u64>,
 }
 
 impl ServerPlanes {
@@ -170,6 +172,9 @@ impl ServerPlanes {
                 }
                 ("rdma", BytesFrame::BulkString(b)) => {
                     s.rdma = Some(String::from_utf8_lossy(&b).into_owned())
+                }
+                ("reserve_timeout_ms", BytesFrame::Integer(ms)) => {
+                    s.reserve_timeout_ms = u64::try_from(ms).ok()
                 }
                 ("shm_arena_id", BytesFrame::BulkString(b)) => {
                     s.arena_id = std::str::from_utf8(&b)

@@ -575,6 +575,10 @@ impl DataState {
             ("shm_arena_id", id),
             ("shm_arena_size", size),
             ("rdma", Reply::Bulk(Bytes::from(self.rdma_state()))),
+            (
+                "reserve_timeout_ms",
+                Reply::Int(i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX)),
+            ),
         ])
     }
 }

@@ -20,6 +20,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use memmap2::MmapRaw;
@@ -38,11 +39,21 @@ struct Batch {
     cancelled: AtomicBool,
     /// A copy panicked (a bug): the group fails rather than hang.
     failed: AtomicBool,
+    /// No block's copy starts after this (see [`Copiers::submit`]).
+    deadline: Option<Instant>,
+    /// A block was not copied because the deadline had passed.
+    late: AtomicBool,
     done: tokio::sync::Notify,
 }
 
 impl Batch {
-    fn new(map: Arc<MmapRaw>, blocks: Vec<(usize, Bytes)>, sums: Vec<u64>, left: usize) -> Batch {
+    fn new(
+        map: Arc<MmapRaw>,
+        blocks: Vec<(usize, Bytes)>,
+        sums: Vec<u64>,
+        left: usize,
+        deadline: Option<Instant>,
+    ) -> Batch {
         Batch {
             map,
             blocks,
@@ -50,6 +61,8 @@ impl Batch {
             left: AtomicUsize::new(left),
             cancelled: AtomicBool::new(false),
             failed: AtomicBool::new(false),
+            deadline,
+            late: AtomicBool::new(false),
             done: tokio::sync::Notify::new(),
         }
     }
@@ -67,17 +80,25 @@ impl Batch {
     }
 
     fn copy(&self, i: usize) {
-        if !self.cancelled.load(Ordering::Acquire) {
-            let (offset, src) = &self.blocks[i];
-            // SAFETY: `submit`'s caller checked that the range is inside
-            // the mapping, which `self.map` keeps alive; the range is
-            // reserved for this put and no one else writes or reads it
-            // until the put commits, which waits for `left` to reach 0.
-            let sum = unsafe {
-                tidepool_checksum::copy_checksummed_raw(src, self.map.as_mut_ptr().add(*offset))
-            };
-            self.sums[i].store(sum, Ordering::Relaxed);
+        if self.cancelled.load(Ordering::Acquire) {
+            return;
         }
+        // Once one block is late, so are the rest (a deadline does not move).
+        if self.late.load(Ordering::Relaxed) || self.deadline.is_some_and(|d| Instant::now() >= d) {
+            self.late.store(true, Ordering::Release);
+            return;
+        }
+        let (offset, src) = &self.blocks[i];
+        // SAFETY: `submit`'s caller checked that the range is inside the
+        // mapping, which `self.map` keeps alive; the range is reserved for
+        // this put and no one else writes or reads it until the put
+        // commits, which waits for `left` to reach 0 (and the reservation
+        // still stands: no copy starts past the deadline the caller set
+        // before it runs out).
+        let sum = unsafe {
+            tidepool_checksum::copy_checksummed_raw(src, self.map.as_mut_ptr().add(*offset))
+        };
+        self.sums[i].store(sum, Ordering::Relaxed);
     }
 }
 
@@ -130,10 +151,16 @@ impl Copiers {
 
     /// Queues the copies of `blocks` (offset in `map`, bytes) and returns
     /// the handle that awaits them. The caller has checked every range
-    /// against the mapping.
-    pub(crate) fn submit(&self, map: Arc<MmapRaw>, blocks: Vec<(usize, Bytes)>) -> ShmWrite {
+    /// against the mapping. No block's copy starts after `deadline`: those
+    /// left then are skipped, and the group fails.
+    pub(crate) fn submit(
+        &self,
+        map: Arc<MmapRaw>,
+        blocks: Vec<(usize, Bytes)>,
+        deadline: Option<Instant>,
+    ) -> ShmWrite {
         let n = blocks.len();
-        let batch = Arc::new(Batch::new(map, blocks, vec![0; n], n));
+        let batch = Arc::new(Batch::new(map, blocks, vec![0; n], n, deadline));
         if n > 0 {
             let mut q = self.shared.queue.lock();
             q.jobs.extend((0..n).map(|i| (batch.clone(), i)));
@@ -194,7 +221,7 @@ impl ShmWrite {
     /// A group copied already (on the caller's thread), with its checksums.
     pub(crate) fn done(map: Arc<MmapRaw>, sums: Vec<u64>) -> ShmWrite {
         ShmWrite {
-            batch: Arc::new(Batch::new(map, Vec::new(), sums, 0)),
+            batch: Arc::new(Batch::new(map, Vec::new(), sums, 0, None)),
         }
     }
 
@@ -208,6 +235,13 @@ impl ShmWrite {
         if self.batch.failed.load(Ordering::Acquire) {
             return Err(TransportError::Protocol(
                 "a copy into the shm arena panicked".into(),
+            ));
+        }
+        if self.batch.late.load(Ordering::Acquire) {
+            return Err(TransportError::Expired(
+                "a block's copy into the shm arena was due to start after its reservation's \
+                 deadline, and was not made"
+                    .into(),
             ));
         }
         Ok(self
@@ -245,7 +279,7 @@ mod tests {
         ));
         let copiers = Copiers::start(1).unwrap();
         // A job for a block the batch does not have: its copy panics.
-        let batch = Arc::new(Batch::new(map.clone(), Vec::new(), vec![0], 1));
+        let batch = Arc::new(Batch::new(map.clone(), Vec::new(), vec![0], 1, None));
         copiers
             .shared
             .queue
@@ -258,7 +292,7 @@ mod tests {
         // The same thread copies the next group.
         let src = Bytes::from(vec![7u8; 5000]);
         let sums = copiers
-            .submit(map.clone(), vec![(4096, src.clone())])
+            .submit(map.clone(), vec![(4096, src.clone())], None)
             .finish()
             .await
             .unwrap();

@@ -121,6 +121,11 @@ pub enum TransportError {
     /// This transport cannot run here (no shared host, no RDMA device...).
     #[error("{0}")]
     Unavailable(String),
+    /// A write into server memory was not started because the reservation
+    /// it was for could have run out meanwhile (the server may then give
+    /// that memory to another block).
+    #[error("reservation window passed: {0}")]
+    Expired(String),
 }
 
 /// Moving bytes between client buffers and server-side allocations named by

@@ -264,10 +264,14 @@ impl ShmPlane {
     /// threads ([`ShmPlane::with_copy_threads`]; without them, copies now)
     /// and returns the handle that awaits them and gives their checksums.
     /// Every descriptor is checked first: nothing is queued if one is
-    /// wrong.
+    /// wrong. No block's copy starts after `deadline` (set it before the
+    /// server's reservation runs out: past that the server may give the
+    /// range to another block); then the group fails with
+    /// [`TransportError::Expired`].
     pub fn write_queued(
         &self,
         blocks: Vec<(Descriptor, Bytes)>,
+        deadline: Option<std::time::Instant>,
     ) -> Result<ShmWrite, TransportError> {
         check_lengths(Kind::Shm, blocks.iter().map(|(d, b)| (d, b.len())))?;
         for (d, _) in &blocks {
@@ -288,11 +292,21 @@ impl ShmPlane {
                     .into_iter()
                     .map(|(d, b)| (d.offset as usize, b))
                     .collect(),
+                deadline,
             )),
             None => {
                 let sums = blocks
                     .iter()
-                    .map(|(d, b)| self.write_one_checksummed(d, b))
+                    .map(|(d, b)| {
+                        if deadline.is_some_and(|t| std::time::Instant::now() >= t) {
+                            return Err(TransportError::Expired(
+                                "a block's copy into the shm arena was due to start after \
+                                 its reservation's deadline, and was not made"
+                                    .into(),
+                            ));
+                        }
+                        self.write_one_checksummed(d, b)
+                    })
                     .collect::<Result<Vec<u64>, _>>()?;
                 Ok(ShmWrite::done(self.map.clone(), sums))
             }
@@ -479,7 +493,7 @@ mod tests {
                 blocks.push((d, pattern(len, i + threads)));
             }
             let sums = plane
-                .write_queued(blocks.clone())
+                .write_queued(blocks.clone(), None)
                 .unwrap()
                 .finish()
                 .await
@@ -503,12 +517,12 @@ mod tests {
             };
             let bad = vec![(good, pattern(5000, 1)), (outside, pattern(5000, 2))];
             assert!(matches!(
-                plane.write_queued(bad),
+                plane.write_queued(bad, None),
                 Err(TransportError::Descriptor(_))
             ));
             let short = vec![(good, pattern(4999, 1))];
             assert!(matches!(
-                plane.write_queued(short),
+                plane.write_queued(short, None),
                 Err(TransportError::Length { .. })
             ));
             assert!(fresh.as_ref().iter().all(|&b| b == 0));
@@ -535,7 +549,7 @@ mod tests {
                 held.push(a);
                 blocks.push((d, data.clone()));
             }
-            let w = plane.write_queued(blocks.clone()).unwrap();
+            let w = plane.write_queued(blocks.clone(), None).unwrap();
             // Give the copies a moment to start (more each round).
             std::thread::sleep(std::time::Duration::from_micros(300 * round as u64));
             drop(w);
@@ -549,6 +563,66 @@ mod tests {
             for (i, a) in held.iter().enumerate() {
                 assert!(a.as_ref() == &mark[..], "round {round} block {i}");
             }
+        }
+    }
+
+    /// No block's copy starts past the deadline: with one already past,
+    /// nothing is written; with one that passes during the group, the
+    /// blocks after it are left as they were. Either way the group fails
+    /// with `Expired`. On the copying threads and inline.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_copy_starts_past_the_reservations_deadline() {
+        let arena = Arena::new(256 << 20).unwrap();
+        for threads in [0, 1, 3] {
+            let plane = plane_on(&arena, &format!("deadline-{threads}"), threads).await;
+            let len = 1 << 20;
+            let data = pattern(len, threads + 5);
+            let mut held = Vec::new();
+            let mut blocks = Vec::new();
+            for i in 0..32 {
+                let a = arena.alloc(len).unwrap();
+                let d = Descriptor {
+                    kind: Kind::Shm,
+                    offset: a.offset(),
+                    len: len as u64,
+                    token: i,
+                };
+                held.push(a);
+                blocks.push((d, data.clone()));
+            }
+            // Ranges may be reused from the round before: mark them.
+            let mark = Bytes::from(vec![0xA5u8; len]);
+            for (d, _) in &blocks {
+                plane.write_one(d, &mark).unwrap();
+            }
+            let untouched = |a: &crate::arena::ArenaBlock| a.as_ref() == &mark[..];
+            let now = std::time::Instant::now();
+            let past = plane
+                .write_queued(blocks.clone(), Some(now))
+                .map(|w| w.finish());
+            let e = match past {
+                Ok(w) => w.await.unwrap_err(),
+                Err(e) => e,
+            };
+            assert!(matches!(e, TransportError::Expired(_)), "{threads}: {e}");
+            assert!(
+                held.iter().all(untouched),
+                "{threads}: copied past the deadline"
+            );
+            // 32 MiB take longer than 1 ms to copy at any speed seen here.
+            let soon = std::time::Instant::now() + std::time::Duration::from_millis(1);
+            let r = match plane.write_queued(blocks.clone(), Some(soon)) {
+                Ok(w) => w.finish().await,
+                Err(e) => Err(e),
+            };
+            assert!(
+                matches!(r, Err(TransportError::Expired(_))),
+                "{threads}: {r:?}"
+            );
+            let whole = held.iter().filter(|a| a.as_ref() == &data[..]).count();
+            let left = held.iter().filter(|a| untouched(a)).count();
+            assert_eq!(whole + left, held.len(), "{threads}: a block half copied");
+            assert!(left > 0, "{threads} threads: every block copied");
         }
     }
 
