@@ -607,6 +607,26 @@ fn reservations_in_flight_are_bounded_by_the_dram_capacity() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(s.info_u64("data_reserved_bytes"), 0);
+    // A storm of tiny reservations is bounded too: each counts its key and
+    // a kilobyte of bookkeeping with its one byte, so 8 MiB take about
+    // 8,000 of them, not 20,000 (nor millions).
+    let keys: Vec<String> = (0..20_000).map(|i| format!("tiny{i:05}")).collect();
+    let mut args: Vec<&[u8]> = vec![b"KV.RESERVE"];
+    for k in &keys {
+        args.push(k.as_bytes());
+        args.push(b"1");
+    }
+    let mut raw = s.raw();
+    raw.write_all(&resp(&args)).unwrap();
+    let count = |b: &[u8], what: &[u8]| b.windows(what.len()).filter(|w| *w == what).count();
+    let (got, _) = read_until(&mut raw, |b| {
+        b.ends_with(b"\r\n") && count(b, b"$3\r\ntcp\r\n") + count(b, b"\r\n-OOM ") >= 20_000
+    });
+    let granted = count(&got, b"$3\r\ntcp\r\n");
+    let refused = count(&got, b"\r\n-OOM ");
+    assert_eq!(granted + refused, 20_000);
+    assert!((7_000..8_200).contains(&granted), "{granted} granted");
+    assert_eq!(s.info_u64("data_reservations_open"), granted as u64);
 }
 
 #[test]
