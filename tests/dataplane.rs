@@ -1037,6 +1037,82 @@ fn a_lease_that_ran_out_during_a_shm_copy_fails_the_get() {
     });
 }
 
+/// Leases are bounded (`max-leases`, also through CONFIG SET): past the
+/// bound KV.MATCH ... LEASE and KV.LOCATE answer -BUSY, a match without a
+/// lease still answers, and a lease given back makes room again.
+#[test]
+fn leases_past_max_leases_are_refused_until_some_go_back() {
+    let s = Server::start(&["--max-leases", "3"]);
+    let mut con = s.redis();
+    redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query::<()>(&mut con)
+        .unwrap();
+    let lease = |con: &mut redis::Connection| -> redis::RedisResult<Vec<Value>> {
+        redis::cmd("KV.MATCH")
+            .arg(1)
+            .arg("k")
+            .arg("LEASE")
+            .arg(60_000)
+            .query(con)
+    };
+    let locate = |con: &mut redis::Connection| -> redis::RedisResult<Vec<Value>> {
+        redis::cmd("KV.LOCATE").arg(1).arg("k").query(con)
+    };
+    let first = lease(&mut con).unwrap();
+    lease(&mut con).unwrap();
+    locate(&mut con).unwrap();
+    for e in [lease(&mut con).unwrap_err(), locate(&mut con).unwrap_err()] {
+        assert_eq!(e.code(), Some("BUSY"), "{e}");
+        assert!(e.to_string().contains("max-leases 3"), "{e}");
+    }
+    let e = redis::cmd("KV.MATCHTOKENS")
+        .arg("seed")
+        .arg(2)
+        .arg(1)
+        .arg(2)
+        .arg("LEASE")
+        .arg(10)
+        .query::<Value>(&mut con)
+        .unwrap_err();
+    assert_eq!(e.code(), Some("BUSY"), "{e}");
+    let plain: i64 = redis::cmd("KV.MATCH")
+        .arg(1)
+        .arg("k")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(plain, 1, "a match without a lease still answers");
+    let Value::Int(id) = first[3] else {
+        panic!("{first:?}")
+    };
+    let back: i64 = redis::cmd("KV.RELEASE").arg(id).query(&mut con).unwrap();
+    assert_eq!(back, 1);
+    locate(&mut con).unwrap();
+    // CONFIG GET and SET it.
+    let got: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("max-leases")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(got, ["max-leases", "3"]);
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("max-leases")
+        .arg(4)
+        .query(&mut con)
+        .unwrap();
+    lease(&mut con).unwrap();
+    assert_eq!(lease(&mut con).unwrap_err().code(), Some("BUSY"));
+    let e = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("max-leases")
+        .arg(0)
+        .query::<()>(&mut con)
+        .unwrap_err();
+    assert!(e.to_string().contains("positive integer"), "{e}");
+}
+
 /// A shm put starts no copy past its reservation's time (less a margin),
 /// which KV.DATAPLANE tells the client: past it the server may give the
 /// range to another block. With a 1 ms reservation timeout, a put of six

@@ -87,6 +87,11 @@ pub struct Args {
     /// Milliseconds before an uncommitted reservation is dropped. Default: 30000.
     #[arg(long = "reserve-timeout")]
     pub reserve_timeout: Option<u64>,
+    /// Most leases held at once (KV.MATCH ... LEASE, KV.LOCATE); past it
+    /// those answer -BUSY until some are released or expire. Default:
+    /// 1000000.
+    #[arg(long = "max-leases")]
+    pub max_leases: Option<u64>,
     /// DRAM eviction policy: lru (least recently used first) or adaptive
     /// (probation and main segments, ghost admission, the split tuned by
     /// miniature simulations). Both are prefix-aware: a block goes only after
@@ -140,6 +145,11 @@ pub struct Config {
     pub shm_arena: Option<ByteSize>,
     /// Milliseconds an uncommitted reservation lives. Default: 30000.
     pub reserve_timeout: u64,
+    /// Most leases held at once. Default: 1,000,000: each costs the server
+    /// 150-400 bytes (a KV.MATCH lease of one key about 160, a KV.LOCATE of
+    /// one block about 400), so a client that leases in a loop and never
+    /// releases holds at most a few hundred MB, not all the memory there is.
+    pub max_leases: u64,
     /// DRAM eviction policy. Default: `lru`.
     pub eviction: String,
 }
@@ -166,6 +176,7 @@ impl Default for Config {
             shm_socket: None,
             shm_arena: None,
             reserve_timeout: 30_000,
+            max_leases: 1_000_000,
             eviction: "lru".into(),
         }
     }
@@ -206,6 +217,7 @@ impl Config {
             dram_checksums,
             shm,
             reserve_timeout,
+            max_leases,
             eviction
         );
         if let Some(v) = args.data_port {
@@ -242,6 +254,7 @@ impl Config {
             self.reserve_timeout > 0,
             "reserve-timeout must be at least 1 ms"
         );
+        anyhow::ensure!(self.max_leases > 0, "max-leases must be at least 1");
         anyhow::ensure!(
             tidepool_tiering::Eviction::parse(&self.eviction).is_some(),
             "eviction must be lru or adaptive, not {:?}",

@@ -508,6 +508,9 @@ pub struct Store {
     evict_lock: Mutex<()>,
     /// Leases by id, sharded by id so that leasing matches do not meet on one lock.
     leases: Box<[Mutex<HashMap<u64, Lease>>]>,
+    /// How many leases `leases` holds (kept beside it: counting the shards
+    /// takes every shard's lock).
+    live_leases: AtomicU64,
     next_lease: crate::ids::Ids,
     matches: AtomicU64,
     expired: AtomicU64,
@@ -787,6 +790,7 @@ impl Store {
             ],
             evict_lock: Mutex::new(()),
             leases: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            live_leases: AtomicU64::new(0),
             next_lease: crate::ids::Ids::default(),
             matches: AtomicU64::new(0),
             expired: AtomicU64::new(0),
@@ -2390,6 +2394,7 @@ impl Store {
             let mut shard = self.lease_shard(id);
             if let std::collections::hash_map::Entry::Vacant(v) = shard.entry(id) {
                 v.insert(lease);
+                self.live_leases.fetch_add(1, Relaxed);
                 return id;
             }
         }
@@ -2423,6 +2428,7 @@ impl Store {
         let Some(l) = self.lease_shard(lease).remove(&lease) else {
             return false;
         };
+        self.live_leases.fetch_sub(1, Relaxed);
         let in_force = l.deadline > self.now_ms();
         self.drop_lease(l);
         in_force
@@ -2516,11 +2522,18 @@ impl Store {
                     .collect();
                 ids.iter().filter_map(|id| leases.remove(id)).collect()
             };
+            self.live_leases.fetch_sub(due.len() as u64, Relaxed);
             for l in due {
                 self.drop_lease(l);
             }
         }
         removed
+    }
+
+    /// Leases held now (given by `match_prefix` with a lease and `lease`,
+    /// neither released nor expired).
+    pub fn live_leases(&self) -> u64 {
+        self.live_leases.load(Relaxed)
     }
 
     /// Number of blocks stored.
@@ -2540,7 +2553,9 @@ impl Store {
     /// Removes everything (leases included).
     pub fn flush(&self) {
         for l in self.leases.iter() {
-            l.lock().clear();
+            let mut l = l.lock();
+            self.live_leases.fetch_sub(l.len() as u64, Relaxed);
+            l.clear();
         }
         self.ghosts.lock().clear();
         *self.tuner.lock() = None;
@@ -2653,6 +2668,13 @@ impl Store {
     /// exactly the evictable entries.
     #[doc(hidden)]
     pub fn check_invariants(&self) -> Result<(), String> {
+        let filed: u64 = self.leases.iter().map(|l| l.lock().len() as u64).sum();
+        if filed != self.live_leases() {
+            return Err(format!(
+                "{filed} leases filed, {} counted",
+                self.live_leases()
+            ));
+        }
         type Node = (Option<Key>, Vec<Key>, TierKind, u32);
         let mut all: HashMap<Key, Node> = HashMap::new();
         let (mut used, mut ssd_used, mut probation) = (0, 0, 0);

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use tidepool_protocol::command::{MatchOpts, TierName};
 use tidepool_protocol::hash::chain_keys;
-use tidepool_protocol::{KeyList, Reply};
+use tidepool_protocol::{CommandError, KeyList, Reply};
 use tidepool_tiering::{MatchResult, PutOptions, TierKind};
 
 use super::store_error;
@@ -102,8 +102,28 @@ fn match_reply(m: MatchResult, opts: MatchOpts) -> Reply {
     Reply::map(fields)
 }
 
+/// `-BUSY` when as many leases are held as `max-leases` allows: a lease
+/// costs the server memory until it is released or expires, and a client
+/// that leases in a loop and never releases would otherwise take it all.
+pub fn leases_full(shared: &Shared) -> Option<Reply> {
+    let max = shared.config.read().max_leases;
+    let held = shared.store.live_leases();
+    (held >= max).then(|| {
+        Reply::Error(CommandError::new(
+            "BUSY",
+            format!(
+                "{held} leases are held (max-leases {max}): give some back with KV.RELEASE, \
+                 or ask for shorter ones"
+            ),
+        ))
+    })
+}
+
 /// `KV.MATCH numkeys key ... [LEASE ms] [WITHTIERS]`.
 pub fn match_keys(shared: &Shared, keys: &KeyList, opts: MatchOpts) -> Reply {
+    if let Some(busy) = opts.lease_ms.and_then(|_| leases_full(shared)) {
+        return busy;
+    }
     match_reply(shared.store.match_prefix(keys, opts.lease_ms), opts)
 }
 
@@ -115,6 +135,9 @@ pub fn match_tokens(
     tokens: &[u32],
     opts: MatchOpts,
 ) -> Reply {
+    if let Some(busy) = opts.lease_ms.and_then(|_| leases_full(shared)) {
+        return busy;
+    }
     let keys = chain_keys(seed, block_tokens as usize, tokens);
     match_reply(shared.store.match_prefix(&keys, opts.lease_ms), opts)
 }

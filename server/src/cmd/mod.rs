@@ -165,7 +165,10 @@ pub fn execute(
             keys,
             lease_ms,
             via,
-        } => shared.data.locate(&shared.store, &keys, lease_ms, via),
+        } => match kv::leases_full(shared) {
+            Some(busy) => busy,
+            None => shared.data.locate(&shared.store, &keys, lease_ms, via),
+        },
         C::KvDataplane => shared.data.describe(),
         C::KvStats => kv::stats(shared),
         // These answer with one confirmation frame per name, written to `out`.

@@ -234,6 +234,7 @@ fn config_pairs(shared: &Shared) -> Vec<(&'static str, String)> {
         ("maxmemory", shared.store.capacity().to_string()),
         ("maxmemory-policy", "prefix-lru".to_string()),
         ("maxclients", c.maxclients.to_string()),
+        ("max-leases", c.max_leases.to_string()),
         (
             "proto-max-bulk-len",
             c.proto_max_bulk_len.as_u64().to_string(),
@@ -282,6 +283,10 @@ fn config_set(shared: &Shared, pairs: &[(Bytes, Bytes)]) -> Reply {
             },
             "maxclients" => match value.parse::<usize>() {
                 Ok(n) if n > 0 => shared.config.write().maxclients = n,
+                _ => return bad(&name, "argument must be a positive integer"),
+            },
+            "max-leases" => match value.parse::<u64>() {
+                Ok(n) if n > 0 => shared.config.write().max_leases = n,
                 _ => return bad(&name, "argument must be a positive integer"),
             },
             "high-watermark" | "low-watermark" => {

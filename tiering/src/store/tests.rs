@@ -244,6 +244,31 @@ fn a_lease_released_past_its_time_answers_that_it_had_run_out() {
 }
 
 #[test]
+fn live_leases_are_counted_through_release_expiry_and_flush() {
+    let f = fixture(4 * charge_of(1, 1));
+    put(&f.store, "a", "1", None).unwrap();
+    let held = f.store.match_prefix(&[b("a")], Some(100)).lease.unwrap();
+    f.store.match_prefix(&[b("a")], Some(50));
+    let (gone, _) = f.store.lease(&[b("a"), b("x")], 50);
+    // A match without a lease files none.
+    f.store.match_prefix(&[b("a")], None);
+    assert_eq!(f.store.live_leases(), 3);
+    f.store.check_invariants().unwrap();
+    assert!(f.store.release(gone));
+    assert!(!f.store.release(gone));
+    assert_eq!(f.store.live_leases(), 2);
+    f.time.fetch_add(50, Relaxed);
+    f.store.expire_due();
+    assert_eq!(f.store.live_leases(), 1);
+    f.store.check_invariants().unwrap();
+    f.store.match_prefix(&[b("a")], Some(100));
+    f.store.flush();
+    assert_eq!(f.store.live_leases(), 0);
+    assert!(!f.store.release(held));
+    f.store.check_invariants().unwrap();
+}
+
+#[test]
 fn a_lease_over_any_keys_holds_the_stored_ones() {
     let f = fixture(3 * charge_of(1, 1));
     put(&f.store, "a", "1", None).unwrap();
