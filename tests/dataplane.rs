@@ -103,6 +103,12 @@ async fn client_via(
     .await
 }
 
+/// Puts `blocks` (not chained) and checks that every one was stored.
+async fn put_all(c: &tidepool_client::Client, blocks: &[(Bytes, Bytes)]) {
+    let put = c.put_many(blocks, false, None).await.unwrap();
+    assert!(put.iter().all(|r| r.is_ok()), "{put:?}");
+}
+
 fn exists(con: &mut redis::Connection, key: &str) -> i64 {
     redis::cmd("EXISTS").arg(key).query(con).unwrap()
 }
@@ -880,12 +886,7 @@ fn a_get_in_many_groups_gives_every_lease_back_even_when_it_fails() {
                 .filter(|i| i % 5 != 0)
                 .map(|i| (keys[i].clone(), block(i, len)))
                 .collect();
-            assert!(c
-                .put_many(&stored, false, None)
-                .await
-                .unwrap()
-                .iter()
-                .all(|r| r.is_ok()));
+            put_all(&c, &stored).await;
             let mut storage = vec![vec![0u8; len]; n];
             let mut bufs: Vec<&mut [u8]> = storage.iter_mut().map(|v| &mut v[..]).collect();
             let got = c.get_many_into(&keys, &mut bufs).await.unwrap();
@@ -990,12 +991,7 @@ fn a_lease_that_ran_out_during_a_shm_copy_fails_the_get() {
             .collect();
         let keys: Vec<Bytes> = blocks.iter().map(|(k, _)| k.clone()).collect();
         let c = client_via(&s, PlaneChoice::Shm).await.unwrap();
-        assert!(c
-            .put_many(&blocks, false, None)
-            .await
-            .unwrap()
-            .iter()
-            .all(|r| r.is_ok()));
+        put_all(&c, &blocks).await;
         let mut storage = vec![vec![0u8; len]; n];
         for (plane, ms) in [
             (PlaneChoice::Shm, 1),

@@ -529,6 +529,27 @@ mod tests {
         }
     }
 
+    /// `n` ranges of the arena, as a reservation would hand out, each to
+    /// be written with `data`: the ranges (kept to look at) and the blocks.
+    fn reserve_like(
+        arena: &Arc<Arena>,
+        n: u64,
+        data: &Bytes,
+    ) -> (Vec<crate::arena::ArenaBlock>, Vec<(Descriptor, Bytes)>) {
+        (0..n)
+            .map(|token| {
+                let a = arena.alloc(data.len()).unwrap();
+                let d = Descriptor {
+                    kind: Kind::Shm,
+                    offset: a.offset(),
+                    len: data.len() as u64,
+                    token,
+                };
+                (a, (d, data.clone()))
+            })
+            .unzip()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_dropped_queued_write_writes_nothing_after_the_drop() {
         let arena = Arena::new(256 << 20).unwrap();
@@ -536,19 +557,7 @@ mod tests {
         let len = 1 << 20;
         for round in 0..4 {
             let data = pattern(len, round);
-            let mut held = Vec::new();
-            let mut blocks = Vec::new();
-            for i in 0..32 {
-                let a = arena.alloc(len).unwrap();
-                let d = Descriptor {
-                    kind: Kind::Shm,
-                    offset: a.offset(),
-                    len: len as u64,
-                    token: i,
-                };
-                held.push(a);
-                blocks.push((d, data.clone()));
-            }
+            let (held, blocks) = reserve_like(&arena, 32, &data);
             let w = plane.write_queued(blocks.clone(), None).unwrap();
             // Give the copies a moment to start (more each round).
             std::thread::sleep(std::time::Duration::from_micros(300 * round as u64));
@@ -577,19 +586,7 @@ mod tests {
             let plane = plane_on(&arena, &format!("deadline-{threads}"), threads).await;
             let len = 1 << 20;
             let data = pattern(len, threads + 5);
-            let mut held = Vec::new();
-            let mut blocks = Vec::new();
-            for i in 0..32 {
-                let a = arena.alloc(len).unwrap();
-                let d = Descriptor {
-                    kind: Kind::Shm,
-                    offset: a.offset(),
-                    len: len as u64,
-                    token: i,
-                };
-                held.push(a);
-                blocks.push((d, data.clone()));
-            }
+            let (held, blocks) = reserve_like(&arena, 32, &data);
             // Ranges may be reused from the round before: mark them.
             let mark = Bytes::from(vec![0xA5u8; len]);
             for (d, _) in &blocks {
