@@ -954,20 +954,16 @@ fn a_lease_that_ran_out_during_a_shm_copy_fails_the_get() {
         .query::<()>(&mut con)
         .unwrap();
     for ms in [1, 60_000] {
-        let loc: Vec<Value> = redis::cmd("KV.LOCATE")
-            .arg(1)
-            .arg("k")
-            .arg("LEASE")
-            .arg(ms)
-            .query(&mut con)
-            .unwrap();
-        let matched: Vec<Value> = redis::cmd("KV.MATCH")
-            .arg(1)
-            .arg("k")
-            .arg("LEASE")
-            .arg(ms)
-            .query(&mut con)
-            .unwrap();
+        let mut leased = |command: &str| -> Vec<Value> {
+            redis::cmd(command)
+                .arg(1)
+                .arg("k")
+                .arg("LEASE")
+                .arg(ms)
+                .query(&mut con)
+                .unwrap()
+        };
+        let (loc, matched) = (leased("KV.LOCATE"), leased("KV.MATCH"));
         std::thread::sleep(Duration::from_millis(5));
         let want = i64::from(ms > 1);
         assert_eq!(
