@@ -200,6 +200,16 @@ fn work(shared: &Shared) {
     }
 }
 
+/// The error of a group with a block whose copy was due to start past the
+/// reservation's deadline (and was not made).
+pub(crate) fn late() -> TransportError {
+    TransportError::Expired(
+        "a block's copy into the shm arena was due to start after its reservation's deadline, \
+         and was not made"
+            .into(),
+    )
+}
+
 /// Copies of one group under way ([`crate::shm::ShmPlane::write_queued`]).
 /// Dropped before [`ShmWrite::finish`] returns, it cancels the blocks not
 /// started and waits, blocking, for the ones under way: after the drop no
@@ -238,11 +248,7 @@ impl ShmWrite {
             ));
         }
         if self.batch.late.load(Ordering::Acquire) {
-            return Err(TransportError::Expired(
-                "a block's copy into the shm arena was due to start after its reservation's \
-                 deadline, and was not made"
-                    .into(),
-            ));
+            return Err(late());
         }
         Ok(self
             .batch

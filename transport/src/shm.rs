@@ -299,11 +299,7 @@ impl ShmPlane {
                     .iter()
                     .map(|(d, b)| {
                         if deadline.is_some_and(|t| std::time::Instant::now() >= t) {
-                            return Err(TransportError::Expired(
-                                "a block's copy into the shm arena was due to start after \
-                                 its reservation's deadline, and was not made"
-                                    .into(),
-                            ));
+                            return Err(crate::copiers::late());
                         }
                         self.write_one_checksummed(d, b)
                     })
