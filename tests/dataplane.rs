@@ -1015,6 +1015,18 @@ fn a_lease_that_ran_out_during_a_shm_copy_fails_the_get() {
                     );
                     assert!(e.to_string().contains("blocks 0..64"), "{e}");
                 }
+                // Over tcp a lapsed lease is never `LeaseExpired`: the get
+                // lands (checked below), or, when the sweep (every 100 ms)
+                // drops the hold before the server has looked up every
+                // block, the server refuses the rest (a 64 MiB get here: 2
+                // refusals in 60).
+                (PlaneChoice::Tcp, 1)
+                    if matches!(
+                        got,
+                        Err(tidepool_client::ClientError::Transport(
+                            tidepool_transport::TransportError::Refused(_)
+                        ))
+                    ) => {}
                 _ => {
                     assert_eq!(got.unwrap(), vec![Some(len); n], "{plane:?} {ms}");
                     for (i, (_, v)) in blocks.iter().enumerate() {
