@@ -83,8 +83,7 @@ impl Batch {
         if self.cancelled.load(Ordering::Acquire) {
             return;
         }
-        // Once one block is late, so are the rest (a deadline does not move).
-        if self.late.load(Ordering::Relaxed) || self.deadline.is_some_and(|d| Instant::now() >= d) {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
             self.late.store(true, Ordering::Release);
             return;
         }
