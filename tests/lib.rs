@@ -67,11 +67,31 @@ pub struct Server {
 impl Server {
     /// Starts the server with extra flags and waits until it answers PING.
     pub fn start(extra: &[&str]) -> Server {
+        Server::start_with(extra, |port, extra| {
+            let mut c = Command::new(server_bin());
+            c.args(["--port", &port.to_string()]).args(extra);
+            c
+        })
+    }
+
+    /// Starts the server through `bash -c 'SETUP; exec tidepool-server ...'`
+    /// (a umask, a descriptor limit) and waits until it answers PING.
+    pub fn start_after(setup: &str, extra: &[&str]) -> Server {
+        Server::start_with(extra, |port, extra| {
+            let mut c = Command::new("bash");
+            c.arg("-c")
+                .arg(format!("{setup}; exec \"$0\" \"$@\""))
+                .arg(server_bin())
+                .args(["--port", &port.to_string()])
+                .args(extra);
+            c
+        })
+    }
+
+    fn start_with(extra: &[&str], command: impl Fn(u16, &[&str]) -> Command) -> Server {
         for _attempt in 0..5 {
             let port = free_port();
-            let mut child = Command::new(server_bin())
-                .args(["--port", &port.to_string()])
-                .args(extra)
+            let mut child = command(port, extra)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
@@ -97,6 +117,18 @@ impl Server {
             let _ = child.wait();
         }
         panic!("tidepool-server did not start");
+    }
+
+    /// Resident memory of the process, in bytes (VmRSS).
+    pub fn rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS")
+            * 1024
     }
 
     /// Whether the process is still running.

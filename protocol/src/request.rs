@@ -419,6 +419,23 @@ impl Frame<'_> {
         self.len() == 0
     }
 
+    /// The first argument (the command's name).
+    pub fn name(&self) -> &[u8] {
+        match self {
+            Frame::Array { buf, spans } => spans.first().map_or(&[][..], |&(o, l)| &buf[o..o + l]),
+            Frame::Inline(args) => args.first().map_or(&[][..], |a| &a[..]),
+        }
+    }
+
+    /// Whether this is the start of an HTTP request (`POST`, or a `Host:`
+    /// header line): a web page making the browser send a request to a local
+    /// port, with RESP commands hidden in its body. Redis closes such a
+    /// connection without running anything of it, and so must we.
+    pub fn is_cross_protocol(&self) -> bool {
+        let name = self.name();
+        name.eq_ignore_ascii_case(b"post") || name.eq_ignore_ascii_case(b"host:")
+    }
+
     /// Argument `i`.
     pub fn arg(&self, i: usize) -> Option<&[u8]> {
         match self {

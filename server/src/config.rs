@@ -84,6 +84,10 @@ pub struct Args {
     /// Default: the DRAM capacity.
     #[arg(long = "shm-arena")]
     pub shm_arena: Option<ByteSize>,
+    /// File mode of the shm socket, octal (Redis's `unixsocketperm`):
+    /// whoever may open it may map the arena read-write. Default: 600.
+    #[arg(long = "shm-socket-perm")]
+    pub shm_socket_perm: Option<String>,
     /// Milliseconds before an uncommitted reservation is dropped. Default: 30000.
     #[arg(long = "reserve-timeout")]
     pub reserve_timeout: Option<u64>,
@@ -92,6 +96,19 @@ pub struct Args {
     /// 1000000.
     #[arg(long = "max-leases")]
     pub max_leases: Option<u64>,
+    /// Longest lease a client may ask for, in milliseconds (KV.MATCH ...
+    /// LEASE, KV.LOCATE ... LEASE); longer ones are refused. Default: 600000.
+    #[arg(long = "max-lease-ms")]
+    pub max_lease_ms: Option<u64>,
+    /// Output buffer limit of pub/sub clients, as Redis's
+    /// `client-output-buffer-limit pubsub`: `HARD SOFT SECONDS` (sizes in
+    /// bytes or human sizes; 0 turns a limit off). Default: "32mb 8mb 60".
+    #[arg(long = "client-output-buffer-limit-pubsub")]
+    pub client_output_buffer_limit_pubsub: Option<String>,
+    /// Seconds after which an idle client (no command, no subscription) is
+    /// closed, as Redis's `timeout`; 0 never. Default: 0.
+    #[arg(long)]
+    pub timeout: Option<u64>,
     /// DRAM eviction policy: lru (least recently used first) or adaptive
     /// (probation and main segments, ghost admission, the split tuned by
     /// miniature simulations). Both are prefix-aware: a block goes only after
@@ -143,6 +160,9 @@ pub struct Config {
     pub shm_socket: Option<PathBuf>,
     /// Arena size; `None` is the DRAM capacity.
     pub shm_arena: Option<ByteSize>,
+    /// Mode of the shm socket file, octal. Default: "600": the arena is the
+    /// stored blocks themselves, readable and writable by whoever maps it.
+    pub shm_socket_perm: String,
     /// Milliseconds an uncommitted reservation lives. Default: 30000.
     pub reserve_timeout: u64,
     /// Most leases held at once. Default: 1,000,000: each costs the server
@@ -150,6 +170,15 @@ pub struct Config {
     /// one block about 400), so a client that leases in a loop and never
     /// releases holds at most a few hundred MB, not all the memory there is.
     pub max_leases: u64,
+    /// Longest lease, in milliseconds. Default: 600000 (10 minutes): a
+    /// lease keeps blocks from eviction, so one without end would freeze
+    /// the cache; an engine that needs blocks longer takes a new lease.
+    pub max_lease_ms: u64,
+    /// Pub/sub output buffer limit: `HARD SOFT SECONDS`. Default: "32mb
+    /// 8mb 60", as Redis.
+    pub client_output_buffer_limit_pubsub: String,
+    /// Idle client timeout in seconds, 0 for none. Default: 0, as Redis.
+    pub timeout: u64,
     /// DRAM eviction policy. Default: `lru`.
     pub eviction: String,
 }
@@ -175,8 +204,12 @@ impl Default for Config {
             shm: true,
             shm_socket: None,
             shm_arena: None,
+            shm_socket_perm: "600".into(),
             reserve_timeout: 30_000,
             max_leases: 1_000_000,
+            max_lease_ms: 600_000,
+            client_output_buffer_limit_pubsub: "32mb 8mb 60".into(),
+            timeout: 0,
             eviction: "lru".into(),
         }
     }
@@ -218,6 +251,10 @@ impl Config {
             shm,
             reserve_timeout,
             max_leases,
+            max_lease_ms,
+            client_output_buffer_limit_pubsub,
+            timeout,
+            shm_socket_perm,
             eviction
         );
         if let Some(v) = args.data_port {
@@ -255,6 +292,9 @@ impl Config {
             "reserve-timeout must be at least 1 ms"
         );
         anyhow::ensure!(self.max_leases > 0, "max-leases must be at least 1");
+        anyhow::ensure!(self.max_lease_ms > 0, "max-lease-ms must be at least 1");
+        parse_perm(&self.shm_socket_perm)?;
+        OutputLimit::parse(&self.client_output_buffer_limit_pubsub)?;
         anyhow::ensure!(
             tidepool_tiering::Eviction::parse(&self.eviction).is_some(),
             "eviction must be lru or adaptive, not {:?}",
@@ -293,6 +333,75 @@ impl Config {
         } else {
             self.threads
         }
+    }
+}
+
+/// Parses a size as Redis's config does (`1k` 1000 bytes, `1kb` 1024, the
+/// same for m/mb and g/gb, any case), else as a human size (`4GiB`).
+pub fn parse_redis_size(s: &str) -> Option<u64> {
+    let t = s.trim().to_ascii_lowercase();
+    let units: [(&str, u64); 6] = [
+        ("kb", 1 << 10),
+        ("mb", 1 << 20),
+        ("gb", 1 << 30),
+        ("k", 1000),
+        ("m", 1_000_000),
+        ("g", 1_000_000_000),
+    ];
+    for (suffix, mul) in units {
+        if let Some(n) = t.strip_suffix(suffix) {
+            if let Ok(n) = n.parse::<u64>() {
+                return n.checked_mul(mul);
+            }
+        }
+    }
+    if let Ok(n) = t.parse::<u64>() {
+        return Some(n);
+    }
+    parse_size(s)
+}
+
+/// Parses an octal file mode such as `600` or `0660`.
+pub fn parse_perm(s: &str) -> anyhow::Result<u32> {
+    match u32::from_str_radix(s.trim(), 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => anyhow::bail!("shm-socket-perm must be an octal mode such as 600, not {s:?}"),
+    }
+}
+
+/// An output buffer limit, as Redis's `client-output-buffer-limit`: a client
+/// whose unsent output passes `hard` bytes is closed at once; one above
+/// `soft` bytes for `soft_secs` seconds on end is closed too. 0 turns a
+/// limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputLimit {
+    /// Bytes past which the client is closed at once.
+    pub hard: u64,
+    /// Bytes the client may stay above for `soft_secs`.
+    pub soft: u64,
+    /// Seconds above `soft` before the client is closed.
+    pub soft_secs: u64,
+}
+
+impl OutputLimit {
+    /// Parses `HARD SOFT SECONDS` (sizes as Redis writes them: `32mb`, or
+    /// bytes).
+    pub fn parse(s: &str) -> anyhow::Result<OutputLimit> {
+        let parts: Vec<&str> = s.split_whitespace().collect();
+        let bad = || anyhow::anyhow!("an output buffer limit is HARD SOFT SECONDS, not {s:?}");
+        let [hard, soft, secs] = parts.as_slice() else {
+            return Err(bad());
+        };
+        Ok(OutputLimit {
+            hard: parse_redis_size(hard).ok_or_else(bad)?,
+            soft: parse_redis_size(soft).ok_or_else(bad)?,
+            soft_secs: secs.parse().map_err(|_| bad())?,
+        })
+    }
+
+    /// The limit as CONFIG GET shows it (bytes).
+    pub fn render(&self) -> String {
+        format!("{} {} {}", self.hard, self.soft, self.soft_secs)
     }
 }
 
@@ -346,6 +455,17 @@ mod tests {
             ("/dev/nvme0n1".into(), None)
         );
         assert!(parse_ssd(":1GiB").is_err());
+        assert_eq!(parse_redis_size("32mb"), Some(32 << 20));
+        assert_eq!(parse_redis_size("8MB"), Some(8 << 20));
+        assert_eq!(parse_redis_size("1k"), Some(1000));
+        assert_eq!(parse_redis_size("2GiB"), Some(2 << 30));
+        assert_eq!(parse_redis_size("-1"), None);
+        let l = OutputLimit::parse("32mb 8mb 60").unwrap();
+        assert_eq!((l.hard, l.soft, l.soft_secs), (32 << 20, 8 << 20, 60));
+        assert_eq!(OutputLimit::parse(&l.render()).unwrap(), l);
+        assert!(OutputLimit::parse("32mb 8mb").is_err());
+        assert_eq!(parse_perm("600").unwrap(), 0o600);
+        assert!(parse_perm("800").is_err() && parse_perm("1777").is_err());
         let bad = Config {
             ssd_engine: "floppy".into(),
             ..Config::default()

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -15,10 +15,10 @@ use tidepool_protocol::{Command, Limits, Reply, RequestParser, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::cmd::{self, Flow};
-use crate::pubsub::{PubMsg, Subscriber, QUEUE_LEN};
+use crate::pubsub::{Output, PubMsg, Subscriber};
 use crate::state::{ClientState, Shared};
 
 /// Replies buffered past this size are written before more requests of the
@@ -81,7 +81,7 @@ pub async fn serve(
         max_bulk_len: shared.config.read().proto_max_bulk_len.as_u64(),
         ..Limits::default()
     };
-    let (tx, mut rx) = mpsc::channel(QUEUE_LEN);
+    let (tx, mut rx) = mpsc::unbounded_channel();
     let mut session = Session {
         client,
         version: Version::Resp2,
@@ -89,7 +89,7 @@ pub async fn serve(
         patterns: HashSet::new(),
         subscriber: Subscriber {
             tx,
-            overflowed: Arc::default(),
+            output: Arc::new(Output::new(shared.pubsub.limits.clone())),
         },
         exclusive_frame: false,
     };
@@ -115,7 +115,7 @@ async fn run_loop(
     shared: &Shared,
     socket: &mut TcpStream,
     session: &mut Session,
-    rx: &mut mpsc::Receiver<PubMsg>,
+    rx: &mut mpsc::UnboundedReceiver<PubMsg>,
     stop: &mut watch::Receiver<bool>,
     limits: Limits,
 ) -> std::io::Result<()> {
@@ -142,6 +142,7 @@ async fn run_loop(
             reserve_for(&mut rbuf, wanted, chunk);
         }
         let room = rbuf.capacity() - rbuf.len();
+        let idle = idle_deadline(shared, session);
         tokio::select! {
             biased;
             read = socket.read_buf(&mut rbuf) => {
@@ -153,7 +154,9 @@ async fn run_loop(
                 shared.stats.net_in.fetch_add(n as u64, Relaxed);
                 let mut flow = process(shared, session, &mut parser, &mut rbuf, &mut out, rbuf_exact);
                 loop {
-                    flush(shared, socket, &mut out).await?;
+                    if !flush_unless_killed(shared, socket, &mut out, &session.subscriber.output).await? {
+                        return Ok(());
+                    }
                     match flow {
                         Flow::Continue => break,
                         Flow::Close => return Ok(()),
@@ -166,23 +169,56 @@ async fn run_loop(
             }
             msg = rx.recv() => {
                 let Some(msg) = msg else { return Ok(()) };
+                let mut cost = msg.cost();
                 cmd::pubsub::encode_message(&msg, session.version, &mut out);
                 // Drain what else is queued so a burst goes out in one write.
                 while out.len() < 1 << 20 {
                     match rx.try_recv() {
-                        Ok(m) => cmd::pubsub::encode_message(&m, session.version, &mut out),
+                        Ok(m) => {
+                            cost += m.cost();
+                            cmd::pubsub::encode_message(&m, session.version, &mut out);
+                        }
                         Err(_) => break,
                     }
                 }
-                flush(shared, socket, &mut out).await?;
-                if session.subscriber.overflowed.load(Relaxed) {
-                    debug!(client = session.client.id, "closing a pub/sub client that fell behind");
+                let output = session.subscriber.output.clone();
+                if !flush_unless_killed(shared, socket, &mut out, &output).await? {
                     return Ok(());
                 }
+                output.written(cost);
+            }
+            _ = session.subscriber.output.kill.notified() => {
+                debug!(client = session.client.id, "closing a pub/sub client past its output buffer limit");
+                return Ok(());
+            }
+            _ = async {
+                match idle {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                debug!(client = session.client.id, "closing an idle client (timeout)");
+                return Ok(());
             }
             _ = stop.changed() => return Ok(()),
         }
     }
+}
+
+/// When this client is closed for having sent no whole command for
+/// `timeout` seconds, as Redis's `timeout` (subscribers excepted): bytes
+/// that never make up a command (a slowloris client) do not count.
+fn idle_deadline(shared: &Shared, session: &Session) -> Option<tokio::time::Instant> {
+    let secs = shared.idle_timeout.load(Relaxed);
+    if secs == 0 || session.subscriptions() > 0 {
+        return None;
+    }
+    let last = shared.started
+        + std::time::Duration::from_millis(session.client.last_active_ms.load(Relaxed));
+    let from = last.max(session.client.created);
+    Some(tokio::time::Instant::from_std(
+        from + std::time::Duration::from_secs(secs),
+    ))
 }
 
 /// Requests up to this size get their whole buffer at once when their header
@@ -256,6 +292,11 @@ fn process(
                 break Flow::Close;
             }
         };
+        if frame.is_cross_protocol() {
+            shared.stats.protocol_errors.fetch_add(1, Relaxed);
+            warn_cross_protocol(&session.client);
+            break Flow::Close;
+        }
         // The first request of a buffer allocated exactly for it, and nothing else.
         session.exclusive_frame = rbuf_exact && count == 0 && rbuf.is_empty();
         count += 1;
@@ -296,6 +337,45 @@ fn process(
         }
     }
     flow
+}
+
+/// Logs an HTTP request seen on the RESP port, at most once a minute (a page
+/// that keeps trying must not flood the log).
+fn warn_cross_protocol(client: &ClientState) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(Relaxed);
+    if now >= last + 60 && LAST.compare_exchange(last, now, Relaxed, Relaxed).is_ok() {
+        warn!(
+            client = client.id,
+            addr = %client.addr,
+            "possible cross-protocol attack: an HTTP request (POST or Host:) arrived on the RESP port, \
+             probably sent by a web page through a local browser; connection closed, nothing of it ran"
+        );
+    }
+}
+
+/// [`flush`], given up when the client passes its output buffer limit
+/// meanwhile (a subscriber that stopped reading): false then, and the
+/// connection must close.
+async fn flush_unless_killed(
+    shared: &Shared,
+    socket: &mut TcpStream,
+    out: &mut OutBuf,
+    output: &Output,
+) -> std::io::Result<bool> {
+    if out.is_empty() {
+        return Ok(!output.overflowed.load(Relaxed));
+    }
+    tokio::select! {
+        r = flush(shared, socket, out) => r.map(|()| !output.overflowed.load(Relaxed)),
+        _ = output.kill.notified() => {
+            debug!("closing a pub/sub client past its output buffer limit");
+            Ok(false)
+        }
+    }
 }
 
 /// Writes everything in `out`: one plain write for small batches, a vectored

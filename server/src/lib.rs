@@ -105,9 +105,16 @@ async fn start_data_plane(
     resp_port: u16,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     use anyhow::Context;
-    let (bind, wanted, shm, socket) = {
+    let (bind, wanted, shm, socket, perm) = {
         let c = shared.config.read();
-        (c.bind.clone(), c.data_port, c.shm, c.shm_socket.clone())
+        let perm = crate::config::parse_perm(&c.shm_socket_perm)?;
+        (
+            c.bind.clone(),
+            c.data_port,
+            c.shm,
+            c.shm_socket.clone(),
+            perm,
+        )
     };
     let data = match wanted {
         Some(port) => TcpListener::bind((bind.as_str(), port))
@@ -154,7 +161,7 @@ async fn start_data_plane(
     if let (true, Some(arena)) = (shm, shared.data.arena.clone()) {
         let path = socket
             .unwrap_or_else(|| std::path::PathBuf::from(format!("/tmp/tidepool-{resp_port}.sock")));
-        match tidepool_transport::shm::bind(&path) {
+        match tidepool_transport::shm::bind(&path, perm) {
             Ok(l) => {
                 let _ = shared.data.shm_path.set(path.clone());
                 tasks.push(tokio::spawn(tidepool_transport::shm::serve(l, arena)));

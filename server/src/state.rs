@@ -32,6 +32,9 @@ pub struct Shared {
     pub shutdown: tokio::sync::Notify,
     /// Reservations and located blocks of the data plane.
     pub data: Arc<crate::data::DataState>,
+    /// `timeout`: seconds a client may go without a command (0: forever),
+    /// kept beside the config so the connection loop reads it without a lock.
+    pub idle_timeout: AtomicU64,
 }
 
 impl Shared {
@@ -39,6 +42,8 @@ impl Shared {
     /// tier when one is configured.
     pub fn new(config: Config) -> anyhow::Result<Arc<Shared>> {
         let pubsub = Arc::new(PubSub::default());
+        let limit = crate::config::OutputLimit::parse(&config.client_output_buffer_limit_pubsub)?;
+        pubsub.limits.set(limit.hard, limit.soft, limit.soft_secs);
         let store = Arc::new(Store::with_parts(
             config.store_config(),
             Some(pubsub.clone() as Arc<dyn EventSink>),
@@ -70,6 +75,7 @@ impl Shared {
             }));
         }
         Ok(Arc::new(Shared {
+            idle_timeout: AtomicU64::new(config.timeout),
             data,
             store,
             config: RwLock::new(config),

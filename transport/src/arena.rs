@@ -55,11 +55,23 @@ impl Arena {
         let size = pages * PAGE;
         let fd = nix::sys::memfd::memfd_create(
             c"tidepool-arena",
-            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC | nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING,
         )
         .map_err(std::io::Error::from)?;
         let file = File::from(fd);
         file.set_len(size)?;
+        // Local clients get this very descriptor: sealed, none of them can
+        // shrink it (a page of the mapping past a shrunk end is SIGBUS to the
+        // server on its next read there) or grow it, and no seal can be
+        // removed or added after these.
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        fcntl(
+            &file,
+            FcntlArg::F_ADD_SEALS(
+                SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
+            ),
+        )
+        .map_err(std::io::Error::from)?;
         let map = MmapRaw::map_raw(&file)?;
         let max_allocs = pages.clamp(64, 1 << 20) as u32;
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -254,5 +266,28 @@ mod tests {
         let mut got = [0u8; 4];
         f.read_exact_at(&mut got, blk.offset()).unwrap();
         assert_eq!(&got, b"tide");
+    }
+
+    #[test]
+    fn whoever_holds_the_memfd_cannot_change_its_size() {
+        let arena = Arena::new(4 * PAGE).unwrap();
+        let f = File::from(arena.fd().try_clone_to_owned().unwrap());
+        for len in [0, PAGE, 8 * PAGE] {
+            let e = f.set_len(len).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EPERM), "set_len({len})");
+        }
+        assert_eq!(f.metadata().unwrap().len(), 4 * PAGE);
+        // Nor take the seals off or add a write seal.
+        let r = nix::fcntl::fcntl(
+            &f,
+            nix::fcntl::FcntlArg::F_ADD_SEALS(nix::fcntl::SealFlag::F_SEAL_WRITE),
+        );
+        assert!(r.is_err());
+        let blk = arena.alloc(PAGE as usize).unwrap();
+        unsafe { std::ptr::write_volatile(blk.as_mut_ptr().add(100), 7) };
+        assert_eq!(
+            unsafe { std::ptr::read_volatile(blk.as_mut_ptr().add(100)) },
+            7
+        );
     }
 }

@@ -80,13 +80,87 @@ async fn send_arena(stream: &tokio::net::UnixStream, arena: &Arena) -> std::io::
     }
 }
 
-/// A Unix socket listener for the arena at `path`, replacing a stale socket
-/// file left by an earlier run.
-pub fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
-    if path.exists() && UnixStream::connect(path).is_err() {
+/// A Unix socket listener for the arena at `path` with file mode `mode`
+/// (whoever may open the socket may map the arena read-write), replacing a
+/// stale socket file left by an earlier run. A socket that a live server
+/// answers on is left alone (`AddrInUse`).
+///
+/// The mode must not follow the umask (under umask 000 the socket would be
+/// 0777), nor may a chmod after the bind leave a window when it does: the
+/// socket is bound under a temporary name, given its mode, and renamed into
+/// place.
+pub fn bind(path: &Path, mode: u32) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("another server answers on {}", path.display()),
+            ));
+        }
         std::fs::remove_file(path)?;
     }
-    tokio::net::UnixListener::bind(path)
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let listener = tokio::net::UnixListener::bind(&tmp)?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode & 0o777))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(listener)
+}
+
+/// Connects to a shm socket and receives the arena it hands over: the memfd
+/// (sealed against any change of size), the arena's id and its size.
+pub fn receive_arena(path: &Path) -> Result<(File, u64, u64), TransportError> {
+    let stream = UnixStream::connect(path)
+        .map_err(|e| TransportError::Unavailable(format!("shm socket {}: {e}", path.display())))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    let mut buf = [0u8; HELLO_LEN];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let (n, fd) = {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(std::io::Error::from)?;
+        let mut fd = None;
+        for c in msg.cmsgs().map_err(std::io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                for raw in fds {
+                    // SAFETY: the kernel just installed this descriptor for us.
+                    let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                    if fd.is_none() {
+                        fd = Some(owned);
+                    }
+                }
+            }
+        }
+        (msg.bytes, fd)
+    };
+    if n != HELLO_LEN || &buf[..4] != HELLO_MAGIC {
+        return Err(TransportError::Protocol(format!(
+            "bad shm hello ({n} bytes) from {}",
+            path.display()
+        )));
+    }
+    let version = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
+    if version != HELLO_VERSION {
+        return Err(TransportError::Protocol(format!(
+            "shm hello version {version}, expected {HELLO_VERSION}"
+        )));
+    }
+    let id = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
+    let size = u64::from_le_bytes(buf[16..24].try_into().expect("8 bytes"));
+    let fd = fd.ok_or_else(|| TransportError::Protocol("shm hello without a memfd".into()))?;
+    Ok((File::from(fd), id, size))
 }
 
 /// The client side: the server's arena mapped into this process.
@@ -110,57 +184,13 @@ impl ShmPlane {
     /// `expect_id` is the arena id the server reported over RESP; a different
     /// id means the socket belongs to another server.
     pub fn connect(path: &Path, expect_id: u64) -> Result<ShmPlane, TransportError> {
-        let stream = UnixStream::connect(path).map_err(|e| {
-            TransportError::Unavailable(format!("shm socket {}: {e}", path.display()))
-        })?;
-        stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-        let mut buf = [0u8; HELLO_LEN];
-        let mut space = nix::cmsg_space!([RawFd; 1]);
-        let (n, fd) = {
-            let mut iov = [IoSliceMut::new(&mut buf)];
-            let msg = recvmsg::<()>(
-                stream.as_raw_fd(),
-                &mut iov,
-                Some(&mut space),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            )
-            .map_err(std::io::Error::from)?;
-            let mut fd = None;
-            for c in msg.cmsgs().map_err(std::io::Error::from)? {
-                if let ControlMessageOwned::ScmRights(fds) = c {
-                    for raw in fds {
-                        // SAFETY: the kernel just installed this descriptor for us.
-                        let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-                        if fd.is_none() {
-                            fd = Some(owned);
-                        }
-                    }
-                }
-            }
-            (msg.bytes, fd)
-        };
-        if n != HELLO_LEN || &buf[..4] != HELLO_MAGIC {
-            return Err(TransportError::Protocol(format!(
-                "bad shm hello ({n} bytes) from {}",
-                path.display()
-            )));
-        }
-        let version = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
-        if version != HELLO_VERSION {
-            return Err(TransportError::Protocol(format!(
-                "shm hello version {version}, expected {HELLO_VERSION}"
-            )));
-        }
-        let id = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
-        let size = u64::from_le_bytes(buf[16..24].try_into().expect("8 bytes"));
+        let (file, id, size) = receive_arena(path)?;
         if id != expect_id {
             return Err(TransportError::Unavailable(format!(
                 "the shm socket {} belongs to another server (arena {id:x}, expected {expect_id:x})",
                 path.display()
             )));
         }
-        let fd = fd.ok_or_else(|| TransportError::Protocol("shm hello without a memfd".into()))?;
-        let file = File::from(fd);
         let real = file.metadata()?.len();
         if real < size {
             return Err(TransportError::Protocol(format!(
@@ -364,7 +394,7 @@ mod tests {
     async fn a_client_maps_the_servers_arena() {
         let arena = Arena::new(1 << 20).unwrap();
         let path = sock("map");
-        let l = bind(&path).unwrap();
+        let l = bind(&path, 0o600).unwrap();
         tokio::spawn(serve(l, arena.clone()));
         let plane = {
             let (p, id) = (path.clone(), arena.id());
@@ -447,7 +477,7 @@ mod tests {
     /// A plane on `arena`, with `threads` copying threads.
     async fn plane_on(arena: &Arc<Arena>, name: &str, threads: usize) -> ShmPlane {
         let path = sock(name);
-        let l = bind(&path).unwrap();
+        let l = bind(&path, 0o600).unwrap();
         tokio::spawn(serve(l, arena.clone()));
         let id = arena.id();
         let plane = tokio::task::spawn_blocking(move || {
@@ -630,7 +660,28 @@ mod tests {
         let path = sock("stale");
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         assert!(path.exists());
-        let _l = bind(&path).unwrap();
+        let _l = bind(&path, 0o600).unwrap();
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_socket_gets_its_mode_whatever_the_umask_and_a_live_one_stays() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = sock("mode");
+        // SAFETY: umask has no memory effects; other tests' files may get
+        // looser modes meanwhile, which none of them checks.
+        let old = unsafe { libc::umask(0) };
+        let l = bind(&path, 0o600);
+        unsafe { libc::umask(old) };
+        let _l = l.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let e = bind(&path, 0o600).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+        std::fs::remove_file(&path).unwrap();
+        let _l2 = bind(&path, 0o660).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
         std::fs::remove_file(&path).unwrap();
     }
 }

@@ -235,6 +235,9 @@ fn config_pairs(shared: &Shared) -> Vec<(&'static str, String)> {
         ("maxmemory-policy", "prefix-lru".to_string()),
         ("maxclients", c.maxclients.to_string()),
         ("max-leases", c.max_leases.to_string()),
+        ("max-lease-ms", c.max_lease_ms.to_string()),
+        ("client-output-buffer-limit", output_limits(shared)),
+        ("shm-socket-perm", c.shm_socket_perm.clone()),
         (
             "proto-max-bulk-len",
             c.proto_max_bulk_len.as_u64().to_string(),
@@ -245,8 +248,52 @@ fn config_pairs(shared: &Shared) -> Vec<(&'static str, String)> {
         ("databases", "1".to_string()),
         ("save", String::new()),
         ("appendonly", "no".to_string()),
-        ("timeout", "0".to_string()),
+        ("timeout", c.timeout.to_string()),
     ]
+}
+
+/// `client-output-buffer-limit` as Redis shows it: every class, in bytes.
+/// Normal clients are bounded by their own reading (a connection whose
+/// replies are not read is not read from either), replicas do not exist.
+fn output_limits(shared: &Shared) -> String {
+    let l = &shared.pubsub.limits;
+    format!(
+        "normal 0 0 0 slave 0 0 0 pubsub {} {} {}",
+        l.hard.load(Relaxed),
+        l.soft.load(Relaxed),
+        l.soft_secs.load(Relaxed)
+    )
+}
+
+/// Applies `CLASS HARD SOFT SECONDS [CLASS ...]`: pubsub limits change,
+/// normal and replica limits are accepted only as 0 0 0 (see
+/// [`output_limits`]).
+fn set_output_limits(shared: &Shared, value: &str) -> Result<(), String> {
+    let words: Vec<&str> = value.split_whitespace().collect();
+    if words.is_empty() || !words.len().is_multiple_of(4) {
+        return Err("wrong number of arguments".into());
+    }
+    let mut pubsub = None;
+    for w in words.chunks(4) {
+        let limit =
+            crate::config::OutputLimit::parse(&w[1..].join(" ")).map_err(|e| e.to_string())?;
+        match w[0].to_ascii_lowercase().as_str() {
+            "pubsub" => pubsub = Some(limit),
+            "normal" | "slave" | "replica" if (limit.hard, limit.soft) == (0, 0) => {}
+            "normal" | "slave" | "replica" => {
+                return Err(format!(
+                    "{} clients have no output buffer limit here (their replies are bounded by what they read)",
+                    w[0]
+                ))
+            }
+            other => return Err(format!("Invalid client class specified in buffer limit configuration: {other}")),
+        }
+    }
+    if let Some(l) = pubsub {
+        shared.pubsub.limits.set(l.hard, l.soft, l.soft_secs);
+        shared.config.write().client_output_buffer_limit_pubsub = l.render();
+    }
+    Ok(())
 }
 
 fn config_get(shared: &Shared, patterns: &[Bytes]) -> Reply {
@@ -289,6 +336,22 @@ fn config_set(shared: &Shared, pairs: &[(Bytes, Bytes)]) -> Reply {
                 Ok(n) if n > 0 => shared.config.write().max_leases = n,
                 _ => return bad(&name, "argument must be a positive integer"),
             },
+            "max-lease-ms" => match value.parse::<u64>() {
+                Ok(n) if n > 0 => shared.config.write().max_lease_ms = n,
+                _ => return bad(&name, "argument must be a positive integer"),
+            },
+            "timeout" => match value.parse::<u64>() {
+                Ok(n) => {
+                    shared.config.write().timeout = n;
+                    shared.idle_timeout.store(n, Relaxed);
+                }
+                _ => return bad(&name, "argument must be a non-negative integer"),
+            },
+            "client-output-buffer-limit" => {
+                if let Err(e) = set_output_limits(shared, &value) {
+                    return bad(&name, &e);
+                }
+            }
             "high-watermark" | "low-watermark" => {
                 let Ok(v) = value.parse::<f64>() else {
                     return bad(&name, "argument must be a number");
@@ -307,9 +370,8 @@ fn config_set(shared: &Shared, pairs: &[(Bytes, Bytes)]) -> Reply {
                 c.low_watermark = low;
             }
             "save" | "appendonly" => {} // accepted and ignored: nothing is persisted
-            "port" | "bind" | "proto-max-bulk-len" | "threads" | "databases" => {
-                return bad(&name, "can't set immutable config")
-            }
+            "port" | "bind" | "proto-max-bulk-len" | "threads" | "databases"
+            | "shm-socket-perm" => return bad(&name, "can't set immutable config"),
             _ => {
                 return Reply::Error(CommandError::err(format!(
                     "Unknown option or number of arguments for CONFIG SET - '{name}'"
