@@ -123,12 +123,26 @@ async fn run_loop(
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut out = OutBuf::new();
     let mut rbuf_exact = false;
+    // Room taken from the shared read-ahead budget for the pending request,
+    // and the request size it was taken for.
+    let mut ahead: Option<(Grant, usize)> = None;
     // Bytes asked of the socket per read: grows while reads fill the buffer
     // (a pipelining client has more waiting), shrinks back when they do not.
     let mut chunk = READ_CHUNK;
     loop {
         let wanted = parser.wanted();
-        let exclusive = (EXCLUSIVE_MIN..=UPFRONT_MAX).contains(&wanted) && rbuf.capacity() < wanted;
+        if ahead.as_ref().is_some_and(|(_, w)| *w != wanted) {
+            // The request it was taken for is in (or gone): give it back.
+            ahead = None;
+        }
+        if wanted > rbuf.capacity()
+            && (EXCLUSIVE_MIN + 1..=UPFRONT_MAX).contains(&wanted)
+            && ahead.is_none()
+        {
+            ahead = shared.read_ahead.take(wanted as u64).map(|g| (g, wanted));
+        }
+        let granted = ahead.is_some();
+        let exclusive = granted && rbuf.capacity() < wanted;
         if exclusive {
             // A large request: read it into a buffer of exactly its size, so its
             // value can be stored as is, without a copy and without pinning
@@ -139,7 +153,7 @@ async fn run_loop(
             rbuf_exact = true;
         } else if wanted == 0 || rbuf.capacity() < wanted {
             rbuf_exact = false;
-            reserve_for(&mut rbuf, wanted, chunk);
+            reserve_for(&mut rbuf, wanted, chunk, granted);
         }
         let room = rbuf.capacity() - rbuf.len();
         let idle = idle_deadline(shared, session);
@@ -222,10 +236,63 @@ fn idle_deadline(shared: &Shared, session: &Session) -> Option<tokio::time::Inst
 }
 
 /// Requests up to this size get their whole buffer at once when their header
-/// arrives (as Redis does for large arguments); beyond it the buffer doubles as
-/// bytes actually arrive, so a client that declares a huge value and stalls
-/// pins at most this much, or twice what it really sent.
+/// arrives and the read-ahead budget has room (as Redis does for large
+/// arguments); beyond it, or without room, the buffer doubles as bytes
+/// actually arrive.
 const UPFRONT_MAX: usize = 16 << 20;
+
+/// Most bytes of read buffers allocated ahead of their bytes, over all
+/// connections. A client that declares a large bulk and stalls holds no
+/// more than it sent (twice, at most, plus a read's worth) unless it takes
+/// from this budget, so 500 connections each declaring 16 MiB and sending
+/// nothing more cannot make the server allocate 8 GiB (they made it grow
+/// by a gigabyte, 2.1 MiB each, before the budget).
+pub const READ_AHEAD_BUDGET: u64 = 64 << 20;
+
+/// The shared read-ahead budget ([`READ_AHEAD_BUDGET`]).
+#[derive(Debug)]
+pub struct ReadAhead {
+    left: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ReadAhead {
+    /// A budget of `bytes`.
+    pub fn new(bytes: u64) -> ReadAhead {
+        ReadAhead {
+            left: Arc::new(AtomicU64::new(bytes)),
+        }
+    }
+
+    /// Takes `bytes` when that much is left; it comes back when the grant
+    /// drops.
+    pub fn take(&self, bytes: u64) -> Option<Grant> {
+        self.left
+            .fetch_update(Relaxed, Relaxed, |left| left.checked_sub(bytes))
+            .ok()
+            .map(|_| Grant {
+                left: self.left.clone(),
+                bytes,
+            })
+    }
+
+    /// Bytes left.
+    pub fn left(&self) -> u64 {
+        self.left.load(Relaxed)
+    }
+}
+
+/// Bytes taken from the read-ahead budget, given back on drop.
+#[derive(Debug)]
+pub struct Grant {
+    left: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        self.left.fetch_add(self.bytes, Relaxed);
+    }
+}
 
 /// Requests at least this large (a KV block, usually) are read into a buffer of
 /// their own so the value is stored without a copy. Smaller values are copied:
@@ -252,14 +319,17 @@ fn next_chunk(chunk: usize, n: usize, room: usize) -> usize {
 }
 
 /// Makes room in `rbuf` for the next read of about `chunk` bytes, knowing the
-/// pending request needs `wanted` bytes in all (0 when unknown).
-fn reserve_for(rbuf: &mut BytesMut, wanted: usize, chunk: usize) {
+/// pending request needs `wanted` bytes in all (0 when unknown), and
+/// whether room for all of it was granted from the read-ahead budget.
+fn reserve_for(rbuf: &mut BytesMut, wanted: usize, chunk: usize, granted: bool) {
     let cap = rbuf.capacity();
     if wanted > cap {
-        let target = if wanted <= UPFRONT_MAX {
+        let target = if granted || wanted <= EXCLUSIVE_MIN {
             wanted
         } else {
-            wanted.min((2 * cap).max(UPFRONT_MAX))
+            // What arrived, doubled (a read's worth at least): memory
+            // follows the bytes that came, not the length declared.
+            wanted.min((2 * rbuf.len()).max(rbuf.len() + chunk))
         };
         rbuf.reserve(target - rbuf.len());
     } else if cap - rbuf.len() < chunk / 4 {
@@ -409,18 +479,38 @@ mod tests {
     #[test]
     fn read_buffer_growth_is_bounded_by_what_arrives() {
         let mut b = BytesMut::new();
-        reserve_for(&mut b, 0, READ_CHUNK);
+        reserve_for(&mut b, 0, READ_CHUNK, false);
         assert!(b.capacity() >= READ_CHUNK);
-        reserve_for(&mut b, 1 << 20, READ_CHUNK);
+        // Granted: the whole request at once.
+        reserve_for(&mut b, 1 << 20, READ_CHUNK, true);
         assert!(b.capacity() >= 1 << 20 && b.capacity() < 2 << 20);
-        // A 512 MiB declaration gets 16 MiB, then doubles only as data fills it.
+        // Not granted: a declaration of 512 MiB gets a read's worth, then
+        // doubles only as data fills it.
         let mut b = BytesMut::new();
-        reserve_for(&mut b, 512 << 20, READ_CHUNK);
-        assert!(b.capacity() < 32 << 20);
-        let cap = b.capacity();
-        b.resize(cap, 0);
-        reserve_for(&mut b, 512 << 20, READ_CHUNK);
-        assert!(b.capacity() <= 4 * cap);
+        reserve_for(&mut b, 512 << 20, READ_CHUNK, false);
+        assert!(b.capacity() <= 2 * READ_CHUNK, "{}", b.capacity());
+        for _ in 0..6 {
+            let cap = b.capacity();
+            b.resize(cap, 0);
+            reserve_for(&mut b, 512 << 20, READ_CHUNK, false);
+            assert!(b.capacity() <= 2 * cap + 2 * READ_CHUNK);
+        }
+        // Small requests are read whole whatever the budget.
+        let mut b = BytesMut::new();
+        reserve_for(&mut b, EXCLUSIVE_MIN, READ_CHUNK, false);
+        assert!(b.capacity() >= EXCLUSIVE_MIN);
+    }
+
+    #[test]
+    fn the_read_ahead_budget_comes_back_when_grants_drop() {
+        let budget = ReadAhead::new(100);
+        let a = budget.take(60).unwrap();
+        assert!(budget.take(60).is_none());
+        let b = budget.take(40).unwrap();
+        assert_eq!(budget.left(), 0);
+        drop(a);
+        drop(b);
+        assert_eq!(budget.left(), 100);
     }
 
     #[test]
@@ -438,7 +528,7 @@ mod tests {
         }
         assert_eq!(c, READ_CHUNK);
         let mut b = BytesMut::new();
-        reserve_for(&mut b, 0, READ_CHUNK_MAX);
+        reserve_for(&mut b, 0, READ_CHUNK_MAX, false);
         assert!(b.capacity() >= READ_CHUNK_MAX);
     }
 }

@@ -35,6 +35,8 @@ pub struct Shared {
     /// `timeout`: seconds a client may go without a command (0: forever),
     /// kept beside the config so the connection loop reads it without a lock.
     pub idle_timeout: AtomicU64,
+    /// Read buffers allocated ahead of their bytes, over all connections.
+    pub read_ahead: crate::conn::ReadAhead,
 }
 
 impl Shared {
@@ -76,6 +78,7 @@ impl Shared {
         }
         Ok(Arc::new(Shared {
             idle_timeout: AtomicU64::new(config.timeout),
+            read_ahead: crate::conn::ReadAhead::new(crate::conn::READ_AHEAD_BUDGET),
             data,
             store,
             config: RwLock::new(config),
