@@ -292,7 +292,10 @@ impl Config {
             "reserve-timeout must be at least 1 ms"
         );
         anyhow::ensure!(self.max_leases > 0, "max-leases must be at least 1");
-        anyhow::ensure!(self.max_lease_ms > 0, "max-lease-ms must be at least 1");
+        anyhow::ensure!(
+            (1..=MAX_LEASE_MS_LIMIT).contains(&self.max_lease_ms),
+            "max-lease-ms must be from 1 to {MAX_LEASE_MS_LIMIT} (a year)"
+        );
         parse_perm(&self.shm_socket_perm)?;
         OutputLimit::parse(&self.client_output_buffer_limit_pubsub)?;
         anyhow::ensure!(
@@ -335,6 +338,9 @@ impl Config {
         }
     }
 }
+
+/// The most `max-lease-ms` may be set to: a year.
+pub const MAX_LEASE_MS_LIMIT: u64 = 365 * 24 * 3600 * 1000;
 
 /// Parses a size as Redis's config does (`1k` 1000 bytes, `1kb` 1024, the
 /// same for m/mb and g/gb, any case), else as a human size (`4GiB`).

@@ -44,6 +44,8 @@ pub struct Session {
     /// True while the command being applied arrived alone in a read buffer sized
     /// for it: its value may be stored without a copy.
     pub exclusive_frame: bool,
+    /// Leases taken on this connection, given back when it closes.
+    pub leases: crate::cmd::OwnedLeases,
 }
 
 impl Session {
@@ -92,6 +94,7 @@ pub async fn serve(
             output: Arc::new(Output::new(shared.pubsub.limits.clone())),
         },
         exclusive_frame: false,
+        leases: Default::default(),
     };
     let result = run_loop(
         &shared,
@@ -106,6 +109,7 @@ pub async fn serve(
         debug!(client = id, error = %e, "connection ended with an error");
     }
     cmd::pubsub::unsubscribe_all(&shared, &mut session);
+    session.leases.release_all(&shared);
     shared.clients.unregister(id);
     // Nothing a departed client half-wrote may linger.
     shared.data.abort_owned(id);

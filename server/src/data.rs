@@ -436,17 +436,18 @@ impl DataState {
 
     /// KV.LOCATE: a descriptor or nil per key, all under one lease. A block on
     /// SSD is read (and promoted) first; for shm, a block outside the arena
-    /// is copied into it and the copy held under the lease.
+    /// is copied into it and the copy held under the lease. Returns the
+    /// reply and the lease it took, if any.
     pub fn locate(
         &self,
         store: &Store,
         keys: &[Bytes],
         lease_ms: Option<u64>,
         via: Option<Via>,
-    ) -> Reply {
+    ) -> (Reply, Option<u64>) {
         let kind = kind_of(via);
         if let Some(e) = self.unavailable(kind) {
-            return e;
+            return (e, None);
         }
         let ms = lease_ms.unwrap_or(DEFAULT_LOCATE_LEASE_MS);
         let (lease, _) = store.lease(keys, ms);
@@ -491,6 +492,9 @@ impl DataState {
                 },
                 _ => (value, 0),
             };
+            // Its bytes count against DRAM until the lease ends, even if the
+            // block is deleted or replaced meanwhile.
+            store.hold(lease, k, &value);
             let len = value.len() as u64;
             let token = {
                 let mut located = self.located.lock();
@@ -509,10 +513,11 @@ impl DataState {
                 deadline: Instant::now() + Duration::from_millis(ms),
             },
         );
-        Reply::map([
+        let reply = Reply::map([
             ("lease", Reply::Int(lease as i64)),
             ("blocks", Reply::Array(blocks)),
-        ])
+        ]);
+        (reply, Some(lease))
     }
 
     /// Drops what KV.LOCATE held under `lease`: `None` when nothing was

@@ -102,6 +102,7 @@ fn section(shared: &Shared, name: &str, o: &mut String) {
             line!("used_memory", used);
             line!("used_memory_human", human(used));
             line!("used_memory_rss", rss_bytes());
+            line!("used_memory_retained", shared.store.retained());
             line!("maxmemory", shared.store.capacity());
             line!("maxmemory_human", human(shared.store.capacity()));
             line!("maxmemory_policy", "prefix-lru");

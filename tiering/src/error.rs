@@ -26,6 +26,15 @@ pub enum StoreError {
     /// A block named itself as its parent.
     #[error("a block cannot be its own parent")]
     SelfParent,
+    /// An overwrite named another parent for a block that has stored
+    /// children. Refused because it could make a block its own ancestor (a
+    /// cycle of parents never leaves the tier: each block in it always has
+    /// a stored child), and because a chain key names its whole prefix, so
+    /// a block with children has no other parent to move to.
+    #[error(
+        "a block with stored children keeps its parent (delete it first to store it elsewhere)"
+    )]
+    Reparent,
     /// The tier asked for is not configured on this node.
     #[error("the {0} tier is not configured on this node")]
     NoTier(&'static str),
@@ -42,6 +51,7 @@ impl StoreError {
             StoreError::TooBig { .. } => "TOOBIG",
             StoreError::NoParent => "NOPARENT",
             StoreError::SelfParent => "ERR",
+            StoreError::Reparent => "REPARENT",
             StoreError::NoTier(_) => "NOTIER",
             StoreError::Io(_) => "IOERR",
         }

@@ -365,9 +365,22 @@ struct Entry {
     disk: Option<Slot>,
     /// In the main segment (touched again since stored); `adaptive` only.
     main: bool,
+    /// Holding leases (`KV.LOCATE`) that keep this version's bytes: if it
+    /// is removed or replaced while they last, its memory lives on and is
+    /// counted as retained (see [`Zombie`]).
+    holds: u32,
 }
 
 impl Entry {
+    /// Where this version's bytes are, when they are in memory (what a
+    /// holding lease is matched against).
+    fn value_ptr(&self) -> Option<usize> {
+        match &self.slot {
+            Slot::Memory(b) => Some(b.as_ptr() as usize),
+            Slot::Extent { .. } => None,
+        }
+    }
+
     /// Whether the block may leave DRAM: it is in DRAM, no child of it is, and
     /// nothing holds it there.
     fn evictable(&self) -> bool {
@@ -392,6 +405,17 @@ impl Entry {
 /// Where the main segment starts in the eviction index.
 const MAIN: u64 = 1 << 63;
 
+/// A value removed or replaced while holding leases still kept its bytes:
+/// its memory is freed only when they end, and until then it counts
+/// against the DRAM tier (`Store::retained`), so that a client locating
+/// blocks and deleting them in a loop makes writers evict or fail with
+/// `-OOM` instead of growing the server past its capacity.
+#[derive(Debug)]
+struct Zombie {
+    charge: u64,
+    holds: u32,
+}
+
 #[derive(Default)]
 struct Shard {
     map: Map<Entry>,
@@ -399,6 +423,29 @@ struct Shard {
     lru: BTreeMap<u64, Key>,
     /// Entries with a TTL, by deadline.
     ttl: BTreeSet<(u64, Key)>,
+    /// Held values of this shard's keys that are no longer stored, by the
+    /// address of their bytes (alive, so no other value has it).
+    zombies: HashMap<usize, Zombie>,
+}
+
+/// Moves the holds of `e`, a version leaving the index, to `zombies`.
+/// Returns the bytes that became retained.
+fn bury(zombies: &mut HashMap<usize, Zombie>, key_len: usize, e: &mut Entry) -> u64 {
+    let (Some(ptr), true) = (e.value_ptr(), e.holds > 0) else {
+        return 0;
+    };
+    let charge = charge_of(key_len, e.len as usize);
+    let holds = std::mem::take(&mut e.holds);
+    match zombies.entry(ptr) {
+        std::collections::hash_map::Entry::Occupied(mut z) => {
+            z.get_mut().holds += holds;
+            0
+        }
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(Zombie { charge, holds });
+            charge
+        }
+    }
 }
 
 impl Shard {
@@ -467,9 +514,14 @@ impl Shard {
         }
     }
 
-    /// Takes an entry out of the map and both indexes.
-    fn take(&mut self, key: &[u8]) -> Option<(Key, Entry)> {
-        let (k, e) = self.map.remove_entry(key)?;
+    /// Takes an entry out of the map and both indexes; bytes that holding
+    /// leases keep are added to `retained`.
+    fn take(&mut self, key: &[u8], retained: &AtomicU64) -> Option<(Key, Entry)> {
+        let (k, mut e) = self.map.remove_entry(key)?;
+        let buried = bury(&mut self.zombies, k.len(), &mut e);
+        if buried > 0 {
+            retained.fetch_add(buried, Relaxed);
+        }
         if e.evictable() {
             self.lru.remove(&e.filed);
         }
@@ -485,6 +537,8 @@ impl Shard {
 struct Lease {
     deadline: u64,
     keys: Vec<Key>,
+    /// Values whose bytes this lease keeps (`Store::hold`).
+    held: Vec<(Key, Bytes)>,
 }
 
 /// Source of the current Unix time in milliseconds (injectable for tests).
@@ -511,6 +565,9 @@ pub struct Store {
     /// How many leases `leases` holds (kept beside it: counting the shards
     /// takes every shard's lock).
     live_leases: AtomicU64,
+    /// Bytes of removed or replaced DRAM values that leases still hold (the
+    /// shards' zombies): counted against the capacity with `used`.
+    retained: AtomicU64,
     next_lease: crate::ids::Ids,
     matches: AtomicU64,
     expired: AtomicU64,
@@ -791,6 +848,7 @@ impl Store {
             evict_lock: Mutex::new(()),
             leases: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             live_leases: AtomicU64::new(0),
+            retained: AtomicU64::new(0),
             next_lease: crate::ids::Ids::default(),
             matches: AtomicU64::new(0),
             expired: AtomicU64::new(0),
@@ -955,6 +1013,7 @@ impl Store {
                 expires_at: None,
                 pinned: false,
                 leases: 0,
+                holds: 0,
                 tier: TierKind::Ssd,
                 dram_children: 0,
                 written: stamp,
@@ -1151,6 +1210,18 @@ impl Store {
         self.dram_counters.used.load(Relaxed)
     }
 
+    /// Bytes of removed or replaced DRAM values that holding leases keep
+    /// alive (see [`Store::hold`]): they count against the capacity with
+    /// [`Store::used`] until those leases end.
+    pub fn retained(&self) -> u64 {
+        self.retained.load(Relaxed)
+    }
+
+    /// What bounds the DRAM tier: its blocks and the retained values.
+    fn occupied(&self) -> u64 {
+        self.used() + self.retained()
+    }
+
     /// Changes the DRAM capacity live, evicting down to the new low watermark.
     pub fn set_capacity(&self, bytes: u64) {
         self.dram_counters.capacity.store(bytes, Relaxed);
@@ -1310,8 +1381,31 @@ impl Store {
                     return Ok(false);
                 }
             }
+            // Under the same lock as the write: a block with no child now
+            // has no descendant, so it cannot become its own ancestor.
+            let reparent = opts.parent.as_ref().is_some_and(|p| {
+                shard
+                    .map
+                    .get(&key[..])
+                    .is_some_and(|e| e.parent.as_ref() != Some(p) && !e.children.is_empty())
+            });
+            if reparent {
+                drop(shard);
+                self.counters(tier).used.fetch_sub(reserved, Relaxed);
+                self.release_slot(tier, slot);
+                if held_old {
+                    self.unhold(&key);
+                }
+                unlink(self);
+                return Err(StoreError::Reparent);
+            }
             let stamp = self.tick_clock();
-            let Shard { map, lru, ttl } = &mut *shard;
+            let Shard {
+                map,
+                lru,
+                ttl,
+                zombies,
+            } = &mut *shard;
             old = match map.get_key_value_mut(&key[..]) {
                 Some((k, e)) => {
                     // Overwrite in place: one hash lookup, the stored key kept.
@@ -1333,6 +1427,11 @@ impl Store {
                         None if opts.keep_ttl => e.expires_at,
                         None => None,
                     };
+                    // A held old version lives on: counted until its holds end.
+                    let buried = bury(zombies, k.len(), e);
+                    if buried > 0 {
+                        self.retained.fetch_add(buried, Relaxed);
+                    }
                     let old_len = std::mem::replace(&mut e.len, len);
                     let new_disk = (tier == TierKind::Ssd).then(|| slot.clone());
                     let old_disk = std::mem::replace(&mut e.disk, new_disk);
@@ -1388,6 +1487,7 @@ impl Store {
                         expires_at,
                         pinned: opts.pin,
                         leases: 0,
+                        holds: 0,
                         tier,
                         dram_children: 0,
                         written: stamp,
@@ -1522,7 +1622,7 @@ impl Store {
     /// Whether adding `extra` bytes would take DRAM past its high watermark.
     fn over_high_with(&self, extra: u64) -> bool {
         let high = f64::from_bits(self.watermarks[0].load(Relaxed));
-        self.used() + extra > (self.capacity() as f64 * high) as u64
+        self.occupied() + extra > (self.capacity() as f64 * high) as u64
     }
 
     /// Evicts until usage is under the low watermark if it is over the high one.
@@ -1537,13 +1637,13 @@ impl Store {
         let cap = self.capacity();
         let (high, low) = self.watermarks();
         let high_b = (cap as f64 * high) as u64;
-        if self.used() <= high_b {
+        if self.occupied() <= high_b {
             return Ok(());
         }
         let low_b = (cap as f64 * low) as u64;
         let _guard = self.evict_lock.lock();
         let mut heads = Heads::new();
-        while self.used() > low_b {
+        while self.occupied() > low_b {
             if !self.evict_one(incoming, &mut heads) {
                 if !self.demote_any() {
                     break;
@@ -1552,7 +1652,7 @@ impl Store {
                 heads = Heads::new();
             }
         }
-        if self.used() > cap {
+        if self.occupied() > cap {
             return Err(StoreError::OutOfMemory { tier: "dram" });
         }
         Ok(())
@@ -1607,7 +1707,9 @@ impl Store {
             let taken = {
                 let mut shard = self.shard(&key);
                 match shard.map.get(&key) {
-                    Some(e) if e.stamp == stamp && e.evictable() => shard.take(&key),
+                    Some(e) if e.stamp == stamp && e.evictable() => {
+                        shard.take(&key, &self.retained)
+                    }
                     _ => None, // touched or changed since we looked: pick again
                 }
             };
@@ -1812,7 +1914,7 @@ impl Store {
     /// Removes `key` and every stored block chained under it. Returns whether
     /// `key` itself was stored.
     fn remove_tree(&self, key: &[u8], kind: EventKind) -> bool {
-        let Some((k, e)) = self.shard(key).take(key) else {
+        let Some((k, e)) = self.shard(key).take(key, &self.retained) else {
             return false;
         };
         if kind == EventKind::Expired {
@@ -1829,7 +1931,7 @@ impl Store {
         while let Some(child) = stack.pop() {
             // Bind first: a temporary guard in an `if let` scrutinee would stay
             // locked for the whole block.
-            let taken = self.shard(&child).take(&child);
+            let taken = self.shard(&child).take(&child, &self.retained);
             if let Some((k, e)) = taken {
                 stack.extend(self.finish_removal(k, e, EventKind::Orphaned));
             }
@@ -2347,6 +2449,7 @@ impl Store {
         self.keys_matched.fetch_add(out.matched as u64, Relaxed);
         if let Some((ms, mut leased)) = lease {
             let lease = Lease {
+                held: Vec::new(),
                 deadline: self.now_ms().saturating_add(ms),
                 // Exactly the keys whose lease count went up (a key removed
                 // between the passes may leave the prefix shorter).
@@ -2381,6 +2484,7 @@ impl Store {
         }
         let n = held.len();
         let lease = Lease {
+            held: Vec::new(),
             deadline: self.now_ms().saturating_add(lease_ms),
             keys: held,
         };
@@ -2434,7 +2538,65 @@ impl Store {
         in_force
     }
 
+    /// Records that lease `lease` keeps `value`, the bytes of `key` a
+    /// reader was handed (`KV.LOCATE`): if the block is removed or replaced
+    /// before the lease ends, those bytes stay counted against the DRAM tier
+    /// until it does. A `value` that is not the stored version (read from
+    /// SSD and not promoted, or copied for a shm reader) counts from now.
+    /// A lease that ended meanwhile keeps nothing.
+    pub fn hold(&self, lease: u64, key: &Bytes, value: &Bytes) {
+        let ptr = value.as_ptr() as usize;
+        {
+            let mut guard = self.shard(key);
+            let Shard { map, zombies, .. } = &mut *guard;
+            match map.get_mut(&key[..]) {
+                Some(e) if e.value_ptr() == Some(ptr) => e.holds += 1,
+                _ => {
+                    let z = zombies.entry(ptr).or_insert_with(|| {
+                        let charge = charge_of(key.len(), value.len());
+                        self.retained.fetch_add(charge, Relaxed);
+                        Zombie { charge, holds: 0 }
+                    });
+                    z.holds += 1;
+                }
+            }
+        }
+        let kept = self
+            .lease_shard(lease)
+            .get_mut(&lease)
+            .map(|l| l.held.push((key.clone(), value.clone())))
+            .is_some();
+        if !kept {
+            self.unhold_value(key, value);
+        }
+    }
+
+    /// One hold of `value` (of `key`) ended.
+    fn unhold_value(&self, key: &[u8], value: &Bytes) {
+        let ptr = value.as_ptr() as usize;
+        let mut guard = self.shard(key);
+        let Shard { map, zombies, .. } = &mut *guard;
+        if let Some(e) = map
+            .get_mut(key)
+            .filter(|e| e.value_ptr() == Some(ptr) && e.holds > 0)
+        {
+            e.holds -= 1;
+            return;
+        }
+        if let Some(z) = zombies.get_mut(&ptr) {
+            z.holds -= 1;
+            if z.holds == 0 {
+                let charge = z.charge;
+                zombies.remove(&ptr);
+                self.retained.fetch_sub(charge, Relaxed);
+            }
+        }
+    }
+
     fn drop_lease(&self, l: Lease) {
+        for (k, v) in &l.held {
+            self.unhold_value(k, v);
+        }
         for k in &l.keys {
             let mut shard = self.shard(k);
             if let Some(e) = shard.map.get_mut(k) {
@@ -2443,6 +2605,12 @@ impl Store {
                 shard.refile(k, was);
             }
         }
+    }
+
+    /// Whether lease `id` is held (given out, not yet released or swept; it
+    /// may be past its time).
+    pub fn lease_exists(&self, id: u64) -> bool {
+        self.lease_shard(id).contains_key(&id)
     }
 
     /// Pins or unpins blocks. Returns how many were stored.
@@ -2566,6 +2734,10 @@ impl Store {
                 let mut s = s.lock();
                 s.lru.clear();
                 s.ttl.clear();
+                // The leases that held them are gone with the rest.
+                for z in s.zombies.drain() {
+                    self.retained.fetch_sub(z.1.charge, Relaxed);
+                }
                 s.map.drain().collect()
             };
             for (k, e) in taken {
@@ -2677,9 +2849,18 @@ impl Store {
         }
         type Node = (Option<Key>, Vec<Key>, TierKind, u32);
         let mut all: HashMap<Key, Node> = HashMap::new();
-        let (mut used, mut ssd_used, mut probation) = (0, 0, 0);
+        let (mut used, mut ssd_used, mut probation, mut retained) = (0, 0, 0, 0);
         for s in self.shards.iter() {
             let s = s.lock();
+            for z in s.zombies.values() {
+                if z.holds == 0 {
+                    return Err("a retained value that nothing holds".into());
+                }
+                retained += z.charge;
+            }
+            if let Some(e) = s.map.values().find(|e| e.holds > e.leases) {
+                return Err(format!("{} holds under {} leases", e.holds, e.leases));
+            }
             let evictable = s.map.values().filter(|e| e.evictable()).count();
             if evictable != s.lru.len() {
                 return Err(format!(
@@ -2731,6 +2912,12 @@ impl Store {
                 self.used()
             ));
         }
+        if retained != self.retained() {
+            return Err(format!(
+                "retained {} but held values sum to {retained}",
+                self.retained()
+            ));
+        }
         let ssd_accounted = self.ssd.get().map_or(0, |s| s.counters.used.load(Relaxed));
         if ssd_used != ssd_accounted {
             return Err(format!(
@@ -2774,6 +2961,24 @@ impl Store {
                     "{dram_children} DRAM children counted, {in_dram} found"
                 ));
             }
+        }
+        // A chain is a tree: no block is its own ancestor. Each walk up
+        // stops at a block already known to reach a root.
+        let mut rooted: std::collections::HashSet<&Key> = std::collections::HashSet::new();
+        for k in all.keys() {
+            let mut path = Vec::new();
+            let mut at = k;
+            while !rooted.contains(at) {
+                if path.len() > all.len() {
+                    return Err("a cycle of parents".into());
+                }
+                path.push(at);
+                match all.get(at).and_then(|n| n.0.as_ref()) {
+                    Some(p) => at = p,
+                    None => break,
+                }
+            }
+            rooted.extend(path);
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ use tidepool_protocol::{CommandError, KeyList, Reply};
 use tidepool_tiering::{MatchResult, PutOptions, TierKind};
 
 use super::store_error;
+use crate::conn::Session;
 use crate::state::Shared;
 
 fn tier_kind(t: TierName) -> TierKind {
@@ -119,27 +120,59 @@ pub fn leases_full(shared: &Shared) -> Option<Reply> {
     })
 }
 
+/// `-ERR` for a lease longer than `max-lease-ms`: a lease keeps its blocks
+/// from eviction, and one without end (`LEASE 9223372036854775807`) froze
+/// the cache for good.
+pub fn lease_too_long(shared: &Shared, lease_ms: Option<u64>) -> Option<Reply> {
+    let ms = lease_ms?;
+    let max = shared.config.read().max_lease_ms;
+    (ms > max).then(|| {
+        Reply::Error(CommandError::err(format!(
+            "a lease of {ms} ms is longer than max-lease-ms ({max})"
+        )))
+    })
+}
+
+/// Refuses a lease that is too long or one too many.
+pub fn lease_refused(shared: &Shared, lease_ms: Option<u64>) -> Option<Reply> {
+    lease_too_long(shared, lease_ms).or_else(|| lease_ms.and_then(|_| leases_full(shared)))
+}
+
 /// `KV.MATCH numkeys key ... [LEASE ms] [WITHTIERS]`.
-pub fn match_keys(shared: &Shared, keys: &KeyList, opts: MatchOpts) -> Reply {
-    if let Some(busy) = opts.lease_ms.and_then(|_| leases_full(shared)) {
-        return busy;
+pub fn match_keys(
+    shared: &Shared,
+    session: &mut Session,
+    keys: &KeyList,
+    opts: MatchOpts,
+) -> Reply {
+    if let Some(refused) = lease_refused(shared, opts.lease_ms) {
+        return refused;
     }
-    match_reply(shared.store.match_prefix(keys, opts.lease_ms), opts)
+    let m = shared.store.match_prefix(keys, opts.lease_ms);
+    if let Some(id) = m.lease {
+        session.leases.add(shared, id);
+    }
+    match_reply(m, opts)
 }
 
 /// `KV.MATCHTOKENS seed block_tokens t1 ... [LEASE ms] [WITHTIERS]`.
 pub fn match_tokens(
     shared: &Shared,
+    session: &mut Session,
     seed: &[u8],
     block_tokens: u32,
     tokens: &[u32],
     opts: MatchOpts,
 ) -> Reply {
-    if let Some(busy) = opts.lease_ms.and_then(|_| leases_full(shared)) {
-        return busy;
+    if let Some(refused) = lease_refused(shared, opts.lease_ms) {
+        return refused;
     }
     let keys = chain_keys(seed, block_tokens as usize, tokens);
-    match_reply(shared.store.match_prefix(&keys, opts.lease_ms), opts)
+    let m = shared.store.match_prefix(&keys, opts.lease_ms);
+    if let Some(id) = m.lease {
+        session.leases.add(shared, id);
+    }
+    match_reply(m, opts)
 }
 
 /// KV.HASH seed block_tokens t1 ...
@@ -183,6 +216,11 @@ pub fn stats(shared: &Shared) -> Reply {
                 ("demotions", Reply::Int(t.demotions as i64)),
                 ("promotions", Reply::Int(t.promotions as i64)),
             ];
+            if t.kind == Some(TierKind::Dram) {
+                // Deleted or replaced blocks whose bytes leases still hold:
+                // they count against the capacity until those end.
+                fields.push(("retained", Reply::Int(shared.store.retained() as i64)));
+            }
             if let (Some(TierKind::Ssd), Some(s)) = (t.kind, &st.ssd) {
                 fields.extend([
                     ("segments", Reply::Int(s.segments as i64)),

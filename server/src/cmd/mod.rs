@@ -30,6 +30,59 @@ pub fn store_error(e: StoreError) -> Reply {
     Reply::Error(CommandError::new(e.code(), e.to_string()))
 }
 
+/// Gives back a lease of either kind: true when it was still in force.
+pub fn release_lease(shared: &Shared, id: u64) -> bool {
+    // A KV.LOCATE lease is a hold of the blocks' memory and a store lease:
+    // the hold answers (it is what keeps the bytes a client copies in
+    // place). A KV.MATCH lease is a store lease only.
+    let leased = shared.store.release(id);
+    shared.data.release(id).unwrap_or(leased)
+}
+
+/// Leases a connection took: they end when it closes (a lease is a hold on
+/// the store's memory, and nobody can give back what a vanished client
+/// held). Any connection may release one earlier with `KV.RELEASE`.
+#[derive(Debug, Default)]
+pub struct OwnedLeases {
+    ids: std::collections::HashSet<u64>,
+    /// Size at which the ids are next checked for leases released
+    /// elsewhere or expired, so the set follows the leases actually held.
+    prune_at: usize,
+}
+
+impl OwnedLeases {
+    /// Records a lease this connection took.
+    pub fn add(&mut self, shared: &Shared, id: u64) {
+        self.ids.insert(id);
+        if self.ids.len() >= self.prune_at.max(1024) {
+            self.ids.retain(|id| shared.store.lease_exists(*id));
+            self.prune_at = 2 * self.ids.len();
+        }
+    }
+
+    /// A lease given back through this connection.
+    pub fn forget(&mut self, id: u64) {
+        self.ids.remove(&id);
+    }
+
+    /// Gives back every lease this connection still holds.
+    pub fn release_all(&mut self, shared: &Shared) {
+        for id in self.ids.drain() {
+            release_lease(shared, id);
+        }
+    }
+
+    /// How many ids are recorded (some may have ended elsewhere).
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether none are.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
 /// Applies one command. The reply (if any) is returned for the caller to encode;
 /// commands that answer with several frames (SUBSCRIBE) write them to `out`.
 pub fn execute(
@@ -111,13 +164,13 @@ pub fn execute(
         } => kv::mput(shared, blocks, chain, parent),
         C::KvGet(k) => keyspace::get(shared, &k),
         C::KvMGet(keys) => keyspace::mget(shared, &keys),
-        C::KvMatch { keys, opts } => kv::match_keys(shared, &keys, opts),
+        C::KvMatch { keys, opts } => kv::match_keys(shared, session, &keys, opts),
         C::KvMatchTokens {
             seed,
             block_tokens,
             tokens,
             opts,
-        } => kv::match_tokens(shared, &seed, block_tokens, &tokens, opts),
+        } => kv::match_tokens(shared, session, &seed, block_tokens, &tokens, opts),
         C::KvHash {
             seed,
             block_tokens,
@@ -143,9 +196,8 @@ pub fn execute(
             // A KV.LOCATE lease is a hold of the blocks' memory and a store
             // lease: the hold answers (it is what keeps the bytes a client
             // copies in place). A KV.MATCH lease is a store lease only.
-            let leased = shared.store.release(id);
-            let in_force = shared.data.release(id).unwrap_or(leased);
-            Reply::Int(in_force as i64)
+            session.leases.forget(id);
+            Reply::Int(release_lease(shared, id) as i64)
         }
         C::KvReserve { blocks, opts } => shared.data.reserve(
             &shared.store,
@@ -165,9 +217,18 @@ pub fn execute(
             keys,
             lease_ms,
             via,
-        } => match kv::leases_full(shared) {
-            Some(busy) => busy,
-            None => shared.data.locate(&shared.store, &keys, lease_ms, via),
+        } => match kv::lease_refused(
+            shared,
+            Some(lease_ms.unwrap_or(crate::data::DEFAULT_LOCATE_LEASE_MS)),
+        ) {
+            Some(refused) => refused,
+            None => {
+                let (reply, lease) = shared.data.locate(&shared.store, &keys, lease_ms, via);
+                if let Some(id) = lease {
+                    session.leases.add(shared, id);
+                }
+                reply
+            }
         },
         C::KvDataplane => shared.data.describe(),
         C::KvStats => kv::stats(shared),

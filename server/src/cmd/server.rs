@@ -337,8 +337,10 @@ fn config_set(shared: &Shared, pairs: &[(Bytes, Bytes)]) -> Reply {
                 _ => return bad(&name, "argument must be a positive integer"),
             },
             "max-lease-ms" => match value.parse::<u64>() {
-                Ok(n) if n > 0 => shared.config.write().max_lease_ms = n,
-                _ => return bad(&name, "argument must be a positive integer"),
+                Ok(n) if (1..=crate::config::MAX_LEASE_MS_LIMIT).contains(&n) => {
+                    shared.config.write().max_lease_ms = n
+                }
+                _ => return bad(&name, "argument must be from 1 to 31536000000 (a year)"),
             },
             "timeout" => match value.parse::<u64>() {
                 Ok(n) => {

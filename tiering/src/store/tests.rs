@@ -416,16 +416,24 @@ fn long_chain_removal_does_not_recurse() {
 }
 
 #[test]
-fn overwrite_keeps_children_and_moves_parent() {
+fn overwrite_keeps_children_and_moves_only_a_leaf_to_another_parent() {
     let f = fixture(1 << 20);
     put(&f.store, "p1", "1", None).unwrap();
     put(&f.store, "p2", "1", None).unwrap();
     put(&f.store, "a", "1", Some("p1")).unwrap();
     put(&f.store, "c", "1", Some("a")).unwrap();
-    put(&f.store, "a", "2", Some("p2")).unwrap();
-    assert_eq!(f.store.meta(b"p1").unwrap().children, 0);
-    assert_eq!(f.store.meta(b"p2").unwrap().children, 1);
+    put(&f.store, "a", "2", Some("p1")).unwrap();
     assert_eq!(f.store.meta(b"a").unwrap().children, 1);
+    assert_eq!(
+        put(&f.store, "a", "2", Some("p2")),
+        Err(StoreError::Reparent)
+    );
+    put(&f.store, "c", "2", Some("p2")).unwrap();
+    assert_eq!(f.store.meta(b"a").unwrap().children, 0);
+    assert_eq!(f.store.meta(b"p2").unwrap().children, 1);
+    put(&f.store, "a", "3", Some("p2")).unwrap();
+    assert_eq!(f.store.meta(b"p1").unwrap().children, 0);
+    assert_eq!(f.store.meta(b"p2").unwrap().children, 2);
     f.store.check_invariants().unwrap();
 }
 
@@ -672,6 +680,17 @@ impl Model {
         }
         if let Some(e) = self.map.get_mut(&key) {
             e.leases -= 1;
+        }
+        // A block with children keeps its parent (no cycle can form).
+        let reparent = parent.is_some()
+            && self
+                .map
+                .get(&key)
+                .is_some_and(|e| e.parent != parent && !e.children.is_empty());
+        if reparent {
+            self.used -= reserved;
+            self.unlink(parent.expect("checked"), key);
+            return false;
         }
         self.used += charge - reserved;
         self.clock += 1;
@@ -1809,4 +1828,115 @@ fn assert_nothing_pinned(store: &Store) {
         0,
         "a block stayed pinned after every lease was released"
     );
+}
+
+#[test]
+fn held_values_count_until_their_lease_ends_whatever_happens_to_the_block() {
+    let f = fixture(10_000);
+    let s = &f.store;
+    let v = "x".repeat(1000);
+    let charge = charge_of(2, 1000);
+    for k in ["k0", "k1", "k2", "k3"] {
+        put(s, k, &v, None).unwrap();
+    }
+    let keys: Vec<Bytes> = ["k0", "k1", "k2", "k3"].iter().map(|k| b(k)).collect();
+    let (lease, n) = s.lease(&keys, 60_000);
+    assert_eq!(n, 4);
+    for k in &keys {
+        let Fetch::Memory(val) = s.fetch_memory(k) else {
+            panic!("in memory")
+        };
+        s.hold(lease, k, &val);
+    }
+    // Deleted, overwritten, and a copy that was never stored: all retained.
+    assert_eq!(s.delete([&b"k0"[..]]), 1);
+    put(s, "k1", &v, None).unwrap();
+    s.hold(lease, &b("k2"), &Bytes::from(vec![0u8; 1000]));
+    assert_eq!(s.retained(), 3 * charge);
+    s.check_invariants().unwrap();
+    // A second lease on the overwritten value's successor is its own.
+    let (other, _) = s.lease(&[b("k1")], 60_000);
+    let Fetch::Memory(val) = s.fetch_memory(b"k1") else {
+        panic!()
+    };
+    s.hold(other, &b("k1"), &val);
+    assert!(s.release(lease));
+    assert_eq!(s.retained(), 0);
+    s.check_invariants().unwrap();
+    // Retained bytes bound writers: with 3 of 4 KiB-ish blocks' room held,
+    // the store evicts, then refuses.
+    put(s, "k1", &v, None).unwrap();
+    assert_eq!(s.retained(), charge);
+    s.release(other);
+    assert_eq!(s.retained(), 0);
+    let (l, _) = s.lease(&keys, 60_000);
+    for k in &keys {
+        if let Fetch::Memory(val) = s.fetch_memory(k) {
+            s.hold(l, k, &val);
+        }
+    }
+    s.flush();
+    assert_eq!(s.retained(), 0);
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn a_lease_that_ended_keeps_nothing_and_retained_bytes_make_writers_evict_or_fail() {
+    let f = fixture(4 * charge_of(2, 1000));
+    let s = &f.store;
+    let v = "x".repeat(1000);
+    s.hold(12345, &b("zz"), &Bytes::from(vec![0u8; 1000]));
+    assert_eq!(s.retained(), 0, "no such lease: nothing held");
+    for k in ["k0", "k1", "k2"] {
+        put(s, k, &v, None).unwrap();
+    }
+    let keys = [b("k0"), b("k1"), b("k2")];
+    let (lease, _) = s.lease(&keys, 60_000);
+    for k in &keys {
+        let Fetch::Memory(val) = s.fetch_memory(k) else {
+            panic!()
+        };
+        s.hold(lease, k, &val);
+    }
+    assert_eq!(s.delete(keys.iter().map(|k| &k[..])), 3);
+    assert_eq!(s.used(), 0);
+    // Room for one block: a second evicts the first, a pinned one stays and
+    // the next write is refused.
+    put(s, "n0", &v, None).unwrap();
+    put(s, "n1", &v, None).unwrap();
+    assert!(s.get(b"n0").is_none());
+    assert_eq!(s.set_pinned([&b"n1"[..]], true), 1);
+    assert!(matches!(
+        put(s, "n2", &v, None),
+        Err(StoreError::OutOfMemory { .. })
+    ));
+    f.time.fetch_add(60_001, Relaxed);
+    s.expire_due();
+    assert_eq!(s.retained(), 0);
+    put(s, "n2", &v, None).unwrap();
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn a_block_with_children_keeps_its_parent_so_no_cycle_can_form() {
+    let f = fixture(1 << 20);
+    let s = &f.store;
+    put(s, "a", "1", None).unwrap();
+    put(s, "b", "2", Some("a")).unwrap();
+    put(s, "c", "3", Some("b")).unwrap();
+    assert_eq!(put(s, "a", "1", Some("c")), Err(StoreError::Reparent));
+    assert_eq!(put(s, "a", "1", Some("b")), Err(StoreError::Reparent));
+    assert_eq!(put(s, "b", "2", Some("c")), Err(StoreError::Reparent));
+    // The refused writes left everything as it was.
+    s.check_invariants().unwrap();
+    assert_eq!(s.get(b"a").as_deref(), Some(&b"1"[..]));
+    // Same parent, a leaf's new parent, and re-rooting are allowed.
+    put(s, "b", "2b", Some("a")).unwrap();
+    put(s, "x", "x", None).unwrap();
+    put(s, "c", "3", Some("x")).unwrap();
+    put(s, "b", "2", None).unwrap();
+    s.check_invariants().unwrap();
+    // Everything can be evicted or deleted.
+    assert_eq!(s.delete([&b"a"[..], &b"x"[..], &b"b"[..]]), 3);
+    assert!(s.is_empty());
 }
