@@ -605,3 +605,79 @@ fn parent_cycles_are_refused() {
         .unwrap();
     assert_eq!(left, 0);
 }
+
+/// Tokens of `KV.RESERVE numblocks key len ... VIA tcp`.
+fn reserve_tcp(con: &mut redis::Connection, blocks: &[(String, usize)]) -> Vec<u64> {
+    let mut cmd = redis::cmd("KV.RESERVE");
+    cmd.arg(blocks.len());
+    for (k, len) in blocks {
+        cmd.arg(k).arg(*len);
+    }
+    let v: Vec<redis::Value> = cmd.arg("VIA").arg("tcp").query(con).unwrap();
+    v.iter()
+        .map(|d| match d {
+            redis::Value::Array(items) => match items[3] {
+                redis::Value::Int(t) => t as u64,
+                ref other => panic!("{other:?}"),
+            },
+            other => panic!("not a descriptor: {other:?}"),
+        })
+        .collect()
+}
+
+fn data_port(con: &mut redis::Connection) -> u16 {
+    let v: Vec<redis::Value> = redis::cmd("KV.DATAPLANE").query(con).unwrap();
+    match &v[1] {
+        redis::Value::Int(p) => *p as u16,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// An aborted reservation gives its arena range back at once, even while a
+/// tcp write into it is stalled half way, and the late bytes are refused,
+/// not written: 7 aborted 8 MiB reservations used to keep 56 MiB of the
+/// arena until their data connections closed, and took their late bytes.
+#[test]
+fn an_aborted_reservation_frees_its_memory_while_its_write_is_stalled() {
+    use tidepool_transport::frame::{Op, Reply, Request, Status, REPLY_LEN};
+    let s = Server::start(&["--dram", "64MiB", "--shm", "false"]);
+    let mut con = s.redis();
+    let port = data_port(&mut con);
+    let len = 8usize << 20;
+    let blocks: Vec<(String, usize)> = (0..7).map(|i| (format!("r{i}"), len)).collect();
+    let tokens = reserve_tcp(&mut con, &blocks);
+    assert_eq!(s.info_u64("data_arena_used"), 56 << 20);
+    let mut conns = Vec::new();
+    for &token in &tokens {
+        let mut d = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let hdr = Request {
+            op: Op::Write,
+            token,
+            offset: 0,
+            len: len as u64,
+        };
+        d.write_all(&hdr.encode()).unwrap();
+        d.write_all(&vec![9u8; 1 << 20]).unwrap();
+        conns.push(d);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let n: i64 = redis::cmd("KV.ABORT").arg(&tokens).query(&mut con).unwrap();
+    assert_eq!(n, 7);
+    wait_for(
+        Duration::from_secs(2),
+        "the arena ranges to come back",
+        || s.info_u64("data_arena_used") == 0,
+    );
+    // The rest of the bytes arrive: refused, and the connection goes on.
+    for d in &mut conns {
+        d.write_all(&vec![9u8; len - (1 << 20)]).unwrap();
+        d.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut r = [0u8; REPLY_LEN];
+        std::io::Read::read_exact(d, &mut r).unwrap();
+        assert_eq!(Reply::decode(&r).unwrap().status, Status::UnknownToken);
+    }
+    // The whole arena is there for new reservations.
+    let blocks: Vec<(String, usize)> = (0..7).map(|i| (format!("n{i}"), len)).collect();
+    assert_eq!(reserve_tcp(&mut con, &blocks).len(), 7);
+    assert_eq!(s.info_u64("data_arena_used"), 56 << 20);
+}

@@ -69,6 +69,10 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         self.outstanding.fetch_sub(self.len, Relaxed);
         self.charged.fetch_sub(self.cost, Relaxed);
+        // Uncommitted (aborted, expired, its connection gone): a data
+        // connection stalled mid-write lets the memory go at once and
+        // writes nothing more into it. After a commit this does nothing.
+        self.inbound.cancel();
     }
 }
 

@@ -146,6 +146,11 @@ pub struct Inbound {
     ptr: *mut u8,
     len: u64,
     state: Mutex<State>,
+    /// Set when the reservation ended uncommitted (aborted, expired, its
+    /// connection gone): no claim is granted after, and a writer waiting
+    /// for more bytes gives its claim up at once ([`Inbound::cancelled`]).
+    cancelled: std::sync::atomic::AtomicBool,
+    cancel: tokio::sync::Notify,
 }
 
 // SAFETY: `ptr` points into the region owned by `state`, which is only given
@@ -177,7 +182,35 @@ impl Inbound {
                     Hashing::Broken
                 },
             }),
+            cancelled: std::sync::atomic::AtomicBool::new(false),
+            cancel: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Ends the reservation uncommitted: later claims are refused, and
+    /// writers waiting on [`Inbound::cancelled`] stop, so the memory goes
+    /// back as soon as the last of them lets the region go and no late byte
+    /// is written into it.
+    pub fn cancel(&self) {
+        self.cancelled
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.cancel.notify_waiters();
+    }
+
+    /// Whether [`Inbound::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Resolves once the reservation is cancelled (at once if it was).
+    pub async fn cancelled(&self) {
+        let notified = self.cancel.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.is_cancelled() {
+            return;
+        }
+        notified.await;
     }
 
     /// Length of the block.
@@ -202,7 +235,7 @@ impl Inbound {
             return Err(Status::OutOfRange);
         }
         let mut st = self.state.lock();
-        if st.region.is_none() {
+        if st.region.is_none() || self.is_cancelled() {
             return Err(Status::UnknownToken);
         }
         let overlaps = |r: &(u64, u64)| len > 0 && r.0 < end && offset < r.1;
@@ -374,6 +407,27 @@ mod tests {
         c.buf().fill(byte);
         c.complete();
         Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_reservation_grants_no_claim_and_wakes_its_writer() {
+        let ib = std::sync::Arc::new(Inbound::new(Region::alloc(None, 10)));
+        let claim = ib.claim(0, 5).unwrap();
+        let waiter = {
+            let ib = ib.clone();
+            tokio::spawn(async move { ib.cancelled().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        ib.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiting writer is woken")
+            .unwrap();
+        assert!(matches!(ib.claim(5, 5), Err(Status::UnknownToken)));
+        drop(claim);
+        // Waiting after the fact returns at once.
+        ib.cancelled().await;
     }
 
     #[test]

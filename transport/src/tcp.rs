@@ -195,6 +195,34 @@ async fn read_some(
     }
 }
 
+/// [`read_some`] into a reservation's memory, given up (`None`, nothing
+/// read) as soon as the reservation is cancelled: a writer that stalls
+/// mid-block must not keep an aborted or expired reservation's memory, nor
+/// write into it later.
+async fn read_some_unless(
+    s: &mut TcpStream,
+    buf: &mut [u8],
+    owed: &mut Owed,
+    mark: &mut Lowat,
+    need: usize,
+    inbound: &Inbound,
+) -> std::io::Result<Option<usize>> {
+    loop {
+        match s.try_read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                owed.flush(s).await?;
+                mark.expect(s, need)?;
+                // Waiting for readiness can stop anywhere; a read cannot.
+                tokio::select! {
+                    ready = s.readable() => ready?,
+                    _ = inbound.cancelled() => return Ok(None),
+                }
+            }
+            other => return other.map(Some),
+        }
+    }
+}
+
 async fn serve_conn(mut s: TcpStream, r: Arc<dyn Resolver>) -> std::io::Result<()> {
     tune(&s)?;
     let mut ahead = Ahead::new();
@@ -243,11 +271,9 @@ async fn serve_conn(mut s: TcpStream, r: Arc<dyn Resolver>) -> std::io::Result<(
         match req.op {
             Op::Write => {
                 let ib = r.inbound(req.token);
-                let claim = match &ib {
-                    Some(ib) => ib.claim(req.offset, req.len),
-                    None => Err(Status::UnknownToken),
-                };
-                let mut claim = match claim {
+                let mut claim = match ib.as_ref().map_or(Err(Status::UnknownToken), |ib| {
+                    ib.claim(req.offset, req.len)
+                }) {
                     Ok(c) => c,
                     Err(status) => {
                         // The refused bytes follow the header: read past them
@@ -266,15 +292,30 @@ async fn serve_conn(mut s: TcpStream, r: Arc<dyn Resolver>) -> std::io::Result<(
                 ahead.consume(early);
                 let mut got = early;
                 claim.absorb(got);
-                while got < len {
+                let inbound = ib.as_deref().expect("claimed");
+                while got < len && !inbound.is_cancelled() {
                     let end = (got + HASH_CHUNK).min(len);
                     let buf = &mut claim.buf()[got..end];
-                    let n = read_some(&mut s, buf, &mut owed, &mut mark, len - got).await?;
+                    let read =
+                        read_some_unless(&mut s, buf, &mut owed, &mut mark, len - got, inbound);
+                    let Some(n) = read.await? else {
+                        break; // aborted or expired meanwhile
+                    };
                     if n == 0 {
                         return Err(std::io::ErrorKind::UnexpectedEof.into());
                     }
                     got += n;
                     claim.absorb(got);
+                }
+                if got < len {
+                    // The reservation ended while its bytes came: the claim
+                    // and the region go now (nothing counts as written), the
+                    // rest of the bytes are read past, and the write refused.
+                    drop(claim);
+                    drop(ib);
+                    discard(&mut s, &mut ahead, &mut owed, &mut mark, (len - got) as u64).await?;
+                    owed.push(Status::UnknownToken, 0, None);
+                    continue;
                 }
                 claim.complete();
                 owed.push(Status::Ok, req.len, None);
