@@ -681,3 +681,134 @@ fn an_aborted_reservation_frees_its_memory_while_its_write_is_stalled() {
     assert_eq!(reserve_tcp(&mut con, &blocks).len(), 7);
     assert_eq!(s.info_u64("data_arena_used"), 56 << 20);
 }
+
+/// Measures the worst PING round trip of another client while `work` runs;
+/// returns (how long `work` took, the worst PING).
+fn worst_ping_during(s: &Server, work: impl FnOnce()) -> (Duration, Duration) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pinger = {
+        let stop = stop.clone();
+        let mut con = s.redis();
+        std::thread::spawn(move || {
+            let mut worst = Duration::ZERO;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                let _: String = redis::cmd("PING").query(&mut con).unwrap();
+                worst = worst.max(t.elapsed());
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            worst
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let t = Instant::now();
+    work();
+    let took = t.elapsed();
+    std::thread::sleep(Duration::from_millis(20));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    (took, pinger.join().unwrap())
+}
+
+/// Deleting the root of a long chain, FLUSHALL and KEYS over many blocks,
+/// and requests of many arguments take as long as they are big, but other
+/// clients are served meanwhile: they run off the runtime's workers, and no
+/// lock is held across the whole of one.
+#[test]
+fn long_commands_do_not_stall_other_clients() {
+    let s = Server::start(&["--dram", "1GiB"]);
+    let mut con = s.redis();
+    const N: usize = 100_000;
+    let fill = |con: &mut redis::Connection, prefix: &str, parent: Option<String>| -> String {
+        let mut cmd = redis::cmd("KV.MPUT");
+        cmd.arg(N);
+        for i in 0..N {
+            cmd.arg(format!("{prefix}{i}")).arg("v");
+        }
+        cmd.arg("CHAIN");
+        if let Some(p) = parent {
+            cmd.arg("PARENT").arg(p);
+        }
+        let _: redis::Value = cmd.query(con).unwrap();
+        format!("{prefix}{}", N - 1)
+    };
+    let last = fill(&mut con, "a", None);
+    let last = fill(&mut con, "b", Some(last));
+    fill(&mut con, "c", Some(last));
+    let dbsize =
+        |con: &mut redis::Connection| -> usize { redis::cmd("DBSIZE").query(con).unwrap() };
+    assert_eq!(dbsize(&mut con), 3 * N);
+    let (took, worst) = worst_ping_during(&s, || {
+        let n: i64 = redis::cmd("KV.DEL").arg("a0").query(&mut con).unwrap();
+        assert_eq!(n, 1);
+    });
+    eprintln!(
+        "KV.DEL of a {}-block chain: {took:?}, worst PING {worst:?}",
+        3 * N
+    );
+    assert_eq!(dbsize(&mut con), 0);
+    assert!(
+        worst < Duration::from_millis(150),
+        "a PING waited {worst:?} (the DEL took {took:?})"
+    );
+
+    let mut cmd = redis::cmd("MSET");
+    for i in 0..3 * N {
+        cmd.arg(format!("k{i}")).arg("v");
+    }
+    let (took, worst) = worst_ping_during(&s, || {
+        let _: () = cmd.query(&mut con).unwrap();
+    });
+    eprintln!("MSET of {} keys: {took:?}, worst PING {worst:?}", 3 * N);
+    assert!(
+        worst < Duration::from_millis(150),
+        "a PING waited {worst:?} (MSET took {took:?})"
+    );
+    let (took, worst) = worst_ping_during(&s, || {
+        let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("k1*").query(&mut con).unwrap();
+        assert!(keys.len() > N / 2);
+    });
+    eprintln!("KEYS over {} keys: {took:?}, worst PING {worst:?}", 3 * N);
+    assert!(
+        worst < Duration::from_millis(150),
+        "a PING waited {worst:?} (KEYS took {took:?})"
+    );
+    let (took, worst) = worst_ping_during(&s, || {
+        let _: () = redis::cmd("FLUSHALL").query(&mut con).unwrap();
+    });
+    eprintln!("FLUSHALL of {} keys: {took:?}, worst PING {worst:?}", 3 * N);
+    assert!(
+        worst < Duration::from_millis(150),
+        "a PING waited {worst:?} (FLUSHALL took {took:?})"
+    );
+    assert_eq!(dbsize(&mut con), 0);
+}
+
+/// A request of many arguments that arrives a little at a time is scanned
+/// once, not once per read: 200,000 arguments in 1 KiB pieces used to cost
+/// the server a full rescan per piece (quadratic time, stalling the worker).
+#[test]
+fn a_trickled_request_of_many_arguments_is_scanned_once() {
+    let s = Server::start(&[]);
+    let args: Vec<Vec<u8>> = std::iter::once(b"EXISTS".to_vec())
+        .chain((0..200_000).map(|i| format!("key:{i}").into_bytes()))
+        .collect();
+    let refs: Vec<&[u8]> = args.iter().map(|a| &a[..]).collect();
+    let wire = resp(&refs);
+    let mut c = s.raw();
+    let before = s.cpu_time();
+    for piece in wire.chunks(1024) {
+        c.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let (got, _) = read_until(&mut c, |b| b.ends_with(b"\r\n"));
+    assert_eq!(got, b":0\r\n");
+    let used = s.cpu_time() - before;
+    eprintln!(
+        "{} pieces: {used:?} of server CPU",
+        wire.len().div_ceil(1024)
+    );
+    assert!(
+        used < Duration::from_millis(500),
+        "the server spent {used:?} on one request"
+    );
+}

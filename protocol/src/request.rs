@@ -157,32 +157,39 @@ pub fn scan(
     limits: &Limits,
     spans: &mut Vec<(usize, usize)>,
 ) -> Result<Scan, ProtocolError> {
-    spans.clear();
-    if buf.is_empty() {
-        return Ok(Scan::Incomplete);
-    }
-    if buf[0] != b'*' {
-        return scan_inline(buf, limits);
-    }
-    let Some(end) = line_end(buf, 1) else {
-        if buf.len() > limits.max_inline_len {
-            return Err(ProtocolError::new("too big mbulk count string"));
-        }
-        return Ok(Scan::Incomplete);
+    scan_resuming(buf, limits, spans, &mut None)
+}
+
+/// Where the scan of an incomplete array stopped: its declared count and
+/// the offset of its first element not yet scanned (those before it are in
+/// the spans).
+type Resume = Option<(i64, usize)>;
+
+/// [`scan`] that picks up an incomplete array where the last call on the
+/// same buffer stopped (`resume`, with the spans it left), so a request of
+/// many arguments that arrives in many reads is scanned once in all, not
+/// once per read: a million-argument request sent a few bytes at a time
+/// would otherwise cost the server quadratic time.
+fn scan_resuming(
+    buf: &[u8],
+    limits: &Limits,
+    spans: &mut Vec<(usize, usize)>,
+    resume: &mut Resume,
+) -> Result<Scan, ProtocolError> {
+    let (count, mut pos) = match resume.take() {
+        Some(at) => at,
+        None => match scan_array_header(buf, limits, spans)? {
+            Ok(at) => at,
+            Err(done) => return Ok(done),
+        },
     };
-    if buf[end] != b'\r' {
-        return Err(ProtocolError::new("invalid multibulk length"));
-    }
-    let count = parse_header_int(&buf[1..end])
-        .filter(|n| *n <= limits.max_array_len as i64)
-        .ok_or_else(|| ProtocolError::new("invalid multibulk length"))?;
-    let mut pos = end + 2;
-    if count <= 0 {
-        return Ok(Scan::Empty(pos));
-    }
-    for _ in 0..count {
+    while spans.len() < count as usize {
+        let stop = |resume: &mut Resume, scan| {
+            *resume = Some((count, pos));
+            Ok(scan)
+        };
         if pos >= buf.len() {
-            return Ok(Scan::Incomplete);
+            return stop(resume, Scan::Incomplete);
         }
         if buf[pos] != b'$' {
             return Err(ProtocolError::new(format!(
@@ -194,7 +201,7 @@ pub fn scan(
             Some(found) => found,
             None => match bulk_header(buf, pos, limits)? {
                 Some(found) => found,
-                None => return Ok(Scan::Incomplete),
+                None => return stop(resume, Scan::Incomplete),
             },
         };
         let (len, body) = found;
@@ -204,7 +211,7 @@ pub fn scan(
         let len = len as usize;
         let after = body + len;
         if buf.len() < after + 2 {
-            return Ok(Scan::NeedBytes(after + 2));
+            return stop(resume, Scan::NeedBytes(after + 2));
         }
         if &buf[after..after + 2] != b"\r\n" {
             return Err(ProtocolError::new("bulk string not terminated by CRLF"));
@@ -213,6 +220,39 @@ pub fn scan(
         pos = after + 2;
     }
     Ok(Scan::Array(pos))
+}
+
+/// The start of a request: `Ok((count, offset of the first element))` for
+/// an array header, or `Err(scan)` for anything that ends the scan here.
+fn scan_array_header(
+    buf: &[u8],
+    limits: &Limits,
+    spans: &mut Vec<(usize, usize)>,
+) -> Result<Result<(i64, usize), Scan>, ProtocolError> {
+    spans.clear();
+    if buf.is_empty() {
+        return Ok(Err(Scan::Incomplete));
+    }
+    if buf[0] != b'*' {
+        return scan_inline(buf, limits).map(Err);
+    }
+    let Some(end) = line_end(buf, 1) else {
+        if buf.len() > limits.max_inline_len {
+            return Err(ProtocolError::new("too big mbulk count string"));
+        }
+        return Ok(Err(Scan::Incomplete));
+    };
+    if buf[end] != b'\r' {
+        return Err(ProtocolError::new("invalid multibulk length"));
+    }
+    let count = parse_header_int(&buf[1..end])
+        .filter(|n| *n <= limits.max_array_len as i64)
+        .ok_or_else(|| ProtocolError::new("invalid multibulk length"))?;
+    let pos = end + 2;
+    if count <= 0 {
+        return Ok(Err(Scan::Empty(pos)));
+    }
+    Ok(Ok((count, pos)))
 }
 
 fn scan_inline(buf: &[u8], limits: &Limits) -> Result<Scan, ProtocolError> {
@@ -325,6 +365,8 @@ pub struct RequestParser {
     limits: Limits,
     spans: Vec<(usize, usize)>,
     wanted: usize,
+    /// Where the scan of the pending request stopped.
+    resume: Resume,
 }
 
 impl RequestParser {
@@ -334,6 +376,7 @@ impl RequestParser {
             limits,
             spans: Vec::new(),
             wanted: 0,
+            resume: None,
         }
     }
 
@@ -351,6 +394,10 @@ impl RequestParser {
     /// Takes the next complete request off the front of `buf`, its arguments
     /// as `Bytes` each.
     ///
+    /// Between calls `buf` MUST only grow at its end (bytes appended, or the
+    /// same bytes moved to a larger buffer): the scan of an incomplete
+    /// request resumes where it stopped.
+    ///
     /// `Ok(None)` means more bytes are needed (nothing was consumed). An error means
     /// the stream is broken: the caller MUST answer `-ERR Protocol error: ...` and
     /// close the connection, since its framing can no longer be trusted. Empty
@@ -364,7 +411,7 @@ impl RequestParser {
     pub fn next_frame(&mut self, buf: &mut BytesMut) -> Result<Option<Frame<'_>>, ProtocolError> {
         loop {
             self.wanted = 0;
-            match scan(buf, &self.limits, &mut self.spans)? {
+            match scan_resuming(buf, &self.limits, &mut self.spans, &mut self.resume)? {
                 Scan::Incomplete => return Ok(None),
                 Scan::NeedBytes(n) => {
                     self.wanted = n;
@@ -569,6 +616,39 @@ mod tests {
             }
             let got = match first { Some(g) => g, None => p.next(&mut buf).unwrap().unwrap() };
             prop_assert_eq!(got.into_iter().map(|b| b.to_vec()).collect::<Vec<_>>(), args);
+            prop_assert!(buf.is_empty());
+        }
+
+        #[test]
+        fn requests_arriving_in_any_pieces_parse_as_when_whole(
+            reqs in prop::collection::vec(prop::collection::vec(prop::collection::vec(any::<u8>(), 0..20), 1..6), 1..4),
+            cuts in prop::collection::vec(1usize..30, 1..40),
+        ) {
+            let mut wire = Vec::new();
+            for args in &reqs {
+                wire.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+                for a in args {
+                    wire.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+                    wire.extend_from_slice(a);
+                    wire.extend_from_slice(b"\r\n");
+                }
+            }
+            // Fed a few bytes at a time, the scan resumes where it stopped;
+            // what comes out is what whole requests give.
+            let mut p = RequestParser::default();
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            let (mut at, mut i) = (0, 0);
+            while at < wire.len() {
+                let n = cuts[i % cuts.len()].min(wire.len() - at);
+                i += 1;
+                buf.extend_from_slice(&wire[at..at + n]);
+                at += n;
+                while let Some(args) = p.next(&mut buf).unwrap() {
+                    got.push(args.into_iter().map(|b| b.to_vec()).collect::<Vec<_>>());
+                }
+            }
+            prop_assert_eq!(got, reqs);
             prop_assert!(buf.is_empty());
         }
 

@@ -374,7 +374,8 @@ fn process(
         // The first request of a buffer allocated exactly for it, and nothing else.
         session.exclusive_frame = rbuf_exact && count == 0 && rbuf.is_empty();
         count += 1;
-        let (spec, parsed) = Command::parse_frame(frame);
+        let long = frame.len() > cmd::LONG_ARGS;
+        let (spec, parsed) = cmd::offload_if(long, || Command::parse_frame(frame));
         if let Some(spec) = spec {
             last = Some(spec.name);
         }
@@ -387,7 +388,7 @@ fn process(
                     ));
                     (Some(Reply::Error(e)), Flow::Continue)
                 } else {
-                    cmd::execute(shared, session, cmd, out)
+                    cmd::offload_if(long, || cmd::execute(shared, session, cmd, out))
                 }
             }
             Err(e) => (Some(Reply::Error(e)), Flow::Continue),

@@ -41,23 +41,24 @@ pub async fn run(
     );
     let planes = start_data_plane(&shared, listener.local_addr()?.port()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Expiry and lease sweeps run on a thread of their own: a sweep that
+    // removes a long chain (a TTL on its root) takes as long as the chain
+    // is, and must not hold up a runtime worker's connections meanwhile.
+    let (sweep_stop, sweep_rx) = std::sync::mpsc::channel::<()>();
     let sweeper = {
         let shared = shared.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-            let mut failures_seen = 0;
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        shared.store.expire_due();
-                        shared.data.sweep(&shared.store);
-                        failures_seen = report_checksum_failures(&shared, failures_seen);
-                    }
-                    _ = stop.changed() => break,
+        std::thread::Builder::new()
+            .name("tidepool-sweep".into())
+            .spawn(move || {
+                let mut failures_seen = 0;
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    sweep_rx.recv_timeout(SWEEP_INTERVAL)
+                {
+                    shared.store.expire_due();
+                    shared.data.sweep(&shared.store);
+                    failures_seen = report_checksum_failures(&shared, failures_seen);
                 }
-            }
-        })
+            })?
     };
     tokio::pin!(shutdown);
     loop {
@@ -83,7 +84,8 @@ pub async fn run(
     info!("shutting down");
     drop(listener);
     let _ = stop_tx.send(true);
-    let _ = sweeper.await;
+    drop(sweep_stop);
+    let _ = tokio::task::spawn_blocking(move || sweeper.join()).await;
     for task in planes {
         task.abort();
     }
