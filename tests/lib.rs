@@ -131,6 +131,27 @@ impl Server {
             * 1024
     }
 
+    /// Resident bytes of the mappings whose name contains `name` (from
+    /// /proc/PID/smaps; `memfd:tidepool-arena` is the shared arena).
+    pub fn rss_of(&self, name: &str) -> u64 {
+        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", self.pid())).expect("smaps");
+        let mut inside = false;
+        let mut kib = 0;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if first.contains('-') && !first.ends_with(':') {
+                inside = line.contains(name);
+            } else if inside && first == "Rss:" {
+                kib += line
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        kib * 1024
+    }
+
     /// CPU time the process has used (user and system).
     pub fn cpu_time(&self) -> Duration {
         let stat =

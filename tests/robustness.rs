@@ -812,3 +812,110 @@ fn a_trickled_request_of_many_arguments_is_scanned_once() {
         "the server spent {used:?} on one request"
     );
 }
+
+/// Resident memory stays within the DRAM capacity plus a small overhead
+/// whatever path the blocks take: inline puts, chained KV.MPUTs (whose keys,
+/// kept as views, used to pin every request buffer: a block with a parent
+/// cost about three times its size), then tcp puts into the same node (whose
+/// blocks lived in the arena while the inline ones lived on the heap).
+#[test]
+fn resident_memory_stays_near_the_capacity_on_every_path() {
+    let s = Server::start(&["--dram", "64MiB"]);
+    let base = s.rss();
+    let mut con = s.redis();
+    let value = vec![5u8; 1 << 20];
+    // Large blocks have one home, the arena (at most the capacity); the
+    // heap holds small values, indexes and requests in flight (a 16 MiB
+    // KV.MPUT is buffered whole, and the allocator keeps freed buffers of
+    // each worker for reuse), a bound that does not grow with the data.
+    let over = |what: &str| {
+        let arena = s.rss_of("memfd:tidepool-arena");
+        let heap = s.rss().saturating_sub(base).saturating_sub(arena);
+        eprintln!(
+            "{what}: arena {} MiB, other {} MiB",
+            arena >> 20,
+            heap >> 20
+        );
+        assert!(arena <= 64 << 20, "{what}: arena {} MiB", arena >> 20);
+        assert!(
+            heap < 112 << 20,
+            "{what}: a 64 MiB node holds {} MiB outside its arena",
+            heap >> 20
+        );
+        // The blocks stored are in the arena, not on the heap.
+        let used: u64 = redis::cmd("INFO")
+            .arg("memory")
+            .query::<String>(&mut s.redis())
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            arena + (4 << 20) >= used,
+            "{what}: {used} bytes stored, {arena} in the arena"
+        );
+    };
+    for i in 0..256 {
+        let _: () = redis::cmd("KV.PUT")
+            .arg(format!("i{i}"))
+            .arg(&value)
+            .query(&mut con)
+            .unwrap();
+    }
+    over("256 inline puts");
+    for g in 0..16 {
+        // Each group a chain of its own under a small root block.
+        let root = format!("root{g}");
+        let _: () = redis::cmd("KV.PUT")
+            .arg(&root)
+            .arg("r")
+            .query(&mut con)
+            .unwrap();
+        let mut cmd = redis::cmd("KV.MPUT");
+        cmd.arg(16);
+        for j in 0..16 {
+            cmd.arg(format!("c{g}_{j}")).arg(&value);
+        }
+        let r: redis::Value = cmd
+            .arg("CHAIN")
+            .arg("PARENT")
+            .arg(&root)
+            .query(&mut con)
+            .unwrap();
+        assert!(
+            matches!(&r, redis::Value::Array(v) if v.iter().all(|x| *x == redis::Value::Okay)),
+            "{r:?}"
+        );
+    }
+    over("16 chained KV.MPUTs of 16 blocks");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = tidepool_client::Client::connect_with(
+            &format!("127.0.0.1:{}", s.port),
+            tidepool_client::ClientOptions {
+                plane: tidepool_client::PlaneChoice::Tcp,
+                inline_below: 0,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        for g in 0..16 {
+            let blocks: Vec<(bytes::Bytes, bytes::Bytes)> = (0..16)
+                .map(|j| {
+                    (
+                        bytes::Bytes::from(format!("t{g}_{j}")),
+                        bytes::Bytes::from(value.clone()),
+                    )
+                })
+                .collect();
+            for r in c.put_many(&blocks, false, None).await.unwrap() {
+                r.unwrap();
+            }
+        }
+    });
+    over("256 tcp puts");
+}

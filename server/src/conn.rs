@@ -372,7 +372,13 @@ fn process(
             break Flow::Close;
         }
         // The first request of a buffer allocated exactly for it, and nothing else.
-        session.exclusive_frame = rbuf_exact && count == 0 && rbuf.is_empty();
+        // With an arena, large values are copied into it instead: a block
+        // kept in its request's heap buffer would be DRAM-tier memory
+        // outside the arena, whose pages stay resident once touched (two
+        // homes for the same tier's blocks, and resident memory up to
+        // twice the capacity).
+        session.exclusive_frame =
+            rbuf_exact && count == 0 && rbuf.is_empty() && shared.data.arena.is_none();
         count += 1;
         let long = frame.len() > cmd::LONG_ARGS;
         let (spec, parsed) = cmd::offload_if(long, || Command::parse_frame(frame));

@@ -263,7 +263,13 @@ impl DataState {
                         continue;
                     }
                 },
-                _ => Region::alloc(self.arena.as_ref(), len as usize),
+                // Tcp blocks go to the arena too, shedding to make room, so
+                // the DRAM tier's large blocks have one home; the heap only
+                // when nothing can be shed.
+                _ => match self.arena_block(store, len as usize) {
+                    Some(b) => Region::Arena(b),
+                    None => Region::alloc(None, len as usize),
+                },
             };
             let offset = region.arena_offset().unwrap_or(0);
             let mut reservations = self.reservations.lock();

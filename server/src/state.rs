@@ -66,9 +66,13 @@ impl Shared {
             arena,
             std::time::Duration::from_millis(config.reserve_timeout),
         ));
-        // Large values the store copies (inline KV.PUT / KV.MPUT) go to the
-        // arena too: its pages are already mapped (fresh heap pages cost a
-        // fault and zeroing each), and shm readers find them there.
+        // Large values of inline puts (KV.PUT, SET, KV.MPUT) are copied into
+        // the arena too, so that the DRAM tier's large blocks have one home
+        // whose resident size is bounded by the arena's (a block left in its
+        // request's heap buffer made the heap a second home, and resident
+        // memory up to twice the capacity); its pages are already mapped
+        // (fresh heap pages cost a fault and zeroing each), and shm readers
+        // find the blocks there.
         if let Some(arena) = data.arena.clone() {
             store.set_value_alloc(Arc::new(move |v| {
                 let mut b = arena.alloc(v.len())?;

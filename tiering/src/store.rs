@@ -1106,11 +1106,22 @@ impl Store {
         self.value_alloc.set(alloc).is_ok()
     }
 
-    /// A copy of `value` that the store owns.
+    /// A copy of `value` that the store owns. A large one goes through the
+    /// value allocator (the server's arena), shedding blocks until it fits
+    /// there: a large block on the heap would keep DRAM-tier bytes in a
+    /// second pool beside the arena, whose pages stay resident once
+    /// touched. Only when shedding frees nothing does it go to the heap.
     fn copy_value(&self, value: &[u8]) -> Bytes {
         if value.len() >= VALUE_ALLOC_MIN {
-            if let Some(b) = self.value_alloc.get().and_then(|alloc| alloc(value)) {
-                return b;
+            if let Some(alloc) = self.value_alloc.get() {
+                for _ in 0..4 {
+                    if let Some(b) = alloc(value) {
+                        return b;
+                    }
+                    if self.shed(value.len() as u64) == 0 {
+                        break;
+                    }
+                }
             }
         }
         Bytes::copy_from_slice(value)
@@ -1276,6 +1287,15 @@ impl Store {
                 capacity,
             });
         }
+        // The key and the parent's name usually are views into a
+        // connection's read buffer: kept in the index (the entry, its
+        // parent's list of children) they would keep that whole buffer, the
+        // values of every block of a KV.MPUT included, for as long as the
+        // block lives (a 256 MiB node fed 16-block chained KV.MPUTs of 1 MiB
+        // blocks held over 500 MiB of request buffers that way).
+        let key = Bytes::copy_from_slice(&key);
+        let mut opts = opts;
+        opts.parent = opts.parent.map(|p| Bytes::copy_from_slice(&p));
         if let Some(p) = &opts.parent {
             if *p == key {
                 return Err(StoreError::SelfParent);
@@ -1472,9 +1492,7 @@ impl Store {
                     Some((old_len, old_slot, old_parent, old_tier, old_disk))
                 }
                 None => {
-                    // The key usually is a view into a connection's read buffer;
-                    // storing the view would pin that whole buffer.
-                    let key = Bytes::copy_from_slice(&key);
+                    let key = key.clone();
                     let expires_at = opts.ttl_ms.map(|ms| now.saturating_add(ms));
                     let entry = Entry {
                         len,
@@ -2479,7 +2497,9 @@ impl Store {
                     lru.remove(&e.filed);
                 }
                 e.leases += 1;
-                held.push(k.clone());
+                // The key may be a view into a request's buffer: a lease
+                // keeping the view would keep the whole buffer.
+                held.push(Bytes::copy_from_slice(k));
             }
         }
         let n = held.len();
