@@ -397,3 +397,117 @@ fn a_loop_block_device_serves_as_the_ssd_tier() {
         std::panic::resume_unwind(e);
     }
 }
+
+/// Mounts a tmpfs of `size` at a fresh directory; `None` (and a SKIPPED
+/// line) where mounting is refused (no privilege).
+fn small_fs(name: &str, size: &str) -> Option<std::path::PathBuf> {
+    let dir = temp_dir(name);
+    let out = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(&dir)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Some(dir),
+        Ok(o) => {
+            eprintln!(
+                "SKIPPED: mount refused here ({}), no full-device test",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: mount not available ({e}), no full-device test");
+            None
+        }
+    }
+}
+
+fn unmount(dir: &std::path::Path) {
+    let _ = std::process::Command::new("umount").arg(dir).status();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn ssd_put(c: &mut redis::Connection, key: &str, value: &[u8]) -> redis::RedisResult<()> {
+    cmd("KV.PUT")
+        .arg(key)
+        .arg(value)
+        .arg("TIER")
+        .arg("ssd")
+        .query(c)
+}
+
+/// The tier's space is reserved when it opens: a file system that fills up
+/// afterwards (other files) no longer makes every SSD write fail with
+/// ENOSPC while the log believes it has room.
+#[test]
+fn a_file_system_filling_up_after_start_does_not_fail_the_tier() {
+    let Some(dir) = small_fs("fills", "40m") else {
+        return;
+    };
+    let result = std::panic::catch_unwind(|| {
+        let spec = format!("{}:32MiB", dir.join("tier").display());
+        let s = Server::start(&["--ssd", &spec, "--ssd-segment-size", "1MiB"]);
+        assert_eq!(s.info_u64("ssd_segments_without_space"), 0);
+        // Something else takes every byte left.
+        let mut filler = std::fs::File::create(dir.join("filler")).unwrap();
+        let chunk = vec![1u8; 1 << 20];
+        while std::io::Write::write_all(&mut filler, &chunk).is_ok() {}
+        let mut c = s.redis();
+        for i in 0..80 {
+            ssd_put(&mut c, &format!("f{i}"), &block(i, 500_000)).unwrap();
+        }
+        assert_eq!(s.info_u64("ssd_no_space_errors"), 0);
+        let got: Vec<u8> = cmd("GET").arg("f79").query(&mut c).unwrap();
+        assert!(got == block(79, 500_000));
+    });
+    unmount(&dir);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+/// A file system smaller than the tier: said at start, the log turns over
+/// within the segments it has room for (no write fails), and takes the
+/// others once space returns.
+#[test]
+fn a_file_system_smaller_than_the_tier_is_used_as_far_as_it_goes() {
+    let Some(dir) = small_fs("small", "8m") else {
+        return;
+    };
+    let result = std::panic::catch_unwind(|| {
+        let spec = format!("{}:32MiB", dir.join("tier").display());
+        let s = Server::start(&["--ssd", &spec, "--ssd-segment-size", "1MiB"]);
+        let without = s.info_u64("ssd_segments_without_space");
+        assert!(
+            (24..32).contains(&without),
+            "{without} of 32 segments without space"
+        );
+        let mut c = s.redis();
+        for i in 0..40 {
+            ssd_put(&mut c, &format!("s{i}"), &block(i, 500_000)).unwrap();
+        }
+        let got: Vec<u8> = cmd("GET").arg("s39").query(&mut c).unwrap();
+        assert!(got == block(39, 500_000));
+        let first: Option<Vec<u8>> = cmd("GET").arg("s0").query(&mut c).unwrap();
+        assert!(
+            first.is_none(),
+            "the oldest blocks were reclaimed to make room"
+        );
+        // Space returns: the other segments join as the log turns over.
+        let ok = std::process::Command::new("mount")
+            .args(["-o", "remount,size=64m"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|st| st.success());
+        assert!(ok, "remount");
+        for i in 40..120 {
+            ssd_put(&mut c, &format!("s{i}"), &block(i, 500_000)).unwrap();
+        }
+        assert_eq!(s.info_u64("ssd_segments_without_space"), 0);
+        assert!(s.info_u64("ssd_segments_used") > 24);
+    });
+    unmount(&dir);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}

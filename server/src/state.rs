@@ -115,6 +115,9 @@ fn attach_ssd(store: &Arc<Store>, config: &Config, spec: &str) -> anyhow::Result
     if let Some(why) = &opened.fallback {
         tracing::warn!("{why}");
     }
+    for why in opened.tier.log().warnings() {
+        tracing::warn!("{why}");
+    }
     let tier = Arc::new(opened.tier);
     tracing::info!(
         path = %tier.log().path().display(),

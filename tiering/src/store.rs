@@ -315,6 +315,11 @@ pub struct SsdStats {
     pub pending_demotions: u64,
     /// Records that failed their checksum on read.
     pub checksum_failures: u64,
+    /// Segments out of the rotation because the file system had no room
+    /// for them (they rejoin once it has).
+    pub segments_without_space: u64,
+    /// Writes the file system refused for want of space.
+    pub no_space_errors: u64,
     /// I/O engine (`io_uring` or `psync`).
     pub engine: &'static str,
     /// Whether the device is opened with O_DIRECT.
@@ -1028,14 +1033,49 @@ impl Store {
             ssd.counters.blocks.fetch_add(1, Relaxed);
         }
         let mut orphans = Vec::new();
+        let mut linked = Vec::with_capacity(with_parent.len());
         for (key, parent) in with_parent {
             if self.link_child(&parent, &key, false).is_err() {
                 orphans.push(key);
+            } else {
+                linked.push(key);
             }
         }
+        // Records of different times may name each other as parents (the
+        // newest record of each key is recovered, written under parents
+        // that changed since): a cycle would never leave the tier, so its
+        // blocks go, with what hangs under them.
+        orphans.extend(self.cycles_among(&linked));
         for key in orphans {
             self.remove_tree(&key, EventKind::Orphaned);
         }
+    }
+
+    /// One block of each cycle of parents reachable from `keys` (at
+    /// recovery, before anything else runs). Linear: each walk up stops at
+    /// a block already walked.
+    fn cycles_among(&self, keys: &[Key]) -> Vec<Key> {
+        let parent_of = |k: &Key| self.shard(k).map.get(k).and_then(|e| e.parent.clone());
+        let mut done: std::collections::HashSet<Key> = std::collections::HashSet::new();
+        let mut found = Vec::new();
+        for start in keys {
+            let mut path: Vec<Key> = Vec::new();
+            let mut on_path: std::collections::HashSet<Key> = std::collections::HashSet::new();
+            let mut at = Some(start.clone());
+            while let Some(k) = at {
+                if done.contains(&k) {
+                    break;
+                }
+                if !on_path.insert(k.clone()) {
+                    found.push(k);
+                    break;
+                }
+                at = parent_of(&k);
+                path.push(k);
+            }
+            done.extend(path);
+        }
+        found
     }
 
     /// Writes a demoted block to SSD (on the demotion thread) and points its
@@ -1300,6 +1340,11 @@ impl Store {
             if *p == key {
                 return Err(StoreError::SelfParent);
             }
+            // A durable write is checked before it is made (the check under
+            // the shard lock below still decides, for a race meanwhile).
+            if to_ssd && self.would_reparent(&key, p) {
+                return Err(StoreError::Reparent);
+            }
             self.link_child(p, &key, !to_ssd)?;
         }
         let unlink = |this: &Self| {
@@ -1394,6 +1439,9 @@ impl Store {
                 if exists != want {
                     drop(shard);
                     self.counters(tier).used.fetch_sub(reserved, Relaxed);
+                    if tier == TierKind::Ssd {
+                        self.forget_on_disk(&key, Some(&slot));
+                    }
                     if held_old {
                         self.unhold(&key);
                     }
@@ -1412,6 +1460,11 @@ impl Store {
             if reparent {
                 drop(shard);
                 self.counters(tier).used.fetch_sub(reserved, Relaxed);
+                if tier == TierKind::Ssd {
+                    // The refused record must not come back after a restart
+                    // as the newest version (or a cycle).
+                    self.forget_on_disk(&key, Some(&slot));
+                }
                 self.release_slot(tier, slot);
                 if held_old {
                     self.unhold(&key);
@@ -1563,6 +1616,16 @@ impl Store {
         }
         self.emit(EventKind::Stored, &key, tier, opts.parent.as_ref());
         Ok(true)
+    }
+
+    /// Whether storing `key` under `parent` would move a block that has
+    /// stored children to another parent (refused: see
+    /// [`StoreError::Reparent`]).
+    fn would_reparent(&self, key: &[u8], parent: &Bytes) -> bool {
+        self.shard(key)
+            .map
+            .get(key)
+            .is_some_and(|e| e.parent.as_ref() != Some(parent) && !e.children.is_empty())
     }
 
     /// Holds `key`'s DRAM version against eviction (as a lease does) while it is
@@ -2822,6 +2885,8 @@ impl Store {
                 dropped_demotions: s.dropped.load(Relaxed),
                 pending_demotions: s.pending.load(Relaxed),
                 checksum_failures: log.stats.checksum_failures.load(Relaxed),
+                segments_without_space: log.unbacked_segments() as u64,
+                no_space_errors: log.stats.no_space.load(Relaxed),
                 engine: log.engine_name(),
                 direct: log.is_direct(),
             }

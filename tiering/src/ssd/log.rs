@@ -87,6 +87,11 @@ struct State {
     /// Keys written to each segment (for handing back on eviction).
     keys: Vec<Vec<(Bytes, Location)>>,
     next_seq: u64,
+    /// Segments the file system had no room for: out of the rotation
+    /// until space returns (see [`SegmentLog::take_unbacked`]).
+    unbacked: VecDeque<u32>,
+    /// Segment openings after which unbacked segments are tried again.
+    retry_unbacked_at: u64,
 }
 
 /// A record as recovery reads it: key, parent, and for a tombstone the
@@ -102,6 +107,8 @@ pub struct LogStats {
     pub segment_evictions: AtomicU64,
     /// Reads whose record failed its checks.
     pub checksum_failures: AtomicU64,
+    /// Writes the file system refused for want of space (ENOSPC).
+    pub no_space: AtomicU64,
 }
 
 /// The segment log.
@@ -116,6 +123,8 @@ pub struct SegmentLog {
     /// For each segment, the number of segment openings before its own; read
     /// without the lock (see [`SegmentLog::opens_until_reclaim`]).
     opened_at: Vec<AtomicU64>,
+    /// What opening found wrong with the space behind the tier.
+    warnings: Mutex<Vec<String>>,
     /// Segment openings so far.
     opens: AtomicU64,
     /// Counters.
@@ -187,13 +196,97 @@ impl SegmentLog {
                 sealed: VecDeque::new(),
                 keys: vec![Vec::new(); segments as usize],
                 next_seq: 1,
+                unbacked: VecDeque::new(),
+                retry_unbacked_at: 0,
             }),
             opened_at: (0..segments).map(|_| AtomicU64::new(0)).collect(),
+            warnings: Mutex::new(Vec::new()),
             opens: AtomicU64::new(0),
             stats: LogStats::default(),
         };
         let recovered = log.recover()?;
+        log.reserve_at_open(capacity)?;
         Ok((log, recovered))
+    }
+
+    /// Reserves the file's space on its file system (`fallocate`), so that
+    /// no append fails later for want of it, which would leave the log
+    /// believing it has room it never gets and never reclaiming. Segments
+    /// the file system has no room for leave the rotation (the log wraps
+    /// around within the others) until space returns; when there is none
+    /// for a single segment, opening fails. What was cut, and a file
+    /// system smaller than the tier, is said in [`SegmentLog::warnings`].
+    fn reserve_at_open(&self, capacity: u64) -> io::Result<()> {
+        let whole = self.segments as u64 * self.segment_size;
+        let (fs_size, fs_free) = fs_space(&self.file)?;
+        let mut warnings = Vec::new();
+        if let Some(size) = fs_size.filter(|size| *size < capacity) {
+            warnings.push(format!(
+                "{}: the file system is {size} bytes, smaller than the SSD tier's {capacity}",
+                self.path.display()
+            ));
+        }
+        if !reserve_space(&self.file, 0, whole)? {
+            let mut st = self.state.lock();
+            let free: Vec<u32> = st.free.drain(..).collect();
+            for seg in free {
+                if reserve_space(&self.file, self.segment_start(seg), self.segment_size)? {
+                    st.free.push_back(seg);
+                } else {
+                    st.unbacked.push_back(seg);
+                }
+            }
+            if st.free.is_empty() && st.sealed.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!(
+                        "{}: the file system has no room for one SSD segment of {} bytes ({} bytes free)",
+                        self.path.display(),
+                        self.segment_size,
+                        fs_free.unwrap_or(0)
+                    ),
+                ));
+            }
+            if !st.unbacked.is_empty() {
+                warnings.push(format!(
+                    "{}: the file system has room for {} of the SSD tier's {} segments ({} bytes free): \
+                     the log turns over within those, and takes the others once space returns",
+                    self.path.display(),
+                    self.segments as usize - st.unbacked.len(),
+                    self.segments,
+                    fs_free.unwrap_or(0)
+                ));
+            }
+        }
+        *self.warnings.lock() = warnings;
+        Ok(())
+    }
+
+    /// What opening found wrong with the space behind the tier (to log).
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings.lock().clone()
+    }
+
+    /// Segments out of the rotation for want of space on the file system.
+    pub fn unbacked_segments(&self) -> usize {
+        self.state.lock().unbacked.len()
+    }
+
+    /// An unbacked segment whose space the file system now gives, when the
+    /// time to try again has come.
+    fn take_unbacked(&self, st: &mut State) -> Option<u32> {
+        let opens = self.opens.load(Relaxed);
+        if st.unbacked.is_empty() || opens < st.retry_unbacked_at {
+            return None;
+        }
+        let seg = *st.unbacked.front()?;
+        match reserve_space(&self.file, self.segment_start(seg), self.segment_size) {
+            Ok(true) => st.unbacked.pop_front(),
+            _ => {
+                st.retry_unbacked_at = opens + 1;
+                None
+            }
+        }
     }
 
     /// Whether the file was opened with `O_DIRECT`.
@@ -419,51 +512,92 @@ impl SegmentLog {
         }
         let mut st = self.state.lock();
         let mut evicted = Vec::new();
-        let need_new = match st.active {
-            None => true,
-            Some(_) => st.write_pos + len > self.segment_size,
-        };
-        if need_new {
-            if let Some(a) = st.active.take() {
-                st.sealed.push_back(a);
-            }
-            let next = match st.free.pop_front() {
-                Some(s) => s,
-                None => {
-                    let victim = st.sealed.pop_front().expect("at least one segment exists");
-                    self.stats.segment_evictions.fetch_add(1, Relaxed);
-                    evicted = std::mem::take(&mut st.keys[victim as usize]);
-                    victim
-                }
+        let mut encode = Some(encode);
+        let mut buf = None;
+        // Further tries after the file system refused space: in segments
+        // already written, whose blocks it has.
+        const TRIES: usize = 3;
+        for attempt in 0..TRIES {
+            let need_new = match st.active {
+                None => true,
+                Some(_) => st.write_pos + len > self.segment_size,
             };
-            st.active = Some(next);
-            st.write_pos = 0;
-            let n = self.opens.load(Relaxed);
-            self.opened_at[next as usize].store(n, Relaxed);
-            self.opens.store(n + 1, Relaxed);
+            if need_new {
+                if let Some(a) = st.active.take() {
+                    st.sealed.push_back(a);
+                }
+                let next = match st.free.pop_front().or_else(|| self.take_unbacked(&mut st)) {
+                    Some(s) => s,
+                    None => {
+                        let victim = st.sealed.pop_front().expect("at least one segment exists");
+                        self.stats.segment_evictions.fetch_add(1, Relaxed);
+                        evicted.extend(std::mem::take(&mut st.keys[victim as usize]));
+                        victim
+                    }
+                };
+                st.active = Some(next);
+                st.write_pos = 0;
+                let n = self.opens.load(Relaxed);
+                self.opened_at[next as usize].store(n, Relaxed);
+                self.opens.store(n + 1, Relaxed);
+            }
+            let segment = st.active.expect("set above");
+            if buf.is_none() {
+                let seq = st.next_seq;
+                st.next_seq += 1;
+                buf = Some((seq, (encode.take().expect("encoded once"))(seq)));
+            }
+            let (seq, bytes) = buf.as_ref().expect("encoded above");
+            let seq = *seq;
+            let offset = self.segment_start(segment) + st.write_pos;
+            // Written under the lock: appends reach the device in order.
+            if let Err(e) = self.engine.write_at(&self.file, bytes, offset) {
+                if !is_no_space(&e) {
+                    return Err(e);
+                }
+                // This segment takes no more (what it holds stays readable),
+                // and segments never written may have no space behind them
+                // either: they leave the rotation, and the log turns over
+                // within those it has written, until space returns.
+                self.stats.no_space.fetch_add(1, Relaxed);
+                if let Some(a) = st.active.take() {
+                    if st.write_pos == 0 {
+                        st.unbacked.push_back(a); // it holds nothing
+                    } else {
+                        st.sealed.push_back(a);
+                    }
+                }
+                let free: Vec<u32> = st.free.drain(..).collect();
+                st.unbacked.extend(free);
+                st.retry_unbacked_at = self.opens.load(Relaxed) + (self.segments as u64 / 4).max(1);
+                if attempt + 1 == TRIES {
+                    return Err(io::Error::new(
+                        io::ErrorKind::StorageFull,
+                        format!(
+                            "the file system under the SSD tier ({}) is full",
+                            self.path.display()
+                        ),
+                    ));
+                }
+                continue;
+            }
+            if durable {
+                self.engine.sync(&self.file)?;
+            }
+            st.write_pos += len;
+            let location = Location {
+                segment,
+                offset,
+                len,
+                seq,
+            };
+            if track {
+                st.keys[segment as usize].push((Bytes::copy_from_slice(key), location));
+            }
+            self.stats.appends.fetch_add(1, Relaxed);
+            return Ok((location, evicted));
         }
-        let segment = st.active.expect("set above");
-        let seq = st.next_seq;
-        st.next_seq += 1;
-        let offset = self.segment_start(segment) + st.write_pos;
-        let buf = encode(seq);
-        // Written under the lock: appends reach the device in order.
-        self.engine.write_at(&self.file, &buf, offset)?;
-        if durable {
-            self.engine.sync(&self.file)?;
-        }
-        st.write_pos += len;
-        let location = Location {
-            segment,
-            offset,
-            len,
-            seq,
-        };
-        if track {
-            st.keys[segment as usize].push((Bytes::copy_from_slice(key), location));
-        }
-        self.stats.appends.fetch_add(1, Relaxed);
-        Ok((location, evicted))
+        unreachable!("the loop returns")
     }
 
     /// Makes every append so far durable.
@@ -510,6 +644,55 @@ impl AsRef<[u8]> for ValueIn {
 }
 
 /// Size of a regular file, or of a block device (whose metadata length is 0).
+/// Whether an I/O error says the file system is out of space.
+fn is_no_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || e.kind() == io::ErrorKind::StorageFull
+}
+
+/// Reserves `[offset, offset + len)` of a regular file on its file system.
+/// `Ok(false)` when the file system has no room; `Ok(true)` when it is
+/// reserved, or cannot be (a block device has its space; a file system
+/// without `fallocate` says nothing until a write fails).
+fn reserve_space(file: &File, offset: u64, len: u64) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    if !file.metadata()?.is_file() {
+        return Ok(true);
+    }
+    let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Err(invalid("offset past what fallocate takes"));
+    };
+    // SAFETY: a plain syscall on a descriptor we own.
+    if unsafe { libc::fallocate(file.as_raw_fd(), 0, off, n) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => Ok(false),
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(true),
+        _ => Err(e),
+    }
+}
+
+/// The size and free space of the file system holding a regular file
+/// (`None` for a block device, or when it cannot say).
+fn fs_space(file: &File) -> io::Result<(Option<u64>, Option<u64>)> {
+    use std::os::fd::AsRawFd;
+    if !file.metadata()?.is_file() {
+        return Ok((None, None));
+    }
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer for the call.
+    if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) } != 0 {
+        return Ok((None, None));
+    }
+    let unit = st.f_frsize as u64;
+    Ok((
+        Some(st.f_blocks as u64 * unit),
+        Some(st.f_bavail as u64 * unit),
+    ))
+}
+
 fn device_or_file_len(file: &File) -> io::Result<u64> {
     use std::io::{Seek, SeekFrom};
     let meta = file.metadata()?;
@@ -572,6 +755,92 @@ mod tests {
             body(&d, direct);
             let _ = std::fs::remove_dir_all(&d);
         }
+    }
+
+    /// Psync writes that fail with ENOSPC past `limit` bytes of the file
+    /// (a file system that fills up under a file it never reserved).
+    struct FillsUp {
+        inner: PsyncEngine,
+        limit: AtomicU64,
+    }
+
+    impl IoEngine for FillsUp {
+        fn name(&self) -> &'static str {
+            "fills-up"
+        }
+        fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+            if offset + buf.len() as u64 > self.limit.load(Relaxed) {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            self.inner.write_at(file, buf, offset)
+        }
+        fn read_at(&self, file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            self.inner.read_at(file, buf, offset)
+        }
+        fn sync(&self, file: &File) -> io::Result<()> {
+            self.inner.sync(file)
+        }
+    }
+
+    #[test]
+    fn a_full_file_system_turns_the_log_over_in_what_it_has_and_space_coming_back_is_used() {
+        let d = dir("fills-up", &std::env::temp_dir().to_string_lossy());
+        let engine = Arc::new(FillsUp {
+            inner: PsyncEngine,
+            limit: AtomicU64::new(3 * SEG),
+        });
+        let (log, _) = SegmentLog::open_with(&config(&d, 8), engine.clone()).unwrap();
+        let v = value(1, 20_000);
+        // Three segments fit; the fourth is refused, and the log goes on in
+        // the three it has, reclaiming the oldest, with no write failing.
+        let mut evicted = 0;
+        for i in 0..40 {
+            let (loc, ev) = log
+                .append(format!("k{i}").as_bytes(), None, &v, false)
+                .unwrap();
+            assert!(loc.offset + loc.len <= 3 * SEG);
+            assert_eq!(
+                log.read(format!("k{i}").as_bytes(), &loc).unwrap().unwrap(),
+                &v[..]
+            );
+            evicted += ev.len();
+        }
+        assert!(evicted > 0, "the log must reclaim within the space it has");
+        // Each segment the file system cannot back costs one refused write
+        // (here fallocate says yes and the writes still fail, so the
+        // segments are tried again now and then, never failing an append).
+        assert!(log.stats.no_space.load(Relaxed) >= 1);
+        assert!(log.unbacked_segments() >= 4, "{}", log.unbacked_segments());
+        // Space comes back: the other segments rejoin as the log turns over.
+        engine.limit.store(u64::MAX, Relaxed);
+        for i in 40..200 {
+            log.append(format!("k{i}").as_bytes(), None, &v, false)
+                .unwrap();
+        }
+        assert_eq!(log.unbacked_segments(), 0);
+        assert_eq!(log.used_segments(), 8);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_file_system_too_small_for_the_tier_is_said_at_open() {
+        let d = dir("too-small", &std::env::temp_dir().to_string_lossy());
+        let (size, _) = fs_space(&File::open(&d).unwrap()).unwrap_or((None, None));
+        // A directory is no regular file: nothing to say about it.
+        assert_eq!(size, None);
+        let c = LogConfig {
+            capacity: Some(SEG * 4),
+            ..config(&d, 4)
+        };
+        let (log, _) = open(&c).unwrap();
+        assert!(log.warnings().is_empty(), "{:?}", log.warnings());
+        let file = File::open(d.join(FILE_NAME)).unwrap();
+        // Reserved: the file's blocks are allocated, not a sparse hole.
+        use std::os::unix::fs::MetadataExt;
+        assert!(file.metadata().unwrap().blocks() * 512 >= 4 * SEG);
+        let (size, free) = fs_space(&file).unwrap();
+        assert!(size.unwrap() > 0 && free.is_some());
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
