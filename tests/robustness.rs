@@ -919,3 +919,51 @@ fn resident_memory_stays_near_the_capacity_on_every_path() {
     });
     over("256 tcp puts");
 }
+
+/// Under a low descriptor limit maxclients is lowered to fit it (said once
+/// at start), so clients past it get Redis's refusal instead of the server
+/// running out of descriptors.
+#[test]
+fn maxclients_fits_the_descriptor_limit() {
+    let s = Server::start_after("ulimit -n 256", &["--shm", "false"]);
+    let mut con = s.redis();
+    let v: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxclients")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(
+        v,
+        ["maxclients", "224"],
+        "256 less 32 kept for the server's own files"
+    );
+    let e = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxclients")
+        .arg(10_000)
+        .query::<()>(&mut con)
+        .unwrap_err();
+    assert!(e.to_string().contains("open files"), "{e}");
+    let mut conns = Vec::new();
+    let mut refused = 0;
+    for _ in 0..250 {
+        let mut c = s.raw();
+        c.write_all(b"PING\r\n").unwrap();
+        let (got, _) = read_until(&mut c, |b| b.ends_with(b"\r\n"));
+        if got.starts_with(b"-ERR max number of clients reached") {
+            refused += 1;
+        } else {
+            assert_eq!(got, b"+PONG\r\n");
+            conns.push(c);
+        }
+    }
+    assert_eq!(
+        conns.len() + 1,
+        224,
+        "the redis connection above is one of them"
+    );
+    assert_eq!(refused, 250 - 223);
+    drop(conns);
+    let pong: String = redis::cmd("PING").query(&mut con).unwrap();
+    assert_eq!(pong, "PONG");
+}

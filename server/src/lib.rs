@@ -33,6 +33,8 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let mut config = config;
+    fit_maxclients(&mut config)?;
     let shared = Shared::new(config)?;
     info!(
         addr = %listener.local_addr()?,
@@ -61,6 +63,8 @@ pub async fn run(
             })?
     };
     tokio::pin!(shutdown);
+    // Failed accepts (out of descriptors) are logged once a second at most.
+    let (mut failed, mut logged) = (0u64, None::<std::time::Instant>);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -73,7 +77,11 @@ pub async fn run(
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
-                    warn!(error = %e, "accept failed");
+                    failed += 1;
+                    if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        warn!(error = %e, failed, "accept failed");
+                        (failed, logged) = (0, Some(std::time::Instant::now()));
+                    }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             },
@@ -98,6 +106,79 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     info!("bye");
+    Ok(())
+}
+
+/// Descriptors kept for the server's own files (listeners, the arena, the
+/// SSD tier, the shm socket, logs), as Redis keeps 32.
+pub const RESERVED_FDS: u64 = 32;
+
+/// Descriptors `maxclients` needs: its connections and the server's own,
+/// as Redis counts them. (Data-port connections come on top, bounded by
+/// maxclients too; a failed accept there is retried and logged once a
+/// second at most.)
+pub fn fds_for(maxclients: usize) -> u64 {
+    maxclients as u64 + RESERVED_FDS
+}
+
+/// The process's descriptor limit (soft, hard).
+pub fn fd_limit() -> Option<(u64, u64)> {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a plain syscall filling `l`.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } == 0)
+        .then_some((l.rlim_cur, l.rlim_max))
+}
+
+/// Makes `maxclients` fit the descriptor limit, as Redis does: the soft
+/// limit is raised as far as the hard one allows, and if that is still too
+/// few, maxclients is lowered to fit and the server says so, once. (Kept at
+/// 10,000 under a limit of 256, it accepted connections until `accept`
+/// failed, and logged a hundred warnings a second.)
+fn fit_maxclients(config: &mut Config) -> anyhow::Result<()> {
+    let want = fds_for(config.maxclients);
+    let Some((soft, hard)) = fd_limit() else {
+        return Ok(());
+    };
+    if soft >= want {
+        return Ok(());
+    }
+    let raised = want.min(hard);
+    if raised > soft {
+        let l = libc::rlimit {
+            rlim_cur: raised,
+            rlim_max: hard,
+        };
+        // SAFETY: a plain syscall reading `l`.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) } != 0 {
+            return fit_to(config, soft);
+        }
+    }
+    if raised < want {
+        return fit_to(config, raised);
+    }
+    info!(
+        from = soft,
+        to = raised,
+        "raised the open-file limit for maxclients"
+    );
+    Ok(())
+}
+
+fn fit_to(config: &mut Config, limit: u64) -> anyhow::Result<()> {
+    let fit = limit.saturating_sub(RESERVED_FDS);
+    anyhow::ensure!(
+        fit > 0,
+        "the open-file limit ({limit}) leaves no descriptor for clients: raise it (ulimit -n)"
+    );
+    warn!(
+        "maxclients {} needs {} open files, but the limit is {limit} (ulimit -n): maxclients is {fit}",
+        config.maxclients,
+        fds_for(config.maxclients)
+    );
+    config.maxclients = fit as usize;
     Ok(())
 }
 

@@ -42,6 +42,8 @@ pub trait Resolver: Send + Sync + 'static {
 /// [`Status::TooManyConnections`] and closed.
 pub async fn serve(listener: TcpListener, resolver: Arc<dyn Resolver>, max_connections: usize) {
     let open = Arc::new(AtomicUsize::new(0));
+    // Failed accepts (out of descriptors) are logged once a second at most.
+    let (mut failed, mut logged) = (0u64, None::<std::time::Instant>);
     loop {
         match listener.accept().await {
             Ok((mut stream, peer)) => {
@@ -62,7 +64,11 @@ pub async fn serve(listener: TcpListener, resolver: Arc<dyn Resolver>, max_conne
                 });
             }
             Err(e) => {
-                tracing::warn!("data port accept failed: {e}");
+                failed += 1;
+                if logged.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
+                    tracing::warn!(failed, "data port accept failed: {e}");
+                    (failed, logged) = (0, Some(std::time::Instant::now()));
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
         }

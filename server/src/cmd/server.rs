@@ -328,10 +328,23 @@ fn config_set(shared: &Shared, pairs: &[(Bytes, Bytes)]) -> Reply {
                 }
                 _ => return bad(&name, "argument must be a memory value"),
             },
-            "maxclients" => match value.parse::<usize>() {
-                Ok(n) if n > 0 => shared.config.write().maxclients = n,
-                _ => return bad(&name, "argument must be a positive integer"),
-            },
+            "maxclients" => {
+                match value.parse::<usize>() {
+                    Ok(n) if n > 0 => {
+                        if let Some((soft, _)) = crate::fd_limit() {
+                            let need = crate::fds_for(n);
+                            if need > soft {
+                                return bad(
+                                &name,
+                                &format!("maxclients {n} needs {need} open files; the limit is {soft}"),
+                            );
+                            }
+                        }
+                        shared.config.write().maxclients = n
+                    }
+                    _ => return bad(&name, "argument must be a positive integer"),
+                }
+            }
             "max-leases" => match value.parse::<u64>() {
                 Ok(n) if n > 0 => shared.config.write().max_leases = n,
                 _ => return bad(&name, "argument must be a positive integer"),
