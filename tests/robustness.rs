@@ -967,3 +967,60 @@ fn maxclients_fits_the_descriptor_limit() {
     let pong: String = redis::cmd("PING").query(&mut con).unwrap();
     assert_eq!(pong, "PONG");
 }
+
+/// `client-output-buffer-limit normal` as Redis: replies past the hard
+/// limit close the connection (the blocks they carry would stay in memory
+/// while the client does not read, deleted or not); under it, or with the
+/// default 0 0 0, replies of any size go out.
+#[test]
+fn normal_clients_output_limit_closes_what_passes_it() {
+    let s = Server::start(&[]);
+    let mut con = s.redis();
+    let value = vec![4u8; 1 << 20];
+    for i in 0..4 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("v{i}"))
+            .arg(&value)
+            .query(&mut con)
+            .unwrap();
+    }
+    let got: Vec<Vec<u8>> = redis::cmd("MGET")
+        .arg(&["v0", "v1", "v2", "v3"])
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(got.len(), 4);
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("client-output-buffer-limit")
+        .arg("normal 2mb 0 0")
+        .query(&mut con)
+        .unwrap();
+    let v: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("client-output-buffer-limit")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(
+        v[1],
+        "normal 2097152 0 0 slave 0 0 0 pubsub 33554432 8388608 60"
+    );
+    let mut c = s.raw();
+    c.write_all(&resp(&[b"MGET", b"v0", b"v1", b"v2", b"v3"]))
+        .unwrap();
+    let (got, closed) = read_until(&mut c, |_| false);
+    assert!(
+        closed && got.is_empty(),
+        "got {} bytes, closed {closed}",
+        got.len()
+    );
+    // Replies under the limit are untouched.
+    let one: Vec<u8> = redis::cmd("GET").arg("v0").query(&mut con).unwrap();
+    assert_eq!(one.len(), 1 << 20);
+    let e = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("client-output-buffer-limit")
+        .arg("replica 1mb 0 0")
+        .query::<()>(&mut con)
+        .unwrap_err();
+    assert!(e.to_string().contains("replicas"), "{e}");
+}

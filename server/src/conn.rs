@@ -172,7 +172,7 @@ async fn run_loop(
                 shared.stats.net_in.fetch_add(n as u64, Relaxed);
                 let mut flow = process(shared, session, &mut parser, &mut rbuf, &mut out, rbuf_exact);
                 loop {
-                    if !flush_unless_killed(shared, socket, &mut out, &session.subscriber.output).await? {
+                    if !flush_replies(shared, session, socket, &mut out).await? {
                         return Ok(());
                     }
                     match flow {
@@ -436,6 +436,47 @@ fn warn_cross_protocol(client: &ClientState) {
              probably sent by a web page through a local browser; connection closed, nothing of it ran"
         );
     }
+}
+
+/// Writes the replies in `out` under the client's output buffer limits: a
+/// subscriber's (see [`flush_unless_killed`]), or a normal client's, as
+/// Redis's `client-output-buffer-limit normal`: replies past the hard limit,
+/// or above the soft limit and not written within its seconds, close the
+/// connection (the blocks they carry stay in memory while they wait, even
+/// if deleted meanwhile). False when the connection must close.
+async fn flush_replies(
+    shared: &Shared,
+    session: &Session,
+    socket: &mut TcpStream,
+    out: &mut OutBuf,
+) -> std::io::Result<bool> {
+    if session.subscriptions() > 0 {
+        return flush_unless_killed(shared, socket, out, &session.subscriber.output).await;
+    }
+    let l = &shared.normal_limits;
+    let (hard, soft) = (l.hard.load(Relaxed), l.soft.load(Relaxed));
+    let pending = out.len() as u64;
+    if hard > 0 && pending > hard {
+        debug!(
+            client = session.client.id,
+            pending, "closing a client past its output buffer hard limit"
+        );
+        return Ok(false);
+    }
+    if soft > 0 && pending > soft {
+        let within = std::time::Duration::from_secs(l.soft_secs.load(Relaxed));
+        return match tokio::time::timeout(within, flush(shared, socket, out)).await {
+            Ok(r) => r.map(|()| true),
+            Err(_) => {
+                debug!(
+                    client = session.client.id,
+                    pending, "closing a client above its output buffer soft limit"
+                );
+                Ok(false)
+            }
+        };
+    }
+    flush(shared, socket, out).await.map(|()| true)
 }
 
 /// [`flush`], given up when the client passes its output buffer limit

@@ -37,6 +37,9 @@ pub struct Shared {
     pub idle_timeout: AtomicU64,
     /// Read buffers allocated ahead of their bytes, over all connections.
     pub read_ahead: crate::conn::ReadAhead,
+    /// Output limits of normal (not subscribed) clients, as Redis's
+    /// `client-output-buffer-limit normal` (0 0 0 by default: off).
+    pub normal_limits: crate::pubsub::Limits,
 }
 
 impl Shared {
@@ -83,6 +86,7 @@ impl Shared {
         Ok(Arc::new(Shared {
             idle_timeout: AtomicU64::new(config.timeout),
             read_ahead: crate::conn::ReadAhead::new(crate::conn::READ_AHEAD_BUDGET),
+            normal_limits: crate::pubsub::Limits::new(0, 0, 0),
             data,
             store,
             config: RwLock::new(config),

@@ -252,46 +252,53 @@ fn config_pairs(shared: &Shared) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// `client-output-buffer-limit` as Redis shows it: every class, in bytes.
-/// Normal clients are bounded by their own reading (a connection whose
-/// replies are not read is not read from either), replicas do not exist.
+/// `client-output-buffer-limit` as Redis shows it: every class, in bytes
+/// (there are no replicas: theirs is always 0 0 0).
 fn output_limits(shared: &Shared) -> String {
-    let l = &shared.pubsub.limits;
+    let show = |l: &crate::pubsub::Limits| {
+        format!(
+            "{} {} {}",
+            l.hard.load(Relaxed),
+            l.soft.load(Relaxed),
+            l.soft_secs.load(Relaxed)
+        )
+    };
     format!(
-        "normal 0 0 0 slave 0 0 0 pubsub {} {} {}",
-        l.hard.load(Relaxed),
-        l.soft.load(Relaxed),
-        l.soft_secs.load(Relaxed)
+        "normal {} slave 0 0 0 pubsub {}",
+        show(&shared.normal_limits),
+        show(&shared.pubsub.limits)
     )
 }
 
-/// Applies `CLASS HARD SOFT SECONDS [CLASS ...]`: pubsub limits change,
-/// normal and replica limits are accepted only as 0 0 0 (see
-/// [`output_limits`]).
+/// Applies `CLASS HARD SOFT SECONDS [CLASS ...]` (classes normal and
+/// pubsub; replica limits are accepted only as 0 0 0: there are none).
 fn set_output_limits(shared: &Shared, value: &str) -> Result<(), String> {
     let words: Vec<&str> = value.split_whitespace().collect();
     if words.is_empty() || !words.len().is_multiple_of(4) {
         return Err("wrong number of arguments".into());
     }
-    let mut pubsub = None;
+    let (mut normal, mut pubsub) = (None, None);
     for w in words.chunks(4) {
         let limit =
             crate::config::OutputLimit::parse(&w[1..].join(" ")).map_err(|e| e.to_string())?;
         match w[0].to_ascii_lowercase().as_str() {
             "pubsub" => pubsub = Some(limit),
-            "normal" | "slave" | "replica" if (limit.hard, limit.soft) == (0, 0) => {}
-            "normal" | "slave" | "replica" => {
+            "normal" => normal = Some(limit),
+            "slave" | "replica" if (limit.hard, limit.soft) == (0, 0) => {}
+            "slave" | "replica" => return Err("this server has no replicas to limit".into()),
+            other => {
                 return Err(format!(
-                    "{} clients have no output buffer limit here (their replies are bounded by what they read)",
-                    w[0]
+                    "Invalid client class specified in buffer limit configuration: {other}"
                 ))
             }
-            other => return Err(format!("Invalid client class specified in buffer limit configuration: {other}")),
         }
     }
     if let Some(l) = pubsub {
         shared.pubsub.limits.set(l.hard, l.soft, l.soft_secs);
         shared.config.write().client_output_buffer_limit_pubsub = l.render();
+    }
+    if let Some(l) = normal {
+        shared.normal_limits.set(l.hard, l.soft, l.soft_secs);
     }
     Ok(())
 }
