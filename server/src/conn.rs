@@ -29,6 +29,10 @@ const OUT_FLUSH: usize = 4 << 20;
 /// Initial read buffer; it grows for large values.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// How long a client may stay quiet before a read buffer larger than
+/// [`READ_CHUNK`] that it left empty is let go.
+const SHRINK_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Per-connection state the commands see and change.
 pub struct Session {
     /// Registry entry (id, name, addresses).
@@ -160,7 +164,15 @@ async fn run_loop(
             reserve_for(&mut rbuf, wanted, chunk, granted);
         }
         let room = rbuf.capacity() - rbuf.len();
+        session.client.qbuf.store(rbuf.len(), Relaxed);
+        session.client.qbuf_cap.store(rbuf.capacity(), Relaxed);
         let idle = idle_deadline(shared, session);
+        // A read buffer grown for a pipeline, now empty, is let go if the
+        // client stays quiet (as Redis shrinks idle clients' query buffers):
+        // ten thousand clients that each sent one 256 KiB batch would
+        // otherwise keep 2.5 GiB between them.
+        let shrink = (rbuf.is_empty() && rbuf.capacity() > READ_CHUNK)
+            .then(|| tokio::time::Instant::now() + SHRINK_AFTER);
         tokio::select! {
             biased;
             read = socket.read_buf(&mut rbuf) => {
@@ -208,6 +220,16 @@ async fn run_loop(
             _ = session.subscriber.output.kill.notified() => {
                 debug!(client = session.client.id, "closing a pub/sub client past its output buffer limit");
                 return Ok(());
+            }
+            _ = async {
+                match shrink {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                rbuf = BytesMut::new();
+                rbuf_exact = false;
+                chunk = READ_CHUNK;
             }
             _ = async {
                 match idle {

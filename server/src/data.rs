@@ -213,10 +213,13 @@ impl DataState {
         if let Some(e) = self.unavailable(kind) {
             return e;
         }
-        let mut prev = opts.parent;
+        // Keys are copied: a reservation lives up to the reserve timeout, and
+        // a view would keep the whole read buffer it came in that long.
+        let mut prev = opts.parent.map(|p| Bytes::copy_from_slice(&p));
         let mut out = Vec::with_capacity(blocks.len());
         let deadline = Instant::now() + self.timeout;
         for (key, len) in blocks {
+            let key = Bytes::copy_from_slice(&key);
             let parent = prev.clone();
             if opts.chain {
                 prev = Some(key.clone());

@@ -183,6 +183,11 @@ pub struct ClientState {
     pub subs: AtomicUsize,
     /// Pattern subscriptions.
     pub psubs: AtomicUsize,
+    /// Bytes in the read (query) buffer, and its capacity (CLIENT LIST's
+    /// qbuf and qbuf-free), as of the connection's last wait.
+    pub qbuf: AtomicUsize,
+    /// The read buffer's capacity.
+    pub qbuf_cap: AtomicUsize,
 }
 
 /// Registry of connected clients.
@@ -216,6 +221,8 @@ impl Clients {
             resp: AtomicU8::new(2),
             subs: AtomicUsize::new(0),
             psubs: AtomicUsize::new(0),
+            qbuf: AtomicUsize::new(0),
+            qbuf_cap: AtomicUsize::new(0),
         });
         map.insert(id, st.clone());
         Some(st)

@@ -2644,10 +2644,13 @@ impl Store {
                 }
             }
         }
+        // The key is copied: a view would keep the request's whole buffer
+        // for as long as the lease.
+        let key_copy = Bytes::copy_from_slice(key);
         let kept = self
             .lease_shard(lease)
             .get_mut(&lease)
-            .map(|l| l.held.push((key.clone(), value.clone())))
+            .map(|l| l.held.push((key_copy, value.clone())))
             .is_some();
         if !kept {
             self.unhold_value(key, value);
@@ -2844,15 +2847,17 @@ impl Store {
         let mut out = Vec::new();
         let mut i = cursor as usize;
         while i < SHARDS {
-            {
+            // The keys are taken under the lock, the filter (a pattern a
+            // client chose, which may be slow to match) runs after it.
+            let keys: Vec<Key> = {
                 let s = self.shards[i].lock();
-                out.extend(
-                    s.map
-                        .iter()
-                        .filter(|(k, e)| !e.expired(now) && filter(k))
-                        .map(|(k, _)| k.clone()),
-                );
-            }
+                s.map
+                    .iter()
+                    .filter(|(_, e)| !e.expired(now))
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            };
+            out.extend(keys.into_iter().filter(|k| filter(k)));
             i += 1;
             if out.len() >= count {
                 break;

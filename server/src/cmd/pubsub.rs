@@ -52,6 +52,9 @@ pub fn subscribe(
     out: &mut OutBuf,
 ) {
     for name in names {
+        // Copied: a view would keep the whole read buffer it came in for as
+        // long as the subscription lasts.
+        let name = Bytes::copy_from_slice(&name);
         shared.pubsub.subscribe(
             session.client.id,
             name.clone(),

@@ -51,7 +51,8 @@ pub fn execute(shared: &Shared, session: &mut Session, cmd: Command) -> Reply {
                 }
             }
             if let Some(name) = setname {
-                *session.client.name.lock() = Some(name);
+                // Copied: a view would keep the whole read buffer it came in.
+                *session.client.name.lock() = Some(Bytes::copy_from_slice(&name));
             }
             session.version = version;
             session.client.resp.store(version.number() as u8, Relaxed);
@@ -115,7 +116,8 @@ pub fn execute(shared: &Shared, session: &mut Session, cmd: Command) -> Reply {
             )
         }
         Command::ClientSetName(name) => {
-            *session.client.name.lock() = (!name.is_empty()).then_some(name);
+            // Copied: a view would keep the whole read buffer it came in.
+            *session.client.name.lock() = (!name.is_empty()).then(|| Bytes::copy_from_slice(&name));
             Reply::ok()
         }
         Command::ClientGetName => session
@@ -208,7 +210,7 @@ fn client_line(c: &ClientState, now_ms: u64) -> String {
     let psubs = c.psubs.load(Relaxed);
     let flags = if subs + psubs > 0 { "P" } else { "N" };
     format!(
-        "id={} addr={} laddr={} fd=-1 name={} age={} idle={} flags={} db=0 sub={} psub={} ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={}",
+        "id={} addr={} laddr={} fd=-1 name={} age={} idle={} flags={} db=0 sub={} psub={} ssub=0 multi=-1 qbuf={} qbuf-free={} argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={}",
         c.id,
         c.addr,
         c.laddr,
@@ -218,6 +220,8 @@ fn client_line(c: &ClientState, now_ms: u64) -> String {
         flags,
         subs,
         psubs,
+        c.qbuf.load(Relaxed),
+        c.qbuf_cap.load(Relaxed).saturating_sub(c.qbuf.load(Relaxed)),
         c.last_cmd.lock(),
         c.resp.load(Relaxed)
     )
