@@ -242,6 +242,7 @@ fn config_pairs(shared: &Shared) -> Vec<(&'static str, String)> {
         ("max-lease-ms", c.max_lease_ms.to_string()),
         ("client-output-buffer-limit", output_limits(shared)),
         ("shm-socket-perm", c.shm_socket_perm.clone()),
+        ("unixsocketperm", c.shm_socket_perm.clone()),
         (
             "proto-max-bulk-len",
             c.proto_max_bulk_len.as_u64().to_string(),
