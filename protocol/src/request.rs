@@ -467,6 +467,7 @@ impl Frame<'_> {
     }
 
     /// The first argument (the command's name).
+    #[inline]
     pub fn name(&self) -> &[u8] {
         match self {
             Frame::Array { buf, spans } => spans.first().map_or(&[][..], |&(o, l)| &buf[o..o + l]),
@@ -478,9 +479,12 @@ impl Frame<'_> {
     /// header line): a web page making the browser send a request to a local
     /// port, with RESP commands hidden in its body. Redis closes such a
     /// connection without running anything of it, and so must we.
+    #[inline]
     pub fn is_cross_protocol(&self) -> bool {
         let name = self.name();
-        name.eq_ignore_ascii_case(b"post") || name.eq_ignore_ascii_case(b"host:")
+        // One byte decides for almost every request (this runs for each).
+        matches!(name.first(), Some(b'P' | b'p' | b'H' | b'h'))
+            && (name.eq_ignore_ascii_case(b"post") || name.eq_ignore_ascii_case(b"host:"))
     }
 
     /// Argument `i`.

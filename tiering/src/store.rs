@@ -1333,7 +1333,12 @@ impl Store {
         // values of every block of a KV.MPUT included, for as long as the
         // block lives (a 256 MiB node fed 16-block chained KV.MPUTs of 1 MiB
         // blocks held over 500 MiB of request buffers that way).
-        let key = Bytes::copy_from_slice(&key);
+        // (A new entry's key is copied where it is inserted; an overwrite
+        // without a parent keeps nothing of the request, and copies nothing.)
+        let key = match &opts.parent {
+            Some(_) => Bytes::copy_from_slice(&key),
+            None => key,
+        };
         let mut opts = opts;
         opts.parent = opts.parent.map(|p| Bytes::copy_from_slice(&p));
         if let Some(p) = &opts.parent {
@@ -1545,7 +1550,7 @@ impl Store {
                     Some((old_len, old_slot, old_parent, old_tier, old_disk))
                 }
                 None => {
-                    let key = key.clone();
+                    let key = Bytes::copy_from_slice(&key);
                     let expires_at = opts.ttl_ms.map(|ms| now.saturating_add(ms));
                     let entry = Entry {
                         len,

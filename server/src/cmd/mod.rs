@@ -46,9 +46,12 @@ pub const LONG_ARGS: usize = 4096;
 /// a fresh worker meanwhile, as Redis's lazyfree moves work off its main
 /// thread); else, or outside a multi-threaded runtime, runs it in place.
 pub fn offload_if<R>(long: bool, f: impl FnOnce() -> R) -> R {
-    let multi = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if long && multi {
+    // The runtime is looked up only for long work: every command passes here.
+    let multi = || {
+        tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+    };
+    if long && multi() {
         tokio::task::block_in_place(f)
     } else {
         f()
