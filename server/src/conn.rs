@@ -232,7 +232,13 @@ async fn run_loop(
                 return Ok(());
             }
             // One timer for both: the buffer's shrink and the idle timeout.
-            _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
+            // (A disabled branch's future is still built: the timer only in
+            // the branch's own block, so none is made without a deadline.)
+            _ = async {
+                if let Some(at) = wake {
+                    tokio::time::sleep_until(at).await
+                }
+            }, if wake.is_some() => {
                 if idle.is_some_and(|at| at <= tokio::time::Instant::now()) {
                     debug!(client = session.client.id, "closing an idle client (timeout)");
                     return Ok(());

@@ -435,8 +435,17 @@ struct Shard {
 
 /// Moves the holds of `e`, a version leaving the index, to `zombies`.
 /// Returns the bytes that became retained.
+#[inline]
 fn bury(zombies: &mut HashMap<usize, Zombie>, key_len: usize, e: &mut Entry) -> u64 {
-    let (Some(ptr), true) = (e.value_ptr(), e.holds > 0) else {
+    if e.holds == 0 {
+        return 0;
+    }
+    bury_held(zombies, key_len, e)
+}
+
+#[cold]
+fn bury_held(zombies: &mut HashMap<usize, Zombie>, key_len: usize, e: &mut Entry) -> u64 {
+    let Some(ptr) = e.value_ptr() else {
         return 0;
     };
     let charge = charge_of(key_len, e.len as usize);
@@ -520,12 +529,12 @@ impl Shard {
     }
 
     /// Takes an entry out of the map and both indexes; bytes that holding
-    /// leases keep are added to `retained`.
-    fn take(&mut self, key: &[u8], retained: &AtomicU64) -> Option<(Key, Entry)> {
+    /// leases keep stay counted (`Store::retain`).
+    fn take(&mut self, key: &[u8], store: &Store) -> Option<(Key, Entry)> {
         let (k, mut e) = self.map.remove_entry(key)?;
         let buried = bury(&mut self.zombies, k.len(), &mut e);
         if buried > 0 {
-            retained.fetch_add(buried, Relaxed);
+            store.retain(buried);
         }
         if e.evictable() {
             self.lru.remove(&e.filed);
@@ -1262,15 +1271,29 @@ impl Store {
     }
 
     /// Bytes of removed or replaced DRAM values that holding leases keep
-    /// alive (see [`Store::hold`]): they count against the capacity with
-    /// [`Store::used`] until those leases end.
+    /// alive (see [`Store::hold`]): they are part of [`Store::used`] until
+    /// those leases end.
     pub fn retained(&self) -> u64 {
         self.retained.load(Relaxed)
     }
 
-    /// What bounds the DRAM tier: its blocks and the retained values.
+    /// Counts `bytes` of a value that left the index but whose memory
+    /// lives on: they stay in (or join) the DRAM tier's `used`, which is
+    /// what eviction and `-OOM` go by, so the write path reads one counter.
+    fn retain(&self, bytes: u64) {
+        self.retained.fetch_add(bytes, Relaxed);
+        self.dram_counters.used.fetch_add(bytes, Relaxed);
+    }
+
+    /// Retained bytes whose memory is free now.
+    fn unretain(&self, bytes: u64) {
+        self.retained.fetch_sub(bytes, Relaxed);
+        self.dram_counters.used.fetch_sub(bytes, Relaxed);
+    }
+
+    /// What bounds the DRAM tier (blocks and retained values both).
     fn occupied(&self) -> u64 {
-        self.used() + self.retained()
+        self.used()
     }
 
     /// Changes the DRAM capacity live, evicting down to the new low watermark.
@@ -1464,16 +1487,7 @@ impl Store {
             });
             if reparent {
                 drop(shard);
-                self.counters(tier).used.fetch_sub(reserved, Relaxed);
-                if tier == TierKind::Ssd {
-                    // The refused record must not come back after a restart
-                    // as the newest version (or a cycle).
-                    self.forget_on_disk(&key, Some(&slot));
-                }
-                self.release_slot(tier, slot);
-                if held_old {
-                    self.unhold(&key);
-                }
+                self.refuse_write(&key, tier, slot, reserved, held_old);
                 unlink(self);
                 return Err(StoreError::Reparent);
             }
@@ -1508,7 +1522,7 @@ impl Store {
                     // A held old version lives on: counted until its holds end.
                     let buried = bury(zombies, k.len(), e);
                     if buried > 0 {
-                        self.retained.fetch_add(buried, Relaxed);
+                        self.retain(buried);
                     }
                     let old_len = std::mem::replace(&mut e.len, len);
                     let new_disk = (tier == TierKind::Ssd).then(|| slot.clone());
@@ -1621,6 +1635,23 @@ impl Store {
         }
         self.emit(EventKind::Stored, &key, tier, opts.parent.as_ref());
         Ok(true)
+    }
+
+    /// Undoes a write refused once its bytes were placed: the reservation,
+    /// the slot (and its SSD record, which must not come back after a
+    /// restart as the newest version, or as a cycle), the hold of the old
+    /// version. The caller unlinks the parent.
+    #[cold]
+    #[inline(never)]
+    fn refuse_write(&self, key: &[u8], tier: TierKind, slot: Slot, reserved: u64, held_old: bool) {
+        self.counters(tier).used.fetch_sub(reserved, Relaxed);
+        if tier == TierKind::Ssd {
+            self.forget_on_disk(key, Some(&slot));
+        }
+        self.release_slot(tier, slot);
+        if held_old {
+            self.unhold(key);
+        }
     }
 
     /// Whether storing `key` under `parent` would move a block that has
@@ -1793,9 +1824,7 @@ impl Store {
             let taken = {
                 let mut shard = self.shard(&key);
                 match shard.map.get(&key) {
-                    Some(e) if e.stamp == stamp && e.evictable() => {
-                        shard.take(&key, &self.retained)
-                    }
+                    Some(e) if e.stamp == stamp && e.evictable() => shard.take(&key, self),
                     _ => None, // touched or changed since we looked: pick again
                 }
             };
@@ -2000,7 +2029,7 @@ impl Store {
     /// Removes `key` and every stored block chained under it. Returns whether
     /// `key` itself was stored.
     fn remove_tree(&self, key: &[u8], kind: EventKind) -> bool {
-        let Some((k, e)) = self.shard(key).take(key, &self.retained) else {
+        let Some((k, e)) = self.shard(key).take(key, self) else {
             return false;
         };
         if kind == EventKind::Expired {
@@ -2017,7 +2046,7 @@ impl Store {
         while let Some(child) = stack.pop() {
             // Bind first: a temporary guard in an `if let` scrutinee would stay
             // locked for the whole block.
-            let taken = self.shard(&child).take(&child, &self.retained);
+            let taken = self.shard(&child).take(&child, self);
             if let Some((k, e)) = taken {
                 stack.extend(self.finish_removal(k, e, EventKind::Orphaned));
             }
@@ -2642,7 +2671,7 @@ impl Store {
                 _ => {
                     let z = zombies.entry(ptr).or_insert_with(|| {
                         let charge = charge_of(key.len(), value.len());
-                        self.retained.fetch_add(charge, Relaxed);
+                        self.retain(charge);
                         Zombie { charge, holds: 0 }
                     });
                     z.holds += 1;
@@ -2679,7 +2708,7 @@ impl Store {
             if z.holds == 0 {
                 let charge = z.charge;
                 zombies.remove(&ptr);
-                self.retained.fetch_sub(charge, Relaxed);
+                self.unretain(charge);
             }
         }
     }
@@ -2827,7 +2856,7 @@ impl Store {
                 s.ttl.clear();
                 // The leases that held them are gone with the rest.
                 for z in s.zombies.drain() {
-                    self.retained.fetch_sub(z.1.charge, Relaxed);
+                    self.unretain(z.1.charge);
                 }
                 s.map.drain().collect()
             };
@@ -3001,9 +3030,9 @@ impl Store {
         if self.eviction == Eviction::Lru && s_main_count(self) > 0 {
             return Err("a block in main under lru".into());
         }
-        if used != self.used() {
+        if used + retained != self.used() {
             return Err(format!(
-                "accounted {} but entries sum to {used}",
+                "accounted {} but entries sum to {used} and retained values to {retained}",
                 self.used()
             ));
         }

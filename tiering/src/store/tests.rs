@@ -1899,7 +1899,9 @@ fn a_lease_that_ended_keeps_nothing_and_retained_bytes_make_writers_evict_or_fai
         s.hold(lease, k, &val);
     }
     assert_eq!(s.delete(keys.iter().map(|k| &k[..])), 3);
-    assert_eq!(s.used(), 0);
+    // Deleted, and still counted: what eviction and -OOM go by.
+    assert_eq!(s.used(), s.retained());
+    assert_eq!(s.retained(), 3 * charge_of(2, 1000));
     // Room for one block: a second evicts the first, a pinned one stays and
     // the next write is refused.
     put(s, "n0", &v, None).unwrap();
