@@ -24,6 +24,42 @@ fn shm_socket(s: &Server) -> PathBuf {
     panic!("KV.DATAPLANE has no shm_socket: {v:?}");
 }
 
+/// `CONFIG SET name value`.
+fn config_set(
+    con: &mut redis::Connection,
+    name: &str,
+    value: impl redis::ToRedisArgs,
+) -> redis::RedisResult<()> {
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(name)
+        .arg(value)
+        .query(con)
+}
+
+/// `CMD key value` (SET, KV.PUT) for each key, each answered OK.
+fn put_each(
+    con: &mut redis::Connection,
+    cmd: &str,
+    keys: impl Iterator<Item = String>,
+    value: &[u8],
+) {
+    for k in keys {
+        let _: () = redis::cmd(cmd).arg(&k).arg(value).query(con).unwrap();
+    }
+}
+
+/// `CONFIG GET name`: the value.
+fn config_get(con: &mut redis::Connection, name: &str) -> String {
+    let v: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg(name)
+        .query(con)
+        .unwrap();
+    assert_eq!(v.len(), 2, "CONFIG GET {name}: {v:?}");
+    v[1].clone()
+}
+
 /// Whoever receives the arena's memfd cannot shrink or grow it: a block the
 /// server serves from the arena stays readable, and the server stays up.
 #[test]
@@ -71,12 +107,8 @@ fn the_shm_socket_mode_does_not_follow_the_umask() {
         & 0o777;
     assert_eq!(mode, 0o660);
     let mut con = s2.redis();
-    let got: Vec<String> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("shm-socket-perm")
-        .query(&mut con)
-        .unwrap();
-    assert_eq!(got, ["shm-socket-perm", "660"]);
+    let got = config_get(&mut con, "shm-socket-perm");
+    assert_eq!(got, "660");
 }
 
 /// Waits until `cond` holds, for at most `within`.
@@ -130,18 +162,9 @@ fn a_subscriber_that_does_not_read_is_cut_off_by_bytes() {
     let (_, closed) = read_until(&mut sub, |_| false);
     assert!(closed, "the connection must be closed");
     // The limit is Redis's setting and CONFIG SET changes it.
-    let v: Vec<String> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("client-output-buffer-limit")
-        .query(&mut con)
-        .unwrap();
-    assert_eq!(v[1], "normal 0 0 0 slave 0 0 0 pubsub 33554432 8388608 60");
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("client-output-buffer-limit")
-        .arg("pubsub 4mb 1mb 60")
-        .query(&mut con)
-        .unwrap();
+    let v = config_get(&mut con, "client-output-buffer-limit");
+    assert_eq!(v, "normal 0 0 0 slave 0 0 0 pubsub 33554432 8388608 60");
+    config_set(&mut con, "client-output-buffer-limit", "pubsub 4mb 1mb 60").unwrap();
     let mut sub = s.raw();
     sub.write_all(&resp(&[b"SUBSCRIBE", b"big"])).unwrap();
     read_until(&mut sub, |b| b.ends_with(b":1\r\n"));
@@ -155,12 +178,7 @@ fn a_subscriber_that_does_not_read_is_cut_off_by_bytes() {
         delivered += n;
     }
     assert!(delivered < 40, "delivered {delivered} under a 4 MiB limit");
-    let e = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("client-output-buffer-limit")
-        .arg("pubsub 4mb")
-        .query::<()>(&mut con)
-        .unwrap_err();
+    let e = config_set(&mut con, "client-output-buffer-limit", "pubsub 4mb").unwrap_err();
     assert!(e.to_string().contains("client-output-buffer-limit"), "{e}");
 }
 
@@ -170,32 +188,19 @@ fn a_subscriber_that_does_not_read_is_cut_off_by_bytes() {
 #[test]
 fn many_patterns_and_channels_do_not_stall_other_clients() {
     let s = Server::start(&[]);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let worst = {
-        let stop = stop.clone();
-        let mut con = s.redis();
-        std::thread::spawn(move || {
-            let mut worst = Duration::ZERO;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let t = Instant::now();
-                let _: String = redis::cmd("PING").query(&mut con).unwrap();
-                worst = worst.max(t.elapsed());
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            worst
-        })
-    };
     let mut sub = s.raw();
-    for kind in [&b"PSUBSCRIBE"[..], b"SUBSCRIBE"] {
-        let mut req = Vec::new();
-        for i in 0..16_000 {
-            let name = format!("ch{i}*");
-            req.extend_from_slice(&resp(&[kind, name.as_bytes()]));
+    let (_, worst) = worst_ping_during(&s, || {
+        for kind in [&b"PSUBSCRIBE"[..], b"SUBSCRIBE"] {
+            let mut req = Vec::new();
+            for i in 0..16_000 {
+                let name = format!("ch{i}*");
+                req.extend_from_slice(&resp(&[kind, name.as_bytes()]));
+            }
+            sub.write_all(&req).unwrap();
         }
-        sub.write_all(&req).unwrap();
-    }
-    let (_, closed) = read_until(&mut sub, |b| b.ends_with(b":32000\r\n"));
-    assert!(!closed);
+        let (_, closed) = read_until(&mut sub, |b| b.ends_with(b":32000\r\n"));
+        assert!(!closed);
+    });
     // Block events still reach a pattern that matches them, and only it.
     sub.write_all(&resp(&[b"PSUBSCRIBE", b"__kv_ev*"])).unwrap();
     read_until(&mut sub, |b| b.ends_with(b":32001\r\n"));
@@ -207,8 +212,6 @@ fn many_patterns_and_channels_do_not_stall_other_clients() {
         "{}",
         String::from_utf8_lossy(&got)
     );
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let worst = worst.join().unwrap();
     // Debug builds on a loaded 2-core machine: well under the 1.6 and 3.7 s
     // stalls this used to cause, with room for scheduling noise.
     assert!(
@@ -284,12 +287,8 @@ fn idle_and_slowloris_clients_are_closed_after_timeout() {
         "a subscriber is not timed out: {}",
         String::from_utf8_lossy(&got)
     );
-    let v: Vec<String> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("timeout")
-        .query(&mut busy)
-        .unwrap();
-    assert_eq!(v, ["timeout", "1"]);
+    let v = config_get(&mut busy, "timeout");
+    assert_eq!(v, "1");
 }
 
 /// Memory held for a request follows the bytes that arrived, not the length
@@ -436,13 +435,12 @@ fn deleted_blocks_under_lease_count_until_the_lease_ends() {
         "the retained bytes to go back",
         || stats_field(&mut con, "dram", "retained") == 0,
     );
-    for j in 0..16 {
-        let _: () = redis::cmd("KV.PUT")
-            .arg(format!("after{j}"))
-            .arg(&value)
-            .query(&mut con)
-            .unwrap();
-    }
+    put_each(
+        &mut con,
+        "KV.PUT",
+        (0..16).map(|j| format!("after{j}")),
+        &value,
+    );
 }
 
 /// Leases have an upper bound (`max-lease-ms`) and end with the connection
@@ -453,13 +451,7 @@ fn leases_are_bounded_in_time_and_end_with_their_connection() {
     let s = Server::start(&["--dram", "8MiB"]);
     let mut con = s.redis();
     let value = vec![1u8; 1 << 20];
-    for i in 0..4 {
-        let _: () = redis::cmd("KV.PUT")
-            .arg(format!("b{i}"))
-            .arg(&value)
-            .query(&mut con)
-            .unwrap();
-    }
+    put_each(&mut con, "KV.PUT", (0..4).map(|i| format!("b{i}")), &value);
     for cmd in [
         redis::cmd("KV.MATCH")
             .arg(1)
@@ -490,12 +482,7 @@ fn leases_are_bounded_in_time_and_end_with_their_connection() {
         let e = cmd.query::<redis::Value>(&mut con).unwrap_err();
         assert!(e.to_string().contains("max-lease-ms"), "{e}");
     }
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("max-lease-ms")
-        .arg(700_000)
-        .query(&mut con)
-        .unwrap();
+    config_set(&mut con, "max-lease-ms", 700_000).unwrap();
     let _: redis::Value = redis::cmd("KV.MATCH")
         .arg(1)
         .arg("b0")
@@ -528,13 +515,7 @@ fn leases_are_bounded_in_time_and_end_with_their_connection() {
         || s.info_u64("kv_leases") == 1,
     );
     // b1..b3 are evictable again: puts go on, and they make room.
-    for i in 0..16 {
-        let _: () = redis::cmd("KV.PUT")
-            .arg(format!("n{i}"))
-            .arg(&value)
-            .query(&mut con)
-            .unwrap();
-    }
+    put_each(&mut con, "KV.PUT", (0..16).map(|i| format!("n{i}")), &value);
     let b0: i64 = redis::cmd("EXISTS").arg("b0").query(&mut con).unwrap();
     let b3: i64 = redis::cmd("EXISTS").arg("b3").query(&mut con).unwrap();
     assert_eq!((b0, b3), (1, 0), "b0 is still leased, b3 no longer");
@@ -555,50 +536,28 @@ fn parent_cycles_are_refused() {
     let (got, _) = read_until(&mut raw, |b| b.ends_with(b"\r\n") && b.len() > 16);
     let got = String::from_utf8_lossy(&got);
     assert!(got.starts_with("*3\r\n+OK\r\n+OK\r\n-REPARENT "), "{got}");
+    let put_under = |con: &mut redis::Connection, key: &str, parent: &str| {
+        redis::cmd("KV.PUT")
+            .arg(key)
+            .arg(&v)
+            .arg("PARENT")
+            .arg(parent)
+            .query::<()>(con)
+    };
     let _: () = redis::cmd("KV.PUT")
         .arg("cyX")
         .arg(&v)
         .query(&mut con)
         .unwrap();
-    let _: () = redis::cmd("KV.PUT")
-        .arg("cyY")
-        .arg(&v)
-        .arg("PARENT")
-        .arg("cyX")
-        .query(&mut con)
-        .unwrap();
-    let e = redis::cmd("KV.PUT")
-        .arg("cyX")
-        .arg(&v)
-        .arg("PARENT")
-        .arg("cyY")
-        .query::<()>(&mut con)
-        .unwrap_err();
+    put_under(&mut con, "cyY", "cyX").unwrap();
+    let e = put_under(&mut con, "cyX", "cyY").unwrap_err();
     assert_eq!(e.code(), Some("REPARENT"), "{e}");
     // Overwriting with the same parent, or a leaf with any parent, is fine.
-    let _: () = redis::cmd("KV.PUT")
-        .arg("cyY")
-        .arg(&v)
-        .arg("PARENT")
-        .arg("cyX")
-        .query(&mut con)
-        .unwrap();
-    let _: () = redis::cmd("KV.PUT")
-        .arg("cyB")
-        .arg(&v)
-        .arg("PARENT")
-        .arg("cyX")
-        .query(&mut con)
-        .unwrap();
+    put_under(&mut con, "cyY", "cyX").unwrap();
+    put_under(&mut con, "cyB", "cyX").unwrap();
     // Nothing is stuck: four times the tier's capacity goes through, and
     // the first blocks are evicted on the way.
-    for i in 0..128 {
-        let _: () = redis::cmd("KV.PUT")
-            .arg(format!("f{i}"))
-            .arg(&v)
-            .query(&mut con)
-            .unwrap();
-    }
+    put_each(&mut con, "KV.PUT", (0..128).map(|i| format!("f{i}")), &v);
     let left: i64 = redis::cmd("EXISTS")
         .arg(&["cyA", "cyB", "cyX", "cyY"])
         .query(&mut con)
@@ -858,13 +817,12 @@ fn resident_memory_stays_near_the_capacity_on_every_path() {
             "{what}: {used} bytes stored, {arena} in the arena"
         );
     };
-    for i in 0..256 {
-        let _: () = redis::cmd("KV.PUT")
-            .arg(format!("i{i}"))
-            .arg(&value)
-            .query(&mut con)
-            .unwrap();
-    }
+    put_each(
+        &mut con,
+        "KV.PUT",
+        (0..256).map(|i| format!("i{i}")),
+        &value,
+    );
     over("256 inline puts");
     for g in 0..16 {
         // Each group a chain of its own under a small root block.
@@ -927,22 +885,9 @@ fn resident_memory_stays_near_the_capacity_on_every_path() {
 fn maxclients_fits_the_descriptor_limit() {
     let s = Server::start_after("ulimit -n 256", &["--shm", "false"]);
     let mut con = s.redis();
-    let v: Vec<String> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("maxclients")
-        .query(&mut con)
-        .unwrap();
-    assert_eq!(
-        v,
-        ["maxclients", "224"],
-        "256 less 32 kept for the server's own files"
-    );
-    let e = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxclients")
-        .arg(10_000)
-        .query::<()>(&mut con)
-        .unwrap_err();
+    let v = config_get(&mut con, "maxclients");
+    assert_eq!(v, "224", "256 less 32 kept for the server's own files");
+    let e = config_set(&mut con, "maxclients", 10_000).unwrap_err();
     assert!(e.to_string().contains("open files"), "{e}");
     let mut conns = Vec::new();
     let mut refused = 0;
@@ -977,31 +922,16 @@ fn normal_clients_output_limit_closes_what_passes_it() {
     let s = Server::start(&[]);
     let mut con = s.redis();
     let value = vec![4u8; 1 << 20];
-    for i in 0..4 {
-        let _: () = redis::cmd("SET")
-            .arg(format!("v{i}"))
-            .arg(&value)
-            .query(&mut con)
-            .unwrap();
-    }
+    put_each(&mut con, "SET", (0..4).map(|i| format!("v{i}")), &value);
     let got: Vec<Vec<u8>> = redis::cmd("MGET")
         .arg(&["v0", "v1", "v2", "v3"])
         .query(&mut con)
         .unwrap();
     assert_eq!(got.len(), 4);
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("client-output-buffer-limit")
-        .arg("normal 2mb 0 0")
-        .query(&mut con)
-        .unwrap();
-    let v: Vec<String> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("client-output-buffer-limit")
-        .query(&mut con)
-        .unwrap();
+    config_set(&mut con, "client-output-buffer-limit", "normal 2mb 0 0").unwrap();
+    let v = config_get(&mut con, "client-output-buffer-limit");
     assert_eq!(
-        v[1],
+        v,
         "normal 2097152 0 0 slave 0 0 0 pubsub 33554432 8388608 60"
     );
     let mut c = s.raw();
@@ -1016,12 +946,7 @@ fn normal_clients_output_limit_closes_what_passes_it() {
     // Replies under the limit are untouched.
     let one: Vec<u8> = redis::cmd("GET").arg("v0").query(&mut con).unwrap();
     assert_eq!(one.len(), 1 << 20);
-    let e = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("client-output-buffer-limit")
-        .arg("replica 1mb 0 0")
-        .query::<()>(&mut con)
-        .unwrap_err();
+    let e = config_set(&mut con, "client-output-buffer-limit", "replica 1mb 0 0").unwrap_err();
     assert!(e.to_string().contains("replicas"), "{e}");
 }
 
