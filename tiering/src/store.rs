@@ -2982,9 +2982,6 @@ impl Store {
                 }
                 retained += z.charge;
             }
-            if let Some(e) = s.map.values().find(|e| e.holds > e.leases) {
-                return Err(format!("{} holds under {} leases", e.holds, e.leases));
-            }
             let evictable = s.map.values().filter(|e| e.evictable()).count();
             if evictable != s.lru.len() {
                 return Err(format!(
