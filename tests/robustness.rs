@@ -289,6 +289,13 @@ fn idle_and_slowloris_clients_are_closed_after_timeout() {
     );
     let v = config_get(&mut busy, "timeout");
     assert_eq!(v, "1");
+    // A timeout past what the clock can add is no timeout, not a panic of
+    // every connection.
+    config_set(&mut busy, "timeout", u64::MAX).unwrap();
+    let pong: String = redis::cmd("PING").query(&mut busy).unwrap();
+    assert_eq!(pong, "PONG");
+    let pong: String = redis::cmd("PING").query(&mut s.redis()).unwrap();
+    assert_eq!(pong, "PONG");
 }
 
 /// Memory held for a request follows the bytes that arrived, not the length

@@ -288,8 +288,8 @@ impl Config {
             parse_ssd(spec)?;
         }
         anyhow::ensure!(
-            self.reserve_timeout > 0,
-            "reserve-timeout must be at least 1 ms"
+            (1..=MAX_LEASE_MS_LIMIT).contains(&self.reserve_timeout),
+            "reserve-timeout must be from 1 ms to a year ({MAX_LEASE_MS_LIMIT} ms)"
         );
         anyhow::ensure!(self.max_leases > 0, "max-leases must be at least 1");
         anyhow::ensure!(

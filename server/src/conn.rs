@@ -263,9 +263,9 @@ fn idle_deadline(shared: &Shared, session: &Session) -> Option<tokio::time::Inst
     let last = shared.started
         + std::time::Duration::from_millis(session.client.last_active_ms.load(Relaxed));
     let from = last.max(session.client.created);
-    Some(tokio::time::Instant::from_std(
-        from + std::time::Duration::from_secs(secs),
-    ))
+    // A timeout past what the clock can add is none.
+    from.checked_add(std::time::Duration::from_secs(secs))
+        .map(tokio::time::Instant::from_std)
 }
 
 /// Requests up to this size get their whole buffer at once when their header
