@@ -78,10 +78,32 @@ fn typed_replies_resp2() {
         .arg(&[1, 2, 3, 4, 5, 6, 7, 8])
         .query(&mut c)
         .unwrap();
-    assert_eq!(hashes.len(), 2);
-    assert!(hashes.iter().all(|h| h.len() == 16));
-    let want = tidepool_protocol::hash::chain_keys(b"s", 4, &[1, 2, 3, 4, 5, 6, 7, 8]);
-    assert_eq!(hashes[1], want[1]);
+    // The definition in the README, computed here from XXH3-128 itself (not
+    // with the function the server calls): key_0 = XXH3-128(seed ‖ tokens
+    // of block 0), key_i = XXH3-128(key_{i-1} ‖ tokens of block i), tokens
+    // as 4 little-endian bytes, keys big-endian.
+    let le = |ts: &[u32]| -> Vec<u8> { ts.iter().flat_map(|t| t.to_le_bytes()).collect() };
+    let key0 = xxhash_rust::xxh3::xxh3_128(&[&b"s"[..], &le(&[1, 2, 3, 4])].concat()).to_be_bytes();
+    let key1 = xxhash_rust::xxh3::xxh3_128(&[&key0[..], &le(&[5, 6, 7, 8])].concat()).to_be_bytes();
+    assert_eq!(hashes, [key0.to_vec(), key1.to_vec()]);
+    // And the README's test vector, over the wire.
+    let vector: Vec<Vec<u8>> = cmd("KV.HASH")
+        .arg("tidepool")
+        .arg(4)
+        .arg(&[0, 1, 2, 3, 4, 5, 6, 7])
+        .query(&mut c)
+        .unwrap();
+    let hex: Vec<String> = vector
+        .iter()
+        .map(|k| k.iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    assert_eq!(
+        hex,
+        [
+            "076dce5e065dc701d0c17a36bce9f886",
+            "41f6bd945e4bb1d0e641445defdf4212"
+        ]
+    );
 
     // Leases: the reply carries the lease id, which KV.RELEASE takes once.
     let m: HashMap<String, Value> = cmd("KV.MATCH")
