@@ -1275,13 +1275,22 @@ mod tests {
         // The replies to 256 MiB of requests would be 128 MiB: the server
         // must stop taking requests long before (socket buffers are a few
         // MiB), so the writes stall.
+        let mut sent = 0usize;
         let send = async {
             for _ in 0..256 {
                 s.write_all(&chunk).await.unwrap();
+                sent += chunk.len();
             }
         };
         let stalled = tokio::time::timeout(std::time::Duration::from_secs(3), send).await;
         assert!(stalled.is_err(), "the server took every request unanswered");
+        // Held back after what the socket buffers and one batch of owed
+        // replies take (a few MiB), not after some large share of it.
+        assert!(
+            sent < 64 << 20,
+            "{} MiB of requests were taken unanswered",
+            sent >> 20
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1300,12 +1309,15 @@ mod tests {
         s.write_all(&vec![1u8; 300_000]).await.unwrap();
         drop(s);
         // The server notices the close and releases the claim.
+        let mut sealed = false;
         for _ in 0..200 {
             if ib.seal(false).is_ok() {
+                sealed = true;
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
+        assert!(sealed, "the vanished writer's claim was never released");
         assert_eq!(ib.written(), 0);
     }
 
