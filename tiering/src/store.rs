@@ -1291,11 +1291,6 @@ impl Store {
         self.dram_counters.used.fetch_sub(bytes, Relaxed);
     }
 
-    /// What bounds the DRAM tier (blocks and retained values both).
-    fn occupied(&self) -> u64 {
-        self.used()
-    }
-
     /// Changes the DRAM capacity live, evicting down to the new low watermark.
     pub fn set_capacity(&self, bytes: u64) {
         self.dram_counters.capacity.store(bytes, Relaxed);
@@ -1739,7 +1734,7 @@ impl Store {
     /// Whether adding `extra` bytes would take DRAM past its high watermark.
     fn over_high_with(&self, extra: u64) -> bool {
         let high = f64::from_bits(self.watermarks[0].load(Relaxed));
-        self.occupied() + extra > (self.capacity() as f64 * high) as u64
+        self.used() + extra > (self.capacity() as f64 * high) as u64
     }
 
     /// Evicts until usage is under the low watermark if it is over the high one.
@@ -1754,13 +1749,13 @@ impl Store {
         let cap = self.capacity();
         let (high, low) = self.watermarks();
         let high_b = (cap as f64 * high) as u64;
-        if self.occupied() <= high_b {
+        if self.used() <= high_b {
             return Ok(());
         }
         let low_b = (cap as f64 * low) as u64;
         let _guard = self.evict_lock.lock();
         let mut heads = Heads::new();
-        while self.occupied() > low_b {
+        while self.used() > low_b {
             if !self.evict_one(incoming, &mut heads) {
                 if !self.demote_any() {
                     break;
@@ -1769,7 +1764,7 @@ impl Store {
                 heads = Heads::new();
             }
         }
-        if self.occupied() > cap {
+        if self.used() > cap {
             return Err(StoreError::OutOfMemory { tier: "dram" });
         }
         Ok(())

@@ -112,16 +112,6 @@ impl OwnedLeases {
             release_lease(shared, id);
         }
     }
-
-    /// How many ids are recorded (some may have ended elsewhere).
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    /// Whether none are.
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
 }
 
 /// Applies one command. The reply (if any) is returned for the caller to encode;
