@@ -60,9 +60,9 @@ const COMMIT_GROUP: usize = 4 << 20;
 /// alternating pairs on a VM with 6 GB/s memcpy: with 64, each of the eight
 /// groups of a 32 MiB call ended in a wait for the server's last bytes);
 /// 16 KiB puts were within the noise with 64 to 1024 (0.89-1.12 GB/s).
-/// (Since session 11 a group's bytes go out before the replies to the
-/// group before it are read, so that wait no longer idles the socket; the
-/// sizes were not measured again.)
+/// (A group's bytes now go out before the replies to the group before it
+/// are read, so that wait no longer idles the socket; the sizes were not
+/// measured again since.)
 const TCP_COMMIT_GROUP: usize = 16 << 20;
 const TCP_GROUP_BLOCKS: usize = 256;
 

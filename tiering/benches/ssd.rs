@@ -128,7 +128,9 @@ fn main() {
                 for (key, slot) in &slots {
                     match tier.load(key.as_bytes(), slot) {
                         tidepool_tiering::Load::Hit(b) => assert_eq!(b.len() as u64, block),
-                        tidepool_tiering::Load::Miss => panic!("lost {key}"),
+                        tidepool_tiering::Load::Miss | tidepool_tiering::Load::Corrupt => {
+                            panic!("lost {key}")
+                        }
                     }
                 }
                 r_tp.push(total as f64 / t.elapsed().as_secs_f64() / 1e9);

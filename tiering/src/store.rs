@@ -2128,7 +2128,7 @@ impl Store {
                         self.counters(tier).hits.fetch_add(1, Relaxed);
                         Some(b)
                     }
-                    Load::Miss => {
+                    Load::Miss | Load::Corrupt => {
                         self.counters(tier).misses.fetch_add(1, Relaxed);
                         None
                     }
@@ -2143,7 +2143,7 @@ impl Store {
                 }
                 Some(b)
             }
-            Load::Miss => {
+            Load::Miss | Load::Corrupt => {
                 // Reclaimed or corrupt on the device: never served; forget it.
                 ssd.counters.misses.fetch_add(1, Relaxed);
                 let unchanged = self
@@ -2222,11 +2222,23 @@ impl Store {
         })?;
         let ok = match (&slot, self.ssd.get()) {
             // The SSD tier checks its own record checksums on every read.
-            (Slot::Extent { .. }, Some(ssd)) => matches!(ssd.tier.load(key, &slot), Load::Hit(_)),
+            (Slot::Extent { .. }, Some(ssd)) => match ssd.tier.load(key, &slot) {
+                Load::Hit(_) => true,
+                Load::Corrupt => false,
+                Load::Miss => {
+                    // Its segment was reclaimed: evicted, as the store is
+                    // about to learn. Not corrupt; no longer stored.
+                    let unchanged = self.shard(key).map.get(key).is_some_and(|e| e.slot == slot);
+                    if unchanged {
+                        self.remove_tree(key, EventKind::Evicted);
+                    }
+                    return None;
+                }
+            },
             _ => match (self.dram.load(key, &slot), sum) {
                 (Load::Hit(_), None) => return Some(Verified::Unchecked),
                 (Load::Hit(b), Some(sum)) => checksum(&b) == sum,
-                (Load::Miss, _) => false,
+                (_, _) => false,
             },
         };
         if !ok {

@@ -50,8 +50,10 @@ pub enum Slot {
 pub enum Load {
     /// The bytes.
     Hit(Bytes),
-    /// The tier no longer has them (or they failed their checksum).
+    /// The tier no longer has them.
     Miss,
+    /// The tier has them but they failed its checks: never served.
+    Corrupt,
 }
 
 /// A block whose bytes a tier dropped on its own to make room.

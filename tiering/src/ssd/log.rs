@@ -20,7 +20,10 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64,
+    Ordering::{Relaxed, SeqCst},
+};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -123,6 +126,11 @@ pub struct SegmentLog {
     /// For each segment, the number of segment openings before its own; read
     /// without the lock (see [`SegmentLog::opens_until_reclaim`]).
     opened_at: Vec<AtomicU64>,
+    /// For each segment, the first sequence number its latest opening may
+    /// write: a location with a lower one in that segment was reclaimed.
+    /// Stored before the opening's first write, read after a read that
+    /// failed its checks (see [`SegmentLog::read`]).
+    reused_from: Vec<AtomicU64>,
     /// What opening found wrong with the space behind the tier.
     warnings: Mutex<Vec<String>>,
     /// Segment openings so far.
@@ -200,6 +208,7 @@ impl SegmentLog {
                 retry_unbacked_at: 0,
             }),
             opened_at: (0..segments).map(|_| AtomicU64::new(0)).collect(),
+            reused_from: (0..segments).map(|_| AtomicU64::new(0)).collect(),
             warnings: Mutex::new(Vec::new()),
             opens: AtomicU64::new(0),
             stats: LogStats::default(),
@@ -539,6 +548,10 @@ impl SegmentLog {
                 st.write_pos = 0;
                 let n = self.opens.load(Relaxed);
                 self.opened_at[next as usize].store(n, Relaxed);
+                // Before anything new lands in it: a reader whose record
+                // this overwrites then sees the mark (SeqCst: ordered
+                // before the write below reaches the device).
+                self.reused_from[next as usize].store(st.next_seq, SeqCst);
                 self.opens.store(n + 1, Relaxed);
             }
             let segment = st.active.expect("set above");
@@ -606,9 +619,12 @@ impl SegmentLog {
     }
 
     /// Reads the value at `loc`, checking that it is `key`'s and intact.
-    /// `Ok(None)` is a miss: the record was overwritten or failed its checks (the
-    /// latter is counted).
-    pub fn read(&self, key: &[u8], loc: &Location) -> io::Result<Option<Bytes>> {
+    ///
+    /// A record that fails its checks is [`Read::Gone`] when its segment
+    /// was reopened since `loc` was written (the space now holds, or is being
+    /// written with, other records: a plain miss), and [`Read::Corrupt`]
+    /// otherwise (counted in `checksum_failures`).
+    pub fn read(&self, key: &[u8], loc: &Location) -> io::Result<Read> {
         let mut buf = AlignedBuf::zeroed(loc.len as usize);
         self.engine.read_at(&self.file, &mut buf, loc.offset)?;
         let ok = record::decode_header(&buf)
@@ -619,13 +635,42 @@ impl SegmentLog {
                 let start = b.value.as_ptr() as usize - buf.as_ptr() as usize;
                 Some((b.key == key, start..start + b.value.len()))
             });
-        match ok {
-            Some((true, range)) => Ok(Some(Bytes::from_owner(ValueIn { buf, range }))),
-            Some((false, _)) => Ok(None), // the segment was reused: a plain miss
-            None => {
-                self.stats.checksum_failures.fetch_add(1, Relaxed);
-                Ok(None)
-            }
+        if let Some((true, range)) = ok {
+            return Ok(Read::Value(Bytes::from_owner(ValueIn { buf, range })));
+        }
+        // Read after the bytes: a reuse that overwrote them set it first.
+        let reused = self
+            .reused_from
+            .get(loc.segment as usize)
+            .is_some_and(|r| r.load(SeqCst) > loc.seq);
+        if reused || ok.is_some() {
+            // Another key's record under the right sequence number cannot be
+            // written by this log: a caller's location for another key.
+            return Ok(Read::Gone);
+        }
+        self.stats.checksum_failures.fetch_add(1, Relaxed);
+        Ok(Read::Corrupt)
+    }
+}
+
+/// What [`SegmentLog::read`] found at a location.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Read {
+    /// The value, whole and checked.
+    Value(Bytes),
+    /// Not there: the segment was reclaimed since (or the location is
+    /// another key's). A plain miss; nothing is wrong.
+    Gone,
+    /// The record is there but fails its checks (or is another's).
+    Corrupt,
+}
+
+impl Read {
+    /// The value, if whole.
+    pub fn value(self) -> Option<Bytes> {
+        match self {
+            Read::Value(b) => Some(b),
+            _ => None,
         }
     }
 }
@@ -800,7 +845,10 @@ mod tests {
                 .unwrap();
             assert!(loc.offset + loc.len <= 3 * SEG);
             assert_eq!(
-                log.read(format!("k{i}").as_bytes(), &loc).unwrap().unwrap(),
+                log.read(format!("k{i}").as_bytes(), &loc)
+                    .unwrap()
+                    .value()
+                    .unwrap(),
                 &v[..]
             );
             evicted += ev.len();
@@ -864,7 +912,7 @@ mod tests {
                     .unwrap();
                 assert!(ev.is_empty());
                 assert_eq!(
-                    log.read(k.as_bytes(), &loc).unwrap().unwrap(),
+                    log.read(k.as_bytes(), &loc).unwrap().value().unwrap(),
                     value(i, *len)
                 );
                 locs.push((k, loc, *len));
@@ -879,7 +927,7 @@ mod tests {
                 );
                 let i = locs.iter().position(|x| &x.0 == k).unwrap();
                 assert_eq!(
-                    log.read(k.as_bytes(), loc).unwrap().unwrap(),
+                    log.read(k.as_bytes(), loc).unwrap().value().unwrap(),
                     value(i, *len)
                 );
             }
@@ -926,7 +974,7 @@ mod tests {
             let (log, rec) = open(&config(d, 4)).unwrap();
             assert_eq!(rec.len(), 1, "{rec:?}");
             assert_eq!((&rec[0].key[..], rec[0].location), (&b"b"[..], b2));
-            assert_eq!(log.read(b"b", &b2).unwrap().unwrap(), &b"two"[..]);
+            assert_eq!(log.read(b"b", &b2).unwrap().value().unwrap(), &b"two"[..]);
         });
     }
 
@@ -946,10 +994,10 @@ mod tests {
             drop(f);
             let (log, rec) = open(&config(d, 4)).unwrap();
             assert_eq!(rec.iter().map(|r| &r.key[..]).collect::<Vec<_>>(), [b"a"]);
-            assert_eq!(log.read(b"a", &a).unwrap().unwrap(), value(1, 100));
+            assert_eq!(log.read(b"a", &a).unwrap().value().unwrap(), value(1, 100));
             // Appends go on after recovery.
             let (c, _) = log.append(b"c", None, b"after", true).unwrap();
-            assert_eq!(log.read(b"c", &c).unwrap().unwrap(), &b"after"[..]);
+            assert_eq!(log.read(b"c", &c).unwrap().value().unwrap(), &b"after"[..]);
         });
     }
 
@@ -985,9 +1033,73 @@ mod tests {
             f.write_all_at(&[0xFF], a.offset + HEADER_LEN as u64 + 100)
                 .unwrap();
             drop(f);
-            assert_eq!(log.read(b"a", &a).unwrap(), None);
+            assert_eq!(log.read(b"a", &a).unwrap(), Read::Corrupt);
             assert_eq!(log.stats.checksum_failures.load(Relaxed), 1);
-            assert_eq!(log.read(b"zz", &a).unwrap(), None);
+            assert_eq!(log.read(b"zz", &a).unwrap(), Read::Corrupt);
+        });
+    }
+
+    #[test]
+    fn a_reclaimed_slot_is_gone_not_corrupt() {
+        on_both("reclaimed", |d, _| {
+            let (log, _) = open(&config(d, 2)).unwrap();
+            let (first, _) = log.append(b"first", None, &value(0, 5000), false).unwrap();
+            // Past two segments' worth: the first segment is written over.
+            for i in 1..40 {
+                log.append(format!("k{i}").as_bytes(), None, &value(i, 5000), false)
+                    .unwrap();
+            }
+            assert!(log.stats.segment_evictions.load(Relaxed) > 0);
+            assert_eq!(log.read(b"first", &first).unwrap(), Read::Gone);
+            assert_eq!(log.stats.checksum_failures.load(Relaxed), 0);
+        });
+    }
+
+    /// Readers of known locations race a writer that turns the log over
+    /// without pause: every read is the whole value written there, or gone;
+    /// none is counted as a checksum failure.
+    #[test]
+    fn reads_racing_reclaim_are_whole_or_gone() {
+        on_both("race", |d, _| {
+            let (log, _) = open(&config(d, 2)).unwrap();
+            let written: Mutex<Vec<(usize, Location)>> = Mutex::new(Vec::new());
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let (mut whole, mut gone) = (0u64, 0u64);
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    for i in 0..3000 {
+                        let len = 1000 + (i * 37) % 9000;
+                        let (loc, _) = log
+                            .append(format!("k{i}").as_bytes(), None, &value(i, len), false)
+                            .unwrap();
+                        written.lock().push((i, loc));
+                    }
+                    stop.store(true, Relaxed);
+                });
+                let mut n = 0usize;
+                while !stop.load(Relaxed) {
+                    // One of the latest 40 written: about two segments'
+                    // worth, so some live, some reclaimed, some going now.
+                    let pick = {
+                        let w = written.lock();
+                        let from = w.len().saturating_sub(40);
+                        w.get(from + (n * 7919) % (w.len() - from).max(1)).copied()
+                    };
+                    n += 1;
+                    let Some((i, loc)) = pick else { continue };
+                    match log.read(format!("k{i}").as_bytes(), &loc).unwrap() {
+                        Read::Value(b) => {
+                            assert_eq!(b, value(i, 1000 + (i * 37) % 9000), "k{i}");
+                            whole += 1;
+                        }
+                        Read::Gone => gone += 1,
+                        Read::Corrupt => panic!("k{i} at {loc:?} read as corrupt"),
+                    }
+                }
+            });
+            assert_eq!(log.stats.checksum_failures.load(Relaxed), 0);
+            assert!(whole > 0, "no read found its value");
+            assert!(gone > 0, "no read raced a reclaim ({whole} whole)");
         });
     }
 
@@ -1073,7 +1185,7 @@ mod tests {
             for r in &rec {
                 let i: usize = std::str::from_utf8(&r.key[1..]).unwrap().parse().unwrap();
                 assert_eq!(
-                    log.read(&r.key, &r.location).unwrap().unwrap(),
+                    log.read(&r.key, &r.location).unwrap().value().unwrap(),
                     value(i, 10_000)
                 );
             }

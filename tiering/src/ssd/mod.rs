@@ -10,5 +10,5 @@ pub mod log;
 pub mod record;
 pub mod tier;
 
-pub use log::{Location, LogConfig, Recovered, SegmentLog};
+pub use log::{Location, LogConfig, Read, Recovered, SegmentLog};
 pub use tier::{Opened, SsdTier};

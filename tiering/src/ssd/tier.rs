@@ -6,7 +6,7 @@ use std::io;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::log::{Location, LogConfig, Recovered, SegmentLog};
+use super::log::{Location, LogConfig, Read, Recovered, SegmentLog};
 use crate::io::{build, EngineChoice};
 use crate::tier::{Load, Reclaimed, Slot, Tier, TierError, TierKind};
 
@@ -104,8 +104,11 @@ impl Tier for SsdTier {
             seq,
         };
         match self.log.read(key, &loc) {
-            Ok(Some(b)) => Load::Hit(b),
-            _ => Load::Miss,
+            Ok(Read::Value(b)) => Load::Hit(b),
+            Ok(Read::Gone) => Load::Miss,
+            Ok(Read::Corrupt) => Load::Corrupt,
+            // The device refused the read: nothing to serve.
+            Err(_) => Load::Miss,
         }
     }
 
