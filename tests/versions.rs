@@ -20,21 +20,27 @@ use tidepool_transport::shm::ShmPlane;
 use tidepool_transport::tcp::{TcpOptions, TcpPlane};
 use tidepool_transport::{DataPlane, Descriptor, Kind};
 
-/// Payload lengths, picked by key and version, so that an overwrite
-/// changes the size and a refilled arena puts other blocks where the old
-/// version was.
+/// Payload lengths in DRAM.
 const SIZES: [usize; 5] = [3_000, 17_000, 70_000, 260_000, 700_000];
 
 const MAGIC: &[u8; 4] = b"TPv1";
 
-/// The payload of version `version` of key number `key`: a 16-byte header
-/// (magic, key, version) and a body no other (key, version) shares.
-fn payload(key: u32, version: u64) -> Vec<u8> {
-    let len = SIZES[(key as usize + version as usize) % SIZES.len()];
+/// A payload length for `version` of `key` from `sizes`: an overwrite
+/// changes the size, so a refilled arena puts other blocks where the old
+/// version was.
+fn size_of(sizes: &[usize], key: u32, version: u64) -> usize {
+    sizes[(key as usize + version as usize) % sizes.len()]
+}
+
+/// The payload of version `version` of key number `key`, `len` bytes: a
+/// 20-byte header (magic, key, version, length) and a body no other
+/// (key, version) shares.
+fn payload(key: u32, version: u64, len: usize) -> Vec<u8> {
     let mut v = Vec::with_capacity(len);
     v.extend_from_slice(MAGIC);
     v.extend_from_slice(&key.to_le_bytes());
     v.extend_from_slice(&version.to_le_bytes());
+    v.extend_from_slice(&(len as u32).to_le_bytes());
     let mut x = (u64::from(key) << 40) ^ version ^ 0x9E37_79B9_7F4A_7C15;
     while v.len() < len {
         // splitmix64
@@ -51,28 +57,27 @@ fn payload(key: u32, version: u64) -> Vec<u8> {
 
 /// The version `got` is of key `key`, when it is one whole version of it.
 fn version_of(key: u32, got: &[u8]) -> Result<u64, String> {
-    if got.len() < 16 || &got[..4] != MAGIC {
+    if got.len() < 20 || &got[..4] != MAGIC {
         return Err(format!("key {key}: no header in {} bytes", got.len()));
     }
     let k = u32::from_le_bytes(got[4..8].try_into().unwrap());
     let version = u64::from_le_bytes(got[8..16].try_into().unwrap());
+    let len = u32::from_le_bytes(got[16..20].try_into().unwrap()) as usize;
     if k != key {
         return Err(format!(
             "key {key}: read key {k}'s bytes (version {version})"
         ));
     }
-    let want = payload(key, version);
-    if got.len() != want.len() {
+    if got.len() != len {
         return Err(format!(
-            "key {key} version {version}: {} bytes, the version has {}",
-            got.len(),
-            want.len()
+            "key {key} version {version}: {} bytes, the version has {len}",
+            got.len()
         ));
     }
+    let want = payload(key, version, len);
     if let Some(at) = got.iter().zip(&want).position(|(a, b)| a != b) {
         return Err(format!(
-            "key {key} version {version}: bytes differ from offset {at} of {}",
-            got.len()
+            "key {key} version {version}: bytes differ from offset {at} of {len}"
         ));
     }
     Ok(version)
@@ -215,7 +220,7 @@ fn readers_on_every_plane_see_whole_versions_or_misses() {
                         let _: i64 = redis::cmd("DEL").arg(name(key)).query(&mut con).unwrap();
                         continue;
                     }
-                    let value = Bytes::from(payload(key, version));
+                    let value = Bytes::from(payload(key, version, size_of(&SIZES, key, version)));
                     if c.put(Bytes::from(name(key)), value, &PutOptions::default())
                         .is_err()
                     {
@@ -375,6 +380,170 @@ fn readers_on_every_plane_see_whole_versions_or_misses() {
     }
 }
 
+/// Sizes on the SSD tier: records of 1 to 6 pages in 64 KiB segments.
+const SSD_SIZES: [usize; 4] = [3_000, 9_000, 14_000, 21_000];
+
+/// A tiny SSD tier (16 segments of 64 KiB) turning over without pause under
+/// writers (demoted from DRAM, and TIER ssd straight to it), while readers
+/// GET (promoting), KV.MATCH (staging blocks about to be reclaimed),
+/// KV.VERIFY and KV.LOCATE the same keys: every value whole or a miss, no
+/// block called corrupt, no checksum failure counted.
+#[test]
+fn ssd_reclaim_racing_reads_and_staging_serves_no_stale_bytes() {
+    let dir = std::env::temp_dir().join(format!("tidepool-versions-ssd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ssd = format!("{}:1MiB", dir.display());
+    let s = Server::start(&[
+        "--dram",
+        "192KiB",
+        "--ssd",
+        &ssd,
+        "--ssd-segment-size",
+        "64KiB",
+        "--ssd-stage-on-match",
+        "true",
+    ]);
+    const KEYS: u32 = 48;
+    let stop = AtomicBool::new(false);
+    let versions = AtomicU64::new(1);
+    let seen: Mutex<Vec<(String, Seen)>> = Mutex::new(Vec::new());
+    let verified = AtomicU64::new(0);
+    std::thread::scope(|sc| {
+        for w in 0..2u32 {
+            let (s, stop, versions) = (&s, &stop, &versions);
+            sc.spawn(move || {
+                let mut con = s.redis();
+                let mut pick = Pick(0x77 + w as u64);
+                while !stop.load(Relaxed) {
+                    // Writer w owns the keys of its parity.
+                    let key = pick.next(KEYS as u64 / 2) as u32 * 2 + w;
+                    let version = versions.fetch_add(1, Relaxed);
+                    if pick.next(20) == 0 {
+                        let _: i64 = redis::cmd("DEL").arg(name(key)).query(&mut con).unwrap();
+                        continue;
+                    }
+                    let value = payload(key, version, size_of(&SSD_SIZES, key, version));
+                    let mut put = redis::cmd("KV.PUT");
+                    put.arg(name(key)).arg(value);
+                    if w == 1 {
+                        put.arg("TIER").arg("ssd");
+                    }
+                    let r: redis::RedisResult<Value> = put.query(&mut con);
+                    if let Err(e) = r {
+                        assert_eq!(e.code(), Some("OOM"), "put: {e}");
+                    }
+                }
+            });
+        }
+        // GET promotes from SSD.
+        {
+            let (s, stop, seen) = (&s, &stop, &seen);
+            sc.spawn(move || {
+                let mut con = s.redis();
+                let mut mine = Seen::default();
+                let mut pick = Pick(0xBEEF);
+                while !stop.load(Relaxed) {
+                    let k = pick.next(KEYS as u64) as u32;
+                    let got: Option<Vec<u8>> =
+                        redis::cmd("GET").arg(name(k)).query(&mut con).unwrap();
+                    mine.check("GET", k, got.as_deref());
+                }
+                seen.lock().unwrap().push(("GET".into(), mine));
+            });
+        }
+        // KV.MATCH stages what it finds near the reclaim end; KV.VERIFY
+        // reads from the device and checks.
+        {
+            let (s, stop, verified) = (&s, &stop, &verified);
+            sc.spawn(move || {
+                let mut con = s.redis();
+                let mut pick = Pick(0xCAFE);
+                while !stop.load(Relaxed) {
+                    let keys: Vec<String> = (0..4)
+                        .map(|_| name(pick.next(KEYS as u64) as u32))
+                        .collect();
+                    let _: i64 = redis::cmd("KV.MATCH")
+                        .arg(4)
+                        .arg(&keys)
+                        .query(&mut con)
+                        .unwrap();
+                    let answers: Vec<Option<String>> =
+                        redis::cmd("KV.VERIFY").arg(&keys).query(&mut con).unwrap();
+                    for (k, a) in keys.iter().zip(answers) {
+                        match a.as_deref() {
+                            None | Some("ok") | Some("unchecked") => {}
+                            other => panic!("KV.VERIFY {k}: {other:?}"),
+                        }
+                        verified.fetch_add(1, Relaxed);
+                    }
+                }
+            });
+        }
+        // KV.LOCATE (reading from SSD) and a tcp read of what it holds.
+        {
+            let (s, stop, seen) = (&s, &stop, &seen);
+            sc.spawn(move || {
+                let mut con = s.redis();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let (port, _, _) = dataplane(&mut con);
+                let tcp = rt
+                    .block_on(TcpPlane::connect(
+                        format!("127.0.0.1:{port}").parse().unwrap(),
+                        TcpOptions::default(),
+                    ))
+                    .unwrap();
+                let mut mine = Seen::default();
+                let mut pick = Pick(0xD00D);
+                while !stop.load(Relaxed) {
+                    let keys: Vec<u32> = (0..3).map(|_| pick.next(KEYS as u64) as u32).collect();
+                    let (lease, descs) = locate(&mut con, &keys, "tcp");
+                    for (k, d) in keys.iter().zip(descs) {
+                        let Some(d) = d else {
+                            mine.check("located over tcp", *k, None);
+                            continue;
+                        };
+                        let mut b = vec![0u8; d.len as usize];
+                        rt.block_on(tcp.read(&mut [(d, &mut b[..])])).unwrap();
+                        mine.check("located over tcp", *k, Some(&b));
+                    }
+                    if lease != 0 {
+                        let _: i64 = redis::cmd("KV.RELEASE").arg(lease).query(&mut con).unwrap();
+                    }
+                }
+                seen.lock().unwrap().push(("located over tcp".into(), mine));
+            });
+        }
+        std::thread::sleep(Duration::from_secs(4));
+        stop.store(true, Relaxed);
+    });
+    for (who, st) in seen.into_inner().unwrap() {
+        eprintln!("{who}: {} reads, {} hits", st.reads, st.hits);
+        assert!(
+            st.hits >= 5,
+            "{who}: only {} hits of {} reads",
+            st.hits,
+            st.reads
+        );
+    }
+    let reclaimed = kv_stat(&s, "ssd", "evictions");
+    let staged = s.info_u64("ssd_staged");
+    eprintln!(
+        "{} versions, {} verified, {reclaimed} SSD evictions, {} promotions, {staged} staged",
+        versions.load(Relaxed),
+        verified.load(Relaxed),
+        s.info_u64("dram_promotions"),
+    );
+    assert!(reclaimed > 0, "no segment was reclaimed: nothing raced");
+    assert!(staged > 0, "no match staged a block");
+    assert_eq!(s.info_u64("ssd_checksum_failures"), 0);
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The tcp data port, the shm socket and the arena id from KV.DATAPLANE.
 fn dataplane(con: &mut redis::Connection) -> (u16, String, u64) {
     let v: Vec<Value> = redis::cmd("KV.DATAPLANE").query(con).unwrap();
@@ -399,16 +568,17 @@ fn dataplane(con: &mut redis::Connection) -> (u16, String, u64) {
 
 #[test]
 fn payloads_describe_themselves() {
-    let p = payload(3, 77);
+    let p = payload(3, 77, 3000);
     assert_eq!(version_of(3, &p), Ok(77));
     assert!(version_of(4, &p).is_err(), "another key's bytes");
-    let other = payload(3, 82);
-    assert_eq!(other.len(), p.len());
     let mut torn = p.clone();
-    torn[p.len() / 2..].copy_from_slice(&other[p.len() / 2..]);
+    torn[1500..].copy_from_slice(&payload(3, 78, 3000)[1500..]);
     assert!(
         version_of(3, &torn).is_err(),
         "half of one version, half of another"
     );
     assert!(version_of(3, &p[..p.len() - 1]).is_err(), "short");
+    let mut longer = p.clone();
+    longer.push(0);
+    assert!(version_of(3, &longer).is_err(), "long");
 }

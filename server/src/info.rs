@@ -179,6 +179,7 @@ fn section(shared: &Shared, name: &str, o: &mut String) {
                 line!("ssd_segment_size", s.segment_size);
                 line!("ssd_pending_demotions", s.pending_demotions);
                 line!("ssd_dropped_demotions", s.dropped_demotions);
+                line!("ssd_staged", s.staged);
                 line!("ssd_checksum_failures", s.checksum_failures);
                 line!("ssd_segments_without_space", s.segments_without_space);
                 line!("ssd_no_space_errors", s.no_space_errors);

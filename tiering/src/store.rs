@@ -313,6 +313,8 @@ pub struct SsdStats {
     pub dropped_demotions: u64,
     /// Demotions queued and not yet written.
     pub pending_demotions: u64,
+    /// Blocks a match read back into DRAM ahead of their segment's reclaim.
+    pub staged: u64,
     /// Records that failed their checksum on read.
     pub checksum_failures: u64,
     /// Segments out of the rotation because the file system had no room
@@ -688,6 +690,7 @@ struct SsdState {
     queue: std::sync::mpsc::SyncSender<SsdJob>,
     settings: SsdSettings,
     dropped: AtomicU64,
+    staged: AtomicU64,
     /// Demotions and stagings queued and not yet done.
     pending: AtomicU64,
 }
@@ -970,6 +973,7 @@ impl Store {
             queue: tx,
             settings,
             dropped: AtomicU64::new(0),
+            staged: AtomicU64::new(0),
             pending: AtomicU64::new(0),
         };
         self.ssd
@@ -1189,7 +1193,9 @@ impl Store {
         }
         if let Load::Hit(b) = ssd.tier.load(key, slot) {
             ssd.counters.hits.fetch_add(1, Relaxed);
-            self.promote(key, &b, written, slot);
+            if self.promote(key, &b, written, slot) {
+                ssd.staged.fetch_add(1, Relaxed);
+            }
         }
     }
 
@@ -2161,16 +2167,19 @@ impl Store {
 
     /// Moves a block just read from SSD back into DRAM, unless DRAM has no room
     /// or the block changed meanwhile.
-    fn promote(&self, key: &[u8], value: &Bytes, written: u64, slot: &Slot) {
-        let Some(ssd) = self.ssd.get() else { return };
+    /// Whether it moved.
+    fn promote(&self, key: &[u8], value: &Bytes, written: u64, slot: &Slot) -> bool {
+        let Some(ssd) = self.ssd.get() else {
+            return false;
+        };
         let charge = charge_of(key.len(), value.len());
         if charge > self.capacity() {
-            return;
+            return false;
         }
         self.dram_counters.used.fetch_add(charge, Relaxed);
         if self.make_room().is_err() {
             self.dram_counters.used.fetch_sub(charge, Relaxed);
-            return;
+            return false;
         }
         let checksum = self.dram_checksums.then(|| checksum(value));
         let promoted = {
@@ -2207,9 +2216,11 @@ impl Store {
                 if let Some(p) = parent {
                     self.child_moved(&p, true);
                 }
+                true
             }
             None => {
                 self.dram_counters.used.fetch_sub(charge, Relaxed);
+                false
             }
         }
     }
@@ -2929,6 +2940,7 @@ impl Store {
                 segments_used: log.used_segments() as u64,
                 segment_size: log.segment_size(),
                 dropped_demotions: s.dropped.load(Relaxed),
+                staged: s.staged.load(Relaxed),
                 pending_demotions: s.pending.load(Relaxed),
                 checksum_failures: log.stats.checksum_failures.load(Relaxed),
                 segments_without_space: log.unbacked_segments() as u64,
