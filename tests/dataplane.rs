@@ -2,6 +2,7 @@
 //! KV.ABORT / KV.LOCATE with bytes moved over the TCP data port and the
 //! shared-memory arena, by the transport crate and by tidepool-client.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -1410,4 +1411,182 @@ fn gets_beside_a_put_of_many_tcp_groups_finish() {
         assert!(r.unwrap().iter().all(|r| r.is_ok()));
     });
     assert_eq!(s.info_u64("data_committed"), 608);
+}
+
+/// Whether two descriptors' arena ranges overlap.
+fn overlap(a: &Descriptor, b: &Descriptor) -> bool {
+    a.offset < b.offset + b.len && b.offset < a.offset + a.len
+}
+
+/// A shm writer whose reservation ended before its copy did (it expired, or
+/// its connection closed) and that then writes on (a copy under way, a
+/// thread descheduled mid-copy) lands in a range no other block was given:
+/// the blocks reserved meanwhile read back whole. One reserve-timeout
+/// later the ranges are back in use.
+#[test]
+fn a_stalled_shm_writer_never_lands_in_another_block() {
+    // Quarantine lasts a reserve-timeout: 3 s leaves the steps below a
+    // wide margin on a slow machine.
+    let s = Server::start(&["--reserve-timeout", "3000", "--dram", "32MiB"]);
+    let mut con = s.redis();
+    let (_, sock, id) = dataplane(&mut con);
+    let plane = ShmPlane::connect(sock.as_ref(), id).unwrap();
+    let len = 1 << 20;
+    let base = s.info_u64("data_arena_used");
+    let stalled = reserve_via(&mut con, "stalled", len, "shm");
+    let wait_for = |field: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while s.info_u64(field) < 1 {
+            assert!(Instant::now() < deadline, "no {field}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_for("data_expired");
+    let orphaned = {
+        let mut other = s.redis();
+        reserve_via(&mut other, "orphaned", len, "shm")
+        // closed here: its reservation is dropped with it
+    };
+    wait_for("data_aborted");
+    assert_eq!(s.info_u64("data_quarantined_bytes"), 2 * len as u64);
+    // Others take the arena meanwhile (same size: what a freed range fits).
+    let mut others = Vec::new();
+    for i in 0..6 {
+        let key = format!("other{i}");
+        let d = reserve_via(&mut con, &key, len, "shm");
+        assert!(
+            !overlap(&d, &stalled) && !overlap(&d, &orphaned),
+            "{key} was given a range an unfinished writer may still write: {d:?}"
+        );
+        plane.write_one(&d, &block(i, len)).unwrap();
+        commit(&mut con, &d);
+        others.push(key);
+    }
+    // The stalled writers wake up and finish their copies.
+    plane.write_one(&stalled, &vec![0xEE; len]).unwrap();
+    plane.write_one(&orphaned, &vec![0xDD; len]).unwrap();
+    for (i, key) in others.iter().enumerate() {
+        let got: Vec<u8> = redis::cmd("GET").arg(key).query(&mut con).unwrap();
+        assert!(got == block(i, len), "{key} was written over");
+    }
+    assert_eq!(exists(&mut con, "stalled"), 0);
+    assert_eq!(exists(&mut con, "orphaned"), 0);
+    // One reserve-timeout on, the quarantined ranges go back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.info_u64("data_quarantined_bytes") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "quarantined ranges never came back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(s.info_u64("data_arena_used"), base + 6 * len as u64);
+    let again = reserve_via(&mut con, "again", len, "shm");
+    assert_eq!(again.kind, Kind::Shm);
+}
+
+/// Commits sent around the moment their reservations end, over tcp and
+/// shm, while bystanders reserve, write and commit beside them (taking the
+/// ranges the ended ones give back): each racing block is either stored
+/// whole or not at all, and every bystander reads back whole.
+#[test]
+fn commits_racing_their_reservations_end_are_whole_or_absent() {
+    let s = Server::start(&["--reserve-timeout", "40", "--dram", "64MiB"]);
+    let (port, sock, id) = dataplane(&mut s.redis());
+    let stored = AtomicU64::new(0);
+    let refused = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let racers: Vec<_> = ["tcp", "shm"]
+            .into_iter()
+            .map(|via| {
+                let (s, sock, stored, refused) = (&s, &sock, &stored, &refused);
+                sc.spawn(move || {
+                    let rt = rt();
+                    let mut con = s.redis();
+                    let shm = ShmPlane::connect(sock.as_ref(), id).unwrap();
+                    let tcp = tcp_plane(&rt, port);
+                    let mut x = 0x2545_F491_4F6C_DD1Du64 ^ via.len() as u64;
+                    for i in 0..60 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let key = format!("race-{via}-{i}");
+                        let data = block(i + 1000 * via.len(), 64 * 1024 + (x % 200_000) as usize);
+                        let d = reserve_via(&mut con, &key, data.len(), via);
+                        let wrote = if via == "shm" {
+                            shm.write_one(&d, &data).is_ok()
+                        } else {
+                            rt.block_on(tcp.write(&[(d, &data[..])])).is_ok()
+                        };
+                        // Around the end of its 40 ms, which the sweep
+                        // (every 100 ms) finds up to 100 ms late.
+                        std::thread::sleep(Duration::from_millis(20 + x % 150));
+                        let r: redis::RedisResult<String> =
+                            redis::cmd("KV.COMMIT").arg(d.token).query(&mut con);
+                        let got: Option<Vec<u8>> =
+                            redis::cmd("GET").arg(&key).query(&mut con).unwrap();
+                        match r {
+                            Ok(_) => {
+                                assert!(wrote, "{key}: committed though its write failed");
+                                assert!(got.as_deref() == Some(&data[..]), "{key}: not whole");
+                                stored.fetch_add(1, Relaxed);
+                            }
+                            Err(e) => {
+                                assert_eq!(e.code(), Some("NORESERVATION"), "{key}: {e}");
+                                assert_eq!(got, None, "{key}: refused, yet stored");
+                                refused.fetch_add(1, Relaxed);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for via in ["tcp", "shm"] {
+            let (s, sock, stop) = (&s, &sock, &stop);
+            sc.spawn(move || {
+                let rt = rt();
+                let mut con = s.redis();
+                let shm = ShmPlane::connect(sock.as_ref(), id).unwrap();
+                let tcp = tcp_plane(&rt, port);
+                let mut i = 0;
+                while !stop.load(Relaxed) {
+                    let key = format!("by-{via}-{i}");
+                    let data = block(i + 7, 64 * 1024 + (i * 4099) % 150_000);
+                    let d = reserve_via(&mut con, &key, data.len(), via);
+                    // Late on a slow machine, a write or commit fails: then
+                    // nothing may be stored.
+                    let wrote = if via == "shm" {
+                        shm.write_one(&d, &data).is_ok()
+                    } else {
+                        rt.block_on(tcp.write(&[(d, &data[..])])).is_ok()
+                    };
+                    let r: redis::RedisResult<String> =
+                        redis::cmd("KV.COMMIT").arg(d.token).query(&mut con);
+                    let got: Option<Vec<u8>> = redis::cmd("GET").arg(&key).query(&mut con).unwrap();
+                    match r {
+                        Ok(_) => assert!(
+                            wrote && got.as_deref() == Some(&data[..]),
+                            "bystander {key} is not what it wrote"
+                        ),
+                        Err(e) => {
+                            assert_eq!(e.code(), Some("NORESERVATION"), "{key}: {e}");
+                            assert_eq!(got, None, "{key}: refused, yet stored");
+                        }
+                    }
+                    i += 1;
+                }
+            });
+        }
+        for r in racers {
+            r.join().unwrap();
+        }
+        stop.store(true, Relaxed);
+    });
+    let (stored, refused) = (stored.load(Relaxed), refused.load(Relaxed));
+    eprintln!("{stored} racing commits stored, {refused} refused");
+    assert!(
+        stored > 0 && refused > 0,
+        "commits did not race the timeout: {stored} stored, {refused} refused"
+    );
 }

@@ -9,6 +9,16 @@
 //! made them, on `KV.ABORT`, or after `reserve-timeout`; the region goes back
 //! once the last in-flight write into it ends.
 //!
+//! The server cannot see when a shm or rdma writer stops: the client copies
+//! into the mapped arena (or the NIC writes) on its own. A copy that began
+//! before the reservation ended may still be running when it ends (a large
+//! block, a writer descheduled mid-copy), and would land in whatever block
+//! the range was handed to next. So an uncommitted shm or rdma range is kept
+//! out of use for one more `reserve-timeout` (quarantined) before it returns
+//! to the arena; tidepool-client starts no copy after a reservation's
+//! deadline. A writer stalled longer than that can still write into a reused
+//! range: shm clients are trusted with the arena (README, trust boundary).
+//!
 //! A located block is a `Bytes` over the stored value, held here (and leased
 //! in the store) until its lease is released or expires: eviction, deletion
 //! or an overwrite of the key cannot free or reuse that memory meanwhile.
@@ -108,6 +118,9 @@ pub struct DataState {
     /// The shared DRAM arena, when shm is on.
     pub arena: Option<Arc<Arena>>,
     reservations: Mutex<HashMap<u64, Reservation>>,
+    /// Ranges of shm and rdma reservations that ended uncommitted, with the
+    /// time they may be reused (see the module comment).
+    quarantine: Mutex<std::collections::VecDeque<(Instant, Arc<Inbound>)>>,
     outstanding: Arc<AtomicU64>,
     charged: Arc<AtomicU64>,
     located: Mutex<HashMap<u64, Bytes>>,
@@ -139,6 +152,7 @@ impl DataState {
         DataState {
             arena,
             reservations: Mutex::new(HashMap::new()),
+            quarantine: Mutex::new(Default::default()),
             outstanding: Arc::new(AtomicU64::new(0)),
             charged: Arc::new(AtomicU64::new(0)),
             located: Mutex::new(HashMap::new()),
@@ -155,6 +169,27 @@ impl DataState {
     /// Bytes reserved and not committed.
     pub fn reserved_bytes(&self) -> u64 {
         self.outstanding.load(Relaxed)
+    }
+
+    /// Bytes of shm and rdma ranges kept out of use after their
+    /// reservations ended uncommitted.
+    pub fn quarantined_bytes(&self) -> u64 {
+        self.quarantine.lock().iter().map(|(_, i)| i.len()).sum()
+    }
+
+    /// Ends reservations that were not committed: a range a client writes
+    /// into itself (shm, rdma) is quarantined for one `reserve-timeout`.
+    fn retire(&self, gone: Vec<Reservation>) {
+        let until = Instant::now() + self.timeout;
+        let keep: Vec<(Instant, Arc<Inbound>)> = gone
+            .iter()
+            .filter(|r| matches!(r.kind, Kind::Shm | Kind::Rdma))
+            .map(|r| (until, r.inbound.clone()))
+            .collect();
+        drop(gone);
+        if !keep.is_empty() {
+            self.quarantine.lock().extend(keep);
+        }
     }
 
     /// Open reservations.
@@ -430,7 +465,9 @@ impl DataState {
                 .collect()
         };
         self.stats.aborted.fetch_add(gone.len() as u64, Relaxed);
-        Reply::Int(gone.len() as i64)
+        let n = gone.len();
+        self.retire(gone);
+        Reply::Int(n as i64)
     }
 
     /// Drops the reservations a closing connection made.
@@ -445,6 +482,7 @@ impl DataState {
             tokens.iter().filter_map(|t| map.remove(t)).collect()
         };
         self.stats.aborted.fetch_add(gone.len() as u64, Relaxed);
+        self.retire(gone);
     }
 
     /// KV.LOCATE: a descriptor or nil per key, all under one lease. A block on
@@ -567,7 +605,15 @@ impl DataState {
         if !expired.is_empty() {
             self.stats.expired.fetch_add(expired.len() as u64, Relaxed);
             tracing::debug!(count = expired.len(), "reservations expired uncommitted");
+            self.retire(expired);
         }
+        let released: Vec<Arc<Inbound>> = {
+            let mut q = self.quarantine.lock();
+            // In order of their deadlines: all share one timeout.
+            let due = q.iter().take_while(|(t, _)| *t <= now).count();
+            q.drain(..due).map(|(_, i)| i).collect()
+        };
+        drop(released);
         let due: Vec<u64> = self
             .holds
             .lock()

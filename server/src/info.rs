@@ -199,6 +199,7 @@ fn section(shared: &Shared, name: &str, o: &mut String) {
             );
             line!("data_arena_size", d.arena.as_ref().map_or(0, |a| a.size()));
             line!("data_arena_used", d.arena.as_ref().map_or(0, |a| a.used()));
+            line!("data_quarantined_bytes", d.quarantined_bytes());
             line!("data_reservations_open", d.open_reservations());
             line!("data_reserved_bytes", d.reserved_bytes());
             line!("data_held_blocks", d.held_blocks());
