@@ -502,9 +502,58 @@ fn without_dram_checksums_only_blocks_that_brought_one_are_checked() {
     assert_eq!(store.get(b"b"), None);
 }
 
+/// A value that says whose it is: key, writer, sequence, and a body
+/// derived from all three (its length too), so a torn or misplaced value
+/// cannot pass [`check_value`].
+fn tagged_value(key: &[u8], writer: u32, seq: u32) -> Bytes {
+    let mut v = key.to_vec();
+    v.extend_from_slice(&writer.to_le_bytes());
+    v.extend_from_slice(&seq.to_le_bytes());
+    let len = 24 + (seq as usize * 7 + writer as usize) % 80;
+    let mut x = u64::from(seq) << 8 | u64::from(writer);
+    while v.len() < len {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        v.push((x >> 56) as u8);
+    }
+    Bytes::from(v)
+}
+
+fn check_value(key: &[u8], got: &[u8]) {
+    assert!(got.len() >= key.len() + 8, "{key:?}: {} bytes", got.len());
+    assert_eq!(&got[..key.len()], key, "another key's value");
+    let writer = u32::from_le_bytes(got[key.len()..key.len() + 4].try_into().unwrap());
+    let seq = u32::from_le_bytes(got[key.len() + 4..key.len() + 8].try_into().unwrap());
+    assert_eq!(
+        got,
+        &tagged_value(key, writer, seq)[..],
+        "{key:?}: torn value"
+    );
+}
+
 #[test]
 fn concurrent_writers_keep_invariants() {
     let f = Arc::new(fixture(64 * charge_of(4, 64)));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2u32)
+        .map(|r| {
+            let (f, stop) = (f.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut hits = 0u64;
+                let mut i = r;
+                while !stop.load(Relaxed) {
+                    let k = (i % 300).to_le_bytes();
+                    if let Some(got) = f.store.get(&k) {
+                        check_value(&k, &got);
+                        hits += 1;
+                    }
+                    i = i.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                }
+                hits
+            })
+        })
+        .collect();
     let threads: Vec<_> = (0..4)
         .map(|t| {
             let f = f.clone();
@@ -515,17 +564,19 @@ fn concurrent_writers_keep_invariants() {
                         .then(|| Bytes::from(((t * 100_000 + i - 1) % 300).to_le_bytes().to_vec()));
                     let _ = f.store.put(
                         k.clone(),
-                        Bytes::from(vec![1u8; 64]),
+                        tagged_value(&k, t, i),
                         PutOptions {
                             parent,
                             ..Default::default()
                         },
                     );
-                    f.store.get(&k);
+                    if let Some(got) = f.store.get(&k) {
+                        check_value(&k, &got);
+                    }
                     if i % 97 == 0 {
                         f.store.delete([&k[..]]);
                     }
-                    assert!(f.store.used() <= f.store.capacity() + 4 * charge_of(4, 64));
+                    assert!(f.store.used() <= f.store.capacity() + 4 * charge_of(4, 104));
                 }
             })
         })
@@ -533,6 +584,9 @@ fn concurrent_writers_keep_invariants() {
     for t in threads {
         t.join().unwrap();
     }
+    stop.store(true, Relaxed);
+    let hits: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
+    assert!(hits > 0, "the readers found nothing");
     f.store.check_invariants().unwrap();
     assert!(f.store.used() <= f.store.capacity());
 }
