@@ -147,6 +147,7 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     let (mut queried, mut matched, mut stored_bytes, mut put_errors) = (0u64, 0u64, 0u64, 0u64);
     let mut first_refusal: Option<String> = None;
     let mut match_lat = Vec::with_capacity(requests.len());
+    let mut per_request: Vec<u32> = Vec::with_capacity(requests.len());
     let mut put_lat = Vec::new();
     // Hit ratio per window of requests, and cumulative.
     let window = (requests.len() / 100).max(1);
@@ -172,6 +173,7 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         }
         queried += keys.len() as u64;
         matched += hit as u64;
+        per_request.push(hit as u32);
         wq += keys.len() as u64;
         wm += hit as u64;
         if hit < keys.len() {
@@ -224,15 +226,26 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     // With an SSD tier, `lru` has a model of both tiers; `adaptive` is
     // simulated for its DRAM tier only.
     let two_tiers = a.ssd_blocks.filter(|_| policy == Policy::LeafLru);
-    let simulated = match two_tiers {
+    let sim_result = match two_tiers {
         Some(n) => sim::simulate_tiers(
             &chains,
             a.capacity_blocks,
             sim::SsdModel::replay(a.block_bytes, n, a.ssd_stage_on_match),
         ),
         None => sim::simulate(&chains, a.capacity_blocks, policy),
-    }
-    .hit_ratio();
+    };
+    let simulated = sim_result.hit_ratio();
+    // Request by request: how many matched as many blocks as the simulation
+    // did, and the first that did not.
+    let agreeing = per_request
+        .iter()
+        .zip(&sim_result.per_request)
+        .filter(|(a, b)| a == b)
+        .count();
+    let first_divergence = per_request
+        .iter()
+        .zip(&sim_result.per_request)
+        .position(|(a, b)| a != b);
     let stats = server_stats(&client).await.unwrap_or_default();
     match_lat.sort();
     put_lat.sort();
@@ -263,6 +276,16 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     };
     println!("| prefix hit ratio (simulation of {what}) | {simulated:.4} |");
     println!("| difference | {:+.4} |", server_ratio - simulated);
+    println!(
+        "| requests matching as many blocks as simulated | {agreeing} of {} |",
+        requests.len()
+    );
+    if let Some(i) = first_divergence {
+        println!(
+            "| first request that differs | {i}: server {}, simulation {} |",
+            per_request[i], sim_result.per_request[i]
+        );
+    }
     println!("| requests/s | {rps:.0} |");
     println!("| stored MB/s | {mbs:.1} |");
     println!(
@@ -294,6 +317,12 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
             "blocks_matched": matched,
             "hit_ratio": server_ratio,
             "simulated_hit_ratio": simulated,
+            "requests_matching_simulation": agreeing,
+            "first_divergence": first_divergence.map(|i| serde_json::json!({
+                "request": i,
+                "server": per_request[i],
+                "simulated": sim_result.per_request[i],
+            })),
             "simulated_policy": what,
             "requests_per_s": rps,
             "stored_mb_per_s": mbs,

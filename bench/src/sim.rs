@@ -87,12 +87,14 @@ impl Policy {
 }
 
 /// Result of a simulation.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct SimResult {
     /// Blocks asked about.
     pub queried: u64,
     /// Blocks found as prefix hits.
     pub matched: u64,
+    /// Leading blocks each request matched, in trace order.
+    pub per_request: Vec<u32>,
 }
 
 impl SimResult {
@@ -124,18 +126,19 @@ pub fn keys_of(chain: &[u64]) -> Vec<bytes::Bytes> {
 pub fn simulate(trace: &[Chain], capacity: usize, policy: Policy) -> SimResult {
     if policy == Policy::Adaptive {
         let keyed: Vec<Vec<bytes::Bytes>> = trace.iter().map(|c| keys_of(c)).collect();
-        let (matched, queried) =
-            tidepool_tiering::policy::simulate_adaptive(&keyed, capacity.min(1 << 40));
-        return SimResult { queried, matched };
+        let per_request =
+            tidepool_tiering::policy::simulate_adaptive_requests(&keyed, capacity.min(1 << 40));
+        return SimResult {
+            queried: trace.iter().map(|c| c.len() as u64).sum(),
+            matched: per_request.iter().map(|m| *m as u64).sum(),
+            per_request: per_request.into_iter().map(|m| m as u32).collect(),
+        };
     }
     let mut blocks: HashMap<u64, Block> = HashMap::new();
     // Eviction candidates by stamp: every block under Lru, childless ones under LeafLru.
     let mut order: BTreeSet<(u64, u64)> = BTreeSet::new();
     let mut clock = 0u64;
-    let mut res = SimResult {
-        queried: 0,
-        matched: 0,
-    };
+    let mut res = SimResult::default();
     let candidate = |b: &Block| policy == Policy::Lru || b.children == 0;
     for chain in trace {
         let hit = chain
@@ -144,6 +147,7 @@ pub fn simulate(trace: &[Chain], capacity: usize, policy: Policy) -> SimResult {
             .count();
         res.queried += chain.len() as u64;
         res.matched += hit as u64;
+        res.per_request.push(hit as u32);
         let mut prev: Option<u64> = None;
         for (i, &id) in chain.iter().enumerate() {
             clock += 1;
@@ -357,10 +361,7 @@ pub fn simulate_tiers(trace: &[Chain], dram_blocks: usize, ssd: SsdModel) -> Sim
         log: Log::new(ssd),
         writes: Default::default(),
     };
-    let mut res = SimResult {
-        queried: 0,
-        matched: 0,
-    };
+    let mut res = SimResult::default();
     for chain in trace {
         let hit = chain
             .iter()
@@ -368,6 +369,7 @@ pub fn simulate_tiers(trace: &[Chain], dram_blocks: usize, ssd: SsdModel) -> Sim
             .count();
         res.queried += chain.len() as u64;
         res.matched += hit as u64;
+        res.per_request.push(hit as u32);
         let first = t.clock;
         t.clock += chain.len() as u64;
         for (i, id) in chain[..hit].iter().enumerate() {

@@ -366,13 +366,23 @@ impl Tuner {
 /// whose share a [`Tuner`] sets, exactly as the store does. Returns
 /// (matched, queried).
 pub fn simulate_adaptive(trace: &[Vec<Bytes>], capacity: usize) -> (u64, u64) {
+    let per_request = simulate_adaptive_requests(trace, capacity);
+    let matched = per_request.iter().map(|m| *m as u64).sum();
+    let queried = trace.iter().map(|c| c.len() as u64).sum();
+    (matched, queried)
+}
+
+/// The same, request by request: how many leading blocks each one matched.
+pub fn simulate_adaptive_requests(trace: &[Vec<Bytes>], capacity: usize) -> Vec<usize> {
     let mut cache = SegCache::new(capacity, CANDIDATES[0]);
     let mut tuner = Tuner::new(capacity);
-    for chain in trace {
-        cache.share = tuner.observe(chain);
-        cache.request(chain);
-    }
-    (cache.matched, cache.queried)
+    trace
+        .iter()
+        .map(|chain| {
+            cache.share = tuner.observe(chain);
+            cache.request(chain)
+        })
+        .collect()
 }
 
 #[cfg(test)]
