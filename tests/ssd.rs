@@ -158,6 +158,7 @@ fn ssd_writes_survive_kill_9() {
             let _: () = put.query(&mut c).unwrap();
         }
         for i in 0..20 {
+            let syncs = s.info_u64("ssd_syncs");
             let _: () = cmd("KV.PUT")
                 .arg(format!("solo{i}"))
                 .arg(block(100 + i, 5000))
@@ -165,6 +166,12 @@ fn ssd_writes_survive_kill_9() {
                 .arg("ssd")
                 .query(&mut c)
                 .unwrap();
+            // kill -9 keeps the page cache, so the restart below cannot
+            // tell a synced write from one that is not: count the syncs.
+            assert!(
+                s.info_u64("ssd_syncs") > syncs,
+                "solo{i} acknowledged unsynced"
+            );
         }
         // A deleted block must stay deleted across the crash.
         let _: i64 = cmd("DEL").arg("solo19").query(&mut c).unwrap();

@@ -183,6 +183,7 @@ fn section(shared: &Shared, name: &str, o: &mut String) {
                 line!("ssd_checksum_failures", s.checksum_failures);
                 line!("ssd_segments_without_space", s.segments_without_space);
                 line!("ssd_no_space_errors", s.no_space_errors);
+                line!("ssd_syncs", s.syncs);
                 line!("ssd_engine", s.engine);
                 line!("ssd_direct_io", if s.direct { "yes" } else { "no" });
             }

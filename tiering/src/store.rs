@@ -322,6 +322,8 @@ pub struct SsdStats {
     pub segments_without_space: u64,
     /// Writes the file system refused for want of space.
     pub no_space_errors: u64,
+    /// Flushes to stable storage (one per `TIER ssd` write).
+    pub syncs: u64,
     /// I/O engine (`io_uring` or `psync`).
     pub engine: &'static str,
     /// Whether the device is opened with O_DIRECT.
@@ -2945,6 +2947,7 @@ impl Store {
                 checksum_failures: log.stats.checksum_failures.load(Relaxed),
                 segments_without_space: log.unbacked_segments() as u64,
                 no_space_errors: log.stats.no_space.load(Relaxed),
+                syncs: log.stats.syncs.load(Relaxed),
                 engine: log.engine_name(),
                 direct: log.is_direct(),
             }

@@ -112,6 +112,8 @@ pub struct LogStats {
     pub checksum_failures: AtomicU64,
     /// Writes the file system refused for want of space (ENOSPC).
     pub no_space: AtomicU64,
+    /// Flushes to stable storage (fdatasync, or the engine's equivalent).
+    pub syncs: AtomicU64,
 }
 
 /// The segment log.
@@ -595,7 +597,7 @@ impl SegmentLog {
                 continue;
             }
             if durable {
-                self.engine.sync(&self.file)?;
+                self.sync()?;
             }
             st.write_pos += len;
             let location = Location {
@@ -615,6 +617,7 @@ impl SegmentLog {
 
     /// Makes every append so far durable.
     pub fn sync(&self) -> io::Result<()> {
+        self.stats.syncs.fetch_add(1, Relaxed);
         self.engine.sync(&self.file)
     }
 

@@ -7,7 +7,9 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::log::{Location, LogConfig, Read, Recovered, SegmentLog};
-use crate::io::{build, EngineChoice};
+use std::sync::Arc;
+
+use crate::io::{build, EngineChoice, IoEngine};
 use crate::tier::{Load, Reclaimed, Slot, Tier, TierError, TierKind};
 
 /// SSD tier: a [`SegmentLog`] plus the keys its segment evictions dropped.
@@ -33,6 +35,14 @@ impl SsdTier {
     /// what the device holds.
     pub fn open(config: &LogConfig, engine: EngineChoice) -> io::Result<Opened> {
         let (engine, fallback) = build(engine)?;
+        let mut opened = Self::open_with_engine(config, engine)?;
+        opened.fallback = fallback;
+        Ok(opened)
+    }
+
+    /// Opens the tier with an engine of the caller's (a test's instrumented
+    /// one, say).
+    pub fn open_with_engine(config: &LogConfig, engine: Arc<dyn IoEngine>) -> io::Result<Opened> {
         let (log, recovered) = SegmentLog::open_with(config, engine)?;
         Ok(Opened {
             tier: SsdTier {
@@ -40,7 +50,7 @@ impl SsdTier {
                 reclaimed: Mutex::new(Vec::new()),
             },
             recovered,
-            fallback,
+            fallback: None,
         })
     }
 

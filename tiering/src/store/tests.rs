@@ -1281,6 +1281,94 @@ mod with_ssd {
         f.store.check_invariants().unwrap();
     }
 
+    /// An I/O engine that counts writes not yet followed by a sync.
+    #[derive(Default)]
+    struct CountingEngine {
+        unsynced: AtomicU64,
+        syncs: AtomicU64,
+    }
+
+    impl crate::io::IoEngine for CountingEngine {
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+        fn write_at(&self, file: &std::fs::File, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            crate::io::PsyncEngine.write_at(file, buf, offset)?;
+            self.unsynced.fetch_add(1, Relaxed);
+            Ok(())
+        }
+        fn read_at(
+            &self,
+            file: &std::fs::File,
+            buf: &mut [u8],
+            offset: u64,
+        ) -> std::io::Result<()> {
+            crate::io::PsyncEngine.read_at(file, buf, offset)
+        }
+        fn sync(&self, file: &std::fs::File) -> std::io::Result<()> {
+            crate::io::PsyncEngine.sync(file)?;
+            self.unsynced.store(0, Relaxed);
+            self.syncs.fetch_add(1, Relaxed);
+            Ok(())
+        }
+    }
+
+    /// `TIER ssd` answers once its record is on stable storage: the write is
+    /// followed by a sync before put returns (kill -9 would keep the page
+    /// cache, so a crash test cannot tell). Demotions are not synced.
+    #[test]
+    fn ssd_writes_are_synced_before_they_are_acknowledged() {
+        let dir = fresh_dir("synced");
+        let engine = Arc::new(CountingEngine::default());
+        let store = Arc::new(Store::new(StoreConfig {
+            dram_capacity: 4 * charge_of(2, 5000),
+            high_watermark: 1.0,
+            low_watermark: 1.0,
+            eviction: Eviction::Lru,
+            dram_checksums: true,
+        }));
+        let opened =
+            SsdTier::open_with_engine(&log_config(&dir, 8, 64 << 10), engine.clone()).unwrap();
+        let tier = Arc::new(opened.tier);
+        let cap = tier.capacity();
+        store
+            .attach_ssd(tier, cap, opened.recovered, SsdSettings::default())
+            .unwrap();
+        let ssd = |parent: Option<&str>| PutOptions {
+            parent: parent.map(b),
+            tier: Some(TierKind::Ssd),
+            ..Default::default()
+        };
+        for (i, parent) in [(0, None), (1, Some("s0")), (2, Some("s1"))] {
+            let before = engine.syncs.load(Relaxed);
+            store.put(b(&format!("s{i}")), val(i), ssd(parent)).unwrap();
+            assert_eq!(
+                engine.unsynced.load(Relaxed),
+                0,
+                "s{i}: acknowledged unsynced"
+            );
+            assert!(engine.syncs.load(Relaxed) > before);
+        }
+        assert_eq!(store.stats().ssd.unwrap().syncs, engine.syncs.load(Relaxed));
+        // Demotions: written, not synced one by one.
+        let syncs = engine.syncs.load(Relaxed);
+        for i in 0..12u8 {
+            store
+                .put(
+                    b(&format!("d{i}")),
+                    Bytes::from(vec![i; 5000]),
+                    PutOptions::default(),
+                )
+                .unwrap();
+            settle(&store);
+        }
+        assert!(store.stats().tiers[0].demotions > 0);
+        assert!(engine.unsynced.load(Relaxed) > 0);
+        assert_eq!(engine.syncs.load(Relaxed), syncs);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn reclaimed_segments_drop_their_blocks_and_descendants() {
         // 2 segments of 64 KiB hold 10 records of 5 KiB + 4 KiB header pages... of
