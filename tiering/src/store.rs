@@ -2582,7 +2582,8 @@ impl Store {
         self.matches.fetch_add(1, Relaxed);
         self.keys_queried.fetch_add(queried as u64, Relaxed);
         self.keys_matched.fetch_add(out.matched as u64, Relaxed);
-        if let Some((ms, mut leased)) = lease {
+        // Nothing matched, nothing to hold: no lease to give back.
+        if let Some((ms, mut leased)) = lease.filter(|(_, l)| !l.is_empty()) {
             let lease = Lease {
                 held: Vec::new(),
                 deadline: self.now_ms().saturating_add(ms),

@@ -91,8 +91,12 @@ fn match_reply(m: MatchResult, opts: MatchOpts) -> Reply {
         return Reply::Int(m.matched as i64);
     }
     let mut fields = vec![("matched", Reply::Int(m.matched as i64))];
-    if let Some(id) = m.lease {
-        fields.push(("lease", Reply::Int(id as i64)));
+    if opts.lease_ms.is_some() {
+        // Nil when nothing matched: there is nothing to hold or give back.
+        fields.push((
+            "lease",
+            m.lease.map_or(Reply::Null, |id| Reply::Int(id as i64)),
+        ));
     }
     if opts.with_tiers {
         fields.push((
