@@ -8,7 +8,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Path of the server binary: `$TIDEPOOL_SERVER_BIN`, or `tidepool-server` in
-/// the target directory these tests were built into.
+/// the target directory these tests were built into, which must be newer
+/// than every source file it is built from (a plain `cargo test` does not
+/// rebuild it: a stale binary would be tested instead of the code).
 pub fn server_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("TIDEPOOL_SERVER_BIN") {
         return PathBuf::from(p);
@@ -22,6 +24,7 @@ pub fn server_bin() -> PathBuf {
         "{} is missing: build it first with `cargo build -p tidepool-server` (scripts/test.sh does)",
         bin.display()
     );
+    assert_fresh(&bin);
     bin
 }
 
@@ -33,7 +36,68 @@ pub fn bench_bin() -> PathBuf {
         "{} is missing: build it first with `cargo build --workspace --bins` (scripts/test.sh does)",
         bin.display()
     );
+    assert_fresh(&bin);
     bin
+}
+
+/// Panics when a source file `bin` was built from changed after it was
+/// built. The list is cargo's own (`<bin>.d`, the dep-info beside it).
+fn assert_fresh(bin: &std::path::Path) {
+    let built = std::fs::metadata(bin)
+        .and_then(|m| m.modified())
+        .expect("binary mtime");
+    let Ok(dep_info) = std::fs::read_to_string(bin.with_extension("d")) else {
+        return; // not built by cargo (TIDEPOOL_SERVER_BIN or a copy): nothing to compare
+    };
+    // "target: src1 src2 ...", spaces inside paths escaped with '\'.
+    let sources = dep_info
+        .split_once(": ")
+        .map_or("", |(_, s)| s.lines().next().unwrap_or(""));
+    let mut newer = Vec::new();
+    let mut path = String::new();
+    let mut chars = sources.chars().chain(std::iter::once(' ')).peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&' ') => path.push(chars.next().unwrap()),
+            ' ' if !path.is_empty() => {
+                let p = std::mem::take(&mut path);
+                if std::fs::metadata(&p)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|m| m > built)
+                {
+                    newer.push(p);
+                }
+            }
+            ' ' => {}
+            c => path.push(c),
+        }
+    }
+    assert!(
+        newer.is_empty(),
+        "{} is older than its sources ({}): rebuild it with `cargo build --workspace --bins` \
+         (scripts/test.sh does) or these tests test stale code",
+        bin.display(),
+        newer.join(", ")
+    );
+}
+
+/// Says that a test skipped something (a tool or a kernel feature missing
+/// here) where the run's log shows it: written to stderr past libtest's
+/// capture, and appended to `$TIDEPOOL_SKIP_LOG` when set (scripts/test.sh
+/// lists those at the end of the run).
+pub fn skipped(what: &str) {
+    use std::io::Write as _;
+    let line = format!("SKIPPED: {what}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    if let Some(path) = std::env::var_os("TIDEPOOL_SKIP_LOG") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
 }
 
 /// Panics with a clear message when a tool the tests need is missing.
@@ -48,6 +112,32 @@ pub fn must_have_tool(name: &str) {
         ok,
         "`{name}` is not installed: run scripts/test.sh, which installs redis-tools"
     );
+}
+
+/// The `process_id` of the server answering on `port`, if one answers.
+fn answering_pid(port: u16) -> Option<u32> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"INFO server\r\n").ok()?;
+    let (got, _) = read_until(&mut s, bulk_complete);
+    let text = String::from_utf8_lossy(&got);
+    text.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Whether `b` holds a whole RESP bulk string (`$len\r\n...\r\n`).
+fn bulk_complete(b: &[u8]) -> bool {
+    let Some(end) = b.windows(2).position(|w| w == b"\r\n") else {
+        return false;
+    };
+    match std::str::from_utf8(&b[1..end])
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        Some(n) => b.len() >= end + 2 + n + 2,
+        None => true, // an error or another type: nothing more to wait for
+    }
 }
 
 fn free_port() -> u16 {
@@ -102,14 +192,13 @@ impl Server {
                 if let Ok(Some(_)) = child.try_wait() {
                     break; // exited: the port was probably taken; try another
                 }
-                if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                    if s.write_all(b"PING\r\n").is_ok() {
-                        let mut buf = [0u8; 7];
-                        if s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n" {
-                            return Server { port, child };
-                        }
-                    }
+                // The port was free when picked, but another test may have
+                // taken it since: answering is not enough, the server must
+                // be this child.
+                match answering_pid(port) {
+                    Some(pid) if pid == child.id() => return Server { port, child },
+                    Some(_) => break, // another process's: try another port
+                    None => {}
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }

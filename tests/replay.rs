@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use tidepool_tests::{bench_bin, server_bin};
+use tidepool_tests::{bench_bin, server_bin, skipped};
 
 fn tmp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("tp-replay-{}-{name}", std::process::id()))
@@ -157,7 +157,7 @@ fn the_server_matches_the_simulation_on_mooncakes_trace() {
     let trace =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces/conversation_trace.jsonl");
     if !trace.exists() {
-        eprintln!("SKIPPED: {} not found", trace.display());
+        skipped(&format!("Mooncake's trace: {} not found", trace.display()));
         return;
     }
     // A slice: the first 3,000 requests, 1,000 blocks of capacity.
@@ -186,10 +186,10 @@ fn the_server_matches_the_two_tier_simulation() {
     if mooncake.exists() {
         traces.push(("mooncake".into(), mooncake, 1000, 3000, Some(3000)));
     } else {
-        eprintln!(
-            "SKIPPED the Mooncake slice: {} not found",
+        skipped(&format!(
+            "the Mooncake slice: {} not found",
             mooncake.display()
-        );
+        ));
     }
     for (name, trace, dram, ssd, limit) in &traces {
         for stage in ["true", "false"] {

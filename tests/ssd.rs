@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use redis::{cmd, Value};
-use tidepool_tests::{server_bin, Server};
+use tidepool_tests::{server_bin, skipped, Server};
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("tidepool-it-{name}-{}", std::process::id()));
@@ -268,16 +268,24 @@ fn kill_9_in_a_loop_during_writes_loses_nothing_acknowledged() {
                 }
             }
         });
-        std::thread::sleep(Duration::from_millis(150 + 50 * round as u64));
+        // Kill once this round has some writes acknowledged (more each
+        // round), while the writer goes on: however fast the machine.
+        let mine = |a: &Vec<(String, usize)>| {
+            a.iter()
+                .filter(|(k, _)| k.starts_with(&format!("r{round}-")))
+                .count()
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while mine(&acked.lock().unwrap()) < 20 * (round + 1) && !writer.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the writer is stuck"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         drop(s); // SIGKILL mid-write
         writer.join().unwrap();
-        let this_round = acked
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(k, _)| k.starts_with(&format!("r{round}-")))
-            .count();
-        cut_short += (this_round < 400) as usize;
+        cut_short += (mine(&acked.lock().unwrap()) < 400) as usize;
     }
     assert!(cut_short > 0, "no round was killed mid-write");
     let n = acked.lock().unwrap().len();
@@ -359,14 +367,14 @@ fn a_loop_block_device_serves_as_the_ssd_tier() {
     let dev = match out {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
         Ok(o) => {
-            eprintln!(
-                "SKIPPED: losetup refused here ({}), no loop-device test",
+            skipped(&format!(
+                "losetup refused here ({}), no loop-device test",
                 String::from_utf8_lossy(&o.stderr).trim()
-            );
+            ));
             return;
         }
         Err(e) => {
-            eprintln!("SKIPPED: losetup not available ({e}), no loop-device test");
+            skipped(&format!("losetup not available ({e}), no loop-device test"));
             return;
         }
     };
@@ -416,14 +424,14 @@ fn small_fs(name: &str, size: &str) -> Option<std::path::PathBuf> {
     match out {
         Ok(o) if o.status.success() => Some(dir),
         Ok(o) => {
-            eprintln!(
-                "SKIPPED: mount refused here ({}), no full-device test",
+            skipped(&format!(
+                "mount refused here ({}), no full-device test",
                 String::from_utf8_lossy(&o.stderr).trim()
-            );
+            ));
             None
         }
         Err(e) => {
-            eprintln!("SKIPPED: mount not available ({e}), no full-device test");
+            skipped(&format!("mount not available ({e}), no full-device test"));
             None
         }
     }

@@ -23,6 +23,25 @@ pub mod tier;
 #[cfg(test)]
 mod tier_suite;
 
+/// Says, where the test run's log shows it (stderr past libtest's capture,
+/// and `$TIDEPOOL_SKIP_LOG` when set), that a test skipped or reduced what
+/// it covers because this machine lacks something.
+#[cfg(test)]
+pub(crate) fn skipped(what: &str) {
+    use std::io::Write as _;
+    let line = format!("SKIPPED: {what}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    if let Some(path) = std::env::var_os("TIDEPOOL_SKIP_LOG") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+}
+
 pub use error::StoreError;
 pub use event::{Event, EventKind, EventSink};
 pub use store::{
