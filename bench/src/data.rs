@@ -683,7 +683,14 @@ pub async fn bench_data(a: DataArgs) -> anyhow::Result<()> {
                     mcn.push(copy_rate(&blocks, |s, d| d.copy_from_slice(s), n));
                 }
                 st.push(copy_rate(&blocks, tidepool_checksum::copy_streaming, 1));
-                lb.push(loopback_rate(&blocks)?);
+                // The best of three passes, as the copies: a ceiling is
+                // what the machine can do (one pass of 4 MiB blocks read
+                // 3.2 GB/s where the tcp plane itself moved 4.0).
+                let mut best: f64 = 0.0;
+                for _ in 0..3 {
+                    best = best.max(loopback_rate(&blocks)?);
+                }
+                lb.push(best);
             }
         }
         if a.ceilings {
