@@ -183,7 +183,7 @@ async fn spawn_tidepool(server: &str, port: u16, extra: &[&str]) -> anyhow::Resu
             .spawn()
             .with_context(|| format!("starting {server} (build it with cargo build --release)"))?,
     );
-    wait_up(port).await?;
+    wait_up(port, p.0.id()).await?;
     Ok(p)
 }
 
@@ -224,7 +224,7 @@ async fn spawn_redis(port: u16) -> anyhow::Result<Proc> {
             .spawn()
             .context("starting redis-server (apt-get install redis-server)")?,
     );
-    wait_up(port).await?;
+    wait_up(port, p.0.id()).await?;
     Ok(p)
 }
 
@@ -232,12 +232,33 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-async fn wait_up(port: u16) -> anyhow::Result<()> {
+/// Waits until the server process `pid` answers on `port`. A port picked
+/// free may have been taken meanwhile by another process's server: the one
+/// answering must report `pid` in INFO (redis-server and tidepool-server
+/// both give `process_id`).
+async fn wait_up(port: u16, pid: u32) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if let Ok(c) = Client::connect(&format!("127.0.0.1:{port}"), 1).await {
-            if c.command(vec![Bytes::from_static(b"PING")]).await.is_ok() {
-                return Ok(());
+            let info = c
+                .command(vec![
+                    Bytes::from_static(b"INFO"),
+                    Bytes::from_static(b"server"),
+                ])
+                .await;
+            if let Ok(tidepool_client::Frame::BulkString(b)) = info {
+                let text = String::from_utf8_lossy(&b);
+                let theirs = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("process_id:"))
+                    .and_then(|v| v.trim().parse::<u32>().ok());
+                match theirs {
+                    Some(p) if p == pid => return Ok(()),
+                    Some(p) => {
+                        bail!("port {port} is served by another process ({p}), not ours ({pid})")
+                    }
+                    None => {}
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
