@@ -1,24 +1,42 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace against the real binaries and tools.
-# Installs redis-tools and redis-server, and the verbs headers and libclang the
-# RDMA backend builds against, with apt-get when they are missing.
+# Installs redis-tools and redis-server, the verbs headers and libclang the
+# RDMA backend builds against (apt-get), and redis-py (pip), when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A package counts as there when dpkg says it is installed: a file test can
+# be satisfied by another package (libclang-cpp.so.14, which other packages
+# bring, looks like libclang to a glob, yet bindgen needs libclang-dev).
+installed() {
+  [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
+}
 need=()
-command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
-# The `rdma` feature of tidepool-transport (rdma-sys: bindgen over the verbs headers).
-[ -e /usr/include/infiniband/verbs.h ] || need+=(libibverbs-dev)
-[ -e /usr/include/rdma/rdma_cma.h ] || need+=(librdmacm-dev)
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
+for pkg in redis-tools redis-server pkg-config \
+  libibverbs-dev librdmacm-dev libclang-dev; do
+  # redis-tools and redis-server: redis-cli, redis-benchmark, redis-server.
+  # The rest: the `rdma` feature of tidepool-transport (rdma-sys: bindgen
+  # over the verbs headers, which needs libclang).
+  installed "$pkg" || need+=("$pkg")
+done
+sudo=""
+[ "$(id -u)" = 0 ] || sudo=sudo
 if [ ${#need[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" = 0 ] || sudo=sudo
   echo "installing ${need[*]} with apt-get"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# redis-py, for the tests that run Python client code (tests/py). Debian's
+# own Python refuses pip installs outside a virtualenv (PEP 668) unless told.
+if ! python3 -c 'import redis' 2>/dev/null; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-pip >/dev/null
+  fi
+  echo "installing redis-py with pip"
+  python3 -m pip install --quiet redis 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages redis
 fi
 
 # Each step says how long it took; tests that skip something this machine

@@ -334,7 +334,14 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Killed, it leaves its shm socket at the default path behind.
+        let _ = std::fs::remove_file(default_shm_socket(self.port));
     }
+}
+
+/// Where a server on `port` puts its shm socket unless told otherwise.
+pub fn default_shm_socket(port: u16) -> PathBuf {
+    PathBuf::from(format!("/tmp/tidepool-{port}.sock"))
 }
 
 /// Reads from a raw connection until `pred` holds on what arrived, the peer

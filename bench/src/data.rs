@@ -383,6 +383,7 @@ fn iperf3() -> Result<f64, String> {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("iperf3 not runnable ({e}); apt-get install iperf3"))?,
+        None,
     );
     std::thread::sleep(Duration::from_millis(300));
     let out = Command::new("iperf3")

@@ -162,12 +162,16 @@ enum Cmd {
     },
 }
 
-struct Proc(Child);
+struct Proc(Child, Option<std::path::PathBuf>);
 
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        // A killed tidepool-server leaves its shm socket behind.
+        if let Some(p) = &self.1 {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
@@ -182,6 +186,9 @@ async fn spawn_tidepool(server: &str, port: u16, extra: &[&str]) -> anyhow::Resu
             .stdout(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {server} (build it with cargo build --release)"))?,
+        // Its shm socket's default path, unless `extra` names another.
+        (!extra.contains(&"--shm-socket"))
+            .then(|| std::path::PathBuf::from(format!("/tmp/tidepool-{port}.sock"))),
     );
     wait_up(port, p.0.id()).await?;
     Ok(p)
@@ -223,6 +230,7 @@ async fn spawn_redis(port: u16) -> anyhow::Result<Proc> {
             .stdout(Stdio::null())
             .spawn()
             .context("starting redis-server (apt-get install redis-server)")?,
+        None,
     );
     wait_up(port, p.0.id()).await?;
     Ok(p)

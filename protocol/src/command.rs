@@ -138,6 +138,16 @@ pub enum Command {
     Select(i64),
     Quit,
     Reset,
+    /// MULTI: start queueing.
+    Multi,
+    /// EXEC: run the queue.
+    Exec,
+    /// DISCARD: drop the queue.
+    Discard,
+    /// WATCH keys (refused).
+    Watch(Vec<Bytes>),
+    /// UNWATCH.
+    Unwatch,
     CommandAll,
     CommandCount,
     CommandInfo(Vec<Bytes>),
@@ -551,6 +561,11 @@ impl Command {
             "select" => Command::Select(parse_i64(&a[0])?),
             "quit" => Command::Quit,
             "reset" => Command::Reset,
+            "multi" => Command::Multi,
+            "exec" => Command::Exec,
+            "discard" => Command::Discard,
+            "watch" => Command::Watch(a.to_vec()),
+            "unwatch" => Command::Unwatch,
             "command" => parse_command(a)?,
             "client" => parse_client(a)?,
             "config" => parse_config(a)?,

@@ -56,6 +56,8 @@ pub struct Session {
     pub exclusive_frame: bool,
     /// Leases taken on this connection, given back when it closes.
     pub leases: crate::cmd::OwnedLeases,
+    /// The transaction being queued, between MULTI and EXEC.
+    pub multi: Option<crate::cmd::multi::Multi>,
 }
 
 impl Session {
@@ -105,6 +107,7 @@ pub async fn serve(
         },
         exclusive_frame: false,
         leases: Default::default(),
+        multi: None,
     };
     let result = run_loop(
         &shared,
@@ -385,6 +388,7 @@ fn process(
         if out.len() >= OUT_FLUSH {
             break Flow::Flush;
         }
+        let before = rbuf.len();
         let frame = match parser.next_frame(rbuf) {
             Ok(Some(frame)) => frame,
             Ok(None) => break Flow::Continue,
@@ -409,7 +413,11 @@ fn process(
         session.exclusive_frame =
             rbuf_exact && count == 0 && rbuf.is_empty() && shared.data.arena.is_none();
         count += 1;
-        let long = frame.len() > cmd::LONG_ARGS;
+        // What the request took of the buffer (a transaction counts what
+        // it holds queued).
+        let bytes = before.saturating_sub(rbuf.len());
+        let args = frame.len();
+        let long = args > cmd::LONG_ARGS;
         let (spec, parsed) = if long {
             cmd::offload_if(true, || Command::parse_frame(frame))
         } else {
@@ -427,14 +435,22 @@ fn process(
                     ));
                     (Some(Reply::Error(e)), Flow::Continue)
                 } else {
-                    if long {
-                        cmd::offload_if(true, || cmd::execute(shared, session, cmd, out))
-                    } else {
-                        cmd::execute(shared, session, cmd, out)
+                    match cmd::multi::step(shared, session, cmd, bytes, args, out) {
+                        cmd::multi::Step::Done(reply, flow) => (reply, flow),
+                        cmd::multi::Step::Run(cmd) if long => {
+                            cmd::offload_if(true, || cmd::execute(shared, session, cmd, out))
+                        }
+                        cmd::multi::Step::Run(cmd) => cmd::execute(shared, session, cmd, out),
                     }
                 }
             }
-            Err(e) => (Some(Reply::Error(e)), Flow::Continue),
+            Err(e) => {
+                // A command that cannot be queued fails the transaction.
+                if let Some(m) = session.multi.as_mut() {
+                    m.fail();
+                }
+                (Some(Reply::Error(e)), Flow::Continue)
+            }
         };
         if let Some(r) = reply {
             r.encode(session.version, out);

@@ -4,6 +4,7 @@
 
 pub mod keyspace;
 pub mod kv;
+pub mod multi;
 pub mod pubsub;
 pub mod server;
 

@@ -73,6 +73,7 @@ pub fn execute(shared: &Shared, session: &mut Session, cmd: Command) -> Reply {
         Command::Select(0) => Reply::ok(),
         Command::Select(_) => Reply::Error(CommandError::err("DB index is out of range")),
         Command::Reset => {
+            session.multi = None;
             super::pubsub::unsubscribe_all(shared, session);
             session.version = Version::Resp2;
             session.client.resp.store(2, Relaxed);
@@ -158,6 +159,8 @@ pub fn execute(shared: &Shared, session: &mut Session, cmd: Command) -> Reply {
             Reply::ok()
         }
         Command::Info(sections) => Reply::Verbatim(crate::info::render(shared, &sections)),
+        // Queued inside MULTI, as Redis does: there is nothing watched.
+        Command::Unwatch => Reply::ok(),
         other => {
             // Every other command is applied by cmd::execute; reaching here is a bug.
             Reply::Error(CommandError::err(format!(
