@@ -12,9 +12,10 @@ installed() {
   [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
 }
 need=()
-for pkg in redis-tools redis-server pkg-config \
+for pkg in redis-tools redis-server prometheus-redis-exporter pkg-config \
   libibverbs-dev librdmacm-dev libclang-dev; do
-  # redis-tools and redis-server: redis-cli, redis-benchmark, redis-server.
+  # redis-tools and redis-server: redis-cli, redis-benchmark, redis-server;
+  # prometheus-redis-exporter scrapes the server in a test.
   # The rest: the `rdma` feature of tidepool-transport (rdma-sys: bindgen
   # over the verbs headers, which needs libclang).
   installed "$pkg" || need+=("$pkg")

@@ -22,6 +22,27 @@ pub enum SetExpiry {
     Keep,
 }
 
+/// Which clients CLIENT KILL closes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClientKill {
+    /// The old form, `CLIENT KILL addr`: answers OK or an error, not a count.
+    pub legacy: bool,
+    /// `ID`.
+    pub id: Option<u64>,
+    /// `ADDR` (or the old form's address).
+    pub addr: Option<String>,
+    /// `LADDR`.
+    pub laddr: Option<String>,
+    /// `TYPE`, lower case.
+    pub kind: Option<String>,
+    /// `USER`.
+    pub user: Option<String>,
+    /// `MAXAGE` seconds.
+    pub max_age: Option<u64>,
+    /// `SKIPME` (default yes).
+    pub skip_me: bool,
+}
+
 /// Condition of `SET` (NX/XX) and of `EXPIRE` (NX/XX/GT/LT).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Cond {
@@ -155,8 +176,34 @@ pub enum Command {
     ClientSetName(Bytes),
     ClientGetName,
     ClientId,
-    ClientList,
+    /// CLIENT LIST [TYPE normal|pubsub|master|replica] [ID id ...].
+    ClientList {
+        /// `TYPE`, lower case.
+        kind: Option<String>,
+        /// `ID`s.
+        ids: Vec<u64>,
+    },
     ClientInfo,
+    /// CLIENT KILL: the old form (`addr`) or filters.
+    ClientKill(ClientKill),
+    /// CLIENT PAUSE ms [WRITE|ALL].
+    ClientPause {
+        /// How long.
+        ms: u64,
+        /// WRITE: only writes wait.
+        writes_only: bool,
+    },
+    /// CLIENT UNPAUSE.
+    ClientUnpause,
+    /// CLIENT NO-EVICT on|off.
+    ClientNoEvict,
+    /// CLIENT SETINFO LIB-NAME|LIB-VER value.
+    ClientSetInfo {
+        /// True for LIB-NAME, false for LIB-VER.
+        name: bool,
+        /// The value.
+        value: Bytes,
+    },
     ConfigGet(Vec<Bytes>),
     ConfigSet(Vec<(Bytes, Bytes)>),
     ConfigResetStat,
@@ -186,6 +233,47 @@ pub enum Command {
         cond: Cond,
     },
     Persist(Bytes),
+    /// SETNX key value: SET ... NX answering 1 or 0.
+    SetNx {
+        key: Bytes,
+        value: Bytes,
+    },
+    /// GETDEL key.
+    GetDel(Bytes),
+    /// GETEX key [EX|PX|EXAT|PXAT n | PERSIST]: `None` leaves the TTL,
+    /// `Some(None)` removes it.
+    GetEx {
+        key: Bytes,
+        expiry: Option<Option<SetExpiry>>,
+    },
+    /// A Redis command tidepool refuses on purpose, with why.
+    Refused(&'static str),
+    /// TIME.
+    Time,
+    /// ROLE.
+    Role,
+    /// `<CONTAINER> HELP`: the container's lines.
+    Help(&'static str),
+    /// SLOWLOG GET [count]: `None` for the default 10, -1 for all.
+    SlowlogGet(Option<i64>),
+    /// SLOWLOG LEN.
+    SlowlogLen,
+    /// SLOWLOG RESET.
+    SlowlogReset,
+    /// LATENCY LATEST.
+    LatencyLatest,
+    /// LATENCY HISTORY event.
+    LatencyHistory(Bytes),
+    /// LATENCY DOCTOR.
+    LatencyDoctor,
+    /// LATENCY RESET [event ...].
+    LatencyReset(Vec<Bytes>),
+    /// MONITOR.
+    Monitor,
+    /// MEMORY STATS.
+    MemoryStats,
+    /// MEMORY DOCTOR.
+    MemoryDoctor,
     Get(Bytes),
     Set {
         key: Bytes,
@@ -537,6 +625,11 @@ impl Command {
             _ => {}
         }
         let a = &argv[1..];
+        if let ([sub], Some(_)) = (a, crate::help::lines(spec.name)) {
+            if eq(sub, "HELP") {
+                return Ok(Command::Help(spec.name));
+            }
+        }
         let key = || a[0].clone();
         let all = || a.to_vec();
         Ok(match spec.name {
@@ -591,7 +684,11 @@ impl Command {
                 Command::FlushAll
             }
             "memory" => {
-                if eq(&a[0], "USAGE") {
+                if eq(&a[0], "STATS") && a.len() == 1 {
+                    Command::MemoryStats
+                } else if eq(&a[0], "DOCTOR") && a.len() == 1 {
+                    Command::MemoryDoctor
+                } else if eq(&a[0], "USAGE") {
                     if a.len() != 2 && !(a.len() == 4 && eq(&a[2], "SAMPLES")) {
                         return Err(CommandError::arity("memory|usage"));
                     }
@@ -610,6 +707,66 @@ impl Command {
                     return Err(CommandError::unknown_subcommand("object", &a[0]));
                 }
             }
+            "setex" | "psetex" => {
+                // SETEX key seconds value: SET key value EX seconds.
+                let mut set = vec![a[0].clone(), a[2].clone()];
+                set.push(Bytes::from_static(if spec.name == "setex" {
+                    b"EX"
+                } else {
+                    b"PX"
+                }));
+                set.push(a[1].clone());
+                parse_set(&set).map_err(|e| match e.code {
+                    "ERR" if e.msg.starts_with("invalid expire time") => {
+                        CommandError::err(format!("invalid expire time in '{}' command", spec.name))
+                    }
+                    _ => e,
+                })?
+            }
+            "setnx" => Command::SetNx {
+                key: key(),
+                value: a[1].clone(),
+            },
+            "getdel" => Command::GetDel(key()),
+            "getex" => parse_getex(a)?,
+            "incr" | "decr" | "incrby" | "decrby" | "incrbyfloat" | "append" => Command::Refused(
+                "tidepool stores KV blocks, not counters or growing strings: INCR, DECR, \
+                     INCRBY, DECRBY, INCRBYFLOAT and APPEND are not supported",
+            ),
+            "slowlog" => match (a[0].to_ascii_uppercase().as_slice(), a.len()) {
+                (b"GET", 1) => Command::SlowlogGet(None),
+                (b"GET", 2) => {
+                    let n = parse_i64(&a[1]).ok().filter(|n| *n >= -1).ok_or_else(|| {
+                        CommandError::err("count should be greater than or equal to -1")
+                    })?;
+                    Command::SlowlogGet(Some(n))
+                }
+                (b"LEN", 1) => Command::SlowlogLen,
+                (b"RESET", 1) => Command::SlowlogReset,
+                (b"GET" | b"LEN" | b"RESET", _) => {
+                    return Err(CommandError::arity(&format!(
+                        "slowlog|{}",
+                        String::from_utf8_lossy(&a[0]).to_ascii_lowercase()
+                    )))
+                }
+                _ => return Err(CommandError::unknown_subcommand("slowlog", &a[0])),
+            },
+            "latency" => match (a[0].to_ascii_uppercase().as_slice(), a.len()) {
+                (b"LATEST", 1) => Command::LatencyLatest,
+                (b"HISTORY", 2) => Command::LatencyHistory(a[1].clone()),
+                (b"DOCTOR", 1) => Command::LatencyDoctor,
+                (b"RESET", _) => Command::LatencyReset(a[1..].to_vec()),
+                (b"LATEST" | b"HISTORY" | b"DOCTOR", _) => {
+                    return Err(CommandError::arity(&format!(
+                        "latency|{}",
+                        String::from_utf8_lossy(&a[0]).to_ascii_lowercase()
+                    )))
+                }
+                _ => return Err(CommandError::unknown_subcommand("latency", &a[0])),
+            },
+            "monitor" => Command::Monitor,
+            "time" => Command::Time,
+            "role" => Command::Role,
             "scan" => parse_scan(a)?,
             "keys" => Command::Keys(key()),
             "type" => Command::Type(key()),
@@ -851,12 +1008,157 @@ fn parse_client(a: &[Bytes]) -> Result<Command, CommandError> {
     } else if eq(sub, "ID") {
         exact(1, "client|id", Command::ClientId)
     } else if eq(sub, "LIST") {
-        exact(1, "client|list", Command::ClientList)
+        let (mut kind, mut ids) = (None, Vec::new());
+        let mut i = 1;
+        while i < a.len() {
+            if eq(&a[i], "TYPE") && i + 1 < a.len() {
+                let t = String::from_utf8_lossy(&a[i + 1]).to_ascii_lowercase();
+                if !matches!(
+                    t.as_str(),
+                    "normal" | "pubsub" | "master" | "replica" | "slave"
+                ) {
+                    return Err(CommandError::err(format!(
+                        "Unknown client type '{}'",
+                        crate::error::printable(&a[i + 1], 64)
+                    )));
+                }
+                kind = Some(t);
+                i += 2;
+            } else if eq(&a[i], "ID") && i + 1 < a.len() {
+                i += 1;
+                while i < a.len() && !eq(&a[i], "TYPE") {
+                    let id = parse_i64(&a[i])
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| CommandError::err("Invalid client ID"))?;
+                    ids.push(id as u64);
+                    i += 1;
+                }
+            } else {
+                return Err(CommandError::syntax());
+            }
+        }
+        Ok(Command::ClientList { kind, ids })
     } else if eq(sub, "INFO") {
         exact(1, "client|info", Command::ClientInfo)
+    } else if eq(sub, "KILL") {
+        parse_client_kill(&a[1..])
+    } else if eq(sub, "PAUSE") {
+        let ms = match a.get(1).map(|v| parse_i64(v)) {
+            Some(Ok(n)) if n >= 0 => n as u64,
+            Some(_) => {
+                return Err(CommandError::err(
+                    "timeout is not an integer or out of range",
+                ))
+            }
+            None => return Err(CommandError::arity("client|pause")),
+        };
+        let writes_only = match a.get(2) {
+            None => false,
+            Some(m) if eq(m, "ALL") => false,
+            Some(m) if eq(m, "WRITE") => true,
+            Some(_) => return Err(CommandError::syntax()),
+        };
+        if a.len() > 3 {
+            return Err(CommandError::syntax());
+        }
+        Ok(Command::ClientPause { ms, writes_only })
+    } else if eq(sub, "UNPAUSE") {
+        exact(1, "client|unpause", Command::ClientUnpause)
+    } else if eq(sub, "NO-EVICT") {
+        match a.get(1) {
+            Some(v) if a.len() == 2 && (eq(v, "ON") || eq(v, "OFF")) => Ok(Command::ClientNoEvict),
+            Some(_) if a.len() == 2 => Err(CommandError::syntax()),
+            _ => Err(CommandError::arity("client|no-evict")),
+        }
+    } else if eq(sub, "SETINFO") {
+        if a.len() != 3 {
+            return Err(CommandError::arity("client|setinfo"));
+        }
+        let name = if eq(&a[1], "LIB-NAME") {
+            true
+        } else if eq(&a[1], "LIB-VER") {
+            false
+        } else {
+            return Err(CommandError::err(format!(
+                "Unrecognized option '{}'",
+                crate::error::printable(&a[1], 64)
+            )));
+        };
+        if a[2].iter().any(|c| !(b'!'..=b'~').contains(c)) {
+            return Err(CommandError::err(
+                "lib-name and lib-ver cannot contain spaces, newlines or special characters.",
+            ));
+        }
+        Ok(Command::ClientSetInfo {
+            name,
+            value: a[2].clone(),
+        })
     } else {
         Err(CommandError::unknown_subcommand("client", sub))
     }
+}
+
+fn parse_client_kill(a: &[Bytes]) -> Result<Command, CommandError> {
+    let mut k = ClientKill {
+        skip_me: true,
+        ..ClientKill::default()
+    };
+    match a {
+        [] => return Err(CommandError::arity("client|kill")),
+        [addr] => {
+            k.legacy = true;
+            k.skip_me = false;
+            k.addr = Some(String::from_utf8_lossy(addr).into_owned());
+            return Ok(Command::ClientKill(k));
+        }
+        _ if a.len() % 2 == 1 => return Err(CommandError::syntax()),
+        _ => {}
+    }
+    for pair in a.chunks(2) {
+        let (opt, v) = (&pair[0], &pair[1]);
+        let text = || String::from_utf8_lossy(v).into_owned();
+        if eq(opt, "ID") {
+            k.id = Some(
+                parse_i64(v)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| CommandError::err("client-id should be greater than 0"))?
+                    as u64,
+            );
+        } else if eq(opt, "ADDR") {
+            k.addr = Some(text());
+        } else if eq(opt, "LADDR") {
+            k.laddr = Some(text());
+        } else if eq(opt, "TYPE") {
+            let t = text().to_ascii_lowercase();
+            if !matches!(
+                t.as_str(),
+                "normal" | "pubsub" | "master" | "replica" | "slave"
+            ) {
+                return Err(CommandError::err(format!(
+                    "Unknown client type '{}'",
+                    text()
+                )));
+            }
+            k.kind = Some(t);
+        } else if eq(opt, "USER") {
+            k.user = Some(text());
+        } else if eq(opt, "MAXAGE") {
+            k.max_age = Some(parse_i64(v)?.max(0) as u64);
+        } else if eq(opt, "SKIPME") {
+            k.skip_me = if eq(v, "YES") {
+                true
+            } else if eq(v, "NO") {
+                false
+            } else {
+                return Err(CommandError::syntax());
+            };
+        } else {
+            return Err(CommandError::syntax());
+        }
+    }
+    Ok(Command::ClientKill(k))
 }
 
 fn parse_config(a: &[Bytes]) -> Result<Command, CommandError> {
@@ -873,6 +1175,11 @@ fn parse_config(a: &[Bytes]) -> Result<Command, CommandError> {
         Ok(Command::ConfigSet(pairs(&a[1..])))
     } else if eq(sub, "RESETSTAT") {
         Ok(Command::ConfigResetStat)
+    } else if eq(sub, "REWRITE") {
+        Ok(Command::Refused(
+            "CONFIG REWRITE is not supported: tidepool has no configuration file to rewrite \
+             (settings come from flags or --config, and CONFIG SET lasts until restart)",
+        ))
     } else {
         Err(CommandError::unknown_subcommand("config", sub))
     }
@@ -957,6 +1264,35 @@ fn parse_set(a: &[Bytes]) -> Result<Command, CommandError> {
         expiry,
         cond,
         get,
+    })
+}
+
+fn parse_getex(a: &[Bytes]) -> Result<Command, CommandError> {
+    let expiry = match &a[1..] {
+        [] => None,
+        [p] if eq(p, "PERSIST") => Some(None),
+        [opt, n] if eq(opt, "EX") || eq(opt, "PX") || eq(opt, "EXAT") || eq(opt, "PXAT") => {
+            let invalid = || CommandError::err("invalid expire time in 'getex' command");
+            let n = parse_i64(n)?;
+            if n <= 0 {
+                return Err(invalid());
+            }
+            let ms = if eq(opt, "EX") || eq(opt, "EXAT") {
+                n.checked_mul(1000).ok_or_else(invalid)?
+            } else {
+                n
+            } as u64;
+            Some(Some(if opt.len() == 2 {
+                SetExpiry::In(ms)
+            } else {
+                SetExpiry::At(ms)
+            }))
+        }
+        _ => return Err(CommandError::syntax()),
+    };
+    Ok(Command::GetEx {
+        key: a[0].clone(),
+        expiry,
     })
 }
 

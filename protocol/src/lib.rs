@@ -15,6 +15,7 @@ pub mod command;
 pub mod error;
 pub mod glob;
 pub mod hash;
+pub mod help;
 pub mod keys;
 pub mod reply;
 pub mod request;

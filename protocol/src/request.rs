@@ -380,6 +380,12 @@ impl RequestParser {
         }
     }
 
+    /// The argument spans of the last array request returned, until the
+    /// next call (the slow log reads a slow request's arguments back).
+    pub fn last_spans(&self) -> &[(usize, usize)] {
+        &self.spans
+    }
+
     /// After `next` returned `Ok(None)`: how many bytes the buffer must hold for
     /// the pending request to make progress, when known (0 otherwise).
     pub fn wanted(&self) -> usize {

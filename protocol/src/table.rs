@@ -85,6 +85,11 @@ pub static COMMANDS: &[CommandSpec] = &[
     spec!("command", -1, ["loading", "stale"], 0, 0, 0, "server", "2.8.13", "Returns information about commands (COUNT, INFO, DOCS)."),
     spec!("config", -2, ["admin", "noscript", "loading", "stale"], 0, 0, 0, "server", "2.0.0", "Reads or changes the server's settings (GET, SET)."),
     spec!("info", -1, ["loading", "stale"], 0, 0, 0, "server", "1.0.0", "Returns information and statistics about the server."),
+    spec!("time", 1, ["loading", "stale", "fast"], 0, 0, 0, "server", "2.6.0", "Returns the server's time: Unix seconds and microseconds."),
+    spec!("role", 1, ["noscript", "loading", "stale", "fast"], 0, 0, 0, "server", "2.8.12", "Returns the replication role (always master)."),
+    spec!("slowlog", -2, ["admin", "loading", "stale"], 0, 0, 0, "server", "2.2.12", "The slow log: GET [count], LEN, RESET."),
+    spec!("latency", -2, ["admin", "noscript", "loading", "stale"], 0, 0, 0, "server", "2.8.13", "The latency monitor: LATEST, HISTORY event, DOCTOR, RESET [event ...]."),
+    spec!("monitor", 1, ["admin", "noscript", "loading", "stale"], 0, 0, 0, "server", "1.0.0", "Streams every command the server receives."),
     spec!("dbsize", 1, ["readonly", "fast"], 0, 0, 0, "server", "1.0.0", "Returns the number of keys."),
     spec!("shutdown", -1, ["admin", "noscript", "loading", "stale", "no_async_loading"], 0, 0, 0, "server", "1.0.0", "Stops the server (nothing is persisted, so NOSAVE and SAVE are accepted alike)."),
     spec!("flushdb", -1, ["write"], 0, 0, 0, "server", "1.0.0", "Removes all keys."),
@@ -106,6 +111,17 @@ pub static COMMANDS: &[CommandSpec] = &[
     spec!("set", -3, ["write", "denyoom"], 1, 1, 1, "string", "1.0.0", "Sets the value of a key (EX, PX, NX, XX, KEEPTTL, GET)."),
     spec!("mget", -2, ["readonly", "fast"], 1, -1, 1, "string", "1.0.0", "Returns the values of several keys."),
     spec!("mset", -3, ["write", "denyoom"], 1, -1, 2, "string", "1.0.1", "Sets several keys."),
+    spec!("setex", 4, ["write", "denyoom"], 1, 1, 1, "string", "2.0.0", "Sets a key's value and its time to live in seconds."),
+    spec!("psetex", 4, ["write", "denyoom"], 1, 1, 1, "string", "2.6.0", "Sets a key's value and its time to live in milliseconds."),
+    spec!("setnx", 3, ["write", "denyoom", "fast"], 1, 1, 1, "string", "1.0.0", "Sets a key's value only when the key does not exist: 1 if set, 0 if not."),
+    spec!("getdel", 2, ["write", "fast"], 1, 1, 1, "string", "6.2.0", "Returns a key's value and deletes the key (and the blocks chained under it)."),
+    spec!("getex", -2, ["write", "fast"], 1, 1, 1, "string", "6.2.0", "Returns a key's value, optionally setting or removing its time to live."),
+    spec!("incr", 2, ["write", "denyoom", "fast"], 1, 1, 1, "string", "1.0.0", "Refused: tidepool stores KV blocks, not counters."),
+    spec!("decr", 2, ["write", "denyoom", "fast"], 1, 1, 1, "string", "1.0.0", "Refused: tidepool stores KV blocks, not counters."),
+    spec!("incrby", 3, ["write", "denyoom", "fast"], 1, 1, 1, "string", "1.0.0", "Refused: tidepool stores KV blocks, not counters."),
+    spec!("decrby", 3, ["write", "denyoom", "fast"], 1, 1, 1, "string", "1.0.0", "Refused: tidepool stores KV blocks, not counters."),
+    spec!("incrbyfloat", 3, ["write", "denyoom", "fast"], 1, 1, 1, "string", "2.6.0", "Refused: tidepool stores KV blocks, not counters."),
+    spec!("append", 3, ["write", "denyoom", "fast"], 1, 1, 1, "string", "2.0.0", "Refused: blocks are written whole, never grown."),
     spec!("strlen", 2, ["readonly", "fast"], 1, 1, 1, "string", "2.2.0", "Returns the length of a value."),
     spec!("subscribe", -2, ["pubsub", "noscript", "loading", "stale"], 0, 0, 0, "pubsub", "2.0.0", "Listens for messages published to channels."),
     spec!("psubscribe", -2, ["pubsub", "noscript", "loading", "stale"], 0, 0, 0, "pubsub", "2.0.0", "Listens for messages published to channels matching patterns."),
@@ -156,9 +172,26 @@ pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
         .copied()
 }
 
+/// The position of a row of [`COMMANDS`] (what per-command counters are
+/// indexed by).
+pub fn index_of(spec: &'static CommandSpec) -> usize {
+    let at = (spec as *const CommandSpec as usize).wrapping_sub(COMMANDS.as_ptr() as usize)
+        / std::mem::size_of::<CommandSpec>();
+    debug_assert!(std::ptr::eq(&COMMANDS[at], spec), "a row of COMMANDS");
+    at
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_know_their_index() {
+        for (i, c) in COMMANDS.iter().enumerate() {
+            assert_eq!(index_of(c), i);
+            assert_eq!(index_of(lookup(c.name.as_bytes()).unwrap()), i);
+        }
+    }
 
     #[test]
     fn lookup_ignores_case_and_checks_arity() {

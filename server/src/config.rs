@@ -272,6 +272,23 @@ impl Config {
 
     /// Checks the settings.
     pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.dram.as_u64() >= MIN_DRAM,
+            "dram must be at least 1KiB, not {} bytes",
+            self.dram.as_u64()
+        );
+        if let Some(a) = self.shm_arena {
+            anyhow::ensure!(
+                a.as_u64() >= MIN_ARENA,
+                "shm-arena must be at least 64KiB, not {} bytes (--shm false turns shm off)",
+                a.as_u64()
+            );
+        }
+        anyhow::ensure!(
+            self.threads <= MAX_THREADS,
+            "threads must be at most {MAX_THREADS}, not {}",
+            self.threads
+        );
         self.store_config().validate().map_err(anyhow::Error::msg)?;
         anyhow::ensure!(self.maxclients > 0, "maxclients must be at least 1");
         anyhow::ensure!(
@@ -338,6 +355,16 @@ impl Config {
         }
     }
 }
+
+/// The least DRAM a server starts with (tests run a few blocks' worth;
+/// 0 would hold nothing at all).
+pub const MIN_DRAM: u64 = 1 << 10;
+
+/// The least shared arena a server starts with.
+pub const MIN_ARENA: u64 = 64 << 10;
+
+/// The most runtime worker threads (`--threads`).
+pub const MAX_THREADS: usize = 1024;
 
 /// The most `max-lease-ms` may be set to: a year.
 pub const MAX_LEASE_MS_LIMIT: u64 = 365 * 24 * 3600 * 1000;

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use crate::cmd::{self, Flow};
+use crate::observe::Outcome;
 use crate::pubsub::{Output, PubMsg, Subscriber};
 use crate::state::{ClientState, Shared};
 
@@ -58,6 +59,10 @@ pub struct Session {
     pub leases: crate::cmd::OwnedLeases,
     /// The transaction being queued, between MULTI and EXEC.
     pub multi: Option<crate::cmd::multi::Multi>,
+    /// Set by MONITOR: the connection is shown every command.
+    pub monitor: bool,
+    /// A request CLIENT PAUSE holds until the pause ends.
+    pub paused: Option<Parsed>,
 }
 
 impl Session {
@@ -83,7 +88,11 @@ pub async fn serve(
     shared.stats.connections.fetch_add(1, Relaxed);
     let laddr = socket.local_addr().unwrap_or(peer);
     let max = shared.config.read().maxclients;
-    let Some(client) = shared.clients.register(peer, laddr, max) else {
+    let fd = {
+        use std::os::fd::AsRawFd;
+        socket.as_raw_fd()
+    };
+    let Some(client) = shared.clients.register(peer, laddr, fd, max) else {
         shared.stats.rejected.fetch_add(1, Relaxed);
         let _ = socket
             .write_all(b"-ERR max number of clients reached\r\n")
@@ -96,6 +105,8 @@ pub async fn serve(
         ..Limits::default()
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let output = Arc::new(Output::new(shared.pubsub.limits.clone()));
+    *client.output.lock() = Some(output.clone());
     let mut session = Session {
         client,
         version: Version::Resp2,
@@ -103,11 +114,13 @@ pub async fn serve(
         patterns: HashSet::new(),
         subscriber: Subscriber {
             tx,
-            output: Arc::new(Output::new(shared.pubsub.limits.clone())),
+            output: output.clone(),
         },
         exclusive_frame: false,
         leases: Default::default(),
         multi: None,
+        monitor: false,
+        paused: None,
     };
     let result = run_loop(
         &shared,
@@ -122,6 +135,9 @@ pub async fn serve(
         debug!(client = id, error = %e, "connection ended with an error");
     }
     cmd::pubsub::unsubscribe_all(&shared, &mut session);
+    if session.monitor && shared.monitors.lock().remove(&id).is_some() {
+        shared.monitoring.fetch_sub(1, Relaxed);
+    }
     session.leases.release_all(&shared);
     shared.clients.unregister(id);
     // Nothing a departed client half-wrote may linger.
@@ -176,7 +192,7 @@ async fn run_loop(
         session.client.qbuf.store(rbuf.len(), Relaxed);
         session.client.qbuf_cap.store(rbuf.capacity(), Relaxed);
         let idle = idle_deadline(shared, session);
-        let subscribed = session.subscriptions() > 0;
+        let subscribed = session.subscriptions() > 0 || session.monitor;
         // A read buffer grown for a pipeline, now empty, is let go if the
         // client stays quiet (as Redis shrinks idle clients' query buffers):
         // ten thousand clients that each sent one 256 KiB batch would
@@ -204,6 +220,17 @@ async fn run_loop(
                         // Replies filled the output: sent; now the rest of the batch.
                         Flow::Flush => {
                             flow = process(shared, session, &mut parser, &mut rbuf, &mut out, false);
+                        }
+                        // CLIENT PAUSE holds the next request: wait it out
+                        // (or until UNPAUSE, or a kill), run it, go on.
+                        Flow::Paused => {
+                            if !wait_for_pause(shared, session).await {
+                                return Ok(());
+                            }
+                            flow = match resume(shared, session, &parser, &mut out) {
+                                Flow::Close => Flow::Close,
+                                _ => process(shared, session, &mut parser, &mut rbuf, &mut out, false),
+                            };
                         }
                     }
                 }
@@ -249,6 +276,10 @@ async fn run_loop(
                 rbuf = BytesMut::new();
                 rbuf_exact = false;
                 chunk = READ_CHUNK;
+            }
+            _ = session.client.kill.notified() => {
+                debug!(client = session.client.id, "closed by CLIENT KILL");
+                return Ok(());
             }
             _ = stop.changed() => return Ok(()),
         }
@@ -373,7 +404,38 @@ fn reserve_for(rbuf: &mut BytesMut, wanted: usize, chunk: usize, granted: bool) 
     }
 }
 
+/// Waits while CLIENT PAUSE holds the request in `session.paused`. False
+/// when the client was killed meanwhile.
+async fn wait_for_pause(shared: &Shared, session: &Session) -> bool {
+    loop {
+        let spec = session.paused.as_ref().and_then(|p| p.spec);
+        let Some(left) = spec.and_then(|s| shared.paused_for(s)) else {
+            return true;
+        };
+        let changed = shared.pause_changed.notified();
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(left)) => {}
+            _ = changed => {}
+            _ = session.client.kill.notified() => return false,
+        }
+    }
+}
+
+/// A request parsed and not yet run: what running it needs.
+pub struct Parsed {
+    spec: Option<&'static tidepool_protocol::table::CommandSpec>,
+    cmd: Result<Command, tidepool_protocol::CommandError>,
+    /// The request's bytes, for the slow log and MONITOR to read its
+    /// arguments back (a reference count, not a copy).
+    sample: Option<Bytes>,
+    /// Its size in bytes and arguments.
+    bytes: usize,
+    args: usize,
+}
+
 /// Applies every complete request in `rbuf`, encoding replies into `out`.
+/// A request that CLIENT PAUSE holds is kept in `session.paused` and the
+/// answer is [`Flow::Paused`]: call [`resume`] once the pause is over.
 fn process(
     shared: &Shared,
     session: &mut Session,
@@ -384,6 +446,9 @@ fn process(
 ) -> Flow {
     let mut count = 0u64;
     let mut last = None;
+    // Each command's time is the time since the one before it ended (one
+    // clock read a command).
+    let mut since = std::time::Instant::now();
     let flow = loop {
         if out.len() >= OUT_FLUSH {
             break Flow::Flush;
@@ -417,8 +482,11 @@ fn process(
         // it holds queued).
         let bytes = before.saturating_sub(rbuf.len());
         let args = frame.len();
-        let long = args > cmd::LONG_ARGS;
-        let (spec, parsed) = if long {
+        let sample = match &frame {
+            tidepool_protocol::request::Frame::Array { buf, .. } => Some(buf.clone()),
+            tidepool_protocol::request::Frame::Inline(_) => None,
+        };
+        let (spec, cmd) = if args > cmd::LONG_ARGS {
             cmd::offload_if(true, || Command::parse_frame(frame))
         } else {
             Command::parse_frame(frame)
@@ -426,35 +494,21 @@ fn process(
         if let Some(spec) = spec {
             last = Some(spec.name);
         }
-        let (reply, flow) = match parsed {
-            Ok(cmd) => {
-                if session.in_subscribed_mode() && !cmd.allowed_in_subscribed_mode() {
-                    let e = tidepool_protocol::CommandError::err(format!(
-                        "Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
-                        last.unwrap_or("?")
-                    ));
-                    (Some(Reply::Error(e)), Flow::Continue)
-                } else {
-                    match cmd::multi::step(shared, session, cmd, bytes, args, out) {
-                        cmd::multi::Step::Done(reply, flow) => (reply, flow),
-                        cmd::multi::Step::Run(cmd) if long => {
-                            cmd::offload_if(true, || cmd::execute(shared, session, cmd, out))
-                        }
-                        cmd::multi::Step::Run(cmd) => cmd::execute(shared, session, cmd, out),
-                    }
-                }
-            }
-            Err(e) => {
-                // A command that cannot be queued fails the transaction.
-                if let Some(m) = session.multi.as_mut() {
-                    m.fail();
-                }
-                (Some(Reply::Error(e)), Flow::Continue)
-            }
+        let p = Parsed {
+            spec,
+            cmd,
+            sample,
+            bytes,
+            args,
         };
-        if let Some(r) = reply {
-            r.encode(session.version, out);
+        if let (Some(spec), Ok(_)) = (spec, &p.cmd) {
+            if shared.paused_for(spec).is_some() {
+                session.exclusive_frame = false;
+                session.paused = Some(p);
+                break Flow::Paused;
+            }
         }
+        let flow = run_one(shared, session, parser.last_spans(), out, p, &mut since);
         if flow == Flow::Close {
             break Flow::Close;
         }
@@ -471,6 +525,149 @@ fn process(
         }
     }
     flow
+}
+
+/// Runs the request a pause held, once the pause is over; then the caller
+/// goes on with [`process`].
+fn resume(
+    shared: &Shared,
+    session: &mut Session,
+    parser: &RequestParser,
+    out: &mut OutBuf,
+) -> Flow {
+    let Some(p) = session.paused.take() else {
+        return Flow::Continue;
+    };
+    let mut since = std::time::Instant::now();
+    run_one(shared, session, parser.last_spans(), out, p, &mut since)
+}
+
+/// Runs one parsed request: MONITOR, transactions, the command itself, its
+/// statistics and slow log entry, its reply.
+fn run_one(
+    shared: &Shared,
+    session: &mut Session,
+    spans: &[(usize, usize)],
+    out: &mut OutBuf,
+    p: Parsed,
+    since: &mut std::time::Instant,
+) -> Flow {
+    let Parsed {
+        spec,
+        cmd: parsed,
+        sample,
+        bytes,
+        args,
+    } = p;
+    let long = args > cmd::LONG_ARGS;
+    if shared.monitoring.load(Relaxed) > 0 {
+        if let (Ok(_), Some(spec)) = (&parsed, spec) {
+            feed_monitors(shared, session, spec, &sample, spans);
+        }
+    }
+    let rejected = parsed.is_err();
+    let (reply, flow) = match parsed {
+        Ok(cmd) => {
+            if session.in_subscribed_mode() && !cmd.allowed_in_subscribed_mode() {
+                let e = tidepool_protocol::CommandError::err(format!(
+                    "Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+                    spec.map_or("?", |s| s.name)
+                ));
+                (Some(Reply::Error(e)), Flow::Continue)
+            } else {
+                match cmd::multi::step(shared, session, cmd, bytes, args, out) {
+                    cmd::multi::Step::Done(reply, flow) => (reply, flow),
+                    cmd::multi::Step::Run(cmd) if long => {
+                        cmd::offload_if(true, || cmd::execute(shared, session, cmd, out))
+                    }
+                    cmd::multi::Step::Run(cmd) => cmd::execute(shared, session, cmd, out),
+                }
+            }
+        }
+        Err(e) => {
+            // A command that cannot be queued fails the transaction.
+            if let Some(m) = session.multi.as_mut() {
+                m.fail();
+            }
+            (Some(Reply::Error(e)), Flow::Continue)
+        }
+    };
+    let now = std::time::Instant::now();
+    let micros = now.duration_since(*since).as_micros() as u64;
+    *since = now;
+    let outcome = match &reply {
+        Some(Reply::Error(e)) if rejected => Outcome::Rejected(e.code),
+        Some(Reply::Error(e)) => Outcome::Failed(e.code),
+        _ => Outcome::Ok,
+    };
+    shared.observed.record(spec, micros, outcome);
+    if shared.observed.is_slow(micros) {
+        let args = || match &sample {
+            Some(buf) => crate::observe::slowlog_args(spans.iter().map(|&(o, l)| &buf[o..o + l])),
+            None => vec![Bytes::from_static(spec.map_or("?", |s| s.name).as_bytes())],
+        };
+        let name = session.client.name.lock().clone().unwrap_or_default();
+        shared.observed.slow(
+            micros,
+            args,
+            &session.client.addr.to_string(),
+            &String::from_utf8_lossy(&name),
+        );
+    }
+    if let Some(r) = reply {
+        r.encode(session.version, out);
+    }
+    flow
+}
+
+/// Shows a command to every MONITOR client, as Redis formats it:
+/// `+<unix time>.<micros> [0 <addr>] "<arg>" ...`, arguments quoted and
+/// escaped. AUTH and HELLO are not shown (they may carry a password).
+fn feed_monitors(
+    shared: &Shared,
+    session: &Session,
+    spec: &'static tidepool_protocol::table::CommandSpec,
+    sample: &Option<Bytes>,
+    spans: &[(usize, usize)],
+) {
+    if matches!(spec.name, "auth" | "hello") {
+        return;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut line = format!(
+        "{}.{:06} [0 {}]",
+        now.as_secs(),
+        now.subsec_micros(),
+        session.client.addr
+    )
+    .into_bytes();
+    let mut quote = |arg: &[u8]| {
+        line.extend_from_slice(b" \"");
+        for &c in arg {
+            match c {
+                b'\\' | b'"' => line.extend_from_slice(&[b'\\', c]),
+                b'\n' => line.extend_from_slice(b"\\n"),
+                b'\r' => line.extend_from_slice(b"\\r"),
+                b'\t' => line.extend_from_slice(b"\\t"),
+                0x20..=0x7e => line.push(c),
+                _ => line.extend_from_slice(format!("\\x{c:02x}").as_bytes()),
+            }
+        }
+        line.push(b'"');
+    };
+    match sample {
+        Some(buf) => spans.iter().for_each(|&(o, l)| quote(&buf[o..o + l])),
+        None => quote(spec.name.as_bytes()),
+    }
+    let line = Bytes::from(line);
+    let monitors = shared.monitors.lock();
+    for (id, m) in monitors.iter() {
+        if *id != session.client.id {
+            m.deliver(crate::pubsub::PubMsg::Monitor(line.clone()));
+        }
+    }
 }
 
 /// Logs an HTTP request seen on the RESP port, at most once a minute (a page

@@ -10,10 +10,12 @@ pub mod config;
 pub mod conn;
 pub mod data;
 pub mod info;
+pub mod observe;
 pub mod pubsub;
 pub mod state;
 
 use std::future::Future;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,12 +55,29 @@ pub async fn run(
             .name("tidepool-sweep".into())
             .spawn(move || {
                 let mut failures_seen = 0;
+                // INFO's instantaneous_ops_per_sec: commands over the last
+                // 16 sweeps, as Redis samples them.
+                let mut ops = std::collections::VecDeque::with_capacity(17);
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     sweep_rx.recv_timeout(SWEEP_INTERVAL)
                 {
                     shared.store.expire_due();
                     shared.data.sweep(&shared.store);
                     failures_seen = report_checksum_failures(&shared, failures_seen);
+                    ops.push_back((
+                        std::time::Instant::now(),
+                        shared.stats.commands.load(Relaxed),
+                    ));
+                    if ops.len() > 16 {
+                        ops.pop_front();
+                    }
+                    if let (Some((t0, n0)), Some((t1, n1))) = (ops.front(), ops.back()) {
+                        let secs = t1.duration_since(*t0).as_secs_f64();
+                        if secs > 0.0 {
+                            let rate = n1.saturating_sub(*n0) as f64 / secs;
+                            shared.ops_per_sec.store(rate.round() as u64, Relaxed);
+                        }
+                    }
                 }
             })?
     };

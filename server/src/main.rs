@@ -9,7 +9,17 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tidepool_server::config::{Args, Config};
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    // One line saying what is wrong, whatever RUST_BACKTRACE says: a
+    // setting or a taken port is not a crash.
+    if let Err(e) = run() {
+        eprintln!("tidepool-server: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    use anyhow::Context;
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -24,7 +34,9 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind((config.bind.as_str(), config.port)).await?;
+        let listener = tokio::net::TcpListener::bind((config.bind.as_str(), config.port))
+            .await
+            .with_context(|| format!("listening on {}:{}", config.bind, config.port))?;
         tidepool_server::run(listener, config, tidepool_server::shutdown_signal()).await
     })
 }

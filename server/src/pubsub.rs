@@ -68,6 +68,8 @@ impl Default for Limits {
 /// A message delivered to a subscriber.
 #[derive(Debug, Clone)]
 pub enum PubMsg {
+    /// A command a MONITOR client is shown: its line, formatted.
+    Monitor(Bytes),
     /// From a channel subscription.
     Message {
         /// Channel.
@@ -91,6 +93,7 @@ impl PubMsg {
     pub fn cost(&self) -> u64 {
         MSG_OVERHEAD
             + match self {
+                PubMsg::Monitor(line) => line.len(),
                 PubMsg::Message { channel, payload } => channel.len() + payload.len(),
                 PubMsg::PMessage {
                     pattern,
@@ -171,7 +174,9 @@ impl Output {
 }
 
 impl Subscriber {
-    fn deliver(&self, msg: PubMsg) -> bool {
+    /// Queues `msg` for the connection, charged to its output limits;
+    /// false when it is past them (or gone).
+    pub fn deliver(&self, msg: PubMsg) -> bool {
         if !self.output.charge(msg.cost()) {
             return false;
         }

@@ -40,6 +40,24 @@ pub struct Shared {
     /// Output limits of normal (not subscribed) clients, as Redis's
     /// `client-output-buffer-limit normal` (0 0 0 by default: off).
     pub normal_limits: crate::pubsub::Limits,
+    /// Per-command counters, the slow log, the latency monitor.
+    pub observed: crate::observe::Observed,
+    /// A random id of this run (INFO run_id and master_replid).
+    pub run_id: String,
+    /// Unix time the server started, in seconds.
+    pub started_unix: u64,
+    /// Commands a second over the last 1.6 s (INFO instantaneous_ops_per_sec).
+    pub ops_per_sec: AtomicU64,
+    /// CLIENT PAUSE: until when (milliseconds of uptime; 0: not paused).
+    pub pause_until_ms: AtomicU64,
+    /// CLIENT PAUSE WRITE: only writes wait.
+    pub pause_writes_only: std::sync::atomic::AtomicBool,
+    /// Woken by CLIENT UNPAUSE (and a new PAUSE).
+    pub pause_changed: tokio::sync::Notify,
+    /// MONITOR clients, by id.
+    pub monitors: parking_lot::Mutex<HashMap<u64, crate::pubsub::Subscriber>>,
+    /// How many there are (read by every command: no lock when none).
+    pub monitoring: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -87,6 +105,25 @@ impl Shared {
             idle_timeout: AtomicU64::new(config.timeout),
             read_ahead: crate::conn::ReadAhead::new(crate::conn::READ_AHEAD_BUDGET),
             normal_limits: crate::pubsub::Limits::new(0, 0, 0),
+            observed: Default::default(),
+            run_id: {
+                use std::hash::{BuildHasher, Hasher};
+                (0..3)
+                    .map(|_| {
+                        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                        h.write_u64(0);
+                        format!("{:016x}", h.finish())
+                    })
+                    .collect::<String>()[..40]
+                    .to_string()
+            },
+            started_unix: crate::observe::unix_secs(),
+            ops_per_sec: AtomicU64::new(0),
+            pause_until_ms: AtomicU64::new(0),
+            pause_writes_only: Default::default(),
+            pause_changed: tokio::sync::Notify::new(),
+            monitors: Default::default(),
+            monitoring: Default::default(),
             data,
             store,
             config: RwLock::new(config),
@@ -101,6 +138,44 @@ impl Shared {
     /// Milliseconds since the server started.
     pub fn uptime_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    /// CLIENT PAUSE: commands (writes only, with `writes_only`) wait `ms`.
+    /// A pause never shortens one in force, as in Redis.
+    pub fn pause(&self, ms: u64, writes_only: bool) {
+        let until = self.uptime_ms().saturating_add(ms).max(1);
+        let before = self.pause_until_ms.load(Relaxed);
+        let active = before > self.uptime_ms();
+        // An ALL pause stays ALL while it lasts.
+        let all_in_force = active && !self.pause_writes_only.load(Relaxed);
+        let writes_only = writes_only && !all_in_force;
+        self.pause_writes_only.store(writes_only, Relaxed);
+        self.pause_until_ms.store(until.max(before), Relaxed);
+        self.pause_changed.notify_waiters();
+    }
+
+    /// CLIENT UNPAUSE.
+    pub fn unpause(&self) {
+        self.pause_until_ms.store(0, Relaxed);
+        self.pause_changed.notify_waiters();
+    }
+
+    /// How long a command of row `spec` must still wait, if paused.
+    pub fn paused_for(&self, spec: &tidepool_protocol::table::CommandSpec) -> Option<u64> {
+        let until = self.pause_until_ms.load(Relaxed);
+        if until == 0 {
+            return None;
+        }
+        let now = self.uptime_ms();
+        if until <= now {
+            return None;
+        }
+        // CLIENT itself (UNPAUSE among it), QUIT and RESET are never held.
+        if matches!(spec.name, "client" | "quit" | "reset") {
+            return None;
+        }
+        let writes = self.pause_writes_only.load(Relaxed);
+        (!writes || spec.flags.contains(&"write")).then(|| until - now)
     }
 }
 
@@ -188,6 +263,30 @@ pub struct ClientState {
     pub qbuf: AtomicUsize,
     /// The read buffer's capacity.
     pub qbuf_cap: AtomicUsize,
+    /// The socket's file descriptor.
+    pub fd: i32,
+    /// Commands queued in a transaction (-1 outside one), and their bytes.
+    pub multi: std::sync::atomic::AtomicI64,
+    /// Bytes a transaction holds queued.
+    pub multi_mem: AtomicUsize,
+    /// Bytes queued to the client and not yet written (pub/sub, MONITOR).
+    pub output: Mutex<Option<Arc<crate::pubsub::Output>>>,
+    /// CLIENT SETINFO LIB-NAME / LIB-VER.
+    pub lib: Mutex<(String, String)>,
+    /// Set by CLIENT KILL; the connection closes at once.
+    pub killed: std::sync::atomic::AtomicBool,
+    /// Wakes the connection to close (a permit is kept if it is busy).
+    pub kill: tokio::sync::Notify,
+    /// Set by MONITOR.
+    pub monitor: std::sync::atomic::AtomicBool,
+}
+
+impl ClientState {
+    /// Closes the connection (CLIENT KILL).
+    pub fn kill(&self) {
+        self.killed.store(true, Relaxed);
+        self.kill.notify_one();
+    }
 }
 
 /// Registry of connected clients.
@@ -203,6 +302,7 @@ impl Clients {
         &self,
         addr: SocketAddr,
         laddr: SocketAddr,
+        fd: i32,
         max: usize,
     ) -> Option<Arc<ClientState>> {
         let mut map = self.map.lock();
@@ -223,6 +323,14 @@ impl Clients {
             psubs: AtomicUsize::new(0),
             qbuf: AtomicUsize::new(0),
             qbuf_cap: AtomicUsize::new(0),
+            fd,
+            multi: std::sync::atomic::AtomicI64::new(-1),
+            multi_mem: AtomicUsize::new(0),
+            output: Mutex::new(None),
+            lib: Mutex::new((String::new(), String::new())),
+            killed: Default::default(),
+            kill: tokio::sync::Notify::new(),
+            monitor: Default::default(),
         });
         map.insert(id, st.clone());
         Some(st)

@@ -65,6 +65,44 @@ def main(port: int) -> None:
     pipe.get("f")
     assert pipe.execute() == [True, b"6"]
 
+    # Everyday string commands.
+    assert r.setex("s", 100, b"v") is True
+    assert 99 <= r.ttl("s") <= 100
+    assert r.psetex("p", 100000, b"w") is True
+    assert r.setnx("s", b"other") is False
+    assert r.setnx("n", b"new") is True
+    assert r.getdel("n") == b"new" and r.exists("n") == 0
+    assert r.getex("s", persist=True) == b"v" and r.ttl("s") == -1
+    assert r.time()[0] > 1_700_000_000
+    try:
+        r.incr("counter")
+        raise AssertionError("INCR was accepted")
+    except redis.ResponseError as e:
+        assert "not counters" in str(e), e
+
+    # The slow log, as an operator reads it.
+    r.config_set("slowlog-log-slower-than", 0)
+    r.set("slow", b"x")
+    entries = r.slowlog_get(5)
+    assert entries and all("id" in e and "duration" in e and "command" in e for e in entries), entries
+    assert any(e["command"] == b"SET slow x" for e in entries), entries
+    assert r.slowlog_len() >= 1
+    r.config_set("slowlog-log-slower-than", 10000)
+    assert r.slowlog_reset() is True
+
+    # MONITOR through redis-py's Monitor: it sees another client's command.
+    with r.monitor() as m:
+        other = redis.Redis(port=port)
+        other.set("watched-by-monitor", b"1")
+        for event in m.listen():
+            if "watched-by-monitor" in event["command"]:
+                assert event["command"] == "SET watched-by-monitor 1", event
+                break
+
+    # INFO as dashboards read it.
+    info = r.info("all")
+    assert info["role"] == "master" and "used_memory" in info and "cmdstat_set" in info, info.keys()
+
     print("redis-py client checks passed")
 
 

@@ -2167,6 +2167,40 @@ impl Store {
         }
     }
 
+    /// Reads a block and removes it (with the blocks chained under it), as
+    /// one step: the value returned is the one removed. A block replaced
+    /// between the read and the removal is read again. Blocking for a block
+    /// on SSD, as [`Store::get`].
+    pub fn get_del(&self, key: &[u8]) -> Option<Bytes> {
+        loop {
+            let (slot, written) = self.read_entry(key, false, |e| (e.slot.clone(), e.written))?;
+            let value = match (&slot, self.ssd.get()) {
+                (Slot::Extent { .. }, Some(ssd)) => match ssd.tier.load(key, &slot) {
+                    Load::Hit(b) => Some(b),
+                    Load::Miss | Load::Corrupt => None,
+                },
+                _ => match self.dram.load(key, &slot) {
+                    Load::Hit(b) => Some(b),
+                    Load::Miss | Load::Corrupt => None,
+                },
+            };
+            let taken = {
+                let mut shard = self.shard(key);
+                match shard.map.get(key) {
+                    Some(e) if e.written == written => shard.take(key, self),
+                    Some(_) => continue, // replaced meanwhile: read the new one
+                    None => return None,
+                }
+            };
+            let (k, e) = taken?;
+            self.remove_taken(k, e, EventKind::Deleted);
+            if value.is_some() {
+                self.dram_counters.hits.fetch_add(1, Relaxed);
+            }
+            return value;
+        }
+    }
+
     /// Moves a block just read from SSD back into DRAM, unless DRAM has no room
     /// or the block changed meanwhile.
     /// Whether it moved.

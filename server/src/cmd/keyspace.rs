@@ -77,6 +77,48 @@ pub fn set(
     }
 }
 
+/// SETNX: 1 if the key was set, 0 if it existed.
+pub fn setnx(shared: &Shared, key: Bytes, value: Bytes, value_exclusive: bool) -> Reply {
+    match set(shared, key, value, None, Cond::Nx, false, value_exclusive) {
+        Reply::Null => Reply::Int(0),
+        Reply::Error(e) => Reply::Error(e),
+        _ => Reply::Int(1),
+    }
+}
+
+/// GETDEL: the value, and the key removed (with what is chained under it).
+pub fn getdel(shared: &Shared, key: &[u8]) -> Reply {
+    // Blocking for a block on SSD, as GET.
+    let on_device = matches!(shared.store.fetch_memory(key), Fetch::Device);
+    super::offload_if(on_device, || shared.store.get_del(key)).map_or(Reply::Null, Reply::Bulk)
+}
+
+/// GETEX: the value; `expiry` sets (`Some(Some)`) or removes (`Some(None)`)
+/// its time to live.
+pub fn getex(shared: &Shared, key: &[u8], expiry: Option<Option<SetExpiry>>) -> Reply {
+    let reply = get(shared, key);
+    if matches!(reply, Reply::Bulk(_)) {
+        match expiry {
+            None | Some(Some(SetExpiry::Keep)) => {}
+            Some(None) => {
+                shared.store.set_expiry(key, None);
+            }
+            Some(Some(SetExpiry::In(ms))) => {
+                shared
+                    .store
+                    .set_expiry(key, Some(now_ms().saturating_add(ms)));
+            }
+            Some(Some(SetExpiry::At(at))) if at <= now_ms() => {
+                shared.store.delete([key]);
+            }
+            Some(Some(SetExpiry::At(at))) => {
+                shared.store.set_expiry(key, Some(at));
+            }
+        }
+    }
+    reply
+}
+
 /// MSET.
 pub fn mset(shared: &Shared, pairs: Vec<(Bytes, Bytes)>) -> Reply {
     for (k, v) in pairs {

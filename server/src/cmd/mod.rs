@@ -24,6 +24,9 @@ pub enum Flow {
     Close,
     /// Flush the replies so far, then go on with the requests already read.
     Flush,
+    /// A request waits for CLIENT PAUSE to end: flush the replies so far,
+    /// wait, run it, then go on.
+    Paused,
 }
 
 /// Maps a store error to its reply, keeping the stable code.
@@ -142,6 +145,9 @@ pub fn execute(
             session.exclusive_frame,
         ),
         C::MGet(keys) => keyspace::mget(shared, &keys),
+        C::SetNx { key, value } => keyspace::setnx(shared, key, value, session.exclusive_frame),
+        C::GetDel(k) => keyspace::getdel(shared, &k),
+        C::GetEx { key, expiry } => keyspace::getex(shared, &key, expiry),
         C::MSet(pairs) => keyspace::mset(shared, pairs),
         C::Del(keys) => delete(shared, &keys),
         C::Exists(keys) => keyspace::exists(shared, &keys),

@@ -16,6 +16,8 @@
 //! before anything is queued: optimistic locking that cannot be honoured
 //! would lose updates silently.
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use tidepool_protocol::reply::OutBuf;
 use tidepool_protocol::{Command, CommandError, Reply};
 
@@ -76,6 +78,7 @@ pub fn step(
         return match cmd {
             Command::Multi => {
                 session.multi = Some(Multi::default());
+                session.client.multi.store(0, Relaxed);
                 Step::Done(Some(Reply::ok()), Flow::Continue)
             }
             Command::Exec => err("EXEC without MULTI"),
@@ -90,16 +93,19 @@ pub fn step(
         Command::Watch(_) => err("WATCH inside MULTI is not allowed"),
         Command::Discard => {
             session.multi = None;
+            ended(session);
             Step::Done(Some(Reply::ok()), Flow::Continue)
         }
         Command::Exec => {
             let multi = session.multi.take().expect("in a transaction");
+            ended(session);
             Step::Done(Some(exec(shared, session, multi, out)), Flow::Continue)
         }
         // The connection's own commands act at once, as in Redis: QUIT
         // closes it, RESET ends the transaction with everything else.
         cmd @ (Command::Quit | Command::Reset) => {
             session.multi = None;
+            ended(session);
             Step::Run(cmd)
         }
         // Commands whose replies are a stream of their own, or that change
@@ -123,9 +129,20 @@ pub fn step(
             multi.queued.push(cmd);
             multi.bytes += bytes;
             multi.args += args;
+            session
+                .client
+                .multi
+                .store(multi.queued.len() as i64, Relaxed);
+            session.client.multi_mem.store(multi.bytes, Relaxed);
             Step::Done(Some(Reply::simple("QUEUED")), Flow::Continue)
         }
     }
+}
+
+/// CLIENT LIST shows no transaction any more.
+fn ended(session: &Session) {
+    session.client.multi.store(-1, Relaxed);
+    session.client.multi_mem.store(0, Relaxed);
 }
 
 const WATCH_REFUSED: &str = "WATCH is not supported: EXEC runs the queued commands in order but \

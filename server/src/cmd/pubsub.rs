@@ -106,6 +106,8 @@ pub fn unsubscribe_all(shared: &Shared, session: &mut Session) {
 /// Encodes a delivered message: an array in RESP2, a push in RESP3.
 pub fn encode_message(msg: &PubMsg, version: Version, out: &mut OutBuf) {
     let r = match msg {
+        // A status line, as Redis writes MONITOR's lines in both protocols.
+        PubMsg::Monitor(line) => Reply::Simple(String::from_utf8_lossy(line).into_owned().into()),
         PubMsg::Message { channel, payload } => Reply::Push(vec![
             Reply::text("message"),
             Reply::Bulk(channel.clone()),
