@@ -39,11 +39,10 @@ fn put_groups(
 
 /// Keys per group of a shm (or rdma) get. Locating and leasing costs the
 /// server about a microsecond a key; groups hide that behind the copy of
-/// the group before, but each costs a round trip: worth it only for many
-/// small blocks (32 MiB gets of 64 KiB blocks 15.3 -> 17.0 GB/s; 1 MiB
-/// blocks were 10% slower in groups of four). Over tcp a get is one group:
-/// a group ends with a wait for its last bytes, in which the socket idles
-/// (1 MiB blocks 8% slower in groups of four; medians of alternating runs).
+/// the group before, at a round trip each, which pays only for many small
+/// blocks (about a tenth more for 64 KiB blocks, a tenth less for 1 MiB
+/// ones in groups of four). Over tcp a get is one group: a group's end
+/// idles the socket while its last bytes arrive.
 const GET_GROUP_KEYS: usize = 64;
 
 /// Bytes per group of a data-plane put: reserved, moved and committed
@@ -51,18 +50,12 @@ const GET_GROUP_KEYS: usize = 64;
 const COMMIT_GROUP: usize = 4 << 20;
 
 /// Over tcp a group ends with a wait for the data port's replies, in which
-/// the sockets idle, so tcp groups are larger: 1 MiB puts 4.30 -> 5.08 GB/s
-/// (medians of five alternating pairs) with 16 MiB groups against 4 MiB
-/// (and 1 MiB groups moved a fifth less than 4 MiB ones). A group's
-/// reservation and commit grow with its blocks, so groups of small blocks
-/// are also cut at `TCP_GROUP_BLOCKS` blocks: 256 (16 MiB of 64 KiB blocks)
-/// moved 64 KiB puts 2.57-3.40 GB/s against 2.33-2.58 with 64 (three
-/// alternating pairs on a VM with 6 GB/s memcpy: with 64, each of the eight
-/// groups of a 32 MiB call ended in a wait for the server's last bytes);
-/// 16 KiB puts were within the noise with 64 to 1024 (0.89-1.12 GB/s).
-/// (A group's bytes now go out before the replies to the group before it
-/// are read, so that wait no longer idles the socket; the sizes were not
-/// measured again since.)
+/// the sockets idle, so tcp groups are larger (16 MiB moved 1 MiB puts a
+/// fifth faster than 4 MiB), and cut at `TCP_GROUP_BLOCKS` blocks, since a
+/// group's reservation and commit grow with its blocks (256 beat 64 for
+/// 64 KiB blocks; 16 KiB blocks did not care). A group's bytes go out
+/// before the replies to the group before it are read, which hides most of
+/// that wait.
 const TCP_COMMIT_GROUP: usize = 16 << 20;
 const TCP_GROUP_BLOCKS: usize = 256;
 
@@ -456,20 +449,15 @@ impl Client {
     /// group's copies are queued on the plane's copying threads once its
     /// reservation is in ([`ClientOptions::shm_copy_threads`]), so that
     /// group i + 1 is copied while i is (two threads), and while this task
-    /// sends, reads and parses the protocol around them: 32 MiB puts of
-    /// 64 KiB blocks 6.5-7.2 GB/s with two threads against 5.0-5.2 copying
-    /// here, of 4 MiB blocks 8.6-9.2 against 5.8-6.1 (one thread: 5.6-5.9
-    /// and 5.9-6.3; alternating runs of a driver loop). Commits go in
-    /// order, so a chain's parents are in before their children. Over tcp a
-    /// group's bytes go out before the replies to the group before it are
-    /// read ([`TcpWrites`](tidepool_transport::tcp::TcpWrites)), and that
-    /// group is committed once they are: a driver loop of 32 MiB calls moved
-    /// 1 MiB puts at 3.25-3.67 GB/s against 2.77-3.38 (six alternating
-    /// pairs; medians 3.35 and 3.17), 4 MiB 2.88-3.65 against 2.76-3.46
-    /// (3.55, 2.99), 64 KiB 2.89-3.55 against 2.82-3.40 (3.20, 3.10). The
-    /// data connections are then held for the whole put, where they were
-    /// taken a group at a time: a get of the same client waits for a put of
-    /// many groups to end, not for its current group. A block the server
+    /// sends, reads and parses the protocol around them (on two vCPUs, two
+    /// copying threads moved 64 KiB puts a third faster and 4 MiB ones half
+    /// again as fast as copying here). Commits go in order, so a chain's
+    /// parents are in before their children. Over tcp a group's bytes go
+    /// out before the replies to the group before it are read
+    /// ([`TcpWrites`](tidepool_transport::tcp::TcpWrites)), and that group
+    /// is committed once they are; the data connections are held for the
+    /// whole put, so a get of the same client waits for a put of many
+    /// groups to end, not for its current group. A block the server
     /// already holds is left as it is (a key names its prefix, so its bytes
     /// are the same).
     async fn put_many_via(

@@ -59,12 +59,9 @@ pub struct ClientOptions {
     /// (started by the first shm put); a put reserves as many groups ahead
     /// (at least two). 0 copies on the put's task (blocking its executor
     /// thread meanwhile). Default 2. One core copies at a fraction of a
-    /// machine's memory bandwidth: on a 16-core VM, 32 MiB puts of 1 MiB
-    /// blocks moved 11.3 GB/s with 2 threads, 22.4 with 4 and 31.3 with 8
-    /// (64 KiB blocks 10.6, 16.0, 17.0: then the put's own protocol
-    /// limits); on the 2-vCPU development VM 2 is the most that helps
-    /// (3: 64 KiB puts 7.3-8.1 against 8.3, 4 MiB 10.4-10.9 against
-    /// 9.1-10.8, alternating runs of a driver loop).
+    /// machine's memory bandwidth: on a 16-core VM 1 MiB puts scaled with
+    /// the threads up to eight (11, 22 and 31 GB/s with 2, 4 and 8), while
+    /// on two vCPUs more than two did not help.
     pub shm_copy_threads: usize,
 }
 

@@ -920,6 +920,18 @@ impl Command {
         })
     }
 
+    /// MULTI, EXEC, DISCARD, WATCH or UNWATCH.
+    pub fn is_transaction(&self) -> bool {
+        matches!(
+            self,
+            Command::Multi
+                | Command::Exec
+                | Command::Discard
+                | Command::Watch(_)
+                | Command::Unwatch
+        )
+    }
+
     /// Whether this command may run while the connection is subscribed in RESP2.
     pub fn allowed_in_subscribed_mode(&self) -> bool {
         matches!(

@@ -504,10 +504,21 @@ impl Frame<'_> {
     /// The arguments as `Bytes` each (views of the request's buffer).
     pub fn into_args(self) -> Args {
         match self {
-            Frame::Array { buf, spans } => spans
-                .iter()
-                .map(|&(at, len)| buf.slice(at..at + len))
-                .collect(),
+            Frame::Array { mut buf, spans } => {
+                let Some((&(at, len), first)) = spans.split_last() else {
+                    return Args::new();
+                };
+                let mut args: Args = first
+                    .iter()
+                    .map(|&(at, len)| buf.slice(at..at + len))
+                    .collect();
+                // The last argument takes the request's own reference: one
+                // reference count less to take and give back per request.
+                buf.truncate(at + len);
+                bytes::Buf::advance(&mut buf, at);
+                args.push(buf);
+                args
+            }
             Frame::Inline(args) => args,
         }
     }

@@ -104,6 +104,17 @@ pub struct Observed {
     pub latency_threshold_ms: AtomicU64,
     slowlog: Mutex<(u64, VecDeque<SlowEntry>)>,
     latency: Mutex<HashMap<&'static str, LatencyEvent>>,
+    /// The totals at the last CONFIG RESETSTAT, subtracted from what is
+    /// reported (the counters themselves are only ever written by their
+    /// own thread).
+    base: Mutex<Totals>,
+}
+
+/// Per command (calls, usec, rejected, failed), and errors by code.
+#[derive(Default, Clone)]
+struct Totals {
+    commands: Vec<[u64; 4]>,
+    errors: HashMap<&'static str, u64>,
 }
 
 impl Default for Observed {
@@ -116,6 +127,7 @@ impl Default for Observed {
             latency_threshold_ms: AtomicU64::new(0),
             slowlog: Mutex::new((0, VecDeque::new())),
             latency: Mutex::new(HashMap::new()),
+            base: Mutex::new(Totals::default()),
         }
     }
 }
@@ -138,18 +150,20 @@ impl Observed {
 
     /// Counts one command of row `spec` that took `micros` and ended so.
     pub fn record(&self, spec: Option<&'static CommandSpec>, micros: u64, outcome: Outcome) {
+        // Only this thread writes its counters: a load and a store, without
+        // the locked read-modify-write of fetch_add (readers see each
+        // counter whole, a moment late at most).
+        let bump = |a: &AtomicU64, by: u64| a.store(a.load(Relaxed) + by, Relaxed);
         self.local(|c| {
             if let Some(spec) = spec {
                 let i = table::index_of(spec);
                 match outcome {
-                    Outcome::Rejected(_) => {
-                        c.rejected[i].fetch_add(1, Relaxed);
-                    }
+                    Outcome::Rejected(_) => bump(&c.rejected[i], 1),
                     _ => {
-                        c.calls[i].fetch_add(1, Relaxed);
-                        c.usec[i].fetch_add(micros, Relaxed);
+                        bump(&c.calls[i], 1);
+                        bump(&c.usec[i], micros);
                         if let Outcome::Failed(_) = outcome {
-                            c.failed[i].fetch_add(1, Relaxed);
+                            bump(&c.failed[i], 1);
                         }
                     }
                 }
@@ -252,48 +266,67 @@ impl Observed {
         before - events.len()
     }
 
-    /// Per command, summed over the threads: (row, calls, usec, rejected,
+    /// Everything counted so far, summed over the threads.
+    fn totals(&self) -> Totals {
+        let threads = self.threads.lock();
+        let mut t = Totals {
+            commands: vec![[0; 4]; table::COMMANDS.len()],
+            errors: HashMap::new(),
+        };
+        for c in threads.iter() {
+            for (i, row) in t.commands.iter_mut().enumerate() {
+                row[0] += c.calls[i].load(Relaxed);
+                row[1] += c.usec[i].load(Relaxed);
+                row[2] += c.rejected[i].load(Relaxed);
+                row[3] += c.failed[i].load(Relaxed);
+            }
+            for (k, v) in c.errors.lock().iter() {
+                *t.errors.entry(k).or_insert(0) += v;
+            }
+        }
+        t
+    }
+
+    /// Per command, since the last reset: (row, calls, usec, rejected,
     /// failed), for the commands called at least once.
     pub fn commandstats(&self) -> Vec<(&'static CommandSpec, u64, u64, u64, u64)> {
-        let threads = self.threads.lock();
+        let now = self.totals();
+        let base = self.base.lock().clone();
         table::COMMANDS
             .iter()
+            .zip(now.commands)
             .enumerate()
-            .filter_map(|(i, spec)| {
-                let sum = |f: fn(&ThreadCounters) -> &[AtomicU64]| -> u64 {
-                    threads.iter().map(|t| f(t)[i].load(Relaxed)).sum()
-                };
-                let calls = sum(|t| &t.calls);
-                let rejected = sum(|t| &t.rejected);
-                (calls + rejected > 0)
-                    .then(|| (spec, calls, sum(|t| &t.usec), rejected, sum(|t| &t.failed)))
+            .filter_map(|(i, (spec, row))| {
+                let b = base.commands.get(i).copied().unwrap_or_default();
+                let d: Vec<u64> = (0..4).map(|j| row[j].saturating_sub(b[j])).collect();
+                (d[0] + d[2] > 0).then_some((spec, d[0], d[1], d[2], d[3]))
             })
             .collect()
     }
 
-    /// Error replies by code, summed over the threads.
+    /// Error replies by code since the last reset.
     pub fn errorstats(&self) -> Vec<(&'static str, u64)> {
-        let mut all: HashMap<&'static str, u64> = HashMap::new();
-        for t in self.threads.lock().iter() {
-            for (k, v) in t.errors.lock().iter() {
-                *all.entry(k).or_insert(0) += v;
-            }
-        }
-        let mut v: Vec<_> = all.into_iter().collect();
+        let now = self.totals();
+        let base = self.base.lock();
+        let mut v: Vec<_> = now
+            .errors
+            .into_iter()
+            .map(|(k, n)| {
+                (
+                    k,
+                    n.saturating_sub(base.errors.get(k).copied().unwrap_or(0)),
+                )
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
         v.sort();
         v
     }
 
-    /// CONFIG RESETSTAT: zeroes the per-command and error counters.
+    /// CONFIG RESETSTAT: what is reported starts again from zero.
     pub fn reset(&self) {
-        for t in self.threads.lock().iter() {
-            for a in [&t.calls, &t.usec, &t.failed, &t.rejected] {
-                for c in a.iter() {
-                    c.store(0, Relaxed);
-                }
-            }
-            t.errors.lock().clear();
-        }
+        let now = self.totals();
+        *self.base.lock() = now;
     }
 }
 

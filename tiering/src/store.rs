@@ -2379,15 +2379,12 @@ impl Store {
         let mut expired = Vec::new();
         if lease_ms.is_none() {
             // Without a lease, one pass: each shard's lock is taken once, and
-            // each entry read once, where two passes had the two server
-            // threads pass every shard's lock and entry lines back and forth
-            // twice a match (perf: the lock's atomic and the entry misses
-            // over half of a 256-key match). Found keys are refreshed as
-            // they are met; those that turn out to lie past a miss get their
-            // old stamps back. `tidepool-bench match --clients 4 --depth 32
-            // --queries 40000`, three alternating pairs: 104-153k matches a
-            // second against 104-115k (driven by redis-benchmark 148-196k
-            // against 110-145k).
+            // each entry read once, where two passes had the server's threads
+            // pass every shard's lock and entry lines back and forth twice a
+            // match (perf: the lock's atomic and the entry misses were over
+            // half of a 256-key match). Found keys are refreshed as they are
+            // met; those that turn out to lie past a miss get their old
+            // stamps back.
             let (matched, tiers) =
                 self.match_once(&items, &hashed, &order, first, &mut expired, &mut stage);
             return self.finish_match(items, matched, tiers, expired, stage, None);

