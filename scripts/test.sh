@@ -57,7 +57,7 @@ step() {
 step "format" cargo fmt --all -- --check
 # Integration tests start the real server binary: build it first (they
 # refuse a binary older than its sources).
-step "build binaries" cargo build --workspace --bins
+step "build binaries" cargo build --workspace --bins --examples
 # The transport crate is tested once, with its `rdma` feature: that build
 # holds the tcp and shm code unchanged plus the RDMA backend's device-free
 # parts (this machine has no RDMA device; the verbs path itself never runs

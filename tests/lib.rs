@@ -40,6 +40,19 @@ pub fn bench_bin() -> PathBuf {
     bin
 }
 
+/// Path of an example of tidepool-client (`client/examples/NAME.rs`),
+/// which `cargo test --workspace` builds (scripts/test.sh runs that).
+pub fn example_bin(name: &str) -> PathBuf {
+    let bin = server_bin().with_file_name("examples").join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p tidepool-client --examples` (cargo test --workspace does)",
+        bin.display()
+    );
+    assert_fresh(&bin);
+    bin
+}
+
 /// Panics when a source file `bin` was built from changed after it was
 /// built. The list is cargo's own (`<bin>.d`, the dep-info beside it).
 fn assert_fresh(bin: &std::path::Path) {
@@ -74,7 +87,7 @@ fn assert_fresh(bin: &std::path::Path) {
     }
     assert!(
         newer.is_empty(),
-        "{} is older than its sources ({}): rebuild it with `cargo build --workspace --bins` \
+        "{} is older than its sources ({}): rebuild it with `cargo build --workspace --bins --examples` \
          (scripts/test.sh does) or these tests test stale code",
         bin.display(),
         newer.join(", ")

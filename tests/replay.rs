@@ -207,7 +207,7 @@ fn the_server_matches_the_two_tier_simulation() {
                 "{name} over SSD, staging {stage}: server {} simulation {}",
                 v["hit_ratio"], v["simulated_hit_ratio"]
             );
-            assert_eq!(v["simulated_policy"], "LeafLru over SSD");
+            assert_eq!(v["simulated_policy"], "lru over SSD");
             assert_matches_simulation(&v);
         }
         if name != "mooncake" {
@@ -255,7 +255,7 @@ fn the_scheduler_simulation_runs_every_policy() {
     let (j, s) = (json.display().to_string(), svg.display().to_string());
     args.extend(["--json", &j, "--svg", &s, "--slo", "1000"]);
     let table = run(&args);
-    for p in ["RoundRobin", "LeastLoaded", "CacheAware", "Conductor"] {
+    for p in ["round-robin", "least-loaded", "cache-aware", "conductor"] {
         assert!(table.contains(p), "{table}");
     }
     let v: serde_json::Value =

@@ -27,7 +27,7 @@ mod sched;
 mod sim;
 
 #[derive(Parser)]
-#[command(name = "tidepool-bench", about = "tidepool benchmarks")]
+#[command(name = "tidepool-bench", version, about = "tidepool benchmarks")]
 struct Args {
     #[command(subcommand)]
     cmd: Cmd,
@@ -609,13 +609,13 @@ fn main() -> anyhow::Result<()> {
             );
             let (head, rule) = match ssd_blocks {
                 Some(n) => (
-                    format!(" tidepool lru + {n} SSD blocks | the same, staged on match |"),
+                    format!(" lru + {n} SSD blocks | the same, staged on match |"),
                     "---|---|",
                 ),
                 None => (String::new(), ""),
             };
             println!(
-                "| capacity (blocks) | lru | leaf-first lru (tidepool lru) | tidepool adaptive |{head}"
+                "| capacity (blocks) | plain-lru | lru (leaf first; the server's default) | adaptive |{head}"
             );
             println!("|---|---|---|---|{rule}");
             for c in capacity_blocks {

@@ -18,9 +18,12 @@ pub fn replay_svg(
     match_lat: &[Duration],
     put_lat: &[Duration],
     simulated: f64,
+    settings: &str,
 ) -> anyhow::Result<()> {
-    let root = SVGBackend::new(path, (1200, 480)).into_drawing_area();
+    let root = SVGBackend::new(path, (1200, 510)).into_drawing_area();
     root.fill(&WHITE)?;
+    // The run's settings on top: a plot read alone says what it shows.
+    let root = root.titled(settings, ("sans-serif", 15))?;
     let (left, right) = root.split_horizontally(600);
     let n = series.last().map_or(1, |s| s.0).max(1);
     let top = series
@@ -104,9 +107,10 @@ pub fn replay_svg(
 }
 
 /// CDF of time to first token per scheduling policy.
-pub fn ttft_svg(path: &Path, series: &[(String, Vec<f64>)]) -> anyhow::Result<()> {
-    let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
+pub fn ttft_svg(path: &Path, series: &[(String, Vec<f64>)], settings: &str) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (800, 510)).into_drawing_area();
     root.fill(&WHITE)?;
+    let root = root.titled(settings, ("sans-serif", 13))?;
     let max = series
         .iter()
         .flat_map(|(_, v)| v.last().copied())

@@ -270,9 +270,9 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         println!("| (the simulation models the DRAM tier only) | |");
     }
     let what = if two_tiers.is_some() {
-        format!("{policy:?} over SSD")
+        format!("{} over SSD", policy.flag_name())
     } else {
-        format!("{policy:?}")
+        policy.flag_name().to_string()
     };
     println!("| prefix hit ratio (simulation of {what}) | {simulated:.4} |");
     println!("| difference | {:+.4} |", server_ratio - simulated);
@@ -339,7 +339,19 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&j)?)?;
     }
     if let Some(path) = &a.svg {
-        crate::plot::replay_svg(path, &series, &match_lat, &put_lat, simulated)?;
+        let settings = format!(
+            "{}, {} requests, {} blocks of {} B, eviction {}{}",
+            a.trace
+                .file_name()
+                .map_or_else(String::new, |f| f.to_string_lossy().into_owned()),
+            requests.len(),
+            a.capacity_blocks,
+            a.block_bytes,
+            a.eviction.as_deref().unwrap_or("lru"),
+            a.ssd_blocks
+                .map_or(String::new(), |n| format!(", SSD {n} blocks"))
+        );
+        crate::plot::replay_svg(path, &series, &match_lat, &put_lat, simulated, &settings)?;
     }
     if let Some(first) = first_refusal {
         bail!("{put_errors} block puts were refused; the first: {first}");

@@ -45,6 +45,15 @@ pub enum SchedPolicy {
     Conductor,
 }
 
+impl SchedPolicy {
+    /// The name the `--policies` flag takes.
+    pub fn flag_name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value()
+            .map_or_else(|| format!("{self:?}"), |v| v.get_name().to_string())
+    }
+}
+
 /// Settings of the scheduler simulation.
 #[derive(clap::Args)]
 pub struct SchedArgs {
@@ -258,8 +267,8 @@ pub async fn sched(a: SchedArgs) -> anyhow::Result<()> {
     for r in &results {
         let mean = r.ttft.iter().sum::<f64>() / r.ttft.len().max(1) as f64;
         println!(
-            "| {:?} | {:.4} | {:.3} | {:.3} | {:.3} | {} |",
-            r.policy,
+            "| {} | {:.4} | {:.3} | {:.3} | {:.3} | {} |",
+            r.policy.flag_name(),
             r.hit_ratio,
             mean,
             pct(&r.ttft, 0.9),
@@ -278,7 +287,7 @@ pub async fn sched(a: SchedArgs) -> anyhow::Result<()> {
             "model": {"overhead_s": a.overhead, "per_token_s": a.per_token, "per_token_pair_s": a.per_token_pair,
                       "block_tokens": a.block_tokens, "block_kv_bytes": a.block_kv_bytes, "bandwidth_bytes_s": a.bandwidth},
             "results": results.iter().map(|r| serde_json::json!({
-                "policy": format!("{:?}", r.policy),
+                "policy": r.policy.flag_name(),
                 "hit_ratio": r.hit_ratio,
                 "mean_ttft_s": r.ttft.iter().sum::<f64>() / r.ttft.len().max(1) as f64,
                 "p90_ttft_s": pct(&r.ttft, 0.9),
@@ -292,9 +301,20 @@ pub async fn sched(a: SchedArgs) -> anyhow::Result<()> {
     if let Some(path) = &a.svg {
         let series: Vec<(String, Vec<f64>)> = results
             .iter()
-            .map(|r| (format!("{:?}", r.policy), r.ttft.clone()))
+            .map(|r| (r.policy.flag_name(), r.ttft.clone()))
             .collect();
-        crate::plot::ttft_svg(path, &series)?;
+        let settings =
+            format!(
+            "{}, {} requests, {} instances, {} local + {} pool blocks, {} tokens a block, SLO {} s",
+            a.trace.file_name().map_or_else(String::new, |f| f.to_string_lossy().into_owned()),
+            results.first().map_or(0, |r| r.ttft.len() + r.rejected),
+            a.instances,
+            a.local_blocks,
+            a.pool_blocks,
+            a.block_tokens,
+            a.slo
+        );
+        crate::plot::ttft_svg(path, &series, &settings)?;
     }
     Ok(())
 }

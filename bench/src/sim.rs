@@ -75,6 +75,15 @@ pub enum Policy {
 }
 
 impl Policy {
+    /// The name the flags use (`--eviction`, `simulate --policies`).
+    pub fn flag_name(self) -> &'static str {
+        match self {
+            Policy::LeafLru => "lru",
+            Policy::Adaptive => "adaptive",
+            Policy::Lru => "plain-lru",
+        }
+    }
+
     /// Parses a policy name as the server's `--eviction` flag spells it.
     pub fn parse(name: &str) -> anyhow::Result<Policy> {
         match name {

@@ -54,14 +54,15 @@ mod conn;
 mod data;
 mod error;
 
+/// The byte buffers keys and blocks are passed in (re-exported, so that a
+/// caller needs no `bytes` dependency of its own).
+pub use bytes::Bytes;
 pub use client::{Client, Match, PutOptions, Stats};
 pub use data::{ClientOptions, PlaneChoice};
 pub use error::ClientError;
 /// A decoded RESP2 reply, as [`Client::command`] returns it.
 pub use redis_protocol::resp2::types::BytesFrame as Frame;
 pub use tidepool_transport::tcp::TcpOptions;
-
-use bytes::Bytes;
 
 /// The chain keys of `tokens` split into blocks of `block_tokens`, exactly as
 /// `KV.HASH` and `KV.MATCHTOKENS` compute them on the server.
