@@ -317,7 +317,10 @@ fn client_kill_pause_setinfo_and_list() {
     ] {
         assert!(me.contains(field), "{field}: {me}");
     }
-    assert!(!me.contains("fd=-1"), "{me}");
+    assert!(
+        !me.contains("fd=-1") && me.contains("cmd=client|info"),
+        "{me}"
+    );
     // LIST by ID and TYPE.
     let id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut c).unwrap();
     let list: String = redis::cmd("CLIENT")

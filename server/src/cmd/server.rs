@@ -130,6 +130,8 @@ pub fn execute(shared: &Shared, session: &mut Session, cmd: Command) -> Reply {
             .map_or(Reply::Null, Reply::Bulk),
         Command::ClientId => Reply::Int(session.client.id as i64),
         Command::ClientList { kind, ids } => {
+            // The caller's own line shows the command it is running, as in Redis.
+            *session.client.last_cmd.lock() = "client|list";
             let now = shared.uptime_ms();
             let mut s = String::new();
             for c in shared.clients.all() {
@@ -163,6 +165,7 @@ pub fn execute(shared: &Shared, session: &mut Session, cmd: Command) -> Reply {
             Reply::ok()
         }
         Command::ClientInfo => {
+            *session.client.last_cmd.lock() = "client|info";
             let mut s = client_line(&session.client, shared.uptime_ms());
             s.push('\n');
             Reply::Verbatim(s)
