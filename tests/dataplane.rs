@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use redis::Value;
 use tidepool_client::{ClientOptions, PlaneChoice};
-use tidepool_tests::Server;
+use tidepool_tests::{dataplane, Server};
 use tidepool_transport::shm::ShmPlane;
 use tidepool_transport::tcp::{TcpOptions, TcpPlane};
 use tidepool_transport::{DataPlane, Descriptor, Kind};
@@ -32,7 +32,6 @@ fn addr(s: &Server) -> String {
     format!("127.0.0.1:{}", s.port)
 }
 
-/// The descriptor in a KV.RESERVE or KV.LOCATE reply entry.
 /// KV.LOCATE of one block for a shm reader: its descriptor.
 fn locate_shm(con: &mut redis::Connection, key: &str) -> Descriptor {
     let loc: Vec<Value> = redis::cmd("KV.LOCATE")
@@ -48,6 +47,7 @@ fn locate_shm(con: &mut redis::Connection, key: &str) -> Descriptor {
     desc(&blocks[0])
 }
 
+/// The descriptor in a KV.RESERVE or KV.LOCATE reply entry.
 fn desc(v: &Value) -> Descriptor {
     let Value::Array(items) = v else {
         panic!("not a descriptor: {v:?}")
@@ -66,27 +66,6 @@ fn desc(v: &Value) -> Descriptor {
         len: int(&items[2]),
         token: int(&items[3]),
     }
-}
-
-fn dataplane(con: &mut redis::Connection) -> (u16, String, u64) {
-    let v: Vec<Value> = redis::cmd("KV.DATAPLANE").query(con).unwrap();
-    let mut port = 0;
-    let mut sock = String::new();
-    let mut id = 0;
-    for kv in v.chunks(2) {
-        let Value::BulkString(k) = &kv[0] else {
-            continue;
-        };
-        match (&k[..], &kv[1]) {
-            (b"tcp_port", Value::Int(p)) => port = *p as u16,
-            (b"shm_socket", Value::BulkString(b)) => sock = String::from_utf8(b.clone()).unwrap(),
-            (b"shm_arena_id", Value::BulkString(b)) => {
-                id = u64::from_str_radix(std::str::from_utf8(b).unwrap(), 16).unwrap()
-            }
-            _ => {}
-        }
-    }
-    (port, sock, id)
 }
 
 /// tidepool-client connected to `s`, moving blocks over `plane`.

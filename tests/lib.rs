@@ -387,3 +387,28 @@ pub fn resp(args: &[&[u8]]) -> Vec<u8> {
     }
     v
 }
+
+/// The tcp data port, the shm socket and the arena id, from KV.DATAPLANE.
+pub fn dataplane(con: &mut redis::Connection) -> (u16, String, u64) {
+    use redis::Value;
+    let v: Vec<Value> = redis::cmd("KV.DATAPLANE").query(con).expect("KV.DATAPLANE");
+    let mut port = 0;
+    let mut sock = String::new();
+    let mut id = 0;
+    for kv in v.chunks(2) {
+        let Value::BulkString(k) = &kv[0] else {
+            continue;
+        };
+        match (&k[..], &kv[1]) {
+            (b"tcp_port", Value::Int(p)) => port = *p as u16,
+            (b"shm_socket", Value::BulkString(b)) => {
+                sock = String::from_utf8(b.clone()).expect("utf-8 path")
+            }
+            (b"shm_arena_id", Value::BulkString(b)) => {
+                id = u64::from_str_radix(std::str::from_utf8(b).expect("hex"), 16).expect("hex")
+            }
+            _ => {}
+        }
+    }
+    (port, sock, id)
+}

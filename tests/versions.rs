@@ -15,7 +15,7 @@ use bytes::Bytes;
 use redis::Value;
 use tidepool_client::blocking::Client;
 use tidepool_client::{ClientOptions, PlaneChoice, PutOptions};
-use tidepool_tests::Server;
+use tidepool_tests::{dataplane, Server};
 use tidepool_transport::shm::ShmPlane;
 use tidepool_transport::tcp::{TcpOptions, TcpPlane};
 use tidepool_transport::{DataPlane, Descriptor, Kind};
@@ -542,28 +542,6 @@ fn ssd_reclaim_racing_reads_and_staging_serves_no_stale_bytes() {
     assert_eq!(s.info_u64("ssd_checksum_failures"), 0);
     drop(s);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// The tcp data port, the shm socket and the arena id from KV.DATAPLANE.
-fn dataplane(con: &mut redis::Connection) -> (u16, String, u64) {
-    let v: Vec<Value> = redis::cmd("KV.DATAPLANE").query(con).unwrap();
-    let mut port = 0;
-    let mut sock = String::new();
-    let mut id = 0;
-    for kv in v.chunks(2) {
-        let Value::BulkString(k) = &kv[0] else {
-            continue;
-        };
-        match (&k[..], &kv[1]) {
-            (b"tcp_port", Value::Int(p)) => port = *p as u16,
-            (b"shm_socket", Value::BulkString(b)) => sock = String::from_utf8(b.clone()).unwrap(),
-            (b"shm_arena_id", Value::BulkString(b)) => {
-                id = u64::from_str_radix(std::str::from_utf8(b).unwrap(), 16).unwrap()
-            }
-            _ => {}
-        }
-    }
-    (port, sock, id)
 }
 
 #[test]
