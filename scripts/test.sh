@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace against the real binaries and tools.
-# Installs redis-tools and redis-server, the verbs headers and libclang the
-# RDMA backend builds against (apt-get), and redis-py (pip), when missing.
+# Installs redis-tools and redis-server, etcd and protoc, the verbs headers and
+# libclang the RDMA backend builds against (apt-get), and redis-py (pip), when
+# missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,10 +13,11 @@ installed() {
   [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
 }
 need=()
-for pkg in redis-tools redis-server prometheus-redis-exporter pkg-config \
-  libibverbs-dev librdmacm-dev libclang-dev; do
+for pkg in redis-tools redis-server prometheus-redis-exporter etcd-server \
+  protobuf-compiler pkg-config libibverbs-dev librdmacm-dev libclang-dev; do
   # redis-tools and redis-server: redis-cli, redis-benchmark, redis-server;
-  # prometheus-redis-exporter scrapes the server in a test.
+  # prometheus-redis-exporter scrapes the server in a test; etcd-server runs
+  # under the cluster tests, and etcd-client's build needs protoc.
   # The rest: the `rdma` feature of tidepool-transport (rdma-sys: bindgen
   # over the verbs headers, which needs libclang).
   installed "$pkg" || need+=("$pkg")

@@ -1,9 +1,12 @@
 //! tidepool's cluster mode. So far: Redis Cluster's slots ([`slots`]): the
 //! slot of a key, and the assignment of the 16384 slots to nodes, weighted
 //! by their DRAM capacity and moving as few slots as it can when nodes join
-//! or leave. Membership on etcd, redirection and the cluster-wide KV
-//! commands build on it.
+//! or leave; and membership on etcd ([`membership`]): registration under a
+//! lease, an elected leader writing the map, every node watching it.
+//! Redirection and the cluster-wide KV commands build on these.
 
+pub mod membership;
 pub mod slots;
 
+pub use membership::{Membership, NodeInfo, Settings, View};
 pub use slots::{key_slot, Member, SlotMap, SLOTS};

@@ -42,6 +42,26 @@ impl SlotMap {
         }
     }
 
+    /// A map from its ranges (as [`SlotMap::ranges`] gives them); slots in
+    /// no range are unowned, a range past the last slot is cut.
+    pub fn from_ranges(epoch: u64, ranges: &[(u16, u16, String)]) -> SlotMap {
+        let mut m = SlotMap {
+            epoch,
+            ..SlotMap::empty()
+        };
+        for (first, last, owner) in ranges {
+            for slot in *first as usize..=(*last as usize).min(SLOTS - 1) {
+                m.owners[slot] = owner.clone();
+            }
+        }
+        m
+    }
+
+    /// Whether `other` gives every slot the same owner.
+    pub fn same_owners(&self, other: &SlotMap) -> bool {
+        self.owners == other.owners
+    }
+
     /// The owner of `slot`, if any.
     pub fn owner(&self, slot: u16) -> Option<&str> {
         self.owners

@@ -1,0 +1,161 @@
+//! Membership on a real etcd (Debian's etcd-server, started here on free
+//! loopback ports in a temp dir): nodes register under leases, the elected
+//! leader writes a slot map that every node sees, a node that leaves or
+//! stops renewing its lease has its slots given to the others.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tidepool_cluster::{Membership, NodeInfo, Settings, View, SLOTS};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real etcd, killed (and its data removed) when dropped.
+struct Etcd {
+    child: Child,
+    dir: std::path::PathBuf,
+    endpoint: String,
+}
+
+impl Etcd {
+    fn start() -> Etcd {
+        let dir = std::env::temp_dir().join(format!("tidepool-etcd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (client, peer) = (free_port(), free_port());
+        let c = format!("http://127.0.0.1:{client}");
+        let p = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(dir.join("data"))
+            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+            .args([
+                "--listen-peer-urls",
+                &p,
+                "--initial-advertise-peer-urls",
+                &p,
+            ])
+            .args(["--initial-cluster", &format!("t={p}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd is installed by scripts/test.sh (Debian's etcd-server)");
+        let etcd = Etcd {
+            child,
+            dir,
+            endpoint: format!("127.0.0.1:{client}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&etcd.endpoint).is_err() {
+            assert!(Instant::now() < deadline, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        etcd
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn settings(etcd: &Etcd, n: u32, weight: u64) -> Settings {
+    Settings {
+        endpoints: vec![etcd.endpoint.clone()],
+        cluster: "test".into(),
+        me: NodeInfo {
+            id: format!("{n:040x}"),
+            addr: format!("127.0.0.1:{}", 7000 + n),
+            weight,
+        },
+        lease_ttl: 2,
+    }
+}
+
+/// Waits until `pred` holds for the view of every node in `nodes`.
+async fn converge(nodes: &[&Membership], what: &str, pred: impl Fn(&View) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !nodes.iter().all(|m| pred(&m.view())) {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: views {:?}",
+            nodes
+                .iter()
+                .map(|m| m.view().map.counts().len())
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn owners(v: &View) -> Vec<(String, usize)> {
+    v.map
+        .counts()
+        .into_iter()
+        .map(|(k, n)| (k.to_string(), n))
+        .collect()
+}
+
+#[test]
+fn nodes_share_the_slots_and_take_over_from_one_that_leaves_or_dies() {
+    let etcd = Etcd::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Weights 2:1:1: slots 8192, 4096, 4096.
+        let a = Membership::join(settings(&etcd, 1, 2 << 30)).await.unwrap();
+        let b = Membership::join(settings(&etcd, 2, 1 << 30)).await.unwrap();
+        let c = Membership::join(settings(&etcd, 3, 1 << 30)).await.unwrap();
+        converge(&[&a, &b, &c], "three nodes", |v| {
+            v.nodes.len() == 3 && v.map.counts().len() == 3
+        })
+        .await;
+        let v = a.view();
+        assert!(v.registered);
+        let counts: Vec<usize> = owners(&v).iter().map(|o| o.1).collect();
+        assert_eq!(counts, [8192, 4096, 4096]);
+        assert_eq!(counts.iter().sum::<usize>(), SLOTS);
+        assert_eq!(v.nodes[&format!("{:040x}", 2)].addr, "127.0.0.1:7002");
+        let epoch = v.map.epoch;
+        // Every node sees the same map.
+        assert_eq!(b.view().map, v.map);
+        assert_eq!(c.view().map, v.map);
+
+        // c leaves on purpose: its slots go to a and b, nothing else moves.
+        let before = a.view().map.clone();
+        c.leave().await.unwrap();
+        converge(&[&a, &b], "c left", |v| v.map.counts().len() == 2).await;
+        let after = a.view().map.clone();
+        assert!(after.epoch > epoch);
+        assert_eq!(after.moved_from(&before), 4096, "only c's slots moved");
+        let counts: Vec<usize> = owners(&a.view()).iter().map(|o| o.1).collect();
+        assert_eq!(counts, [10923, 5461]);
+
+        // b dies (its tasks stop, its lease is not revoked): within the
+        // TTL (2 s) plus 5 s, a owns every slot.
+        let t = Instant::now();
+        drop(b);
+        converge(&[&a], "b's lease expired", |v| {
+            v.map.counts().len() == 1 && v.nodes.len() == 1
+        })
+        .await;
+        assert!(t.elapsed() < Duration::from_secs(7), "{:?}", t.elapsed());
+        assert_eq!(owners(&a.view())[0].1, SLOTS);
+
+        // A node that comes back joins again cleanly.
+        let b = Membership::join(settings(&etcd, 2, 1 << 30)).await.unwrap();
+        converge(&[&a, &b], "b back", |v| v.map.counts().len() == 2).await;
+    });
+}
