@@ -3,70 +3,10 @@
 //! leader writes a slot map that every node sees, a node that leaves or
 //! stops renewing its lease has its slots given to the others.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tidepool_cluster::{Membership, NodeInfo, Settings, View, SLOTS};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A real etcd, killed (and its data removed) when dropped.
-struct Etcd {
-    child: Child,
-    dir: std::path::PathBuf,
-    endpoint: String,
-}
-
-impl Etcd {
-    fn start() -> Etcd {
-        let dir = std::env::temp_dir().join(format!("tidepool-etcd-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let c = format!("http://127.0.0.1:{client}");
-        let p = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .args(["--name", "t", "--data-dir"])
-            .arg(dir.join("data"))
-            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-            .args([
-                "--listen-peer-urls",
-                &p,
-                "--initial-advertise-peer-urls",
-                &p,
-            ])
-            .args(["--initial-cluster", &format!("t={p}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcd is installed by scripts/test.sh (Debian's etcd-server)");
-        let etcd = Etcd {
-            child,
-            dir,
-            endpoint: format!("127.0.0.1:{client}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&etcd.endpoint).is_err() {
-            assert!(Instant::now() < deadline, "etcd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        etcd
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use tidepool_tests::Etcd;
 
 fn settings(etcd: &Etcd, n: u32, weight: u64) -> Settings {
     Settings {

@@ -412,3 +412,59 @@ pub fn dataplane(con: &mut redis::Connection) -> (u16, String, u64) {
     }
     (port, sock, id)
 }
+
+/// A real etcd, killed (and its data removed) when dropped.
+pub struct Etcd {
+    child: Child,
+    dir: std::path::PathBuf,
+    /// Its client endpoint, `127.0.0.1:PORT`.
+    pub endpoint: String,
+}
+
+impl Etcd {
+    /// Starts etcd on free loopback ports with its data in a temp dir.
+    pub fn start() -> Etcd {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("tidepool-etcd-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (client, peer) = (free_port(), free_port());
+        let c = format!("http://127.0.0.1:{client}");
+        let p = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(dir.join("data"))
+            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+            .args([
+                "--listen-peer-urls",
+                &p,
+                "--initial-advertise-peer-urls",
+                &p,
+            ])
+            .args(["--initial-cluster", &format!("t={p}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd is installed by scripts/test.sh (Debian's etcd-server)");
+        let etcd = Etcd {
+            child,
+            dir,
+            endpoint: format!("127.0.0.1:{client}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&etcd.endpoint).is_err() {
+            assert!(Instant::now() < deadline, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        etcd
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -22,6 +22,27 @@ pub enum SetExpiry {
     Keep,
 }
 
+/// A CLUSTER subcommand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterSub {
+    /// CLUSTER INFO.
+    Info,
+    /// CLUSTER MYID.
+    MyId,
+    /// CLUSTER NODES.
+    Nodes,
+    /// CLUSTER SLOTS.
+    Slots,
+    /// CLUSTER SHARDS.
+    Shards,
+    /// CLUSTER KEYSLOT key.
+    KeySlot(Bytes),
+    /// CLUSTER COUNTKEYSINSLOT slot.
+    CountKeysInSlot(u16),
+    /// CLUSTER GETKEYSINSLOT slot count.
+    GetKeysInSlot(u16, usize),
+}
+
 /// Which clients CLIENT KILL closes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ClientKill {
@@ -272,6 +293,10 @@ pub enum Command {
     Monitor,
     /// MEMORY STATS.
     MemoryStats,
+    /// CLUSTER subcommands.
+    Cluster(ClusterSub),
+    /// READONLY / READWRITE (accepted: there are no replicas to read from).
+    ReadMode,
     /// MEMORY DOCTOR.
     MemoryDoctor,
     Get(Bytes),
@@ -765,6 +790,45 @@ impl Command {
                 _ => return Err(CommandError::unknown_subcommand("latency", &a[0])),
             },
             "monitor" => Command::Monitor,
+            "readonly" | "readwrite" => Command::ReadMode,
+            "cluster" => {
+                let slot = |b: &Bytes| {
+                    parse_i64(b)
+                        .ok()
+                        .filter(|n| (0..16384).contains(n))
+                        .map(|n| n as u16)
+                        .ok_or_else(|| CommandError::err("Invalid slot"))
+                };
+                let sub = match (a[0].to_ascii_uppercase().as_slice(), a.len()) {
+                    (b"INFO", 1) => ClusterSub::Info,
+                    (b"MYID", 1) => ClusterSub::MyId,
+                    (b"NODES", 1) => ClusterSub::Nodes,
+                    (b"SLOTS", 1) => ClusterSub::Slots,
+                    (b"SHARDS", 1) => ClusterSub::Shards,
+                    (b"KEYSLOT", 2) => ClusterSub::KeySlot(a[1].clone()),
+                    (b"COUNTKEYSINSLOT", 2) => ClusterSub::CountKeysInSlot(slot(&a[1])?),
+                    (b"GETKEYSINSLOT", 3) => ClusterSub::GetKeysInSlot(
+                        slot(&a[1])?,
+                        parse_i64(&a[2])
+                            .ok()
+                            .filter(|n| *n >= 0)
+                            .ok_or_else(|| CommandError::err("Invalid number of keys"))?
+                            as usize,
+                    ),
+                    (
+                        b"INFO" | b"MYID" | b"NODES" | b"SLOTS" | b"SHARDS" | b"KEYSLOT"
+                        | b"COUNTKEYSINSLOT" | b"GETKEYSINSLOT",
+                        _,
+                    ) => {
+                        return Err(CommandError::arity(&format!(
+                            "cluster|{}",
+                            String::from_utf8_lossy(&a[0]).to_ascii_lowercase()
+                        )))
+                    }
+                    _ => return Err(CommandError::unknown_subcommand("cluster", &a[0])),
+                };
+                Command::Cluster(sub)
+            }
             "time" => Command::Time,
             "role" => Command::Role,
             "scan" => parse_scan(a)?,

@@ -115,6 +115,20 @@ pub struct Args {
     /// its children. Default: lru.
     #[arg(long)]
     pub eviction: Option<String>,
+    /// Cluster mode: the etcd endpoints, `etcd://host:port[,host:port...]`.
+    /// Default: none (one node alone, no etcd).
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// The cluster's name (its keys in etcd). Default: "tidepool".
+    #[arg(long = "cluster-name")]
+    pub cluster_name: Option<String>,
+    /// Where clients reach this node, `host:port`, as the cluster announces
+    /// it (MOVED, CLUSTER SLOTS). Default: the bind address and port.
+    #[arg(long)]
+    pub announce: Option<String>,
+    /// Seconds this node's registration outlives its last renewal. Default: 10.
+    #[arg(long = "cluster-lease-ttl")]
+    pub cluster_lease_ttl: Option<u64>,
 }
 
 /// The server's settings.
@@ -181,6 +195,14 @@ pub struct Config {
     pub timeout: u64,
     /// DRAM eviction policy. Default: `lru`.
     pub eviction: String,
+    /// Cluster mode's etcd endpoints (`etcd://host:port,...`); none: alone.
+    pub cluster: Option<String>,
+    /// The cluster's name. Default: "tidepool".
+    pub cluster_name: String,
+    /// This node's address as announced; none: bind:port.
+    pub announce: Option<String>,
+    /// Seconds a registration outlives its last renewal. Default: 10.
+    pub cluster_lease_ttl: u64,
 }
 
 impl Default for Config {
@@ -211,6 +233,10 @@ impl Default for Config {
             client_output_buffer_limit_pubsub: "32mb 8mb 60".into(),
             timeout: 0,
             eviction: "lru".into(),
+            cluster: None,
+            cluster_name: "tidepool".into(),
+            announce: None,
+            cluster_lease_ttl: 10,
         }
     }
 }
@@ -266,6 +292,13 @@ impl Config {
         if let Some(v) = args.shm_arena {
             c.shm_arena = Some(v);
         }
+        if let Some(v) = &args.cluster {
+            c.cluster = Some(v.clone());
+        }
+        if let Some(v) = &args.announce {
+            c.announce = Some(v.clone());
+        }
+        over!(cluster_name, cluster_lease_ttl);
         c.validate()?;
         Ok(c)
     }
@@ -314,6 +347,28 @@ impl Config {
             "max-lease-ms must be from 1 to {MAX_LEASE_MS_LIMIT} (a year)"
         );
         parse_perm(&self.shm_socket_perm)?;
+        if let Some(spec) = &self.cluster {
+            cluster_endpoints(spec)?;
+            anyhow::ensure!(
+                (1..=3600).contains(&self.cluster_lease_ttl),
+                "cluster-lease-ttl must be from 1 to 3600 seconds"
+            );
+            anyhow::ensure!(
+                !self.cluster_name.is_empty()
+                    && self
+                        .cluster_name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                "cluster-name must be letters, digits, - and _"
+            );
+            if let Some(a) = &self.announce {
+                anyhow::ensure!(
+                    a.rsplit_once(':')
+                        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
+                    "announce must be host:port, not {a:?}"
+                );
+            }
+        }
         OutputLimit::parse(&self.client_output_buffer_limit_pubsub)?;
         anyhow::ensure!(
             tidepool_tiering::Eviction::parse(&self.eviction).is_some(),
@@ -436,6 +491,21 @@ impl OutputLimit {
     pub fn render(&self) -> String {
         format!("{} {} {}", self.hard, self.soft, self.soft_secs)
     }
+}
+
+/// The etcd endpoints of `--cluster etcd://host:port[,host:port...]`.
+pub fn cluster_endpoints(spec: &str) -> anyhow::Result<Vec<String>> {
+    let rest = spec.strip_prefix("etcd://").ok_or_else(|| {
+        anyhow::anyhow!("cluster must be etcd://host:port[,host:port...], not {spec:?}")
+    })?;
+    let eps: Vec<String> = rest.split(',').map(|e| e.trim().to_string()).collect();
+    anyhow::ensure!(
+        eps.iter().all(|e| e
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())),
+        "cluster endpoints must be host:port, not {rest:?}"
+    );
+    Ok(eps)
 }
 
 /// Splits `PATH[:SIZE]` into the path and the size (when one is given).

@@ -576,7 +576,20 @@ fn run_one(
         }
     }
     let rejected = parsed.is_err();
+    // Cluster mode: a request for slots served elsewhere, or for keys in
+    // several slots, goes no further.
+    let redirect = match (shared.cluster.get(), spec, &parsed) {
+        (Some(cluster), Some(spec), Ok(cmd)) => {
+            let args: Vec<&[u8]> = match &sample {
+                Some(buf) => spans.iter().map(|&(o, l)| &buf[o..o + l]).collect(),
+                None => Vec::new(),
+            };
+            crate::cluster::route(cluster, spec, cmd, &args)
+        }
+        _ => None,
+    };
     let (reply, flow) = match parsed {
+        Ok(_) if redirect.is_some() => (redirect, Flow::Continue),
         Ok(cmd) => {
             if session.in_subscribed_mode() && !cmd.allowed_in_subscribed_mode() {
                 let e = tidepool_protocol::CommandError::err(format!(

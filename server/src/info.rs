@@ -251,7 +251,7 @@ fn section(shared: &Shared, name: &str, o: &mut String) {
         }
         "cluster" => {
             o.push_str("# Cluster\r\n");
-            line!("cluster_enabled", 0);
+            line!("cluster_enabled", shared.cluster.get().is_some() as u8);
         }
         "stats" => {
             let s = &shared.stats;

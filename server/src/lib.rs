@@ -5,6 +5,7 @@
 //! stream ([`pubsub`]), the client registry and server counters ([`state`]).
 //! Later: auth, cluster membership (etcd) and the data plane's control side.
 
+pub mod cluster;
 pub mod cmd;
 pub mod config;
 pub mod conn;
@@ -44,6 +45,11 @@ pub async fn run(
         "tidepool-server ready to accept connections"
     );
     let planes = start_data_plane(&shared, listener.local_addr()?.port()).await?;
+    // Cluster mode: registered in etcd before the first request is served.
+    if let Some(c) = cluster::Cluster::join(&shared, listener.local_addr()?.port()).await? {
+        info!(id = %c.me.id, addr = %c.me.addr, "joined the cluster");
+        let _ = shared.cluster.set(c);
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     // Expiry and lease sweeps run on a thread of their own: a sweep that
     // removes a long chain (a TTL on its root) takes as long as the chain

@@ -54,6 +54,8 @@ pub struct Shared {
     pub pause_writes_only: std::sync::atomic::AtomicBool,
     /// Woken by CLIENT UNPAUSE (and a new PAUSE).
     pub pause_changed: tokio::sync::Notify,
+    /// Cluster mode: this node's membership (unset: one node alone).
+    pub cluster: std::sync::OnceLock<crate::cluster::Cluster>,
     /// MONITOR clients, by id.
     pub monitors: parking_lot::Mutex<HashMap<u64, crate::pubsub::Subscriber>>,
     /// How many there are (read by every command: no lock when none).
@@ -122,6 +124,7 @@ impl Shared {
             pause_until_ms: AtomicU64::new(0),
             pause_writes_only: Default::default(),
             pause_changed: tokio::sync::Notify::new(),
+            cluster: std::sync::OnceLock::new(),
             monitors: Default::default(),
             monitoring: Default::default(),
             data,

@@ -192,6 +192,8 @@ pub fn execute(shared: &Shared, session: &mut Session, cmd: Command) -> Reply {
         Command::Unwatch => Reply::ok(),
         Command::Refused(why) => Reply::Error(CommandError::err(why)),
         Command::MemoryStats => memory_stats(shared),
+        Command::Cluster(sub) => crate::cluster::command(shared, &sub),
+        Command::ReadMode => Reply::ok(),
         Command::MemoryDoctor => Reply::Verbatim(memory_doctor(shared)),
         Command::Monitor => {
             if !session.monitor {

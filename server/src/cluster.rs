@@ -1,0 +1,289 @@
+//! Cluster mode in the server: joining through etcd, redirecting requests
+//! for slots other nodes own (`-MOVED`), refusing requests whose keys span
+//! slots (`-CROSSSLOT`) or reach a slot nobody serves (`-CLUSTERDOWN`), and
+//! the CLUSTER commands in Redis's formats.
+//!
+//! A multi-key KV command (KV.MATCH, KV.MPUT, ...) is served when all its
+//! keys are in one slot of this node, as Redis serves multi-key commands;
+//! answering such commands for a whole chain spread over the cluster is
+//! the cluster-wide fan-out that builds on this.
+
+use bytes::Bytes;
+use tidepool_cluster::{key_slot, Membership, NodeInfo, Settings, View};
+use tidepool_protocol::table::CommandSpec;
+use tidepool_protocol::{Command, CommandError, Reply};
+
+use crate::state::Shared;
+
+/// This node's place in the cluster.
+pub struct Cluster {
+    /// This node.
+    pub me: NodeInfo,
+    /// Its membership (registration, the watched map).
+    pub membership: Membership,
+}
+
+impl Cluster {
+    /// Joins the cluster the config names (`None` when it names none).
+    pub async fn join(shared: &Shared, port: u16) -> anyhow::Result<Option<Cluster>> {
+        let (spec, name, announce, ttl, bind) = {
+            let c = shared.config.read();
+            let Some(spec) = c.cluster.clone() else {
+                return Ok(None);
+            };
+            (
+                spec,
+                c.cluster_name.clone(),
+                c.announce.clone(),
+                c.cluster_lease_ttl,
+                c.bind.clone(),
+            )
+        };
+        let endpoints = crate::config::cluster_endpoints(&spec)?;
+        let me = NodeInfo {
+            id: shared.run_id.clone(),
+            addr: announce.unwrap_or_else(|| format!("{bind}:{port}")),
+            weight: shared.store.capacity(),
+        };
+        let settings = Settings {
+            endpoints: endpoints.clone(),
+            cluster: name,
+            me: me.clone(),
+            lease_ttl: ttl as i64,
+        };
+        let membership = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            Membership::join(settings),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from etcd at {} within 10 s", endpoints.join(",")))?
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "joining the cluster through etcd at {}: {e}",
+                endpoints.join(",")
+            )
+        })?;
+        Ok(Some(Cluster { me, membership }))
+    }
+}
+
+/// The keys a parsed request names (as slices of its bytes where the table
+/// gives their positions; from the parsed command for the KV commands
+/// whose keys move).
+fn keys_of<'a>(
+    spec: &CommandSpec,
+    cmd: &'a Command,
+    args: &'a [&'a [u8]],
+    hashed: &'a mut Vec<Bytes>,
+) -> Vec<&'a [u8]> {
+    match cmd {
+        Command::KvMatch { keys, .. } => keys.iter().collect(),
+        Command::KvMPut { blocks, parent, .. } => blocks
+            .iter()
+            .map(|(k, _)| &k[..])
+            .chain(parent.as_deref())
+            .collect(),
+        Command::KvReserve { blocks, opts } => blocks
+            .iter()
+            .map(|(k, _)| &k[..])
+            .chain(opts.parent.as_deref())
+            .collect(),
+        Command::KvLocate { keys, .. } => keys.iter().map(|k| &k[..]).collect(),
+        Command::KvMatchTokens {
+            seed,
+            block_tokens,
+            tokens,
+            ..
+        } => {
+            *hashed = tidepool_protocol::hash::chain_keys(seed, *block_tokens as usize, tokens)
+                .into_iter()
+                .map(|k| Bytes::copy_from_slice(&k))
+                .collect();
+            hashed.iter().map(|k| &k[..]).collect()
+        }
+        Command::KvPut {
+            key,
+            parent: Some(p),
+            ..
+        } => vec![&key[..], &p[..]],
+        _ => spec
+            .key_positions(args.len())
+            .filter_map(|i| args.get(i).copied())
+            .collect(),
+    }
+}
+
+/// Whether a request runs here: `None` when it does (no keys, or all in
+/// one slot this node serves), else the redirection or refusal.
+pub fn route(
+    cluster: &Cluster,
+    spec: &CommandSpec,
+    cmd: &Command,
+    args: &[&[u8]],
+) -> Option<Reply> {
+    let mut hashed = Vec::new();
+    let keys = keys_of(spec, cmd, args, &mut hashed);
+    let first = key_slot(keys.first()?);
+    if keys.iter().any(|k| key_slot(k) != first) {
+        return Some(Reply::Error(CommandError::new(
+            "CROSSSLOT",
+            "Keys in request don't hash to the same slot",
+        )));
+    }
+    let view = cluster.membership.view();
+    if !view.registered {
+        return Some(down(
+            "this node lost its registration in etcd and is joining again",
+        ));
+    }
+    match view.map.owner(first) {
+        Some(owner) if owner == cluster.me.id => None,
+        Some(owner) => match view.nodes.get(owner) {
+            Some(node) => Some(Reply::Error(CommandError::new(
+                "MOVED",
+                format!("{first} {}", node.addr),
+            ))),
+            None => Some(down("Hash slot not served")),
+        },
+        None => Some(down("Hash slot not served")),
+    }
+}
+
+fn down(why: &str) -> Reply {
+    Reply::Error(CommandError::new("CLUSTERDOWN", why.to_string()))
+}
+
+/// `host:port` split for CLUSTER SLOTS and SHARDS.
+fn host_port(addr: &str) -> (&str, i64) {
+    match addr.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().unwrap_or(0)),
+        None => (addr, 0),
+    }
+}
+
+/// The CLUSTER commands (and errors for them without cluster mode).
+pub fn command(shared: &Shared, sub: &tidepool_protocol::command::ClusterSub) -> Reply {
+    use tidepool_protocol::command::ClusterSub as S;
+    if let S::KeySlot(k) = sub {
+        return Reply::Int(key_slot(k) as i64);
+    }
+    let Some(cluster) = shared.cluster.get() else {
+        return Reply::Error(CommandError::err(
+            "This instance has cluster support disabled",
+        ));
+    };
+    let view = cluster.membership.view();
+    match sub {
+        S::KeySlot(_) => unreachable!("answered above"),
+        S::MyId => Reply::Bulk(cluster.me.id.clone().into()),
+        S::Info => Reply::Verbatim(info(cluster, &view)),
+        S::Nodes => Reply::Verbatim(nodes(cluster, &view)),
+        S::Slots => Reply::Array(
+            view.map
+                .ranges()
+                .into_iter()
+                .map(|(first, last, owner)| {
+                    let addr = view.nodes.get(owner).map_or("", |n| n.addr.as_str());
+                    let (host, port) = host_port(addr);
+                    Reply::Array(vec![
+                        Reply::Int(first as i64),
+                        Reply::Int(last as i64),
+                        Reply::Array(vec![
+                            Reply::Bulk(host.to_string().into()),
+                            Reply::Int(port),
+                            Reply::Bulk(owner.to_string().into()),
+                        ]),
+                    ])
+                })
+                .collect(),
+        ),
+        S::Shards => {
+            let ranges = view.map.ranges();
+            Reply::Array(
+                view.nodes
+                    .values()
+                    .map(|n| {
+                        let slots: Vec<Reply> = ranges
+                            .iter()
+                            .filter(|r| r.2 == n.id)
+                            .flat_map(|r| [Reply::Int(r.0 as i64), Reply::Int(r.1 as i64)])
+                            .collect();
+                        let (host, port) = host_port(&n.addr);
+                        Reply::map([
+                            ("slots", Reply::Array(slots)),
+                            (
+                                "nodes",
+                                Reply::Array(vec![Reply::map([
+                                    ("id", Reply::Bulk(n.id.clone().into())),
+                                    ("port", Reply::Int(port)),
+                                    ("ip", Reply::Bulk(host.to_string().into())),
+                                    ("endpoint", Reply::Bulk(host.to_string().into())),
+                                    ("role", Reply::Bulk("master".into())),
+                                    ("replication-offset", Reply::Int(0)),
+                                    ("health", Reply::Bulk("online".into())),
+                                ])]),
+                            ),
+                        ])
+                    })
+                    .collect(),
+            )
+        }
+        // A scan of the keys: these are maintenance commands.
+        S::CountKeysInSlot(slot) => {
+            let in_slot = |k: &[u8]| key_slot(k) == *slot;
+            Reply::Int(shared.store.scan(0, usize::MAX, &in_slot).1.len() as i64)
+        }
+        S::GetKeysInSlot(slot, count) => {
+            let in_slot = |k: &[u8]| key_slot(k) == *slot;
+            let (_, keys) = shared.store.scan(0, usize::MAX, &in_slot);
+            Reply::Array(keys.into_iter().take(*count).map(Reply::Bulk).collect())
+        }
+    }
+}
+
+fn info(cluster: &Cluster, view: &View) -> String {
+    let assigned: usize = view.map.counts().values().sum();
+    let ok = view.registered && assigned == tidepool_cluster::SLOTS;
+    format!(
+        "cluster_state:{}\r\ncluster_slots_assigned:{assigned}\r\ncluster_slots_ok:{assigned}\r\n\
+         cluster_slots_pfail:0\r\ncluster_slots_fail:0\r\ncluster_known_nodes:{}\r\n\
+         cluster_size:{}\r\ncluster_current_epoch:{}\r\ncluster_my_epoch:{}\r\n",
+        if ok { "ok" } else { "fail" },
+        view.nodes.len(),
+        view.map.counts().len(),
+        view.map.epoch,
+        view.map.epoch,
+    ) + &format!("cluster_myself:{}\r\n", cluster.me.id)
+}
+
+fn nodes(cluster: &Cluster, view: &View) -> String {
+    let ranges = view.map.ranges();
+    let mut out = String::new();
+    for n in view.nodes.values() {
+        let (host, port) = host_port(&n.addr);
+        let flags = if n.id == cluster.me.id {
+            "myself,master"
+        } else {
+            "master"
+        };
+        let slots: Vec<String> = ranges
+            .iter()
+            .filter(|r| r.2 == n.id)
+            .map(|r| {
+                if r.0 == r.1 {
+                    r.0.to_string()
+                } else {
+                    format!("{}-{}", r.0, r.1)
+                }
+            })
+            .collect();
+        out.push_str(&format!(
+            "{} {host}:{port}@{} {flags} - 0 0 {} connected {}\n",
+            n.id,
+            port + 10000,
+            view.map.epoch,
+            slots.join(" ")
+        ));
+    }
+    out
+}
