@@ -99,6 +99,19 @@ fn three_nodes_share_the_slots_redirect_and_take_over() {
         .query::<Value>(&mut con)
         .unwrap_err();
     assert_eq!(e.code(), Some("CROSSSLOT"), "{e}");
+    // Inside a transaction a redirected command aborts it, as in Redis.
+    let mut raw = a.raw();
+    let mut req = tidepool_tests::resp(&[b"MULTI"]);
+    req.extend(tidepool_tests::resp(&[b"MGET", b"a", b"b"]));
+    req.extend(tidepool_tests::resp(&[b"EXEC"]));
+    std::io::Write::write_all(&mut raw, &req).unwrap();
+    let (got, _) =
+        tidepool_tests::read_until(&mut raw, |b| b.windows(9).any(|w| w == b"EXECABORT"));
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        got.contains("-CROSSSLOT") && got.contains("-EXECABORT"),
+        "{got}"
+    );
     // redis-cli -c follows MOVED: every key set through node a reads back
     // through node c.
     for i in 0..40 {

@@ -589,7 +589,13 @@ fn run_one(
         _ => None,
     };
     let (reply, flow) = match parsed {
-        Ok(_) if redirect.is_some() => (redirect, Flow::Continue),
+        Ok(_) if redirect.is_some() => {
+            // As any command that cannot be queued, it fails a transaction.
+            if let Some(m) = session.multi.as_mut() {
+                m.fail();
+            }
+            (redirect, Flow::Continue)
+        }
         Ok(cmd) => {
             if session.in_subscribed_mode() && !cmd.allowed_in_subscribed_mode() {
                 let e = tidepool_protocol::CommandError::err(format!(
