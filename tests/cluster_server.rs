@@ -141,3 +141,37 @@ fn three_nodes_share_the_slots_redirect_and_take_over() {
     });
     assert!(t.elapsed() < Duration::from_secs(7), "{:?}", t.elapsed());
 }
+
+/// The redis crate's cluster client (which reads CLUSTER SLOTS and follows
+/// MOVED) stores and reads keys spread over three nodes.
+#[test]
+fn the_redis_crates_cluster_client_works() {
+    let etcd = Etcd::start();
+    let nodes = [node(&etcd), node(&etcd), node(&etcd)];
+    converge(&[&nodes[0], &nodes[1], &nodes[2]], "three nodes", |i| {
+        i.contains("cluster_state:ok") && i.contains("cluster_size:3")
+    });
+    let client =
+        redis::cluster::ClusterClient::new(vec![format!("redis://127.0.0.1:{}/", nodes[1].port)])
+            .unwrap();
+    let mut con = client.get_connection().unwrap();
+    for i in 0..200 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("ck{i}"))
+            .arg(format!("v{i}"))
+            .query(&mut con)
+            .unwrap();
+    }
+    for i in 0..200 {
+        let v: String = redis::cmd("GET")
+            .arg(format!("ck{i}"))
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(v, format!("v{i}"));
+    }
+    // The keys really are spread: every node holds some.
+    for n in &nodes {
+        let size: i64 = redis::cmd("DBSIZE").query(&mut n.redis()).unwrap();
+        assert!(size > 20, "node {} holds {size} of 200", n.port);
+    }
+}
