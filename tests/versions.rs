@@ -184,6 +184,26 @@ fn locate(con: &mut redis::Connection, keys: &[u32], via: &str) -> (i64, Vec<Opt
     (lease, blocks.iter().map(descriptor).collect())
 }
 
+/// Plain GETs over RESP2 (redis crate) of random keys among the first
+/// `keys` until `stop`, each checked; what it saw goes into `seen`.
+fn get_reader(
+    s: &Server,
+    keys: u32,
+    seed: u64,
+    stop: &AtomicBool,
+    seen: &Mutex<Vec<(String, Seen)>>,
+) {
+    let mut con = s.redis();
+    let mut mine = Seen::default();
+    let mut pick = Pick(seed);
+    while !stop.load(Relaxed) {
+        let k = pick.next(keys as u64) as u32;
+        let got: Option<Vec<u8>> = redis::cmd("GET").arg(name(k)).query(&mut con).unwrap();
+        mine.check("GET", k, got.as_deref());
+    }
+    seen.lock().unwrap().push(("GET".into(), mine));
+}
+
 fn kv_stat(s: &Server, tier: &str, field: &str) -> i64 {
     let st = client(s, PlaneChoice::Inline).stats().unwrap();
     st.tiers[tier][field]
@@ -281,18 +301,7 @@ fn readers_on_every_plane_see_whole_versions_or_misses() {
         // Plain GET over RESP2 (redis crate).
         {
             let (s, stop, seen) = (&s, &stop, &seen);
-            sc.spawn(move || {
-                let mut con = s.redis();
-                let mut mine = Seen::default();
-                let mut pick = Pick(0x5EED);
-                while !stop.load(Relaxed) {
-                    let k = pick.next(all_keys as u64) as u32;
-                    let got: Option<Vec<u8>> =
-                        redis::cmd("GET").arg(name(k)).query(&mut con).unwrap();
-                    mine.check("GET", k, got.as_deref());
-                }
-                seen.lock().unwrap().push(("GET".into(), mine));
-            });
+            sc.spawn(move || get_reader(s, all_keys, 0x5EED, stop, seen));
         }
         // Holders: locate under a lease, let the writers and the filler
         // overwrite, evict and refill for a while, then read what the lease
@@ -439,18 +448,7 @@ fn ssd_reclaim_racing_reads_and_staging_serves_no_stale_bytes() {
         // GET promotes from SSD.
         {
             let (s, stop, seen) = (&s, &stop, &seen);
-            sc.spawn(move || {
-                let mut con = s.redis();
-                let mut mine = Seen::default();
-                let mut pick = Pick(0xBEEF);
-                while !stop.load(Relaxed) {
-                    let k = pick.next(KEYS as u64) as u32;
-                    let got: Option<Vec<u8>> =
-                        redis::cmd("GET").arg(name(k)).query(&mut con).unwrap();
-                    mine.check("GET", k, got.as_deref());
-                }
-                seen.lock().unwrap().push(("GET".into(), mine));
-            });
+            sc.spawn(move || get_reader(s, KEYS, 0xBEEF, stop, seen));
         }
         // KV.MATCH stages what it finds near the reclaim end; KV.VERIFY
         // reads from the device and checks.
