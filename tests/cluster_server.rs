@@ -6,38 +6,10 @@
 use std::time::{Duration, Instant};
 
 use redis::Value;
-use tidepool_tests::{Etcd, Server};
+use tidepool_tests::{cluster_node, converge, Etcd, Server};
 
 fn node(etcd: &Etcd) -> Server {
-    let spec = format!("etcd://{}", etcd.endpoint);
-    Server::start(&[
-        "--cluster",
-        &spec,
-        "--cluster-lease-ttl",
-        "2",
-        "--dram",
-        "64MiB",
-    ])
-}
-
-fn cluster_info(s: &Server) -> String {
-    redis::cmd("CLUSTER")
-        .arg("INFO")
-        .query(&mut s.redis())
-        .unwrap()
-}
-
-/// Waits until `pred` holds for every node's CLUSTER INFO.
-fn converge(nodes: &[&Server], what: &str, pred: impl Fn(&str) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !nodes.iter().all(|s| pred(&cluster_info(s))) {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {}",
-            cluster_info(nodes[0])
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    cluster_node(etcd, &[])
 }
 
 #[test]

@@ -199,6 +199,16 @@ const GOLDEN: &[(&str, &str, &str)] = &[
         "{\"lease\": null, \"matched\": :0}",
     ),
     ("KV.MATCH two a", "-ERR", "-ERR"),
+    // What cluster nodes ask each other (alone, a node owns every key).
+    ("KV.PEER MATCH 3 a b nope", ":2", ":2"),
+    ("KV.PEER MATCH 1 a WITHNODES", "-ERR", "-ERR"),
+    (
+        "KV.PEER EXISTS a nope",
+        "[\"dram\", nil]",
+        "[\"dram\", null]",
+    ),
+    ("KV.PEER TRIM 12345 1", ":0", ":0"),
+    ("KV.PEER NOPE 1", "-ERR", "-ERR"),
     ("KV.MATCHTOKENS s 2 1 2 3 4", ":0", ":0"),
     ("KV.HASH s 2 1 2 3 4 5", "[$16, $16]", "[$16, $16]"),
     ("KV.HASH s 0 1", "-ERR", "-ERR"),

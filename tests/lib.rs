@@ -468,3 +468,76 @@ impl Drop for Etcd {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Starts a cluster node on `etcd` (2 s lease TTL, 64 MiB of DRAM) with
+/// extra flags.
+pub fn cluster_node(etcd: &Etcd, extra: &[&str]) -> Server {
+    let spec = format!("etcd://{}", etcd.endpoint);
+    let mut args = vec![
+        "--cluster",
+        &spec,
+        "--cluster-lease-ttl",
+        "2",
+        "--dram",
+        "64MiB",
+    ];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+/// A node's CLUSTER INFO.
+pub fn cluster_info(s: &Server) -> String {
+    redis::cmd("CLUSTER")
+        .arg("INFO")
+        .query(&mut s.redis())
+        .unwrap()
+}
+
+/// Waits (up to 20 s) until `pred` holds for every node's CLUSTER INFO.
+pub fn converge(nodes: &[&Server], what: &str, pred: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !nodes.iter().all(|s| pred(&cluster_info(s))) {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {}",
+            cluster_info(nodes[0])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until every node sees `n` nodes sharing all the slots.
+pub fn converge_on(nodes: &[&Server], n: usize) {
+    let size = format!("cluster_size:{n}\r");
+    converge(nodes, &format!("{n} nodes"), |i| {
+        i.contains("cluster_state:ok") && i.contains(&size)
+    });
+}
+
+/// Each slot's owner (`host:port`), from a node's CLUSTER SLOTS.
+pub fn slot_owners(s: &Server) -> Vec<String> {
+    let slots: Vec<redis::Value> = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query(&mut s.redis())
+        .unwrap();
+    let mut owners = vec![String::new(); 16384];
+    for r in slots {
+        let redis::Value::Array(r) = r else {
+            panic!("{r:?}")
+        };
+        let (redis::Value::Int(first), redis::Value::Int(last)) = (&r[0], &r[1]) else {
+            panic!("{r:?}")
+        };
+        let redis::Value::Array(n) = &r[2] else {
+            panic!("{r:?}")
+        };
+        let (redis::Value::BulkString(host), redis::Value::Int(port)) = (&n[0], &n[1]) else {
+            panic!("{n:?}")
+        };
+        let addr = format!("{}:{port}", String::from_utf8_lossy(host));
+        for slot in *first..=*last {
+            owners[slot as usize] = addr.clone();
+        }
+    }
+    owners
+}

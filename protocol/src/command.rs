@@ -122,6 +122,12 @@ pub struct MatchOpts {
     pub lease_ms: Option<u64>,
     /// `WITHTIERS`: report each matched block's tier.
     pub with_tiers: bool,
+    /// `WITHNODES`: report each matched block's node (`host:port`).
+    pub with_nodes: bool,
+    /// Answer from this node's store alone (`KV.PEER MATCH`, what the
+    /// nodes of a cluster ask each other): keys in slots it does not own
+    /// count as missing, and no other node is asked.
+    pub local: bool,
 }
 
 /// A data-plane transport named in `VIA` (see the transport crate).
@@ -349,6 +355,13 @@ pub enum Command {
         tokens: Vec<u32>,
     },
     KvExists(Vec<Bytes>),
+    /// `KV.PEER EXISTS key ...`: KV.EXISTS from this node's store alone.
+    KvPeerExists(Vec<Bytes>),
+    /// `KV.PEER TRIM lease keep`: keeps the first `keep` blocks of a lease.
+    KvPeerTrim {
+        lease: u64,
+        keep: u64,
+    },
     KvDel(Vec<Bytes>),
     KvVerify(Vec<Bytes>),
     KvPin(Vec<Bytes>),
@@ -508,11 +521,48 @@ fn parse_match_opts(opts: &[Bytes]) -> Result<MatchOpts, CommandError> {
         } else if eq(&opts[i], "WITHTIERS") {
             out.with_tiers = true;
             i += 1;
+        } else if eq(&opts[i], "WITHNODES") {
+            out.with_nodes = true;
+            i += 1;
         } else {
             return Err(CommandError::syntax());
         }
     }
     Ok(out)
+}
+
+/// `KV.PEER MATCH numkeys key ... [LEASE ms] [WITHTIERS]`, `KV.PEER EXISTS
+/// key ...`, `KV.PEER TRIM lease keep`: what cluster nodes ask each other.
+fn parse_peer(a: &[Bytes]) -> Result<Command, CommandError> {
+    let sub = &a[0];
+    let rest = &a[1..];
+    if eq(sub, "MATCH") && !rest.is_empty() {
+        let (n, _) = parse_numkeys(rest, 1)?;
+        let mut opts = parse_match_opts(&rest[1 + n..])?;
+        if opts.with_nodes {
+            return Err(CommandError::syntax());
+        }
+        opts.local = true;
+        Ok(Command::KvMatch {
+            keys: rest[1..1 + n].iter().collect(),
+            opts,
+        })
+    } else if eq(sub, "EXISTS") && !rest.is_empty() {
+        Ok(Command::KvPeerExists(rest.to_vec()))
+    } else if eq(sub, "TRIM") && rest.len() == 2 {
+        let int = |b: &Bytes| {
+            parse_u64(b).map_err(|_| CommandError::err("value is not an integer or out of range"))
+        };
+        Ok(Command::KvPeerTrim {
+            lease: int(&rest[0])?,
+            keep: int(&rest[1])?,
+        })
+    } else {
+        Err(CommandError::err(format!(
+            "unknown subcommand or wrong number of arguments for 'KV.PEER {}'",
+            String::from_utf8_lossy(sub)
+        )))
+    }
 }
 
 /// Parses `seed block_tokens t1 t2 ... [options]`: tokens run up to the first
@@ -943,6 +993,7 @@ impl Command {
                 }
             }
             "kv.exists" => Command::KvExists(all()),
+            "kv.peer" => parse_peer(a)?,
             "kv.del" => Command::KvDel(all()),
             "kv.verify" => Command::KvVerify(all()),
             "kv.pin" => Command::KvPin(all()),
@@ -1546,7 +1597,8 @@ mod tests {
                 keys: ["LEASE", "WITHTIERS"].into_iter().collect(),
                 opts: MatchOpts {
                     lease_ms: Some(5),
-                    with_tiers: true
+                    with_tiers: true,
+                    ..MatchOpts::default()
                 }
             }
         );
@@ -1558,10 +1610,43 @@ mod tests {
                 tokens: vec![1, 2, 3],
                 opts: MatchOpts {
                     lease_ms: None,
-                    with_tiers: true
+                    with_tiers: true,
+                    ..MatchOpts::default()
                 }
             }
         );
+        // WITHNODES; KV.PEER MATCH (this node's keys only) takes no
+        // WITHNODES; KV.PEER's other forms.
+        let Ok(Command::KvMatch { opts, .. }) = parse(&["KV.MATCH", "1", "a", "WITHNODES"]) else {
+            panic!()
+        };
+        assert!(opts.with_nodes && !opts.local);
+        let Ok(Command::KvMatch { keys, opts }) =
+            parse(&["KV.PEER", "MATCH", "2", "a", "b", "LEASE", "9"])
+        else {
+            panic!()
+        };
+        assert!(opts.local && opts.lease_ms == Some(9) && keys.len() == 2);
+        assert_eq!(
+            err(&["KV.PEER", "MATCH", "1", "a", "WITHNODES"]),
+            "ERR syntax error"
+        );
+        assert_eq!(
+            parse(&["KV.PEER", "TRIM", "7", "2"]).unwrap(),
+            Command::KvPeerTrim { lease: 7, keep: 2 }
+        );
+        assert_eq!(
+            parse(&["KV.PEER", "EXISTS", "a"]).unwrap(),
+            Command::KvPeerExists(vec!["a".into()])
+        );
+        for bad in [
+            &["KV.PEER", "MATCH", "x"][..],
+            &["KV.PEER", "TRIM", "1"],
+            &["KV.PEER", "TRIM", "1", "-2"],
+            &["KV.PEER", "NOPE", "1"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
         assert_eq!(
             err(&["KV.MATCH", "3", "a", "b"]),
             "ERR count is greater than the number of arguments"

@@ -3,10 +3,11 @@
 //! slots (`-CROSSSLOT`) or reach a slot nobody serves (`-CLUSTERDOWN`), and
 //! the CLUSTER commands in Redis's formats.
 //!
-//! A multi-key KV command (KV.MATCH, KV.MPUT, ...) is served when all its
-//! keys are in one slot of this node, as Redis serves multi-key commands;
-//! answering such commands for a whole chain spread over the cluster is
-//! the cluster-wide fan-out that builds on this.
+//! A multi-key KV write (KV.MPUT, KV.RESERVE, ...) is served when all its
+//! keys are in one slot of this node, as Redis serves multi-key commands.
+//! KV.MATCH, KV.MATCHTOKENS and KV.EXISTS are cluster-wide: served here
+//! when this node owns every key, else asked of the owners
+//! ([`crate::fanout`]).
 
 use bytes::Bytes;
 use tidepool_cluster::{key_slot, Membership, NodeInfo, Settings, View};
@@ -21,28 +22,26 @@ pub struct Cluster {
     pub me: NodeInfo,
     /// Its membership (registration, the watched map).
     pub membership: Membership,
+    /// Connections to the other nodes, for cluster-wide commands.
+    pub peers: std::sync::Arc<crate::fanout::Peers>,
+    /// Leases of cluster-wide matches held on several nodes.
+    pub leases: crate::fanout::SpreadLeases,
 }
 
 impl Cluster {
     /// Joins the cluster the config names (`None` when it names none).
-    pub async fn join(shared: &Shared, port: u16) -> anyhow::Result<Option<Cluster>> {
-        let (spec, name, announce, ttl, bind) = {
+    pub async fn join(shared: &Shared) -> anyhow::Result<Option<Cluster>> {
+        let (spec, name, ttl) = {
             let c = shared.config.read();
             let Some(spec) = c.cluster.clone() else {
                 return Ok(None);
             };
-            (
-                spec,
-                c.cluster_name.clone(),
-                c.announce.clone(),
-                c.cluster_lease_ttl,
-                c.bind.clone(),
-            )
+            (spec, c.cluster_name.clone(), c.cluster_lease_ttl)
         };
         let endpoints = crate::config::cluster_endpoints(&spec)?;
         let me = NodeInfo {
             id: shared.run_id.clone(),
-            addr: announce.unwrap_or_else(|| format!("{bind}:{port}")),
+            addr: shared.addr.get().cloned().unwrap_or_default(),
             weight: shared.store.capacity(),
         };
         let settings = Settings {
@@ -63,49 +62,24 @@ impl Cluster {
                 endpoints.join(",")
             )
         })?;
-        Ok(Some(Cluster { me, membership }))
+        Ok(Some(Cluster {
+            me,
+            membership,
+            peers: Default::default(),
+            leases: Default::default(),
+        }))
     }
 }
 
 /// The keys a parsed request names (as slices of its bytes where the table
 /// gives their positions; from the parsed command for the KV commands
 /// whose keys move).
-fn keys_of<'a>(
-    spec: &CommandSpec,
-    cmd: &'a Command,
-    args: &'a [&'a [u8]],
-    hashed: &'a mut Vec<Bytes>,
-) -> Vec<&'a [u8]> {
+fn keys_of<'a>(spec: &CommandSpec, cmd: &'a Command, args: &'a [&'a [u8]]) -> Vec<&'a [u8]> {
     match cmd {
-        Command::KvMatch { keys, .. } => keys.iter().collect(),
-        Command::KvMPut { blocks, parent, .. } => blocks
-            .iter()
-            .map(|(k, _)| &k[..])
-            .chain(parent.as_deref())
-            .collect(),
-        Command::KvReserve { blocks, opts } => blocks
-            .iter()
-            .map(|(k, _)| &k[..])
-            .chain(opts.parent.as_deref())
-            .collect(),
+        // A parent does not route a put: see [`parent_here`].
+        Command::KvMPut { blocks, .. } => blocks.iter().map(|(k, _)| &k[..]).collect(),
+        Command::KvReserve { blocks, .. } => blocks.iter().map(|(k, _)| &k[..]).collect(),
         Command::KvLocate { keys, .. } => keys.iter().map(|k| &k[..]).collect(),
-        Command::KvMatchTokens {
-            seed,
-            block_tokens,
-            tokens,
-            ..
-        } => {
-            *hashed = tidepool_protocol::hash::chain_keys(seed, *block_tokens as usize, tokens)
-                .into_iter()
-                .map(|k| Bytes::copy_from_slice(&k))
-                .collect();
-            hashed.iter().map(|k| &k[..]).collect()
-        }
-        Command::KvPut {
-            key,
-            parent: Some(p),
-            ..
-        } => vec![&key[..], &p[..]],
         _ => spec
             .key_positions(args.len())
             .filter_map(|i| args.get(i).copied())
@@ -113,18 +87,97 @@ fn keys_of<'a>(
     }
 }
 
-/// Whether a request runs here: `None` when it does (no keys, or all in
-/// one slot this node serves), else the redirection or refusal.
+/// Where a request goes in cluster mode.
+pub enum Route {
+    /// Served here: no keys, or all in one slot this node owns (or, for a
+    /// cluster-wide command, all in slots it owns).
+    Here,
+    /// Answered with this instead (`-MOVED`, `-CROSSSLOT`, `-CLUSTERDOWN`).
+    Refused(Reply),
+    /// A cluster-wide command over keys other nodes own: asked of them.
+    FanOut(crate::fanout::Remote),
+}
+
+/// Where a request goes (see [`Route`]).
 pub fn route(
     cluster: &Cluster,
     spec: &CommandSpec,
     cmd: &Command,
     args: &[&[u8]],
-) -> Option<Reply> {
-    let mut hashed = Vec::new();
-    let keys = keys_of(spec, cmd, args, &mut hashed);
+    in_multi: bool,
+) -> Route {
+    use crate::fanout::{all_here, Remote};
+    // The cluster-wide commands: served here when this node owns every
+    // key (any number of slots), else asked of the owners.
+    let wide = match cmd {
+        Command::KvMatch { opts, .. } | Command::KvMatchTokens { opts, .. } if opts.local => {
+            return Route::Here
+        }
+        Command::KvPeerExists(_) | Command::KvPeerTrim { .. } => return Route::Here,
+        Command::KvMatch { keys, opts } => {
+            (!all_here(cluster, keys.iter())).then(|| Remote::Match {
+                keys: (0..keys.len()).filter_map(|i| keys.bytes(i)).collect(),
+                opts: *opts,
+            })
+        }
+        Command::KvMatchTokens {
+            seed,
+            block_tokens,
+            tokens,
+            opts,
+        } => {
+            let keys = tidepool_protocol::hash::chain_keys(seed, *block_tokens as usize, tokens);
+            (!all_here(cluster, keys.iter())).then(|| Remote::Match {
+                keys: keys.iter().map(|k| Bytes::copy_from_slice(k)).collect(),
+                opts: *opts,
+            })
+        }
+        Command::KvExists(keys) => {
+            (!all_here(cluster, keys.iter())).then(|| Remote::Exists(keys.clone()))
+        }
+        _ => {
+            return match refusal(cluster, spec, cmd, args) {
+                Some(r) => Route::Refused(r),
+                None => Route::Here,
+            }
+        }
+    };
+    match wide {
+        None => Route::Here,
+        Some(_) if !cluster.membership.view().registered => Route::Refused(down(
+            "this node lost its registration in etcd and is joining again",
+        )),
+        Some(_) if in_multi => Route::Refused(crate::fanout::not_in_multi()),
+        Some(work) => Route::FanOut(work),
+    }
+}
+
+/// Whether a KV command over many keys is served when this node owns
+/// them all, in however many slots (a client splits a chain's batch by
+/// owner, not by slot); Redis's own commands keep Redis's one-slot rule.
+fn any_slots_here(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::KvMPut { .. }
+            | Command::KvReserve { .. }
+            | Command::KvLocate { .. }
+            | Command::KvMGet(_)
+            | Command::KvDel(_)
+            | Command::KvVerify(_)
+            | Command::KvPin(_)
+            | Command::KvUnpin(_)
+    )
+}
+
+/// The refusal of a request this node does not serve: `None` when it
+/// does (no keys, or all in one slot this node serves; or, for a KV
+/// command over many keys, all in slots it serves).
+fn refusal(cluster: &Cluster, spec: &CommandSpec, cmd: &Command, args: &[&[u8]]) -> Option<Reply> {
+    let keys = keys_of(spec, cmd, args);
     let first = key_slot(keys.first()?);
-    if keys.iter().any(|k| key_slot(k) != first) {
+    if keys.iter().any(|k| key_slot(k) != first)
+        && !(any_slots_here(cmd) && crate::fanout::all_here(cluster, keys.iter()))
+    {
         return Some(Reply::Error(CommandError::new(
             "CROSSSLOT",
             "Keys in request don't hash to the same slot",
@@ -146,6 +199,19 @@ pub fn route(
             None => Some(down("Hash slot not served")),
         },
         None => Some(down("Hash slot not served")),
+    }
+}
+
+/// A put's parent as this node keeps it: a parent in a slot another node
+/// owns is taken on trust, not asked for (a round trip per put, and the
+/// parent may be evicted there a moment later all the same); the block is
+/// stored as a root here, so its node's eviction treats it as the head of
+/// its own chain. Without cluster mode, or for a parent this node owns,
+/// the parent is kept (and must be stored: `-NOPARENT`).
+pub fn parent_here(shared: &Shared, parent: Option<Bytes>) -> Option<Bytes> {
+    match shared.cluster.get() {
+        None => parent,
+        Some(cluster) => parent.filter(|p| crate::fanout::all_here(cluster, std::iter::once(p))),
     }
 }
 

@@ -63,6 +63,19 @@ pub struct Session {
     pub monitor: bool,
     /// A request CLIENT PAUSE holds until the pause ends.
     pub paused: Option<Parsed>,
+    /// A cluster-wide request waiting for other nodes' answers
+    /// ([`Flow::Remote`]).
+    pub remote: Option<Pending>,
+}
+
+/// A request that asks other nodes, with what its statistics need once
+/// it is answered.
+pub struct Pending {
+    work: crate::fanout::Remote,
+    spec: Option<&'static tidepool_protocol::table::CommandSpec>,
+    sample: Option<Bytes>,
+    spans: Vec<(usize, usize)>,
+    started: quanta::Instant,
 }
 
 impl Session {
@@ -121,6 +134,7 @@ pub async fn serve(
         multi: None,
         monitor: false,
         paused: None,
+        remote: None,
     };
     let result = run_loop(
         &shared,
@@ -226,6 +240,12 @@ async fn run_loop(
                         Flow::Flush => {
                             flow = process(shared, session, &mut parser, &mut rbuf, &mut out, false);
                         }
+                        // A cluster-wide request: the other nodes answer,
+                        // then the rest of the batch.
+                        Flow::Remote => {
+                            finish_remote(shared, session, &mut out).await;
+                            flow = process(shared, session, &mut parser, &mut rbuf, &mut out, false);
+                        }
                         // CLIENT PAUSE holds the next request: wait it out
                         // (or until UNPAUSE, or a kill), run it, go on.
                         Flow::Paused => {
@@ -234,6 +254,7 @@ async fn run_loop(
                             }
                             flow = match resume(shared, session, &parser, &mut out) {
                                 Flow::Close => Flow::Close,
+                                Flow::Remote => Flow::Remote,
                                 _ => process(shared, session, &mut parser, &mut rbuf, &mut out, false),
                             };
                         }
@@ -519,8 +540,8 @@ fn process(
             }
         }
         let flow = run_one(shared, session, parser.last_spans(), out, p, &mut since);
-        if flow == Flow::Close {
-            break Flow::Close;
+        if matches!(flow, Flow::Close | Flow::Remote) {
+            break flow;
         }
     };
     session.exclusive_frame = false;
@@ -577,14 +598,28 @@ fn run_one(
     }
     let rejected = parsed.is_err();
     // Cluster mode: a request for slots served elsewhere, or for keys in
-    // several slots, goes no further.
+    // several slots, goes no further; a cluster-wide one over keys other
+    // nodes own asks them.
     let redirect = match (shared.cluster.get(), spec, &parsed) {
         (Some(cluster), Some(spec), Ok(cmd)) => {
             let args: Vec<&[u8]> = match &sample {
                 Some(buf) => spans.iter().map(|&(o, l)| &buf[o..o + l]).collect(),
                 None => Vec::new(),
             };
-            crate::cluster::route(cluster, spec, cmd, &args)
+            match crate::cluster::route(cluster, spec, cmd, &args, session.multi.is_some()) {
+                crate::cluster::Route::Here => None,
+                crate::cluster::Route::Refused(r) => Some(r),
+                crate::cluster::Route::FanOut(work) => {
+                    session.remote = Some(Pending {
+                        work,
+                        spec: Some(spec),
+                        sample,
+                        spans: spans.to_vec(),
+                        started: *since,
+                    });
+                    return Flow::Remote;
+                }
+            }
         }
         _ => None,
     };
@@ -631,14 +666,35 @@ fn run_one(
     let now = quanta::Instant::now();
     let micros = now.duration_since(*since).as_micros() as u64;
     *since = now;
-    let outcome = match &reply {
+    observe(
+        shared, session, spec, &sample, spans, micros, &reply, rejected,
+    );
+    if let Some(r) = reply {
+        r.encode(session.version, out);
+    }
+    flow
+}
+
+/// Counts a command in the command statistics and the slow log.
+#[allow(clippy::too_many_arguments)]
+fn observe(
+    shared: &Shared,
+    session: &Session,
+    spec: Option<&'static tidepool_protocol::table::CommandSpec>,
+    sample: &Option<Bytes>,
+    spans: &[(usize, usize)],
+    micros: u64,
+    reply: &Option<Reply>,
+    rejected: bool,
+) {
+    let outcome = match reply {
         Some(Reply::Error(e)) if rejected => Outcome::Rejected(e.code),
         Some(Reply::Error(e)) => Outcome::Failed(e.code),
         _ => Outcome::Ok,
     };
     shared.observed.record(spec, micros, outcome);
     if shared.observed.is_slow(micros) {
-        let args = || match &sample {
+        let args = || match sample {
             Some(buf) => crate::observe::slowlog_args(spans.iter().map(|&(o, l)| &buf[o..o + l])),
             None => vec![Bytes::from_static(spec.map_or("?", |s| s.name).as_bytes())],
         };
@@ -650,10 +706,26 @@ fn run_one(
             &String::from_utf8_lossy(&name),
         );
     }
+}
+
+/// Finishes the cluster-wide request [`run_one`] left in
+/// `session.remote`: its reply, its lease, its statistics.
+async fn finish_remote(shared: &Shared, session: &mut Session, out: &mut OutBuf) {
+    let Some(p) = session.remote.take() else {
+        return;
+    };
+    let (reply, lease) = crate::fanout::run(shared, p.work).await;
+    if let Some(id) = lease {
+        session.leases.add(shared, id);
+    }
+    let micros = quanta::Instant::now().duration_since(p.started).as_micros() as u64;
+    let reply = Some(reply);
+    observe(
+        shared, session, p.spec, &p.sample, &p.spans, micros, &reply, false,
+    );
     if let Some(r) = reply {
         r.encode(session.version, out);
     }
-    flow
 }
 
 /// Shows a command to every MONITOR client, as Redis formats it:

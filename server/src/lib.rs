@@ -10,6 +10,7 @@ pub mod cmd;
 pub mod config;
 pub mod conn;
 pub mod data;
+pub mod fanout;
 pub mod info;
 pub mod observe;
 pub mod pubsub;
@@ -45,8 +46,19 @@ pub async fn run(
         "tidepool-server ready to accept connections"
     );
     let planes = start_data_plane(&shared, listener.local_addr()?.port()).await?;
+    let addr = {
+        let c = shared.config.read();
+        c.announce.clone().unwrap_or_else(|| {
+            format!(
+                "{}:{}",
+                c.bind,
+                listener.local_addr().map_or(0, |a| a.port())
+            )
+        })
+    };
+    let _ = shared.addr.set(addr);
     // Cluster mode: registered in etcd before the first request is served.
-    if let Some(c) = cluster::Cluster::join(&shared, listener.local_addr()?.port()).await? {
+    if let Some(c) = cluster::Cluster::join(&shared).await? {
         info!(id = %c.me.id, addr = %c.me.addr, "joined the cluster");
         let _ = shared.cluster.set(c);
     }

@@ -56,6 +56,9 @@ pub struct Shared {
     pub pause_changed: tokio::sync::Notify,
     /// Cluster mode: this node's membership (unset: one node alone).
     pub cluster: std::sync::OnceLock<crate::cluster::Cluster>,
+    /// Where clients reach this node (`--announce`, else the bound
+    /// address): what WITHNODES names.
+    pub addr: std::sync::OnceLock<String>,
     /// MONITOR clients, by id.
     pub monitors: parking_lot::Mutex<HashMap<u64, crate::pubsub::Subscriber>>,
     /// How many there are (read by every command: no lock when none).
@@ -125,6 +128,7 @@ impl Shared {
             pause_writes_only: Default::default(),
             pause_changed: tokio::sync::Notify::new(),
             cluster: std::sync::OnceLock::new(),
+            addr: std::sync::OnceLock::new(),
             monitors: Default::default(),
             monitoring: Default::default(),
             data,

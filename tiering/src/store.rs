@@ -2707,6 +2707,34 @@ impl Store {
         in_force
     }
 
+    /// Keeps only the first `keep` blocks of a lease taken by
+    /// [`Store::match_prefix`] (its blocks in chain order), giving the rest
+    /// back; with `keep` 0 the lease ends. A cluster-wide match leases what
+    /// each node matched of its own keys before it knows how long the
+    /// whole chain's prefix is, then trims each node's lease to the part
+    /// inside it. False when the lease is gone.
+    pub fn trim_lease(&self, lease: u64, keep: usize) -> bool {
+        if keep == 0 {
+            return self.release(lease);
+        }
+        let cut = {
+            let mut shard = self.lease_shard(lease);
+            let Some(l) = shard.get_mut(&lease) else {
+                return false;
+            };
+            if l.keys.len() <= keep {
+                return true;
+            }
+            Lease {
+                deadline: l.deadline,
+                keys: l.keys.split_off(keep),
+                held: Vec::new(),
+            }
+        };
+        self.drop_lease(cut);
+        true
+    }
+
     /// Records that lease `lease` keeps `value`, the bytes of `key` a
     /// reader was handed (`KV.LOCATE`): if the block is removed or replaced
     /// before the lease ends, those bytes stay counted against the DRAM tier

@@ -86,23 +86,42 @@ pub fn mput(
     Reply::Array(replies)
 }
 
-fn match_reply(m: MatchResult, opts: MatchOpts) -> Reply {
-    if opts.lease_ms.is_none() && !opts.with_tiers {
-        return Reply::Int(m.matched as i64);
+fn match_reply(shared: &Shared, m: MatchResult, opts: MatchOpts) -> Reply {
+    let here = || shared.addr.get().map_or("", String::as_str);
+    match_reply_parts(
+        m.matched,
+        m.lease,
+        opts,
+        || m.tiers.iter().map(|t| Reply::text(t.as_str())).collect(),
+        || vec![Reply::bulk(here()); m.matched],
+    )
+}
+
+/// A KV.MATCH reply: the count alone, or a map with the lease, the tiers
+/// and the nodes the options ask for.
+pub fn match_reply_parts(
+    matched: usize,
+    lease: Option<u64>,
+    opts: MatchOpts,
+    tiers: impl FnOnce() -> Vec<Reply>,
+    nodes: impl FnOnce() -> Vec<Reply>,
+) -> Reply {
+    if opts.lease_ms.is_none() && !opts.with_tiers && !opts.with_nodes {
+        return Reply::Int(matched as i64);
     }
-    let mut fields = vec![("matched", Reply::Int(m.matched as i64))];
+    let mut fields = vec![("matched", Reply::Int(matched as i64))];
     if opts.lease_ms.is_some() {
         // Nil when nothing matched: there is nothing to hold or give back.
         fields.push((
             "lease",
-            m.lease.map_or(Reply::Null, |id| Reply::Int(id as i64)),
+            lease.map_or(Reply::Null, |id| Reply::Int(id as i64)),
         ));
     }
     if opts.with_tiers {
-        fields.push((
-            "tiers",
-            Reply::Array(m.tiers.iter().map(|t| Reply::text(t.as_str())).collect()),
-        ));
+        fields.push(("tiers", Reply::Array(tiers())));
+    }
+    if opts.with_nodes {
+        fields.push(("nodes", Reply::Array(nodes())));
     }
     Reply::map(fields)
 }
@@ -152,11 +171,19 @@ pub fn match_keys(
     if let Some(refused) = lease_refused(shared, opts.lease_ms) {
         return refused;
     }
-    let m = shared.store.match_prefix(keys, opts.lease_ms);
+    let m = if opts.local {
+        // KV.PEER MATCH: the keys up to the first in a slot owned elsewhere.
+        let owned = crate::fanout::owned_prefix(shared, keys.iter());
+        shared
+            .store
+            .match_prefix(keys.iter().take(owned.min(keys.len())), opts.lease_ms)
+    } else {
+        shared.store.match_prefix(keys, opts.lease_ms)
+    };
     if let Some(id) = m.lease {
         session.leases.add(shared, id);
     }
-    match_reply(m, opts)
+    match_reply(shared, m, opts)
 }
 
 /// `KV.MATCHTOKENS seed block_tokens t1 ... [LEASE ms] [WITHTIERS]`.
@@ -176,7 +203,7 @@ pub fn match_tokens(
     if let Some(id) = m.lease {
         session.leases.add(shared, id);
     }
-    match_reply(m, opts)
+    match_reply(shared, m, opts)
 }
 
 /// KV.HASH seed block_tokens t1 ...
@@ -188,14 +215,17 @@ pub fn hash(seed: &[u8], block_tokens: u32, tokens: &[u32]) -> Reply {
     )
 }
 
-/// KV.EXISTS key ...: tier name or nil per key.
-pub fn exists(shared: &Shared, keys: &[Bytes]) -> Reply {
+/// KV.EXISTS key ...: tier name or nil per key. With `local` (KV.PEER
+/// EXISTS), a key in a slot this node does not own counts as missing.
+pub fn exists(shared: &Shared, keys: &[Bytes], local: bool) -> Reply {
+    let owned = |k: &Bytes| !local || crate::fanout::owned_prefix(shared, std::iter::once(k)) > 0;
     Reply::Array(
         keys.iter()
             .map(|k| {
                 shared
                     .store
                     .tier_of(k)
+                    .filter(|_| owned(k))
                     .map_or(Reply::Null, |t| Reply::text(t.as_str()))
             })
             .collect(),

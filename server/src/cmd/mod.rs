@@ -27,6 +27,9 @@ pub enum Flow {
     /// A request waits for CLIENT PAUSE to end: flush the replies so far,
     /// wait, run it, then go on.
     Paused,
+    /// A request asks other nodes (a cluster-wide KV.MATCH): flush the
+    /// replies so far, finish it (`Session::remote`), then go on.
+    Remote,
 }
 
 /// Maps a store error to its reply, keeping the stable code.
@@ -77,6 +80,12 @@ fn delete(shared: &Shared, keys: &[bytes::Bytes]) -> Reply {
 
 /// Gives back a lease of either kind: true when it was still in force.
 pub fn release_lease(shared: &Shared, id: u64) -> bool {
+    // A cluster-wide match's lease over several nodes: all its parts.
+    if let Some(c) = shared.cluster.get() {
+        if let Some(in_force) = c.leases.release(shared, &c.peers, id) {
+            return in_force;
+        }
+    }
     // A KV.LOCATE lease is a hold of the blocks' memory and a store lease:
     // the hold answers (it is what keeps the bytes a client copies in
     // place). A KV.MATCH lease is a store lease only.
@@ -100,7 +109,10 @@ impl OwnedLeases {
     pub fn add(&mut self, shared: &Shared, id: u64) {
         self.ids.insert(id);
         if self.ids.len() >= self.prune_at.max(1024) {
-            self.ids.retain(|id| shared.store.lease_exists(*id));
+            self.ids.retain(|id| {
+                shared.store.lease_exists(*id)
+                    || shared.cluster.get().is_some_and(|c| c.leases.contains(*id))
+            });
             self.prune_at = 2 * self.ids.len();
         }
     }
@@ -190,7 +202,7 @@ pub fn execute(
             key,
             value,
             kv::PutArgs {
-                parent,
+                parent: crate::cluster::parent_here(shared, parent),
                 ttl_ms,
                 tier,
                 pin,
@@ -201,7 +213,12 @@ pub fn execute(
             blocks,
             chain,
             parent,
-        } => kv::mput(shared, blocks, chain, parent),
+        } => kv::mput(
+            shared,
+            blocks,
+            chain,
+            crate::cluster::parent_here(shared, parent),
+        ),
         C::KvGet(k) => keyspace::get(shared, &k),
         C::KvMGet(keys) => keyspace::mget(shared, &keys),
         C::KvMatch { keys, opts } => kv::match_keys(shared, session, &keys, opts),
@@ -216,7 +233,11 @@ pub fn execute(
             block_tokens,
             tokens,
         } => kv::hash(&seed, block_tokens, &tokens),
-        C::KvExists(keys) => kv::exists(shared, &keys),
+        C::KvExists(keys) => kv::exists(shared, &keys, false),
+        C::KvPeerExists(keys) => kv::exists(shared, &keys, true),
+        C::KvPeerTrim { lease, keep } => {
+            Reply::Int(shared.store.trim_lease(lease, keep as usize) as i64)
+        }
         C::KvDel(keys) => delete(shared, &keys),
         C::KvVerify(keys) => Reply::Array(
             keys.iter()
@@ -239,13 +260,16 @@ pub fn execute(
             session.leases.forget(id);
             Reply::Int(release_lease(shared, id) as i64)
         }
-        C::KvReserve { blocks, opts } => shared.data.reserve(
-            &shared.store,
-            session.client.id,
-            shared.config.read().proto_max_bulk_len.as_u64(),
-            blocks,
-            opts,
-        ),
+        C::KvReserve { blocks, mut opts } => {
+            opts.parent = crate::cluster::parent_here(shared, opts.parent.take());
+            shared.data.reserve(
+                &shared.store,
+                session.client.id,
+                shared.config.read().proto_max_bulk_len.as_u64(),
+                blocks,
+                opts,
+            )
+        }
         C::KvCommit { tokens, checksums } => shared.data.commit(
             &shared.store,
             session.client.id,

@@ -2092,3 +2092,28 @@ fn a_block_with_children_keeps_its_parent_so_no_cycle_can_form() {
     assert_eq!(s.delete([&b"a"[..], &b"x"[..], &b"b"[..]]), 3);
     assert!(s.is_empty());
 }
+
+#[test]
+fn a_trimmed_lease_keeps_its_first_blocks_and_gives_back_the_rest() {
+    let f = fixture(8 * charge_of(1, 1));
+    for k in ["a", "b", "c"] {
+        put(&f.store, k, "1", None).unwrap();
+    }
+    let leases = |k: &str| f.store.meta(k.as_bytes()).unwrap().leases;
+    let id = f
+        .store
+        .match_prefix(&[b("a"), b("b"), b("c")], Some(60_000))
+        .lease
+        .unwrap();
+    assert!(f.store.trim_lease(id, 5), "keeping more than it holds");
+    assert_eq!((leases("a"), leases("b"), leases("c")), (1, 1, 1));
+    assert!(f.store.trim_lease(id, 1));
+    assert_eq!((leases("a"), leases("b"), leases("c")), (1, 0, 0));
+    f.store.check_invariants().unwrap();
+    assert!(f.store.trim_lease(id, 0), "keeping none ends it");
+    assert_eq!(leases("a"), 0);
+    assert_eq!(f.store.live_leases(), 0);
+    assert!(!f.store.trim_lease(id, 1));
+    assert!(!f.store.release(id));
+    f.store.check_invariants().unwrap();
+}
