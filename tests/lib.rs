@@ -415,26 +415,48 @@ pub fn dataplane(con: &mut redis::Connection) -> (u16, String, u64) {
 
 /// A real etcd, killed (and its data removed) when dropped.
 pub struct Etcd {
-    child: Child,
+    child: Option<Child>,
     dir: std::path::PathBuf,
+    /// Its client and peer ports.
+    ports: (u16, u16),
     /// Its client endpoint, `127.0.0.1:PORT`.
     pub endpoint: String,
 }
 
 impl Etcd {
-    /// Starts etcd on free loopback ports with its data in a temp dir.
+    /// Starts etcd on free loopback ports with its data in a temp dir
+    /// (another port pair when a port was taken meanwhile).
     pub fn start() -> Etcd {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("tidepool-etcd-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let c = format!("http://127.0.0.1:{client}");
-        let p = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
+        for _attempt in 0..5 {
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir =
+                std::env::temp_dir().join(format!("tidepool-etcd-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let ports = (free_port(), free_port());
+            let mut etcd = Etcd {
+                child: None,
+                dir,
+                ports,
+                endpoint: format!("127.0.0.1:{}", ports.0),
+            };
+            if etcd.launch() {
+                return etcd;
+            }
+        }
+        panic!("etcd did not start");
+    }
+
+    /// Runs etcd on this instance's ports and data; false when it exited
+    /// (a port taken).
+    fn launch(&mut self) -> bool {
+        let c = format!("http://127.0.0.1:{}", self.ports.0);
+        let p = format!("http://127.0.0.1:{}", self.ports.1);
+        let log = std::fs::File::create(self.dir.join("etcd.log")).unwrap();
+        let mut child = Command::new("etcd")
             .args(["--name", "t", "--data-dir"])
-            .arg(dir.join("data"))
+            .arg(self.dir.join("data"))
             .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
             .args([
                 "--listen-peer-urls",
@@ -444,27 +466,43 @@ impl Etcd {
             ])
             .args(["--initial-cluster", &format!("t={p}")])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("etcd is installed by scripts/test.sh (Debian's etcd-server)");
-        let etcd = Etcd {
-            child,
-            dir,
-            endpoint: format!("127.0.0.1:{client}"),
-        };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&etcd.endpoint).is_err() {
+        while std::net::TcpStream::connect(&self.endpoint).is_err() {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
             assert!(Instant::now() < deadline, "etcd did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        etcd
+        self.child = Some(child);
+        true
+    }
+
+    /// Stops etcd (SIGKILL), keeping its data.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports with the same data.
+    pub fn restart(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.launch() {
+            // Its ports may linger a moment after the kill.
+            assert!(Instant::now() < deadline, "etcd did not start again");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -78,6 +78,26 @@ impl Client {
         connected(crate::Client::connect_with(addr, opts))
     }
 
+    /// Connects to a cluster through any of `seeds` (see
+    /// [`crate::Client::connect_cluster`]).
+    pub fn connect_cluster(seeds: &[&str], connections: usize) -> Result<Client, ClientError> {
+        connected(crate::Client::connect_cluster(seeds, connections))
+    }
+
+    /// [`Client::connect_cluster`] with explicit settings.
+    pub fn connect_cluster_with(
+        seeds: &[&str],
+        opts: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        connected(crate::Client::connect_cluster_with(seeds, opts))
+    }
+
+    /// In cluster mode, each node's address and data plane (see
+    /// [`crate::Client::cluster_nodes`]).
+    pub fn cluster_nodes(&self) -> Vec<(String, Option<&'static str>)> {
+        self.inner.cluster_nodes()
+    }
+
     /// Drives `fut` on this client's runtime, unless called from inside an
     /// async runtime.
     fn run<T>(

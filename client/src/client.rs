@@ -110,6 +110,11 @@ pub struct Client {
     /// reservation timeout less a margin (see [`write_window`]). `None`:
     /// the server did not say.
     write_window: Option<std::time::Duration>,
+    /// Cluster mode ([`Client::connect_cluster`]): the nodes and who owns
+    /// what. Calls over keys go to their owners; raw commands
+    /// ([`Client::command`]) and [`Client::stats`] go to the node first
+    /// connected to.
+    cluster: Option<Arc<crate::cluster::Routes>>,
 }
 
 /// The time a one-sided put may start writing a reservation, given the
@@ -260,6 +265,7 @@ impl Client {
             plane: None,
             opts,
             write_window: None,
+            cluster: None,
         };
         if opts.plane != PlaneChoice::Inline {
             let planes = match client.one(vec![b("KV.DATAPLANE")]).await.and_then(pairs) {
@@ -273,7 +279,59 @@ impl Client {
         Ok(client)
     }
 
+    /// Connects to a tidepool cluster through any of `seeds` (`host:port`
+    /// of some of its nodes): reads who owns which slots (`CLUSTER
+    /// SHARDS`) and connects `connections` sockets to each node, each
+    /// node with its own data plane (shared memory for a node on this
+    /// host, else TCP). A seed that is not in cluster mode counts as a
+    /// cluster of one. See the crate's README for how calls are split.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tidepool_client::ClientError> {
+    /// use tidepool_client::{chain_keys, Client};
+    /// let client = Client::connect_cluster(&["10.0.0.1:6379", "10.0.0.2:6379"], 4).await?;
+    /// let keys = chain_keys(b"model-a", 16, &(0..256).collect::<Vec<u32>>());
+    /// // One question for the whole chain, wherever its blocks live.
+    /// let hit = client.match_prefix(&keys, None).await?;
+    /// # let _ = hit; Ok(()) }
+    /// ```
+    pub async fn connect_cluster(
+        seeds: &[&str],
+        connections: usize,
+    ) -> Result<Client, ClientError> {
+        Self::connect_cluster_with(
+            seeds,
+            ClientOptions {
+                connections,
+                ..ClientOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// [`Client::connect_cluster`] with explicit settings (each node's
+    /// pool takes them).
+    pub async fn connect_cluster_with(
+        seeds: &[&str],
+        opts: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        let (routes, mut first) = crate::cluster::Routes::connect(seeds, opts).await?;
+        first.cluster = Some(Arc::new(routes));
+        Ok(first)
+    }
+
+    /// In cluster mode, each node's address and data plane; else empty.
+    pub fn cluster_nodes(&self) -> Vec<(String, Option<&'static str>)> {
+        self.cluster.as_ref().map_or_else(Vec::new, |r| r.nodes())
+    }
+
+    /// The address this client connected to (in cluster mode, the seed).
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
+
     /// The data plane in use (`"shm"`, `"tcp"`), or `None` for inline RESP.
+    /// In cluster mode, the first node's (see [`Client::cluster_nodes`]).
     pub fn data_plane(&self) -> Option<&'static str> {
         self.plane.as_ref().map(|p| p.kind().as_str())
     }
@@ -371,6 +429,24 @@ impl Client {
         value: Bytes,
         opts: &PutOptions,
     ) -> Result<(), ClientError> {
+        if let Some(routes) = &self.cluster {
+            let (k, v) = (&key, &value);
+            return routes
+                .on_owner(&key, |pool| async move {
+                    pool.put_here(k.clone(), v.clone(), opts).await
+                })
+                .await;
+        }
+        self.put_here(key, value, opts).await
+    }
+
+    /// The single-node form (a node's own pool in cluster mode).
+    pub(crate) async fn put_here(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        opts: &PutOptions,
+    ) -> Result<(), ClientError> {
         let mut cmd = vec![b("KV.PUT"), key, value];
         if let Some(p) = &opts.parent {
             cmd.extend([b("PARENT"), p.clone()]);
@@ -412,6 +488,22 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn put_many(
+        &self,
+        blocks: &[(Bytes, Bytes)],
+        chain: bool,
+        parent: Option<Bytes>,
+    ) -> Result<Vec<Result<(), ClientError>>, ClientError> {
+        if blocks.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(routes) = &self.cluster {
+            return routes.put_many(blocks, chain, parent).await;
+        }
+        self.put_many_here(blocks, chain, parent).await
+    }
+
+    /// The single-node form (a node's own pool in cluster mode).
+    pub(crate) async fn put_many_here(
         &self,
         blocks: &[(Bytes, Bytes)],
         chain: bool,
@@ -762,6 +854,17 @@ impl Client {
 
     /// Reads one block.
     pub async fn get(&self, key: Bytes) -> Result<Option<Bytes>, ClientError> {
+        if let Some(routes) = &self.cluster {
+            let k = &key;
+            return routes
+                .on_owner(&key, |pool| async move { pool.get_here(k.clone()).await })
+                .await;
+        }
+        self.get_here(key).await
+    }
+
+    /// The single-node form (a node's own pool in cluster mode).
+    pub(crate) async fn get_here(&self, key: Bytes) -> Result<Option<Bytes>, ClientError> {
         bulk_or_nil(self.one(vec![b("KV.GET"), key]).await?)
     }
 
@@ -770,6 +873,22 @@ impl Client {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
+        if let Some(routes) = &self.cluster {
+            return routes
+                .per_key(
+                    keys,
+                    |pool, part| async move { pool.get_many_here(&part).await },
+                )
+                .await;
+        }
+        self.get_many_here(keys).await
+    }
+
+    /// The single-node form (a node's own pool in cluster mode).
+    pub(crate) async fn get_many_here(
+        &self,
+        keys: &[Bytes],
+    ) -> Result<Vec<Option<Bytes>>, ClientError> {
         let mut cmd = vec![b("KV.MGET")];
         cmd.extend(keys.iter().cloned());
         array(self.one(cmd).await?)?
@@ -815,6 +934,18 @@ impl Client {
                 bufs.len()
             )));
         }
+        if let (Some(routes), false) = (&self.cluster, keys.is_empty()) {
+            return routes.get_many_into(keys, bufs).await;
+        }
+        self.get_many_into_here(keys, bufs).await
+    }
+
+    /// The single-node form (a node's own pool in cluster mode).
+    pub(crate) async fn get_many_into_here(
+        &self,
+        keys: &[Bytes],
+        bufs: &mut [&mut [u8]],
+    ) -> Result<Vec<Option<usize>>, ClientError> {
         let smallest = bufs.iter().map(|b| b.len()).min().unwrap_or(0);
         if let Some(plane) = self.plane_for(smallest) {
             return self.get_many_into_via(plane, keys, bufs).await;
@@ -1059,6 +1190,18 @@ impl Client {
         if keys.is_empty() {
             return Ok(Match::default());
         }
+        if let Some(routes) = &self.cluster {
+            return routes.match_prefix(keys, lease_ms).await;
+        }
+        self.match_prefix_here(keys, lease_ms).await
+    }
+
+    /// The single-node form (a node's own pool in cluster mode).
+    pub(crate) async fn match_prefix_here(
+        &self,
+        keys: &[Bytes],
+        lease_ms: Option<u64>,
+    ) -> Result<Match, ClientError> {
         let mut cmd = vec![b("KV.MATCH"), num(keys.len())];
         cmd.extend(keys.iter().cloned());
         if let Some(ms) = lease_ms {
@@ -1085,6 +1228,11 @@ impl Client {
         tokens: &[u32],
         lease_ms: Option<u64>,
     ) -> Result<Match, ClientError> {
+        if let Some(routes) = &self.cluster {
+            // Routed by the chain's first key: hashed here, as the server would.
+            let keys = crate::chain_keys(seed, block_tokens as usize, tokens);
+            return routes.match_prefix(&keys, lease_ms).await;
+        }
         let mut cmd = vec![
             b("KV.MATCHTOKENS"),
             Bytes::copy_from_slice(seed),
@@ -1099,6 +1247,15 @@ impl Client {
 
     /// Gives a lease back. False when it was already gone.
     pub async fn release(&self, lease: u64) -> Result<bool, ClientError> {
+        // In cluster mode, to the node that gave it.
+        if let Some(giver) = self.cluster.as_ref().and_then(|r| r.giver(lease)) {
+            return giver.release_here(lease).await;
+        }
+        self.release_here(lease).await
+    }
+
+    /// The single-node form (a node's own pool in cluster mode).
+    pub(crate) async fn release_here(&self, lease: u64) -> Result<bool, ClientError> {
         Ok(int(self.one(vec![b("KV.RELEASE"), num(lease)]).await?)? == 1)
     }
 
@@ -1107,6 +1264,22 @@ impl Client {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
+        if let Some(routes) = &self.cluster {
+            return routes
+                .per_key(
+                    keys,
+                    |pool, part| async move { pool.exists_here(&part).await },
+                )
+                .await;
+        }
+        self.exists_here(keys).await
+    }
+
+    /// The single-node form (a node's own pool in cluster mode).
+    pub(crate) async fn exists_here(
+        &self,
+        keys: &[Bytes],
+    ) -> Result<Vec<Option<String>>, ClientError> {
         let mut cmd = vec![b("KV.EXISTS")];
         cmd.extend(keys.iter().cloned());
         array(self.one(cmd).await?)?
@@ -1121,6 +1294,19 @@ impl Client {
         if keys.is_empty() {
             return Ok(0);
         }
+        if let Some(routes) = &self.cluster {
+            return routes
+                .summed(
+                    keys,
+                    |pool, part| async move { pool.delete_here(&part).await },
+                )
+                .await;
+        }
+        self.delete_here(keys).await
+    }
+
+    /// The single-node form (a node's own pool in cluster mode).
+    pub(crate) async fn delete_here(&self, keys: &[Bytes]) -> Result<usize, ClientError> {
         let mut cmd = vec![b("KV.DEL")];
         cmd.extend(keys.iter().cloned());
         Ok(int(self.one(cmd).await?)? as usize)

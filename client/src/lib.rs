@@ -50,6 +50,7 @@
 
 pub mod blocking;
 mod client;
+mod cluster;
 mod conn;
 mod data;
 mod error;
