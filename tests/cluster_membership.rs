@@ -99,3 +99,42 @@ fn nodes_share_the_slots_and_take_over_from_one_that_leaves_or_dies() {
         converge(&[&a, &b], "b back", |v| v.map.counts().len() == 2).await;
     });
 }
+
+/// A node whose lease etcd expired (revoked here, as etcd does to a node
+/// cut off past its TTL) says so (its view is not registered: the server
+/// answers -CLUSTERDOWN meanwhile) and registers again under a new lease.
+#[test]
+fn a_node_whose_lease_expired_registers_again() {
+    let etcd = Etcd::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let a = Membership::join(settings(&etcd, 1, 1 << 30)).await.unwrap();
+        converge(&[&a], "one node", |v| v.map.counts().len() == 1).await;
+        let mut views = a.subscribe();
+        let mut etcd_client = etcd_client::Client::connect([&etcd.endpoint], None)
+            .await
+            .unwrap();
+        let key = format!("/tidepool/test/nodes/{:040x}", 1);
+        let lease_of = |got: etcd_client::GetResponse| got.kvs().first().map(|kv| kv.lease());
+        let first = lease_of(etcd_client.get(key.as_str(), None).await.unwrap()).unwrap();
+        etcd_client.lease_revoke(first).await.unwrap();
+        // The view says it lost its registration ...
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while views.borrow_and_update().registered {
+            assert!(Instant::now() < deadline, "the lost lease went unnoticed");
+            let _ = tokio::time::timeout(Duration::from_millis(200), views.changed()).await;
+        }
+        // ... then holds a new one.
+        converge(&[&a], "registered again", |v| v.registered).await;
+        let again = lease_of(etcd_client.get(key.as_str(), None).await.unwrap());
+        assert!(again.is_some_and(|l| l != first), "{again:?} after {first}");
+        converge(&[&a], "serving again", |v| {
+            v.registered && v.map.counts().len() == 1
+        })
+        .await;
+    });
+}

@@ -191,9 +191,31 @@ impl Server {
         })
     }
 
+    /// Starts the server on `port` (one a server that was killed used:
+    /// a restart) and waits until it answers PING.
+    pub fn start_on(port: u16, extra: &[&str]) -> Server {
+        Server::start_at(
+            extra,
+            || port,
+            |port, extra| {
+                let mut c = Command::new(server_bin());
+                c.args(["--port", &port.to_string()]).args(extra);
+                c
+            },
+        )
+    }
+
     fn start_with(extra: &[&str], command: impl Fn(u16, &[&str]) -> Command) -> Server {
+        Server::start_at(extra, free_port, command)
+    }
+
+    fn start_at(
+        extra: &[&str],
+        pick: impl Fn() -> u16,
+        command: impl Fn(u16, &[&str]) -> Command,
+    ) -> Server {
         for _attempt in 0..5 {
-            let port = free_port();
+            let port = pick();
             let mut child = command(port, extra)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
@@ -507,18 +529,24 @@ impl Drop for Etcd {
     }
 }
 
-/// Starts a cluster node on `etcd` (2 s lease TTL, 64 MiB of DRAM) with
-/// extra flags.
-pub fn cluster_node(etcd: &Etcd, extra: &[&str]) -> Server {
-    let spec = format!("etcd://{}", etcd.endpoint);
-    let mut args = vec![
+/// The flags of a cluster node on `etcd`: 2 s lease TTL, 64 MiB of DRAM.
+pub fn cluster_args(etcd: &Etcd) -> Vec<String> {
+    [
         "--cluster",
-        &spec,
+        &format!("etcd://{}", etcd.endpoint),
         "--cluster-lease-ttl",
         "2",
         "--dram",
         "64MiB",
-    ];
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Starts a cluster node on `etcd` ([`cluster_args`]) with extra flags.
+pub fn cluster_node(etcd: &Etcd, extra: &[&str]) -> Server {
+    let args = cluster_args(etcd);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
     args.extend_from_slice(extra);
     Server::start(&args)
 }

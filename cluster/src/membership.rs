@@ -11,9 +11,11 @@
 //! The leader recomputes the map from the registered nodes
 //! ([`SlotMap::reassign`]: as few slots moved as the new shares allow) and
 //! writes it in a transaction that holds only while it is still the leader
-//! and nobody wrote the map since it read it. A node that loses its lease
-//! (etcd unreachable past the TTL) says so in its view
-//! ([`View::registered`] false) and registers again with a new lease.
+//! and nobody wrote the map since it read it. A node whose lease etcd
+//! expired (cut off from a running etcd past the TTL) says so in its view
+//! ([`View::registered`] false) and registers again with a new lease; a
+//! node that cannot reach etcd at all keeps its registration and its last
+//! map until etcd answers again.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
@@ -124,7 +126,10 @@ impl Membership {
                 keys.clone(),
                 s.clone(),
                 lease.clone(),
-                registered.clone(),
+                Registration {
+                    flag: registered.clone(),
+                    publish: publish.clone(),
+                },
                 stopped.clone(),
             )),
             tokio::spawn(lead(
@@ -196,18 +201,42 @@ async fn stopped_within(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
     }
 }
 
-/// Renews the lease every third of its TTL; when it is gone (etcd said so,
-/// or could not be reached), registers again under a new one.
+/// Whether this node holds a live registration, told to the view's
+/// watchers at once when it changes.
+struct Registration {
+    flag: Arc<AtomicBool>,
+    publish: watch::Sender<Arc<View>>,
+}
+
+impl Registration {
+    fn set(&self, on: bool) {
+        self.flag.store(on, Relaxed);
+        self.publish.send_modify(|v| {
+            let mut next = View::clone(v);
+            next.registered = on;
+            *v = Arc::new(next);
+        });
+    }
+}
+
+/// Renews the lease every third of its TTL. When etcd says the lease is
+/// gone (it expired: this node was cut off from etcd for longer than the
+/// TTL while etcd ran), the node stops serving and registers again under a
+/// new lease. When etcd cannot be reached at all, the node keeps its
+/// registration and its last map and keeps trying: a stopped etcd keeps
+/// its leases and restarts them with a full TTL, so nothing has changed
+/// when it comes back.
 async fn keep_alive(
     mut client: Client,
     keys: Arc<Keys>,
     s: Settings,
     lease: Arc<AtomicI64>,
-    registered: Arc<AtomicBool>,
+    registered: Registration,
     mut stop: watch::Receiver<bool>,
 ) {
     let period = Duration::from_millis((s.lease_ttl.max(1) as u64 * 1000) / 3);
     loop {
+        let mut expired = false;
         if let Ok((mut keeper, mut responses)) = client.lease_keep_alive(lease.load(Relaxed)).await
         {
             loop {
@@ -216,14 +245,24 @@ async fn keep_alive(
                 }
                 match responses.message().await {
                     Ok(Some(r)) if r.ttl() > 0 => {}
-                    _ => break, // TTL 0: the lease has expired
+                    Ok(Some(_)) => {
+                        expired = true; // TTL 0: etcd expired the lease
+                        break;
+                    }
+                    _ => break, // the stream ended: etcd is out of reach
                 }
                 if stopped_within(&mut stop, period).await {
                     return;
                 }
             }
         }
-        registered.store(false, Relaxed);
+        if !expired {
+            if stopped_within(&mut stop, Duration::from_millis(200)).await {
+                return;
+            }
+            continue;
+        }
+        registered.set(false);
         // Register again, as soon as etcd takes it.
         loop {
             if stopped_within(&mut stop, Duration::from_millis(200)).await {
@@ -233,7 +272,7 @@ async fn keep_alive(
             if let Ok(g) = granted {
                 if register(&mut client, &keys, &s.me, g.id()).await.is_ok() {
                     lease.store(g.id(), Relaxed);
-                    registered.store(true, Relaxed);
+                    registered.set(true);
                     break;
                 }
             }
