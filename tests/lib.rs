@@ -607,3 +607,8 @@ pub fn slot_owners(s: &Server) -> Vec<String> {
     }
     owners
 }
+
+/// A server's DBSIZE.
+pub fn dbsize(s: &Server) -> i64 {
+    redis::cmd("DBSIZE").query(&mut s.redis()).unwrap()
+}

@@ -11,8 +11,11 @@
 //! trip and gives one lease id; the client remembers which node gave it,
 //! so [`Client::release`] goes there. A part answered with `-MOVED` (the
 //! map changed; `-CROSSSLOT` for a part whose keys its map gave one
-//! owner), `-CLUSTERDOWN` or `-TRYAGAIN` makes the client read the map
-//! again and split and send that part again, a few times at most.
+//! owner), `-CLUSTERDOWN` or a failed connection (its node may be gone)
+//! makes the client read the map again and split and send that part
+//! again, for up to 5 s; one answered
+//! `-TRYAGAIN` (its slot in the last moment of a hand-over) is sent again
+//! after a short pause, for up to 10 s.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -27,8 +30,23 @@ use crate::{Client, ClientError, ClientOptions, Match};
 /// Slots of Redis Cluster.
 const SLOTS: usize = 16384;
 
-/// How many times a part is sent again after the map changed under it.
-const RETRIES: usize = 3;
+/// How long a part is sent again, the map read again before each try,
+/// while answers say the map changed under it (or its node is gone).
+const REDIRECTS_FOR: Duration = Duration::from_secs(5);
+
+/// The pause before trying again when the map read again had not changed
+/// yet (the nodes see a new map a moment apart).
+const REDIRECT_PAUSE: Duration = Duration::from_millis(50);
+
+/// How long a part answered `-TRYAGAIN` (its slot being handed over to
+/// another node) is sent again, and the pause between tries.
+const TRYAGAIN_FOR: Duration = Duration::from_secs(10);
+const TRYAGAIN_PAUSE: Duration = Duration::from_millis(20);
+
+/// Whether an answer asks to wait and send the same again.
+fn try_again(e: &ClientError, since: Instant) -> bool {
+    e.code() == Some("TRYAGAIN") && since.elapsed() < TRYAGAIN_FOR
+}
 
 /// Leases remembered past this many are pruned of those past their time.
 const LEASES_PRUNE: usize = 65536;
@@ -240,7 +258,7 @@ impl Routes {
         F: Fn(Arc<Client>) -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
-        let mut tries = 0;
+        let since = Instant::now();
         loop {
             let map = self.topology();
             let result = match self.pool_of(&map, key) {
@@ -248,9 +266,9 @@ impl Routes {
                 Err(e) => Err(e),
             };
             match result {
-                Err(e) if tries < RETRIES && self.moved(&e) => {
-                    tries += 1;
-                    self.refresh(&map).await?;
+                Err(e) if try_again(&e, since) => tokio::time::sleep(TRYAGAIN_PAUSE).await,
+                Err(e) if since.elapsed() < REDIRECTS_FOR && self.moved(&e) => {
+                    self.catch_up(&map).await;
                 }
                 other => return other,
             }
@@ -258,13 +276,30 @@ impl Routes {
     }
 
     /// Whether an answer says the map this client holds is out of date:
-    /// MOVED; CLUSTERDOWN or TRYAGAIN while the cluster changes; CROSSSLOT
-    /// for a part whose keys this client's map gave one owner.
+    /// MOVED; CLUSTERDOWN while the cluster changes; CROSSSLOT for a part
+    /// whose keys this client's map gave one owner; a connection that
+    /// failed (its node may have left).
     fn moved(&self, e: &ClientError) -> bool {
-        matches!(
-            e.code(),
-            Some("MOVED" | "CLUSTERDOWN" | "TRYAGAIN" | "CROSSSLOT")
-        )
+        matches!(e, ClientError::Io(_))
+            || matches!(e.code(), Some("MOVED" | "CLUSTERDOWN" | "CROSSSLOT"))
+    }
+
+    /// Reads the map again after an answer said it changed; pauses when
+    /// it had not changed yet (or no node answered), so that the next try
+    /// does not come back at once with the same answer.
+    async fn catch_up(&self, seen: &Arc<Topology>) {
+        let before: Vec<&str> = seen.nodes.iter().map(|(a, _)| a.as_str()).collect();
+        let refreshed = self.refresh(seen).await;
+        let now = self.topology();
+        let same = now.slots == seen.slots
+            && now
+                .nodes
+                .iter()
+                .map(|(a, _)| a.as_str())
+                .eq(before.iter().copied());
+        if refreshed.is_err() || same {
+            tokio::time::sleep(REDIRECT_PAUSE).await;
+        }
     }
 
     /// Splits positions `at` (ascending) of `keys` by owner, in order
@@ -314,7 +349,7 @@ impl Routes {
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
         let mut pending: Vec<usize> = (0..keys.len()).collect();
-        let mut attempt = 0;
+        let since = Instant::now();
         while !pending.is_empty() {
             let map = self.topology();
             let groups = self.split(&map, keys, &pending, runs)?;
@@ -324,10 +359,15 @@ impl Routes {
             let answers = join_all(sent).await;
             let mut again = Vec::new();
             let mut last = None;
+            let mut wait = false;
             for ((_, at), answer) in groups.iter().zip(answers) {
                 match answer {
                     Ok(a) => take(at, a),
-                    Err(e) if attempt < RETRIES && self.moved(&e) => {
+                    Err(e) if try_again(&e, since) => {
+                        again.extend_from_slice(at);
+                        wait = true;
+                    }
+                    Err(e) if since.elapsed() < REDIRECTS_FOR && self.moved(&e) => {
                         again.extend_from_slice(at);
                         last = Some(e);
                     }
@@ -335,8 +375,9 @@ impl Routes {
                 }
             }
             if last.is_some() {
-                attempt += 1;
-                self.refresh(&map).await?;
+                self.catch_up(&map).await;
+            } else if wait {
+                tokio::time::sleep(TRYAGAIN_PAUSE).await;
             }
             again.sort_unstable();
             pending = again;

@@ -37,6 +37,9 @@ pub struct NodeInfo {
     pub addr: String,
     /// Its share of the slots (its DRAM capacity in bytes).
     pub weight: u64,
+    /// It is leaving on purpose: the next map gives it no slot, and its
+    /// blocks go to their new owners before that map takes effect.
+    pub leaving: bool,
 }
 
 /// What a node knows of the cluster.
@@ -49,6 +52,9 @@ pub struct View {
     /// Whether this node holds a live registration (false while it has
     /// lost its lease and not registered again).
     pub registered: bool,
+    /// The next map, while the nodes that give slots away hand their
+    /// blocks over to the new owners (see [`Membership::handed_over`]).
+    pub pending: Option<SlotMap>,
 }
 
 /// Settings of [`Membership::join`].
@@ -68,8 +74,11 @@ pub struct Settings {
 pub type Error = etcd_client::Error;
 
 struct Keys {
+    prefix: String,
     nodes: String,
     map: String,
+    pending: String,
+    done: String,
     leader: String,
 }
 
@@ -79,16 +88,32 @@ impl Keys {
         Keys {
             nodes: format!("{prefix}nodes/"),
             map: format!("{prefix}map"),
+            pending: format!("{prefix}pending"),
+            done: format!("{prefix}done/"),
             leader: format!("{prefix}leader"),
+            prefix,
         }
     }
+
+    /// Where donors mark a hand-over to the map of `epoch` done.
+    fn done_at(&self, epoch: u64) -> String {
+        format!("{}{epoch}/", self.done)
+    }
 }
+
+/// How long the leader waits for the nodes that give slots away to hand
+/// their blocks over before it makes the next map take effect anyway (the
+/// blocks not handed over are then lost: it is a cache).
+pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// This node's membership: registration, election and the watched view.
 /// Dropping it stops its tasks; [`Membership::leave`] also takes the
 /// registration away at once.
 pub struct Membership {
     client: Client,
+    keys: Arc<Keys>,
+    me: NodeInfo,
+    leaving: Arc<AtomicBool>,
     lease: Arc<AtomicI64>,
     view: watch::Receiver<Arc<View>>,
     stop: watch::Sender<bool>,
@@ -111,7 +136,8 @@ impl Membership {
         let mut client = Client::connect(&s.endpoints, None).await?;
         let keys = Arc::new(Keys::new(&s.cluster));
         let lease = client.lease_grant(s.lease_ttl, None).await?.id();
-        register(&mut client, &keys, &s.me, lease).await?;
+        let leaving = Arc::new(AtomicBool::new(false));
+        register(&mut client, &keys, &s.me, false, lease).await?;
         let lease = Arc::new(AtomicI64::new(lease));
         let registered = Arc::new(AtomicBool::new(true));
         let (stop, stopped) = watch::channel(false);
@@ -119,12 +145,14 @@ impl Membership {
             map: SlotMap::empty(),
             nodes: BTreeMap::new(),
             registered: true,
+            pending: None,
         }));
         let tasks = vec![
             tokio::spawn(keep_alive(
                 client.clone(),
                 keys.clone(),
                 s.clone(),
+                leaving.clone(),
                 lease.clone(),
                 Registration {
                     flag: registered.clone(),
@@ -139,10 +167,19 @@ impl Membership {
                 lease.clone(),
                 stopped.clone(),
             )),
-            tokio::spawn(follow(client.clone(), keys, registered, publish, stopped)),
+            tokio::spawn(follow(
+                client.clone(),
+                keys.clone(),
+                registered,
+                publish,
+                stopped,
+            )),
         ];
         Ok(Membership {
             client,
+            keys: keys.clone(),
+            me: s.me.clone(),
+            leaving,
             lease,
             view,
             stop,
@@ -158,6 +195,47 @@ impl Membership {
     /// A receiver that sees each new view.
     pub fn subscribe(&self) -> watch::Receiver<Arc<View>> {
         self.view.clone()
+    }
+
+    /// Marks this node as leaving: the leader makes a map without it, and
+    /// it hands its blocks over (as every node that gives slots away does)
+    /// before that map takes effect. Then call [`Membership::leave`].
+    pub async fn set_leaving(&self) -> Result<(), Error> {
+        self.leaving.store(true, Relaxed);
+        register(
+            &mut self.client.clone(),
+            &self.keys,
+            &self.me,
+            true,
+            self.lease.load(Relaxed),
+        )
+        .await
+    }
+
+    /// Tells the leader this node has handed over the blocks of the slots
+    /// it gives away in the pending map of `epoch`.
+    pub async fn handed_over(&self, epoch: u64) -> Result<(), Error> {
+        self.client
+            .clone()
+            .put(
+                format!("{}{}", self.keys.done_at(epoch), self.me.id),
+                "",
+                Some(PutOptions::new().with_lease(self.lease.load(Relaxed))),
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Gives the registration up at once (the leader then gives this
+    /// node's slots, if it still has any, to the others); the membership's
+    /// tasks stop registering again.
+    pub async fn revoke(&self) -> Result<(), Error> {
+        let _ = self.stop.send(true);
+        self.client
+            .clone()
+            .lease_revoke(self.lease.load(Relaxed))
+            .await
+            .map(|_| ())
     }
 
     /// Leaves the cluster: the registration goes at once (the leader then
@@ -178,12 +256,14 @@ async fn register(
     client: &mut Client,
     keys: &Keys,
     me: &NodeInfo,
+    leaving: bool,
     lease: i64,
 ) -> Result<(), Error> {
+    let flag = if leaving { " leaving" } else { "" };
     client
         .put(
             format!("{}{}", keys.nodes, me.id),
-            format!("{} {}", me.addr, me.weight),
+            format!("{} {}{flag}", me.addr, me.weight),
             Some(PutOptions::new().with_lease(lease)),
         )
         .await
@@ -230,6 +310,7 @@ async fn keep_alive(
     mut client: Client,
     keys: Arc<Keys>,
     s: Settings,
+    leaving: Arc<AtomicBool>,
     lease: Arc<AtomicI64>,
     registered: Registration,
     mut stop: watch::Receiver<bool>,
@@ -270,7 +351,11 @@ async fn keep_alive(
             }
             let granted = client.lease_grant(s.lease_ttl, None).await;
             if let Ok(g) = granted {
-                if register(&mut client, &keys, &s.me, g.id()).await.is_ok() {
+                let flag = leaving.load(Relaxed);
+                if register(&mut client, &keys, &s.me, flag, g.id())
+                    .await
+                    .is_ok()
+                {
                     lease.store(g.id(), Relaxed);
                     registered.set(true);
                     break;
@@ -280,45 +365,65 @@ async fn keep_alive(
     }
 }
 
-/// Reads the map and its revision (an empty map at revision 0 when there
-/// is none).
-async fn read_map(client: &mut Client, keys: &Keys) -> Result<(SlotMap, i64), Error> {
-    let got = client.get(keys.map.as_str(), None).await?;
-    Ok(match got.kvs().first() {
-        Some(kv) => (decode_map(kv.value()), kv.mod_revision()),
-        None => (SlotMap::empty(), 0),
+/// The cluster's keys in etcd, read at one revision.
+struct State {
+    /// The map (empty when there is none) and its mod revision (0: none).
+    map: SlotMap,
+    map_rev: i64,
+    /// The pending map, if any.
+    pending: Option<SlotMap>,
+    /// The registered nodes.
+    nodes: BTreeMap<String, NodeInfo>,
+    /// The revision read at.
+    revision: i64,
+}
+
+/// Reads every key of the cluster in one request, so that the map, the
+/// pending map and the nodes are of one moment (a map committed between
+/// two reads would otherwise show the old map without its pending one).
+async fn read_state(client: &mut Client, keys: &Keys) -> Result<State, Error> {
+    let got = client
+        .get(keys.prefix.as_str(), Some(GetOptions::new().with_prefix()))
+        .await?;
+    let mut state = State {
+        map: SlotMap::empty(),
+        map_rev: 0,
+        pending: None,
+        nodes: BTreeMap::new(),
+        revision: got.header().map_or(0, |h| h.revision()),
+    };
+    for kv in got.kvs() {
+        let Ok(key) = kv.key_str() else { continue };
+        if key == keys.map {
+            state.map = decode_map(kv.value());
+            state.map_rev = kv.mod_revision();
+        } else if key == keys.pending {
+            state.pending = Some(decode_map(kv.value())).filter(|m| m.epoch > 0);
+        } else if let Some(id) = key.strip_prefix(keys.nodes.as_str()) {
+            if let Some(node) = parse_node(id, kv.value_str().unwrap_or("")) {
+                state.nodes.insert(id.to_string(), node);
+            }
+        }
+    }
+    Ok(state)
+}
+
+/// A node's registration (`<host:port> <weight>[ leaving]`).
+fn parse_node(id: &str, value: &str) -> Option<NodeInfo> {
+    let mut fields = value.split(' ');
+    let addr = fields.next()?.to_string();
+    let weight = fields.next()?.trim().parse().ok()?;
+    let leaving = fields.next() == Some("leaving");
+    Some(NodeInfo {
+        id: id.to_string(),
+        addr,
+        weight,
+        leaving,
     })
 }
 
-/// The registered nodes.
-async fn read_nodes(client: &mut Client, keys: &Keys) -> Result<BTreeMap<String, NodeInfo>, Error> {
-    let got = client
-        .get(keys.nodes.as_str(), Some(GetOptions::new().with_prefix()))
-        .await?;
-    Ok(got
-        .kvs()
-        .iter()
-        .filter_map(|kv| {
-            let id = kv
-                .key_str()
-                .ok()?
-                .strip_prefix(keys.nodes.as_str())?
-                .to_string();
-            let (addr, weight) = kv.value_str().ok()?.split_once(' ')?;
-            Some((
-                id.clone(),
-                NodeInfo {
-                    id,
-                    addr: addr.to_string(),
-                    weight: weight.trim().parse().ok()?,
-                },
-            ))
-        })
-        .collect())
-}
-
-/// Campaigns under the current lease; as leader, rewrites the map whenever
-/// the registered nodes call for another assignment.
+/// Campaigns under the current lease; as leader, moves the map on whenever
+/// the registered nodes call for another assignment ([`lead_pass`]).
 async fn lead(
     mut client: Client,
     keys: Arc<Keys>,
@@ -342,30 +447,9 @@ async fn lead(
             continue;
         };
         // Leading while the lease we won with is ours.
+        let mut waiting = None;
         while lease.load(Relaxed) == mine {
-            if let (Ok(nodes), Ok((map, rev))) = (
-                read_nodes(&mut client, &keys).await,
-                read_map(&mut client, &keys).await,
-            ) {
-                let members: Vec<Member> = nodes
-                    .values()
-                    .map(|n| Member {
-                        id: n.id.clone(),
-                        weight: n.weight,
-                    })
-                    .collect();
-                let next = map.reassign(&members);
-                if !next.same_owners(&map) {
-                    // Only while still the leader, and over the map read.
-                    let txn = Txn::new()
-                        .when([
-                            Compare::version(leader_key.clone(), CompareOp::Greater, 0),
-                            Compare::mod_revision(keys.map.as_str(), CompareOp::Equal, rev),
-                        ])
-                        .and_then([TxnOp::put(keys.map.as_str(), encode_map(&next), None)]);
-                    let _ = client.txn(txn).await;
-                }
-            }
+            let _ = lead_pass(&mut client, &keys, &leader_key, &mut waiting).await;
             if stopped_within(&mut stop, Duration::from_millis(300)).await {
                 return;
             }
@@ -373,8 +457,116 @@ async fn lead(
     }
 }
 
-/// Publishes the map (as etcd's watch reports it changed, and at least
-/// once a second) with the registered nodes.
+/// One pass of the leader. When the registered nodes (less those leaving)
+/// call for another assignment, the new map is written as the pending map
+/// first if any live node gives slots away; once every such node has
+/// handed its blocks over ([`Membership::handed_over`]), or after
+/// [`HANDOVER_TIMEOUT`], it becomes the map. Slots of nodes gone (their
+/// lease expired) have nothing to hand over: a map that only moves those
+/// takes effect at once. Every write holds only while this node still
+/// leads and nobody wrote the map since it was read. `waiting` keeps the
+/// pending map's epoch and when this leader first saw it.
+async fn lead_pass(
+    client: &mut Client,
+    keys: &Keys,
+    leader_key: &[u8],
+    waiting: &mut Option<(u64, std::time::Instant)>,
+) -> Result<(), Error> {
+    let State {
+        map,
+        map_rev: rev,
+        pending,
+        nodes,
+        ..
+    } = read_state(client, keys).await?;
+    let members: Vec<Member> = nodes
+        .values()
+        .filter(|n| !n.leaving)
+        .map(|n| Member {
+            id: n.id.clone(),
+            weight: n.weight,
+        })
+        .collect();
+    let desired = map.reassign(&members);
+    let guard = || {
+        [
+            Compare::version(leader_key.to_vec(), CompareOp::Greater, 0),
+            Compare::mod_revision(keys.map.as_str(), CompareOp::Equal, rev),
+        ]
+    };
+    let commit = |next: &SlotMap| {
+        Txn::new().when(guard()).and_then([
+            TxnOp::put(keys.map.as_str(), encode_map(next), None),
+            TxnOp::delete(keys.pending.as_str(), None),
+            TxnOp::delete(
+                keys.done.as_str(),
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            ),
+        ])
+    };
+    if desired.same_owners(&map) {
+        if pending.is_some() {
+            client.txn(commit(&map)).await?;
+        }
+        *waiting = None;
+        return Ok(());
+    }
+    // Live nodes that give slots away.
+    let mut donors = std::collections::BTreeSet::new();
+    for slot in 0..crate::SLOTS as u16 {
+        if let Some(owner) = map.owner(slot) {
+            if desired.owner(slot) != Some(owner) && nodes.contains_key(owner) {
+                donors.insert(owner.to_string());
+            }
+        }
+    }
+    let current = pending.as_ref().filter(|p| p.same_owners(&desired));
+    let Some(p) = current else {
+        if donors.is_empty() {
+            client.txn(commit(&desired)).await?;
+            *waiting = None;
+            return Ok(());
+        }
+        let mut next = desired;
+        next.epoch = map.epoch.max(pending.map_or(0, |p| p.epoch)) + 1;
+        let txn = Txn::new().when(guard()).and_then([TxnOp::put(
+            keys.pending.as_str(),
+            encode_map(&next),
+            None,
+        )]);
+        client.txn(txn).await?;
+        *waiting = Some((next.epoch, std::time::Instant::now()));
+        return Ok(());
+    };
+    let since = match waiting {
+        Some((epoch, t)) if *epoch == p.epoch => *t,
+        _ => {
+            // Led from here on: this leader's wait starts now.
+            *waiting = Some((p.epoch, std::time::Instant::now()));
+            return Ok(());
+        }
+    };
+    let done = client
+        .get(
+            keys.done_at(p.epoch),
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await?;
+    let done: std::collections::BTreeSet<String> = done
+        .kvs()
+        .iter()
+        .filter_map(|kv| Some(kv.key_str().ok()?.rsplit('/').next()?.to_string()))
+        .collect();
+    if donors.is_subset(&done) || since.elapsed() >= HANDOVER_TIMEOUT {
+        client.txn(commit(p)).await?;
+        *waiting = None;
+    }
+    Ok(())
+}
+
+/// Publishes the map, the pending map and the registered nodes (as etcd's
+/// watch reports a change under the cluster's keys, and at least once a
+/// second).
 async fn follow(
     mut client: Client,
     keys: Arc<Keys>,
@@ -383,30 +575,46 @@ async fn follow(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let mut rev = 0;
-        if let (Ok((map, r)), Ok(nodes)) = (
-            read_map(&mut client, &keys).await,
-            read_nodes(&mut client, &keys).await,
-        ) {
-            rev = r;
+        let state = read_state(&mut client, &keys).await;
+        let rev = state.as_ref().ok().map(|s| s.revision);
+        if let Ok(State {
+            map,
+            pending,
+            nodes,
+            ..
+        }) = state
+        {
             let newer = map.epoch >= publish.borrow().map.epoch;
+            let map = if newer {
+                map
+            } else {
+                publish.borrow().map.clone()
+            };
             let view = View {
-                map: if newer {
-                    map
-                } else {
-                    publish.borrow().map.clone()
-                },
+                pending: pending.filter(|p| p.epoch > map.epoch),
+                map,
                 nodes,
                 registered: registered.load(Relaxed),
             };
             publish.send_replace(Arc::new(view));
         }
-        let options = WatchOptions::new().with_start_revision(rev + 1);
-        let watched = client.watch(keys.map.as_str(), Some(options)).await;
+        let watched = match rev {
+            Some(rev) => {
+                let options = WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(rev + 1);
+                client.watch(keys.prefix.as_str(), Some(options)).await.ok()
+            }
+            None => None,
+        };
         tokio::select! {
             _ = async {
-                if let Ok(mut stream) = watched {
-                    let _ = stream.message().await;
+                match watched {
+                    Some(mut stream) => {
+                        let _ = stream.message().await;
+                    }
+                    // etcd out of reach: try again in a while.
+                    None => tokio::time::sleep(Duration::from_millis(500)).await,
                 }
             } => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -362,6 +362,23 @@ pub enum Command {
         lease: u64,
         keep: u64,
     },
+    /// `KV.PEER IMPORT epoch key value [PARENT pkey] [TTL ms] [PIN]`: a
+    /// block handed over by the node giving its slot away in the pending
+    /// map of `epoch`.
+    KvPeerImport {
+        epoch: u64,
+        key: Bytes,
+        value: Bytes,
+        parent: Option<Bytes>,
+        ttl_ms: Option<u64>,
+        pin: bool,
+    },
+    /// `KV.PEER FORGET epoch key ...`: blocks deleted at the node handing
+    /// their slot over after it sent them.
+    KvPeerForget {
+        epoch: u64,
+        keys: Vec<Bytes>,
+    },
     KvDel(Vec<Bytes>),
     KvVerify(Vec<Bytes>),
     KvPin(Vec<Bytes>),
@@ -532,10 +549,15 @@ fn parse_match_opts(opts: &[Bytes]) -> Result<MatchOpts, CommandError> {
 }
 
 /// `KV.PEER MATCH numkeys key ... [LEASE ms] [WITHTIERS]`, `KV.PEER EXISTS
-/// key ...`, `KV.PEER TRIM lease keep`: what cluster nodes ask each other.
+/// key ...`, `KV.PEER TRIM lease keep`, `KV.PEER IMPORT epoch key value [PARENT
+/// pkey] [TTL ms] [PIN]` and `KV.PEER FORGET epoch key ...` (after
+/// `IMPORT`, the pending map's epoch): what cluster nodes ask each other.
 fn parse_peer(a: &[Bytes]) -> Result<Command, CommandError> {
     let sub = &a[0];
     let rest = &a[1..];
+    let int = |b: &Bytes| {
+        parse_u64(b).map_err(|_| CommandError::err("value is not an integer or out of range"))
+    };
     if eq(sub, "MATCH") && !rest.is_empty() {
         let (n, _) = parse_numkeys(rest, 1)?;
         let mut opts = parse_match_opts(&rest[1 + n..])?;
@@ -549,10 +571,39 @@ fn parse_peer(a: &[Bytes]) -> Result<Command, CommandError> {
         })
     } else if eq(sub, "EXISTS") && !rest.is_empty() {
         Ok(Command::KvPeerExists(rest.to_vec()))
+    } else if eq(sub, "IMPORT") && rest.len() >= 3 {
+        let epoch = int(&rest[0])?;
+        let rest = &rest[1..];
+        let (mut parent, mut ttl_ms, mut pin) = (None, None, false);
+        let mut i = 2;
+        while i < rest.len() {
+            if eq(&rest[i], "PARENT") && i + 1 < rest.len() {
+                parent = Some(rest[i + 1].clone());
+                i += 2;
+            } else if eq(&rest[i], "TTL") && i + 1 < rest.len() {
+                ttl_ms = Some(parse_ms(&rest[i + 1], "TTL")?);
+                i += 2;
+            } else if eq(&rest[i], "PIN") {
+                pin = true;
+                i += 1;
+            } else {
+                return Err(CommandError::syntax());
+            }
+        }
+        Ok(Command::KvPeerImport {
+            epoch,
+            key: rest[0].clone(),
+            value: rest[1].clone(),
+            parent,
+            ttl_ms,
+            pin,
+        })
+    } else if eq(sub, "FORGET") && rest.len() >= 2 {
+        Ok(Command::KvPeerForget {
+            epoch: int(&rest[0])?,
+            keys: rest[1..].to_vec(),
+        })
     } else if eq(sub, "TRIM") && rest.len() == 2 {
-        let int = |b: &Bytes| {
-            parse_u64(b).map_err(|_| CommandError::err("value is not an integer or out of range"))
-        };
         Ok(Command::KvPeerTrim {
             lease: int(&rest[0])?,
             keep: int(&rest[1])?,
@@ -1639,11 +1690,34 @@ mod tests {
             parse(&["KV.PEER", "EXISTS", "a"]).unwrap(),
             Command::KvPeerExists(vec!["a".into()])
         );
+        assert_eq!(
+            parse(&["KV.PEER", "IMPORT", "3", "k", "v", "TTL", "5", "PARENT", "p", "PIN"]).unwrap(),
+            Command::KvPeerImport {
+                epoch: 3,
+                key: "k".into(),
+                value: "v".into(),
+                parent: Some("p".into()),
+                ttl_ms: Some(5),
+                pin: true
+            }
+        );
+        assert_eq!(
+            parse(&["KV.PEER", "FORGET", "3", "a", "b"]).unwrap(),
+            Command::KvPeerForget {
+                epoch: 3,
+                keys: vec!["a".into(), "b".into()]
+            }
+        );
         for bad in [
             &["KV.PEER", "MATCH", "x"][..],
             &["KV.PEER", "TRIM", "1"],
             &["KV.PEER", "TRIM", "1", "-2"],
             &["KV.PEER", "NOPE", "1"],
+            &["KV.PEER", "IMPORT", "1", "k"],
+            &["KV.PEER", "IMPORT", "x", "k", "v"],
+            &["KV.PEER", "IMPORT", "1", "k", "v", "TTL"],
+            &["KV.PEER", "IMPORT", "1", "k", "v", "BOGUS"],
+            &["KV.PEER", "FORGET", "x", "k"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }

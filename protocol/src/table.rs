@@ -139,7 +139,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     spec!("kv.matchtokens", -3, ["readonly"], 0, 0, 0, "kvcache", "0.1.0", "Hashes a token sequence into a chain and counts its stored prefix: KV.MATCHTOKENS seed block_tokens t1 t2 ... [LEASE ms] [WITHTIERS] [WITHNODES]."),
     spec!("kv.hash", -3, ["readonly", "fast"], 0, 0, 0, "kvcache", "0.1.0", "Returns the chain keys of a token sequence: KV.HASH seed block_tokens t1 t2 ..."),
     spec!("kv.exists", -2, ["readonly", "fast"], 1, -1, 1, "kvcache", "0.1.0", "Returns each key's tier, or nil."),
-    spec!("kv.peer", -3, ["readonly", "movablekeys"], 0, 0, 0, "kvcache", "0.1.0", "What cluster nodes ask each other, answered from this node's store alone: KV.PEER MATCH numkeys key [key ...] [LEASE ms] [WITHTIERS] | EXISTS key [key ...] | TRIM lease keep."),
+    spec!("kv.peer", -3, ["write", "movablekeys"], 0, 0, 0, "kvcache", "0.1.0", "What cluster nodes ask each other, answered from this node's store alone: KV.PEER MATCH numkeys key [key ...] [LEASE ms] [WITHTIERS] | EXISTS key [key ...] | TRIM lease keep | IMPORT epoch key value [PARENT pkey] [TTL ms] [PIN] | FORGET epoch key [key ...]."),
     spec!("kv.del", -2, ["write"], 1, -1, 1, "kvcache", "0.1.0", "Deletes blocks (and the blocks chained under them)."),
     spec!("kv.verify", -2, ["write"], 1, -1, 1, "kvcache", "0.1.0", "Checks blocks against their checksums: ok, corrupt (dropped, with the blocks chained under it), unchecked (stored without one), or nil."),
     spec!("kv.pin", -2, ["write", "fast"], 1, -1, 1, "kvcache", "0.1.0", "Pins blocks against eviction."),

@@ -26,6 +26,8 @@ pub struct Cluster {
     pub peers: std::sync::Arc<crate::fanout::Peers>,
     /// Leases of cluster-wide matches held on several nodes.
     pub leases: crate::fanout::SpreadLeases,
+    /// Slots being handed over to other nodes.
+    pub handover: crate::handover::Handover,
 }
 
 impl Cluster {
@@ -43,6 +45,7 @@ impl Cluster {
             id: shared.run_id.clone(),
             addr: shared.addr.get().cloned().unwrap_or_default(),
             weight: shared.store.capacity(),
+            leaving: false,
         };
         let settings = Settings {
             endpoints: endpoints.clone(),
@@ -67,6 +70,7 @@ impl Cluster {
             membership,
             peers: Default::default(),
             leases: Default::default(),
+            handover: Default::default(),
         }))
     }
 }
@@ -113,7 +117,11 @@ pub fn route(
         Command::KvMatch { opts, .. } | Command::KvMatchTokens { opts, .. } if opts.local => {
             return Route::Here
         }
-        Command::KvPeerExists(_) | Command::KvPeerTrim { .. } => return Route::Here,
+        // What nodes ask each other: each answers for itself.
+        Command::KvPeerExists(_)
+        | Command::KvPeerTrim { .. }
+        | Command::KvPeerImport { .. }
+        | Command::KvPeerForget { .. } => return Route::Here,
         Command::KvMatch { keys, opts } => {
             (!all_here(cluster, keys.iter())).then(|| Remote::Match {
                 keys: (0..keys.len()).filter_map(|i| keys.bytes(i)).collect(),
@@ -190,7 +198,7 @@ fn refusal(cluster: &Cluster, spec: &CommandSpec, cmd: &Command, args: &[&[u8]])
         ));
     }
     match view.map.owner(first) {
-        Some(owner) if owner == cluster.me.id => None,
+        Some(owner) if owner == cluster.me.id => frozen(cluster, spec, &keys),
         Some(owner) => match view.nodes.get(owner) {
             Some(node) => Some(Reply::Error(CommandError::new(
                 "MOVED",
@@ -200,6 +208,23 @@ fn refusal(cluster: &Cluster, spec: &CommandSpec, cmd: &Command, args: &[&[u8]])
         },
         None => Some(down("Hash slot not served")),
     }
+}
+
+/// `-TRYAGAIN` for a write to a slot whose blocks are being handed over,
+/// in the hand-over's last catch-up (see [`crate::handover`]).
+fn frozen(cluster: &Cluster, spec: &CommandSpec, keys: &[&[u8]]) -> Option<Reply> {
+    let moving = cluster.handover.moving()?;
+    if !moving.frozen.load(std::sync::atomic::Ordering::Relaxed) || !spec.flags.contains(&"write") {
+        return None;
+    }
+    let slot = keys
+        .iter()
+        .map(|k| key_slot(k))
+        .find(|s| moving.moves(*s))?;
+    Some(Reply::Error(CommandError::new(
+        "TRYAGAIN",
+        format!("slot {slot} is being handed over to its next owner: retry in a moment"),
+    )))
 }
 
 /// A put's parent as this node keeps it: a parent in a slot another node

@@ -99,6 +99,33 @@ impl Peers {
         }
     }
 
+    /// Sends commands to `addr` in one pipeline (within 30 s: a hand-over
+    /// moves megabytes at a time): each command's reply, or its error.
+    pub async fn pipeline(
+        &self,
+        addr: &str,
+        cmds: Vec<Vec<Bytes>>,
+    ) -> Result<Vec<Result<Frame, String>>, String> {
+        let exchange = async {
+            let client = self.get(addr).await.map_err(|e| e.to_string())?;
+            client
+                .pipeline_frames(&cmds)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(Duration::from_secs(30), exchange).await {
+            Ok(Ok(frames)) => Ok(frames
+                .into_iter()
+                .map(|f| match f {
+                    Frame::Error(e) => Err(e.to_string()),
+                    f => Ok(f),
+                })
+                .collect()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(format!("no answer from {addr} within 30 s")),
+        }
+    }
+
     /// Sends `cmd` to `addr` without waiting for it (a trim or release
     /// whose answer changes nothing).
     fn tell(self: &Arc<Self>, addr: String, cmd: Vec<Bytes>) {
@@ -130,7 +157,8 @@ pub struct SpreadLeases {
     ids: Ids,
 }
 
-fn now_ms() -> u64 {
+/// The Unix time in milliseconds.
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

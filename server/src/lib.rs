@@ -11,6 +11,7 @@ pub mod config;
 pub mod conn;
 pub mod data;
 pub mod fanout;
+pub mod handover;
 pub mod info;
 pub mod observe;
 pub mod pubsub;
@@ -61,6 +62,7 @@ pub async fn run(
     if let Some(c) = cluster::Cluster::join(&shared).await? {
         info!(id = %c.me.id, addr = %c.me.addr, "joined the cluster");
         let _ = shared.cluster.set(c);
+        tokio::spawn(handover::follow(shared.clone()));
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     // Expiry and lease sweeps run on a thread of their own: a sweep that
@@ -102,7 +104,11 @@ pub async fn run(
     tokio::pin!(shutdown);
     // Failed accepts (out of descriptors) are logged once a second at most.
     let (mut failed, mut logged) = (0u64, None::<std::time::Instant>);
+    // In cluster mode a stop first hands this node's blocks over, serving
+    // (and accepting) meanwhile.
+    let mut leaving: Option<tokio::task::JoinHandle<()>> = None;
     loop {
+        let stopping = leaving.is_none();
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
@@ -122,8 +128,15 @@ pub async fn run(
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             },
-            _ = &mut shutdown => break,
-            _ = shared.shutdown.notified() => break,
+            _ = &mut shutdown, if stopping => match shared.cluster.get() {
+                Some(_) => leaving = Some(tokio::spawn(handover::leave(shared.clone()))),
+                None => break,
+            },
+            _ = shared.shutdown.notified(), if stopping => match shared.cluster.get() {
+                Some(_) => leaving = Some(tokio::spawn(handover::leave(shared.clone()))),
+                None => break,
+            },
+            _ = async { leaving.as_mut().expect("guarded").await }, if !stopping => break,
         }
     }
     info!("shutting down");

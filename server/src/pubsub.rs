@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use tidepool_tiering::{Event, EventSink};
+use tidepool_tiering::{Event, EventKind, EventSink};
 use tokio::sync::{mpsc, Notify};
 
 /// Channel on which every store and removal is published.
@@ -205,6 +205,49 @@ pub struct PubSub {
     pub dropped: AtomicU64,
     /// Output limits of subscribers (CONFIG SET client-output-buffer-limit).
     pub limits: Arc<Limits>,
+    /// Keys stored and deleted while a hand-over records them.
+    pub recorder: Recorder,
+}
+
+/// The keys stored (true) or deleted (false) since [`Recorder::start`]: a
+/// node handing slots over sends them again after its first pass.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    on: AtomicBool,
+    keys: Mutex<HashMap<Bytes, bool>>,
+}
+
+impl Recorder {
+    /// Starts recording, from nothing.
+    pub fn start(&self) {
+        self.keys.lock().clear();
+        self.on.store(true, Relaxed);
+    }
+
+    /// Stops recording and forgets what it held.
+    pub fn stop(&self) {
+        self.on.store(false, Relaxed);
+        self.keys.lock().clear();
+    }
+
+    /// What was recorded since the last take (the last event of each key).
+    pub fn take(&self) -> HashMap<Bytes, bool> {
+        std::mem::take(&mut *self.keys.lock())
+    }
+
+    fn record(&self, e: &Event) {
+        if !self.on.load(Relaxed) {
+            return;
+        }
+        let stored = match e.kind {
+            EventKind::Stored => true,
+            EventKind::Deleted => false,
+            // Evicted, expired or orphaned here: the copy handed over
+            // may live on (its TTL went with it).
+            _ => return,
+        };
+        self.keys.lock().insert(e.key.clone(), stored);
+    }
 }
 
 impl PubSub {
@@ -342,11 +385,15 @@ pub fn hex(b: &[u8]) -> String {
 
 impl EventSink for PubSub {
     fn enabled(&self) -> bool {
-        self.event_listeners.load(Relaxed) > 0
+        self.event_listeners.load(Relaxed) > 0 || self.recorder.on.load(Relaxed)
     }
 
     /// Payload: `<seq> <kind> <tier> <key hex> [<parent hex>]`, one space apart.
     fn publish(&self, e: Event) {
+        self.recorder.record(&e);
+        if self.event_listeners.load(Relaxed) == 0 {
+            return;
+        }
         let seq = self.seq.fetch_add(1, Relaxed) + 1;
         let mut s = format!(
             "{seq} {} {} {}",

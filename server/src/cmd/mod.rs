@@ -235,6 +235,25 @@ pub fn execute(
         } => kv::hash(&seed, block_tokens, &tokens),
         C::KvExists(keys) => kv::exists(shared, &keys, false),
         C::KvPeerExists(keys) => kv::exists(shared, &keys, true),
+        C::KvPeerImport {
+            epoch,
+            key,
+            value,
+            parent,
+            ttl_ms,
+            pin,
+        } => crate::handover::import(
+            shared,
+            epoch,
+            key,
+            value,
+            crate::handover::ImportOpts {
+                parent,
+                ttl_ms,
+                pin,
+            },
+        ),
+        C::KvPeerForget { epoch, keys } => crate::handover::forget(shared, epoch, &keys),
         C::KvPeerTrim { lease, keep } => {
             Reply::Int(shared.store.trim_lease(lease, keep as usize) as i64)
         }
