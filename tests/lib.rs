@@ -439,6 +439,8 @@ pub fn dataplane(con: &mut redis::Connection) -> (u16, String, u64) {
 pub struct Etcd {
     child: Option<Child>,
     dir: std::path::PathBuf,
+    /// The address it listens on.
+    host: String,
     /// Its client and peer ports.
     ports: (u16, u16),
     /// Its client endpoint, `127.0.0.1:PORT`.
@@ -449,6 +451,11 @@ impl Etcd {
     /// Starts etcd on free loopback ports with its data in a temp dir
     /// (another port pair when a port was taken meanwhile).
     pub fn start() -> Etcd {
+        Etcd::start_on("127.0.0.1")
+    }
+
+    /// [`Etcd::start`] listening on `host` (an address of this host).
+    pub fn start_on(host: &str) -> Etcd {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         for _attempt in 0..5 {
             let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -460,8 +467,9 @@ impl Etcd {
             let mut etcd = Etcd {
                 child: None,
                 dir,
+                host: host.to_string(),
                 ports,
-                endpoint: format!("127.0.0.1:{}", ports.0),
+                endpoint: format!("{host}:{}", ports.0),
             };
             if etcd.launch() {
                 return etcd;
@@ -473,8 +481,8 @@ impl Etcd {
     /// Runs etcd on this instance's ports and data; false when it exited
     /// (a port taken).
     fn launch(&mut self) -> bool {
-        let c = format!("http://127.0.0.1:{}", self.ports.0);
-        let p = format!("http://127.0.0.1:{}", self.ports.1);
+        let c = format!("http://{}:{}", self.host, self.ports.0);
+        let p = format!("http://{}:{}", self.host, self.ports.1);
         let log = std::fs::File::create(self.dir.join("etcd.log")).unwrap();
         let mut child = Command::new("etcd")
             .args(["--name", "t", "--data-dir"])
