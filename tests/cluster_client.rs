@@ -102,6 +102,36 @@ fn chains_over_every_plane_split_by_owner() {
         for n in &nodes {
             assert!(dbsize(n) > 10, "node {} holds {}", n.port, dbsize(n));
         }
+        // A lease over the three nodes: one id, a part on each, all given
+        // back by one release (and by nobody twice).
+        let leases = || -> i64 {
+            nodes
+                .iter()
+                .map(|n| {
+                    let v: redis::Value = redis::cmd("KV.STATS").query(&mut n.redis()).unwrap();
+                    let redis::Value::Array(kv) = v else {
+                        panic!("{v:?}")
+                    };
+                    let at = kv
+                        .iter()
+                        .position(|x| *x == redis::Value::BulkString(b"leases".to_vec()))
+                        .unwrap();
+                    let redis::Value::Int(n) = kv[at + 1] else {
+                        panic!()
+                    };
+                    n
+                })
+                .sum()
+        };
+        let c = Client::connect_cluster(&[&seed], 2).await.unwrap();
+        let tokens: Vec<u32> = (0..48 * 4).collect();
+        let keys = chain_keys(b"model-0", 4, &tokens);
+        let hit = c.match_prefix(&keys, Some(60_000)).await.unwrap();
+        assert_eq!(hit.matched, 48);
+        assert_eq!(leases(), 3);
+        assert!(c.release(hit.lease.unwrap()).await.unwrap());
+        assert_eq!(leases(), 0);
+        assert!(!c.release(hit.lease.unwrap()).await.unwrap());
         // Small blocks, not chained, inline: split by owner, deleted too.
         let c = Client::connect_cluster(&[&seed], 2).await.unwrap();
         let blocks: Vec<(Bytes, Bytes)> = (0..60)

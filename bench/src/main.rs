@@ -19,6 +19,7 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use tidepool_client::{chain_keys, Client};
 
+mod cluster;
 mod data;
 mod gen;
 mod plot;
@@ -132,6 +133,13 @@ enum Cmd {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+    /// KV.MATCH of a chain spread over a cluster's nodes (one node fans
+    /// out) against the same chain on one node.
+    ClusterMatch(cluster::MatchArgs),
+    /// Small SET/GET and 1 MiB block puts/gets on clusters of 1, 3, 6 nodes.
+    ClusterScale(cluster::ScaleArgs),
+    /// A trace through N nodes of C/N blocks against one node of C blocks.
+    ClusterReplay(cluster::ReplayArgs),
     /// KV.MATCH of a chain against a pipeline of EXISTS, side by side.
     Match {
         /// Blocks in the chain.
@@ -711,5 +719,8 @@ fn main() -> anyhow::Result<()> {
             &server,
             json,
         )),
+        Cmd::ClusterMatch(a) => rt.block_on(cluster::bench_match(a)),
+        Cmd::ClusterScale(a) => rt.block_on(cluster::bench_scale(a)),
+        Cmd::ClusterReplay(a) => rt.block_on(cluster::bench_replay(a)),
     }
 }

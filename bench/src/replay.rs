@@ -67,7 +67,7 @@ pub struct ReplayArgs {
 
 /// Per-block charge of the store (key + value + bookkeeping), as the server
 /// computes it: keys are 8-byte big-endian hash ids.
-fn charge(block_bytes: usize) -> u64 {
+pub(crate) fn charge(block_bytes: usize) -> u64 {
     8 + block_bytes as u64 + 128
 }
 
@@ -83,6 +83,34 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 }
 
 /// Runs the replay and prints the report.
+/// The prefix hit ratio of `requests` replayed through `client` (a node,
+/// or a cluster): each chain matched, then stored from its first miss on.
+pub(crate) async fn hit_ratio(
+    client: &Client,
+    requests: &[sim::Request],
+    block_bytes: usize,
+) -> anyhow::Result<f64> {
+    let payload = Bytes::from(vec![0x5Au8; block_bytes]);
+    let (mut queried, mut matched) = (0u64, 0u64);
+    for req in requests {
+        let keys: Vec<Bytes> = req.chain.iter().map(|id| key(*id)).collect();
+        let hit = client.match_prefix(&keys, None).await?.matched;
+        queried += keys.len() as u64;
+        matched += hit as u64;
+        if hit < keys.len() {
+            let blocks: Vec<(Bytes, Bytes)> = keys[hit..]
+                .iter()
+                .map(|k| (k.clone(), payload.clone()))
+                .collect();
+            let parent = hit.checked_sub(1).map(|p| keys[p].clone());
+            for r in client.put_many(&blocks, true, parent).await? {
+                r?;
+            }
+        }
+    }
+    Ok(matched as f64 / queried.max(1) as f64)
+}
+
 pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     let requests = sim::read_requests(&a.trace, a.limit)?;
     anyhow::ensure!(

@@ -1248,8 +1248,12 @@ impl Client {
     /// Gives a lease back. False when it was already gone.
     pub async fn release(&self, lease: u64) -> Result<bool, ClientError> {
         // In cluster mode, to the node that gave it.
-        if let Some(giver) = self.cluster.as_ref().and_then(|r| r.giver(lease)) {
-            return giver.release_here(lease).await;
+        if let Some(parts) = self.cluster.as_ref().and_then(|r| r.parts_of(lease)) {
+            let mut in_force = false;
+            for (node, id) in parts {
+                in_force |= node.release_here(id).await?;
+            }
+            return Ok(in_force);
         }
         self.release_here(lease).await
     }

@@ -6,10 +6,11 @@
 //! goes to their owners: a batch is split by owner and the parts run at
 //! once; a chain is cut into runs of consecutive blocks of one owner, each
 //! run stored under the block before it (which the server takes on trust
-//! when another node holds it). A prefix match goes to the node that owns
-//! the chain's first key, which asks the other owners itself in one round
-//! trip and gives one lease id; the client remembers which node gave it,
-//! so [`Client::release`] goes there. A part answered with `-MOVED` (the
+//! when another node holds it). A prefix match asks each owner for its own
+//! keys at once and ends the prefix at the earliest miss (one round trip,
+//! where asking one node that asks the others would take two); a lease
+//! over several nodes gets one id of the client's, and [`Client::release`]
+//! gives every part back. A part answered with `-MOVED` (the
 //! map changed; `-CROSSSLOT` for a part whose keys its map gave one
 //! owner), `-CLUSTERDOWN` or a failed connection (its node may be gone)
 //! makes the client read the map again and split and send that part
@@ -81,9 +82,17 @@ pub(crate) struct Routes {
     map: RwLock<Arc<Topology>>,
     /// One reading of the map at a time.
     refreshing: tokio::sync::Mutex<()>,
-    /// Which node gave each lease, and when it ends.
-    leases: Mutex<HashMap<u64, (Arc<Client>, Instant)>>,
+    /// The leases of this client's matches: each one's parts (node, that
+    /// node's lease id), and when it ends.
+    leases: Mutex<HashMap<u64, LeaseParts>>,
+    /// Ids of leases held on several nodes: a counter through SipHash
+    /// under random keys.
+    ids: std::hash::RandomState,
+    next_id: std::sync::atomic::AtomicU64,
 }
+
+/// A lease's parts and when it ends.
+type LeaseParts = (Vec<(Arc<Client>, u64)>, Instant);
 
 /// Reads `CLUSTER SHARDS` (RESP2: maps as flat arrays) into (first, last,
 /// address) ranges. `None` when the node is not in cluster mode.
@@ -163,6 +172,8 @@ impl Routes {
                         })),
                         refreshing: tokio::sync::Mutex::new(()),
                         leases: Mutex::new(HashMap::new()),
+                        ids: std::hash::RandomState::new(),
+                        next_id: std::sync::atomic::AtomicU64::new(0),
                     };
                     routes.read_map(&first).await?;
                     return Ok((routes, first));
@@ -497,47 +508,102 @@ impl Routes {
         Ok(sum)
     }
 
-    /// A prefix match, asked of the first key's owner (which asks the
-    /// others); the lease is remembered with the node that gave it.
+    /// A prefix match of the whole chain: each owner asked for its own
+    /// keys (in chain order), all at once; the prefix ends at the earliest
+    /// key an owner misses. With a lease, each owner leases what it
+    /// matched; the parts past the prefix are trimmed (`KV.PEER TRIM`, off
+    /// the caller's path), and the caller gets one id for all the parts
+    /// ([`Client::release`] gives them back). An owner that no longer owns
+    /// some of its keys answers for them all the same (it asks their
+    /// owners), so a stale map costs time, not a wrong answer.
     pub(crate) async fn match_prefix(
         &self,
         keys: &[Bytes],
         lease_ms: Option<u64>,
     ) -> Result<Match, ClientError> {
-        let Some(first) = keys.first() else {
-            return Ok(Match::default());
+        let mut parts: Vec<(Vec<usize>, Arc<Client>, Match)> = Vec::new();
+        let ask = |pool: Arc<Client>, at: Vec<usize>| {
+            let part: Vec<Bytes> = at.iter().map(|&i| keys[i].clone()).collect();
+            async move {
+                let m = pool.match_prefix_here(&part, lease_ms).await?;
+                Ok((pool, m))
+            }
         };
-        let (m, pool) = self
-            .on_owner(first, |pool| async move {
-                let m = pool.match_prefix_here(keys, lease_ms).await?;
-                Ok((m, pool))
-            })
-            .await?;
-        self.remember(&m, pool, lease_ms);
-        Ok(m)
+        self.parts(keys, false, ask, |at, (pool, m)| {
+            parts.push((at.to_vec(), pool, m))
+        })
+        .await?;
+        let matched = parts
+            .iter()
+            .filter_map(|(at, _, m)| at.get(m.matched).copied())
+            .fold(keys.len(), usize::min);
+        let mut held: Vec<(Arc<Client>, u64)> = Vec::new();
+        for (at, pool, m) in parts {
+            let Some(id) = m.lease else { continue };
+            let inside = at.partition_point(|&i| i < matched);
+            if inside < m.matched {
+                let trim = vec![
+                    Bytes::from_static(b"KV.PEER"),
+                    Bytes::from_static(b"TRIM"),
+                    Bytes::from(id.to_string()),
+                    Bytes::from(inside.to_string()),
+                ];
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    let _ = pool.command(trim).await;
+                });
+            }
+            if inside > 0 {
+                held.push((pool, id));
+            }
+        }
+        let lease = match held.len() {
+            0 => None,
+            1 => Some(held[0].1),
+            // Several nodes' leases: one id of this client's for them all.
+            _ => Some(self.compound_id()),
+        };
+        if let (Some(id), Some(ms)) = (lease, lease_ms) {
+            self.remember(id, held, ms);
+        }
+        Ok(Match { matched, lease })
     }
 
-    /// Files the lease of a match with the node that gave it.
-    pub(crate) fn remember(&self, m: &Match, pool: Arc<Client>, lease_ms: Option<u64>) {
-        let (Some(id), Some(ms)) = (m.lease, lease_ms) else {
-            return;
-        };
+    /// A fresh id for a lease held on several nodes (63 bits, as the
+    /// servers' ids, and unlike any this client holds).
+    fn compound_id(&self) -> u64 {
+        use std::hash::BuildHasher;
+        let leases = self.leases.lock().expect("lease lock");
+        loop {
+            let n = self
+                .next_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let id = self.ids.hash_one(n) & (i64::MAX as u64);
+            if id != 0 && !leases.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Files lease `id`: its parts (node, that node's lease id), and when
+    /// it ends.
+    fn remember(&self, id: u64, parts: Vec<(Arc<Client>, u64)>, ms: u64) {
         let mut leases = self.leases.lock().expect("lease lock");
         if leases.len() >= LEASES_PRUNE {
             let now = Instant::now();
             leases.retain(|_, (_, until)| *until > now);
         }
-        leases.insert(id, (pool, Instant::now() + Duration::from_millis(ms)));
+        leases.insert(id, (parts, Instant::now() + Duration::from_millis(ms)));
     }
 
-    /// The node that gave lease `id` (forgotten now); `None` for a lease
-    /// this client did not take.
-    pub(crate) fn giver(&self, id: u64) -> Option<Arc<Client>> {
+    /// The parts of lease `id` (forgotten now); `None` for a lease this
+    /// client did not take.
+    pub(crate) fn parts_of(&self, id: u64) -> Option<Vec<(Arc<Client>, u64)>> {
         self.leases
             .lock()
             .expect("lease lock")
             .remove(&id)
-            .map(|(pool, _)| pool)
+            .map(|(parts, _)| parts)
     }
 
     /// Each node's address and data plane.

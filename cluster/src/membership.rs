@@ -610,9 +610,14 @@ async fn follow(
         tokio::select! {
             _ = async {
                 match watched {
-                    Some(mut stream) => {
-                        let _ = stream.message().await;
-                    }
+                    // Until a change: the stream's first message only says
+                    // the watch was created.
+                    Some(mut stream) => loop {
+                        match stream.message().await {
+                            Ok(Some(r)) if r.events().is_empty() && !r.canceled() => continue,
+                            _ => break,
+                        }
+                    },
                     // etcd out of reach: try again in a while.
                     None => tokio::time::sleep(Duration::from_millis(500)).await,
                 }

@@ -204,6 +204,8 @@ fn num(n: impl itoa::Integer) -> Bytes {
 
 /// The keys of one owner, in chain order.
 struct Group<'a> {
+    /// The owner's id.
+    owner: &'a str,
     /// Its address (`None`: this node).
     addr: Option<&'a str>,
     /// Positions of its keys in the chain.
@@ -227,27 +229,31 @@ fn group<'v>(
     keys: impl Iterator<Item = impl AsRef<[u8]>>,
 ) -> (Vec<Group<'v>>, usize) {
     let mut groups: Vec<Group<'v>> = Vec::new();
-    let mut by_owner: HashMap<&str, usize> = HashMap::new();
     let mut covered = 0;
     for (i, k) in keys.enumerate() {
         let Some(owner) = view.map.owner(key_slot(k.as_ref())) else {
             break;
         };
-        let addr = if owner == cluster.me.id {
-            None
-        } else {
-            match view.nodes.get(owner) {
-                Some(n) => Some(n.addr.as_str()),
-                None => break,
+        // A handful of owners: a scan beats hashing each key's owner.
+        let g = match groups.iter().position(|g| g.owner == owner) {
+            Some(g) => g,
+            None => {
+                let addr = if owner == cluster.me.id {
+                    None
+                } else {
+                    match view.nodes.get(owner) {
+                        Some(n) => Some(n.addr.as_str()),
+                        None => break,
+                    }
+                };
+                groups.push(Group {
+                    owner,
+                    addr,
+                    at: Vec::new(),
+                });
+                groups.len() - 1
             }
         };
-        let g = *by_owner.entry(owner).or_insert_with(|| {
-            groups.push(Group {
-                addr,
-                at: Vec::new(),
-            });
-            groups.len() - 1
-        });
         groups[g].at.push(i);
         covered = i + 1;
     }
@@ -360,20 +366,22 @@ pub async fn match_keys(shared: &Shared, keys: &[Bytes], opts: MatchOpts) -> (Re
                 }),
         )
     });
-    let asked = join_all(asked);
-    let local = groups.iter().find(|g| g.addr.is_none()).map(|g| {
-        let m = shared
-            .store
-            .match_prefix(g.at.iter().map(|&i| &keys[i][..]), opts.lease_ms);
-        Part {
-            matched: m.matched,
-            lease: m.lease,
-            tiers: m.tiers.iter().map(|t| t.as_str()).collect(),
-        }
-    });
-    let mut local = local;
+    // The peers' requests go out first (joined futures are polled in
+    // order), then this node matches its own keys while they work.
+    let local = async {
+        groups.iter().find(|g| g.addr.is_none()).map(|g| {
+            let m = shared
+                .store
+                .match_prefix(g.at.iter().map(|&i| &keys[i][..]), opts.lease_ms);
+            Part {
+                matched: m.matched,
+                lease: m.lease,
+                tiers: m.tiers.iter().map(|t| t.as_str()).collect(),
+            }
+        })
+    };
+    let (asked, mut local) = futures_util::future::join(join_all(asked), local).await;
     let parts: Vec<Part> = asked
-        .await
         .into_iter()
         .map(|p| p.unwrap_or_else(|| local.take().unwrap_or_default()))
         .collect();
