@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 use tidepool_client::{blocking, chain_keys, Client, ClientOptions, PlaneChoice};
-use tidepool_tests::{cluster_node, converge_on, Etcd, Server};
+use tidepool_tests::{cluster_node, converge_on, rt, Etcd, Server};
 
 /// Block `i` of a chain: bytes that differ between blocks and within one.
 fn block(seed: usize, i: usize, len: usize) -> Bytes {
@@ -14,14 +14,6 @@ fn block(seed: usize, i: usize, len: usize) -> Bytes {
         .map(|j| (seed * 31 + i * 13 + j * 7 + j / 251) as u8)
         .collect::<Vec<_>>()
         .into()
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn dbsize(s: &Server) -> i64 {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tidepool_client::{chain_keys, Client, ClientOptions, PlaneChoice};
-use tidepool_tests::{cluster_node, converge_on, Etcd, Server};
+use tidepool_tests::{cluster_node, converge_on, rt, Etcd, Server};
 
 fn block(seed: u64, len: usize) -> Bytes {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -23,14 +23,6 @@ fn block(seed: u64, len: usize) -> Bytes {
         })
         .collect::<Vec<_>>()
         .into()
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// Chains of blocks and plain keys, stored through `c`.

@@ -395,3 +395,40 @@ fn parents_on_other_nodes_are_taken_on_trust() {
         .unwrap_err();
     assert_eq!(e.code(), Some("CROSSSLOT"), "{e}");
 }
+
+/// A chain far longer than a request's usual size (its local part matched
+/// off the runtime's worker, its peers' parts thousands of keys each).
+#[test]
+fn a_long_chain_is_matched_across_nodes() {
+    let etcd = Etcd::start();
+    let fleet = Fleet::start(&etcd);
+    let seed = format!("127.0.0.1:{}", fleet.nodes[0].port);
+    let keys = tidepool_client::chain_keys(b"long", 1, &(0..20_000).collect::<Vec<u32>>());
+    let rt = tidepool_tests::rt();
+    rt.block_on(async {
+        let c = tidepool_client::Client::connect_cluster(&[&seed], 2)
+            .await
+            .unwrap();
+        let blocks: Vec<(bytes::Bytes, bytes::Bytes)> = keys[..15_000]
+            .iter()
+            .map(|k| (k.clone(), bytes::Bytes::from_static(b"v")))
+            .collect();
+        for r in c.put_many(&blocks, false, None).await.unwrap() {
+            r.unwrap();
+        }
+    });
+    let mut cmd = redis::cmd("KV.MATCH");
+    cmd.arg(keys.len());
+    for k in &keys {
+        cmd.arg(&k[..]);
+    }
+    cmd.arg("LEASE").arg(60_000);
+    let mut con = fleet.nodes[1].redis();
+    let got: Value = cmd.query(&mut con).unwrap();
+    assert_eq!(field(&got, "matched"), Some(&Value::Int(15_000)), "{got:?}");
+    let Some(Value::Int(id)) = field(&got, "lease").cloned() else {
+        panic!("{got:?}")
+    };
+    let released: i64 = redis::cmd("KV.RELEASE").arg(id).query(&mut con).unwrap();
+    assert_eq!(released, 1);
+}

@@ -8,18 +8,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use redis::Value;
 use tidepool_client::{ClientOptions, PlaneChoice};
-use tidepool_tests::{dataplane, Server};
+use tidepool_tests::{dataplane, rt, Server};
 use tidepool_transport::shm::ShmPlane;
 use tidepool_transport::tcp::{TcpOptions, TcpPlane};
 use tidepool_transport::{DataPlane, Descriptor, Kind};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn block(seed: usize, len: usize) -> Bytes {
     (0..len)

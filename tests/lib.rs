@@ -620,3 +620,13 @@ pub fn slot_owners(s: &Server) -> Vec<String> {
 pub fn dbsize(s: &Server) -> i64 {
     redis::cmd("DBSIZE").query(&mut s.redis()).unwrap()
 }
+
+/// A multi-threaded tokio runtime of two workers, for tests that drive the
+/// async client.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}

@@ -19,7 +19,9 @@ use anyhow::Context;
 use bytes::Bytes;
 use tidepool_client::{chain_keys, Client, ClientOptions, PlaneChoice};
 
-use crate::{free_port, median, run_op, spawn_exact, spawn_tidepool, Op, Proc};
+use crate::{
+    csv_rps, free_port, median, redis_benchmark_csv, run_op, spawn_exact, spawn_tidepool, Op, Proc,
+};
 
 /// Settings every cluster benchmark takes.
 #[derive(clap::Args, Clone)]
@@ -294,37 +296,24 @@ pub struct ScaleArgs {
 /// `(SET/s, GET/s)` of `redis-benchmark --cluster` against the cluster
 /// seeded at `port`.
 async fn redis_benchmark_cluster(port: u16, n: usize, a: &ScaleArgs) -> anyhow::Result<(f64, f64)> {
-    let mut run = Command::new("redis-benchmark");
+    let mut args: Vec<String> = Vec::new();
     // (redis-benchmark refuses a cluster of one: that node owns every key.)
     if n > 1 {
-        run.arg("--cluster");
+        args.push("--cluster".into());
     }
-    run.args(["-p", &port.to_string(), "-t", "set,get"])
-        .args(["-n", &a.requests.to_string(), "-c", &a.clients.to_string()])
-        .args([
-            "-P",
-            &a.pipeline.to_string(),
-            "--threads",
-            &a.bench_threads.to_string(),
-        ])
-        .args(["-r", "1000000", "--csv"]);
-    let out = tokio::task::spawn_blocking(move || run.output())
-        .await?
-        .context("running redis-benchmark (Debian package redis-tools)")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "redis-benchmark failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rps = |name: &str| -> anyhow::Result<f64> {
-        text.lines()
-            .find(|l| l.starts_with(&format!("\"{name}\"")))
-            .and_then(|l| l.split(',').nth(1))
-            .and_then(|f| f.trim_matches('"').parse().ok())
-            .with_context(|| format!("no {name} row from redis-benchmark: {text}"))
-    };
-    Ok((rps("SET")?, rps("GET")?))
+    for (flag, value) in [
+        ("-p", port.to_string()),
+        ("-t", "set,get".into()),
+        ("-n", a.requests.to_string()),
+        ("-c", a.clients.to_string()),
+        ("-P", a.pipeline.to_string()),
+        ("--threads", a.bench_threads.to_string()),
+        ("-r", "1000000".into()),
+    ] {
+        args.extend([flag.to_string(), value]);
+    }
+    let text = redis_benchmark_csv(args).await?;
+    Ok((csv_rps(&text, Some("SET"))?, csv_rps(&text, Some("GET"))?))
 }
 
 /// `(put GB/s, get GB/s)` of `total` bytes of `block`-byte blocks through
@@ -467,6 +456,10 @@ pub struct ReplayArgs {
     /// Only the first N requests.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Also replay with each run of this many blocks of a chain kept on one
+    /// node (a hash tag naming the run's first block in every key).
+    #[arg(long)]
+    pub group: Option<usize>,
 }
 
 /// `cluster-replay`.
@@ -494,10 +487,13 @@ pub async fn bench_replay(a: ReplayArgs) -> anyhow::Result<()> {
                     },
                 )
                 .await?;
-                crate::replay::hit_ratio(&client, &requests, a.block_bytes).await?
+                crate::replay::hit_ratio(&client, &requests, a.block_bytes, None).await?
             };
-            let spread = {
-                let per_node = (c / a.nodes) as u64 * charge;
+            let mut spread = Vec::new();
+            for group in [None].into_iter().chain(a.group.map(Some)) {
+                // A tagged key is 18 bytes longer (`{` 16 hex digits `}`).
+                let key_extra = if group.is_some() { 18 } else { 0 };
+                let per_node = (c / a.nodes) as u64 * (charge + key_extra);
                 let fleet = Fleet::start(&a.fleet, a.nodes, &extra, Some(per_node)).await?;
                 let client = Client::connect_cluster_with(
                     &[&fleet.seed()],
@@ -508,8 +504,10 @@ pub async fn bench_replay(a: ReplayArgs) -> anyhow::Result<()> {
                     },
                 )
                 .await?;
-                crate::replay::hit_ratio(&client, &requests, a.block_bytes).await?
-            };
+                spread.push(
+                    crate::replay::hit_ratio(&client, &requests, a.block_bytes, group).await?,
+                );
+            }
             rows.push((c, policy.clone(), one, spread));
         }
     }
@@ -521,13 +519,24 @@ pub async fn bench_replay(a: ReplayArgs) -> anyhow::Result<()> {
         a.nodes,
         a.block_bytes
     );
-    println!("| C | policy | one node | {} nodes | difference |", a.nodes);
-    println!("|---|---|---|---|---|");
+    let grouped = a
+        .group
+        .map(|g| format!(" {} nodes, runs of {g} together | difference |", a.nodes))
+        .unwrap_or_default();
+    println!(
+        "| C | policy | one node | {} nodes | difference |{grouped}",
+        a.nodes
+    );
+    println!(
+        "|---|---|---|---|---|{}",
+        if a.group.is_some() { "---|---|" } else { "" }
+    );
     for (c, policy, one, spread) in rows {
-        println!(
-            "| {c} | {policy} | {one:.4} | {spread:.4} | {:+.2}% |",
-            (spread - one) / one * 100.0
-        );
+        let mut line = format!("| {c} | {policy} | {one:.4} |");
+        for s in spread {
+            line.push_str(&format!(" {s:.4} | {:+.2}% |", (s - one) / one * 100.0));
+        }
+        println!("{line}");
     }
     Ok(())
 }

@@ -397,16 +397,20 @@ async fn redis_benchmark_rps(
     requests: usize,
     cmd: &[String],
 ) -> anyhow::Result<f64> {
+    let mut args: Vec<String> = ["-p", &port.to_string(), "-c", &clients.to_string()]
+        .into_iter()
+        .chain(["-P", &depth.to_string(), "-n", &requests.to_string()])
+        .map(String::from)
+        .collect();
+    args.extend(cmd.iter().cloned());
+    let text = redis_benchmark_csv(args).await?;
+    csv_rps(&text, None)
+}
+
+/// Runs `redis-benchmark ARGS --csv` and returns what it printed.
+async fn redis_benchmark_csv(args: Vec<String>) -> anyhow::Result<String> {
     let mut run = std::process::Command::new("redis-benchmark");
-    run.args(["-p", &port.to_string(), "-c", &clients.to_string()])
-        .args([
-            "-P",
-            &depth.to_string(),
-            "-n",
-            &requests.to_string(),
-            "--csv",
-        ])
-        .args(cmd);
+    run.arg("--csv").args(args);
     let out = tokio::task::spawn_blocking(move || run.output())
         .await?
         .context("running redis-benchmark (Debian package redis-tools)")?;
@@ -415,19 +419,24 @@ async fn redis_benchmark_rps(
         "redis-benchmark failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // --csv: a header line, then "name","rps",...
-    let text = String::from_utf8_lossy(&out.stdout);
-    let row = text
-        .lines()
-        .nth(1)
-        .with_context(|| format!("no result from redis-benchmark: {text}"))?;
-    let rps = row
-        .split(',')
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The requests per second of `redis-benchmark --csv`'s row for test
+/// `name` (the first row when `None`).
+fn csv_rps(text: &str, name: Option<&str>) -> anyhow::Result<f64> {
+    // A header line, then "name","rps",...
+    let mut rows = text.lines().skip(1);
+    let row = match name {
+        Some(name) => rows.find(|l| l.starts_with(&format!("\"{name}\""))),
+        None => rows.next(),
+    }
+    .with_context(|| format!("no result from redis-benchmark: {text}"))?;
+    row.split(',')
         .nth(1)
         .map(|f| f.trim_matches('"'))
         .and_then(|f| f.parse::<f64>().ok())
-        .with_context(|| format!("unexpected redis-benchmark line: {row}"))?;
-    Ok(rps)
+        .with_context(|| format!("unexpected redis-benchmark line: {row}"))
 }
 
 #[allow(clippy::too_many_arguments)]

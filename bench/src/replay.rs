@@ -85,15 +85,32 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 /// Runs the replay and prints the report.
 /// The prefix hit ratio of `requests` replayed through `client` (a node,
 /// or a cluster): each chain matched, then stored from its first miss on.
+///
+/// With `group`, each key carries a Redis hash tag naming the first block
+/// of its run of `group` blocks (`{<hex id>}` before the id), so that a
+/// cluster keeps each such run of a chain on one node.
 pub(crate) async fn hit_ratio(
     client: &Client,
     requests: &[sim::Request],
     block_bytes: usize,
+    group: Option<usize>,
 ) -> anyhow::Result<f64> {
     let payload = Bytes::from(vec![0x5Au8; block_bytes]);
     let (mut queried, mut matched) = (0u64, 0u64);
     for req in requests {
-        let keys: Vec<Bytes> = req.chain.iter().map(|id| key(*id)).collect();
+        let keys: Vec<Bytes> = match group {
+            None => req.chain.iter().map(|id| key(*id)).collect(),
+            Some(n) => req
+                .chain
+                .iter()
+                .enumerate()
+                .map(|(j, id)| {
+                    let mut k = format!("{{{:016x}}}", req.chain[j - j % n.max(1)]).into_bytes();
+                    k.extend_from_slice(&id.to_be_bytes());
+                    Bytes::from(k)
+                })
+                .collect(),
+        };
         let hit = client.match_prefix(&keys, None).await?.matched;
         queried += keys.len() as u64;
         matched += hit as u64;

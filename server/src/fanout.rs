@@ -370,9 +370,12 @@ pub async fn match_keys(shared: &Shared, keys: &[Bytes], opts: MatchOpts) -> (Re
     // order), then this node matches its own keys while they work.
     let local = async {
         groups.iter().find(|g| g.addr.is_none()).map(|g| {
-            let m = shared
-                .store
-                .match_prefix(g.at.iter().map(|&i| &keys[i][..]), opts.lease_ms);
+            // A long chain is matched off the runtime's worker, as on one node.
+            let m = crate::cmd::offload_if(g.at.len() > crate::cmd::LONG_ARGS, || {
+                shared
+                    .store
+                    .match_prefix(g.at.iter().map(|&i| &keys[i][..]), opts.lease_ms)
+            });
             Part {
                 matched: m.matched,
                 lease: m.lease,
