@@ -70,11 +70,7 @@ fn owners(v: &View) -> Vec<(String, usize)> {
 #[test]
 fn nodes_share_the_slots_and_take_over_from_one_that_leaves_or_dies() {
     let etcd = Etcd::start();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tidepool_tests::rt();
     rt.block_on(async {
         // Weights 2:1:1: slots 8192, 4096, 4096.
         let a = join(settings(&etcd, 1, 2 << 30)).await;
@@ -130,11 +126,7 @@ fn nodes_share_the_slots_and_take_over_from_one_that_leaves_or_dies() {
 #[test]
 fn a_node_whose_lease_expired_registers_again() {
     let etcd = Etcd::start();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tidepool_tests::rt();
     rt.block_on(async {
         let a = Membership::join(settings(&etcd, 1, 1 << 30)).await.unwrap();
         converge(&[&a], "one node", |v| v.map.counts().len() == 1).await;

@@ -204,11 +204,7 @@ fn nodes_in_separate_namespaces_form_one_cluster() {
     // The client, on the host, over tcp across the namespaces and over shm
     // (one host: the nodes' sockets are in the same /tmp); a chain spread
     // over the three, matched through one node's fan-out.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tidepool_tests::rt();
     rt.block_on(async {
         for (plane, want) in [(PlaneChoice::Tcp, "tcp"), (PlaneChoice::Auto, "shm")] {
             let opts = ClientOptions {
