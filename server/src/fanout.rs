@@ -198,7 +198,8 @@ impl SpreadLeases {
     }
 }
 
-fn num(n: impl itoa::Integer) -> Bytes {
+/// An integer argument.
+pub(crate) fn num(n: impl itoa::Integer) -> Bytes {
     Bytes::copy_from_slice(itoa::Buffer::new().format(n).as_bytes())
 }
 
@@ -278,15 +279,16 @@ pub fn all_here<K: AsRef<[u8]>>(cluster: &Cluster, keys: impl Iterator<Item = K>
     true
 }
 
-/// How many leading keys are in slots this node owns (what `KV.PEER MATCH`
-/// answers for: a key in a slot it does not own counts as missing).
-pub fn owned_prefix<K: AsRef<[u8]>>(shared: &Shared, keys: impl Iterator<Item = K>) -> usize {
-    let Some(cluster) = shared.cluster.get() else {
-        return usize::MAX;
-    };
-    let view = cluster.membership.view();
-    keys.take_while(|k| view.map.owner(key_slot(k.as_ref())) == Some(cluster.me.id.as_str()))
-        .count()
+/// Whether a key's slot is this node's (always, without cluster mode),
+/// against the map as it is now, read once: what `KV.PEER MATCH` and
+/// `KV.PEER EXISTS` answer for (a key in a slot owned elsewhere counts as
+/// missing).
+pub fn mine(shared: &Shared) -> impl Fn(&[u8]) -> bool + '_ {
+    let here = shared.cluster.get().map(|c| (c, c.membership.view()));
+    move |k| {
+        here.as_ref()
+            .is_none_or(|(c, view)| view.map.owner(key_slot(k)) == Some(c.me.id.as_str()))
+    }
 }
 
 fn peer_match_cmd(keys: &[Bytes], at: &[usize], opts: MatchOpts) -> Vec<Bytes> {

@@ -73,12 +73,24 @@ impl Moving {
 #[derive(Default)]
 pub struct Handover {
     moving: RwLock<Option<Arc<Moving>>>,
+    /// Whether `moving` holds one: every routed request asks, and almost
+    /// always there is none.
+    active: AtomicBool,
 }
 
 impl Handover {
     /// The hand-over under way, if any.
     pub fn moving(&self) -> Option<Arc<Moving>> {
+        if !self.active.load(Relaxed) {
+            return None;
+        }
         self.moving.read().clone()
+    }
+
+    fn set(&self, moving: Option<Arc<Moving>>) {
+        let mut slot = self.moving.write();
+        self.active.store(moving.is_some(), Relaxed);
+        *slot = moving;
     }
 }
 
@@ -107,7 +119,7 @@ pub async fn follow(shared: Arc<Shared>) {
         if let Some(m) = cluster.handover.moving() {
             let current = view.pending.as_ref().is_some_and(|p| p.epoch == m.epoch);
             if view.map.epoch >= m.epoch || !current {
-                *cluster.handover.moving.write() = None;
+                cluster.handover.set(None);
                 shared.pubsub.recorder.stop();
             }
         }
@@ -163,7 +175,7 @@ async fn hand_over(shared: &Shared, cluster: &Cluster, view: &View, pending: &Sl
         frozen: AtomicBool::new(false),
     });
     shared.pubsub.recorder.start();
-    *cluster.handover.moving.write() = Some(moving.clone());
+    cluster.handover.set(Some(moving.clone()));
     let t = std::time::Instant::now();
     let in_moving = |k: &[u8]| moving.moves(key_slot(k));
     let (_, keys) = shared.store.scan(0, usize::MAX, &in_moving);
@@ -223,7 +235,7 @@ async fn send(
         }
     }
     let mut count = 0;
-    let epoch = Bytes::from(moving.epoch.to_string());
+    let epoch = crate::fanout::num(moving.epoch);
     for k in parents_first(shared, stored) {
         let addr = moving.to[key_slot(&k) as usize]
             .clone()
@@ -247,10 +259,7 @@ async fn send(
             if at <= now {
                 continue;
             }
-            cmd.extend([
-                Bytes::from_static(b"TTL"),
-                Bytes::from((at - now).to_string()),
-            ]);
+            cmd.extend([Bytes::from_static(b"TTL"), crate::fanout::num(at - now)]);
         }
         if meta.pinned {
             cmd.push(Bytes::from_static(b"PIN"));

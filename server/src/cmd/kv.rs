@@ -173,10 +173,11 @@ pub fn match_keys(
     }
     let m = if opts.local {
         // KV.PEER MATCH: the keys up to the first in a slot owned elsewhere.
-        let owned = crate::fanout::owned_prefix(shared, keys.iter());
+        let mine = crate::fanout::mine(shared);
+        let owned = keys.iter().take_while(|k| mine(k)).count();
         shared
             .store
-            .match_prefix(keys.iter().take(owned.min(keys.len())), opts.lease_ms)
+            .match_prefix(keys.iter().take(owned), opts.lease_ms)
     } else {
         shared.store.match_prefix(keys, opts.lease_ms)
     };
@@ -218,7 +219,8 @@ pub fn hash(seed: &[u8], block_tokens: u32, tokens: &[u32]) -> Reply {
 /// KV.EXISTS key ...: tier name or nil per key. With `local` (KV.PEER
 /// EXISTS), a key in a slot this node does not own counts as missing.
 pub fn exists(shared: &Shared, keys: &[Bytes], local: bool) -> Reply {
-    let owned = |k: &Bytes| !local || crate::fanout::owned_prefix(shared, std::iter::once(k)) > 0;
+    let mine = crate::fanout::mine(shared);
+    let owned = |k: &Bytes| !local || mine(k);
     Reply::Array(
         keys.iter()
             .map(|k| {
