@@ -609,6 +609,9 @@ pub struct Store {
     ghosts: Mutex<crate::policy::Ghosts>,
     /// `adaptive`: the miniature simulations choosing the share.
     tuner: Mutex<Option<crate::policy::Tuner>>,
+    /// `adaptive`: the tuner's sampling rate (0 until it knows the capacity:
+    /// every request is kept).
+    sample_rate: AtomicU64,
 }
 
 /// What [`Store::fetch_memory`] found.
@@ -883,6 +886,7 @@ impl Store {
             share: AtomicU64::new(crate::policy::CANDIDATES[0].to_bits()),
             ghosts: Mutex::new(crate::policy::Ghosts::default()),
             tuner: Mutex::new(None),
+            sample_rate: AtomicU64::new(0),
         }
     }
 
@@ -920,22 +924,23 @@ impl Store {
         (self.capacity() / each.max(1)) as usize
     }
 
-    /// `adaptive`: shows the tuner a chain about to be matched and completed,
-    /// and takes the share it chooses.
-    /// Feeds the tuner one request: its chain when sampled, else `None`.
-    fn tune(&self, sampled: Option<&[Bytes]>) {
+    /// `adaptive`: shows the tuner a request about to be matched and
+    /// completed (its chain when sampled, else `None`), and takes the share
+    /// it chooses.
+    fn tune(&self, sampled: Option<&[u64]>) {
         let blocks = self.capacity_blocks(1);
         let mut tuner = self.tuner.lock();
-        let t = tuner.get_or_insert_with(|| crate::policy::Tuner::new(blocks));
+        let t = tuner.get_or_insert_with(crate::policy::Tuner::unknown);
         // The capacity in blocks is known once blocks are stored: keep the
         // miniatures at the right scale.
-        if self.dram_counters.blocks.load(Relaxed) > 0 && t.capacity() != blocks {
+        if self.dram_counters.blocks.load(Relaxed) > 0 && t.capacity() != Some(blocks) {
             t.resize(blocks);
         }
         let share = match sampled {
-            Some(chain) => t.observe(chain),
+            Some(chain) => t.observe_ids(chain),
             None => t.observe_unsampled(),
         };
+        self.sample_rate.store(t.rate(), Relaxed);
         self.share.store(share.to_bits(), Relaxed);
     }
 
@@ -2357,14 +2362,15 @@ impl Store {
         // (`match_once`).
         let adaptive = self.eviction == Eviction::Adaptive;
         if adaptive {
-            // Only sampled requests feed the miniatures (and need the keys
-            // copied); the others are only counted.
+            // Only sampled requests feed the miniatures (and need the keys'
+            // ids); the others are only counted.
             let decider = keys.clone().nth(crate::policy::sample_index(queried));
-            let chain: Option<Vec<Bytes>> = decider
-                .is_some_and(|k| crate::policy::sampled_key(k.as_ref()))
+            let rate = self.sample_rate.load(Relaxed);
+            let chain: Option<Vec<u64>> = decider
+                .is_some_and(|k| crate::policy::sampled_key(k.as_ref(), rate))
                 .then(|| {
                     keys.clone()
-                        .map(|k| Bytes::copy_from_slice(k.as_ref()))
+                        .map(|k| crate::policy::block_id(k.as_ref()))
                         .collect()
                 });
             self.tune(chain.as_deref());
@@ -2927,6 +2933,7 @@ impl Store {
         }
         self.ghosts.lock().clear();
         *self.tuner.lock() = None;
+        self.sample_rate.store(0, Relaxed);
         self.share
             .store(crate::policy::CANDIDATES[0].to_bits(), Relaxed);
         for s in self.shards.iter() {
