@@ -55,7 +55,7 @@ const LEASES_PRUNE: usize = 65536;
 /// The slot of a key (CRC16 of the key or its `{hash tag}`, as Redis
 /// Cluster and the server hash it).
 pub fn key_slot(key: &[u8]) -> u16 {
-    redis_protocol::redis_keyslot(key)
+    tidepool_protocol::slot::key_slot(key)
 }
 
 /// Who owns what.

@@ -12,7 +12,7 @@ pub const SLOTS: usize = 16384;
 /// first `{` and the next `}` when that part is not empty, modulo 16384 (as
 /// Redis Cluster and every cluster client compute it).
 pub fn key_slot(key: &[u8]) -> u16 {
-    redis_protocol::redis_keyslot(key)
+    tidepool_protocol::slot::key_slot(key)
 }
 
 /// A node that takes slots: its id, and its weight (its DRAM capacity).

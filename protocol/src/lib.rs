@@ -19,6 +19,7 @@ pub mod help;
 pub mod keys;
 pub mod reply;
 pub mod request;
+pub mod slot;
 pub mod table;
 
 pub use command::Command;
