@@ -25,20 +25,64 @@ pub struct Member {
 }
 
 /// Which node owns each slot, and the epoch of the assignment.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Owners are kept once each, and each slot names its owner by index: a
+/// cluster-wide match looks up the owner of every key of a chain on its
+/// path, and a table of 16,384 two-byte indices stays in cache where one
+/// string per slot did not.
+#[derive(Debug, Clone)]
 pub struct SlotMap {
     /// Grows with every new assignment; nodes apply only newer ones.
     pub epoch: u64,
-    /// The owner of each slot, by member id (empty: unowned).
-    owners: Vec<String>,
+    /// The owners' member ids, each once.
+    names: Vec<String>,
+    /// Each slot's owner, an index into `names` ([`NOBODY`]: unowned).
+    slots: Vec<u16>,
 }
+
+/// A slot's owner index when nobody owns it.
+pub const NOBODY: u16 = u16::MAX;
+
+impl PartialEq for SlotMap {
+    fn eq(&self, other: &SlotMap) -> bool {
+        self.epoch == other.epoch && self.same_owners(other)
+    }
+}
+
+impl Eq for SlotMap {}
 
 impl SlotMap {
     /// A map with no slot owned, at epoch 0.
     pub fn empty() -> SlotMap {
         SlotMap {
             epoch: 0,
-            owners: vec![String::new(); SLOTS],
+            names: Vec::new(),
+            slots: vec![NOBODY; SLOTS],
+        }
+    }
+
+    /// A map giving each slot the owner at its place in `owners` (empty:
+    /// unowned).
+    fn from_owners(epoch: u64, owners: &[String]) -> SlotMap {
+        let mut m = SlotMap {
+            epoch,
+            ..SlotMap::empty()
+        };
+        for (slot, owner) in owners.iter().enumerate().take(SLOTS) {
+            if !owner.is_empty() {
+                m.slots[slot] = m.intern(owner);
+            }
+        }
+        m
+    }
+
+    fn intern(&mut self, owner: &str) -> u16 {
+        match self.names.iter().position(|n| n == owner) {
+            Some(i) => i as u16,
+            None => {
+                self.names.push(owner.to_string());
+                (self.names.len() - 1) as u16
+            }
         }
     }
 
@@ -50,8 +94,12 @@ impl SlotMap {
             ..SlotMap::empty()
         };
         for (first, last, owner) in ranges {
+            if owner.is_empty() {
+                continue;
+            }
+            let i = m.intern(owner);
             for slot in *first as usize..=(*last as usize).min(SLOTS - 1) {
-                m.owners[slot] = owner.clone();
+                m.slots[slot] = i;
             }
         }
         m
@@ -59,22 +107,39 @@ impl SlotMap {
 
     /// Whether `other` gives every slot the same owner.
     pub fn same_owners(&self, other: &SlotMap) -> bool {
-        self.owners == other.owners
+        (0..SLOTS as u16).all(|s| self.owner(s) == other.owner(s))
     }
 
     /// The owner of `slot`, if any.
     pub fn owner(&self, slot: u16) -> Option<&str> {
-        self.owners
+        self.owner_index(slot)
+            .map(|i| self.names[i as usize].as_str())
+    }
+
+    /// The owner of `slot` as an index ([`name`](Self::name) gives its
+    /// id), if any: cheaper to compare than ids.
+    pub fn owner_index(&self, slot: u16) -> Option<u16> {
+        self.slots
             .get(slot as usize)
-            .filter(|o| !o.is_empty())
-            .map(|o| o.as_str())
+            .copied()
+            .filter(|&i| i != NOBODY)
+    }
+
+    /// The index of member `id` in this map, if it owns a slot.
+    pub fn index_of(&self, id: &str) -> Option<u16> {
+        self.names.iter().position(|n| n == id).map(|i| i as u16)
+    }
+
+    /// The member id of owner index `i`.
+    pub fn name(&self, i: u16) -> &str {
+        &self.names[i as usize]
     }
 
     /// Slots owned per member id.
     pub fn counts(&self) -> BTreeMap<&str, usize> {
         let mut c = BTreeMap::new();
-        for o in self.owners.iter().filter(|o| !o.is_empty()) {
-            *c.entry(o.as_str()).or_insert(0) += 1;
+        for &i in self.slots.iter().filter(|&&i| i != NOBODY) {
+            *c.entry(self.name(i)).or_insert(0) += 1;
         }
         c
     }
@@ -83,15 +148,13 @@ impl SlotMap {
     /// slot order (CLUSTER SLOTS and SHARDS list them so).
     pub fn ranges(&self) -> Vec<(u16, u16, &str)> {
         let mut out: Vec<(u16, u16, &str)> = Vec::new();
-        for (slot, o) in self.owners.iter().enumerate() {
-            if o.is_empty() {
+        for slot in 0..SLOTS as u16 {
+            let Some(o) = self.owner(slot) else {
                 continue;
-            }
+            };
             match out.last_mut() {
-                Some((_, last, owner)) if *owner == o.as_str() && *last as usize + 1 == slot => {
-                    *last = slot as u16
-                }
-                _ => out.push((slot as u16, slot as u16, o.as_str())),
+                Some((_, last, owner)) if *owner == o && *last + 1 == slot => *last = slot,
+                _ => out.push((slot, slot, o)),
             }
         }
         out
@@ -99,10 +162,8 @@ impl SlotMap {
 
     /// How many slots have another owner in `other`.
     pub fn moved_from(&self, other: &SlotMap) -> usize {
-        self.owners
-            .iter()
-            .zip(&other.owners)
-            .filter(|(a, b)| a != b)
+        (0..SLOTS as u16)
+            .filter(|&s| self.owner(s) != other.owner(s))
             .count()
     }
 
@@ -132,12 +193,13 @@ impl SlotMap {
         let mut owners = vec![String::new(); SLOTS];
         let mut kept: BTreeMap<&str, usize> = BTreeMap::new();
         let mut free: Vec<usize> = Vec::new();
-        for (slot, owner) in self.owners.iter().enumerate() {
-            let target = targets.get(owner.as_str()).copied().unwrap_or(0);
-            let have = kept.entry(owner.as_str()).or_insert(0);
-            if !owner.is_empty() && *have < target {
+        for (slot, owner) in owners.iter_mut().enumerate() {
+            let was = self.owner(slot as u16).unwrap_or("");
+            let target = targets.get(was).copied().unwrap_or(0);
+            let have = kept.entry(was).or_insert(0);
+            if !was.is_empty() && *have < target {
                 *have += 1;
-                owners[slot] = owner.clone();
+                *owner = was.to_string();
             } else {
                 free.push(slot);
             }
@@ -153,7 +215,7 @@ impl SlotMap {
             }
         }
         debug_assert!(free.next().is_none(), "every slot has an owner");
-        SlotMap { epoch, owners }
+        SlotMap::from_owners(epoch, &owners)
     }
 }
 

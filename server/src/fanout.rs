@@ -205,8 +205,8 @@ pub(crate) fn num(n: impl itoa::Integer) -> Bytes {
 
 /// The keys of one owner, in chain order.
 struct Group<'a> {
-    /// The owner's id.
-    owner: &'a str,
+    /// The owner, as the map's index.
+    owner: u16,
     /// Its address (`None`: this node).
     addr: Option<&'a str>,
     /// Positions of its keys in the chain.
@@ -232,17 +232,18 @@ fn group<'v>(
     let mut groups: Vec<Group<'v>> = Vec::new();
     let mut covered = 0;
     for (i, k) in keys.enumerate() {
-        let Some(owner) = view.map.owner(key_slot(k.as_ref())) else {
+        let Some(owner) = view.map.owner_index(key_slot(k.as_ref())) else {
             break;
         };
         // A handful of owners: a scan beats hashing each key's owner.
         let g = match groups.iter().position(|g| g.owner == owner) {
             Some(g) => g,
             None => {
-                let addr = if owner == cluster.me.id {
+                let id = view.map.name(owner);
+                let addr = if id == cluster.me.id {
                     None
                 } else {
-                    match view.nodes.get(owner) {
+                    match view.nodes.get(id) {
                         Some(n) => Some(n.addr.as_str()),
                         None => break,
                     }
@@ -265,13 +266,14 @@ fn group<'v>(
 /// command is answered here, as on a single node).
 pub fn all_here<K: AsRef<[u8]>>(cluster: &Cluster, keys: impl Iterator<Item = K>) -> bool {
     let view = cluster.membership.view();
+    let me = view.map.index_of(&cluster.me.id);
     let mut last = u16::MAX;
     for k in keys {
         let slot = key_slot(k.as_ref());
         if slot == last {
             continue;
         }
-        if view.map.owner(slot) != Some(cluster.me.id.as_str()) {
+        if me.is_none() || view.map.owner_index(slot) != me {
             return false;
         }
         last = slot;
@@ -284,10 +286,14 @@ pub fn all_here<K: AsRef<[u8]>>(cluster: &Cluster, keys: impl Iterator<Item = K>
 /// `KV.PEER EXISTS` answer for (a key in a slot owned elsewhere counts as
 /// missing).
 pub fn mine(shared: &Shared) -> impl Fn(&[u8]) -> bool + '_ {
-    let here = shared.cluster.get().map(|c| (c, c.membership.view()));
+    let here = shared.cluster.get().map(|c| {
+        let view = c.membership.view();
+        let me = view.map.index_of(&c.me.id);
+        (view, me)
+    });
     move |k| {
         here.as_ref()
-            .is_none_or(|(c, view)| view.map.owner(key_slot(k)) == Some(c.me.id.as_str()))
+            .is_none_or(|(view, me)| me.is_some() && view.map.owner_index(key_slot(k)) == *me)
     }
 }
 
