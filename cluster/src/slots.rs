@@ -254,22 +254,6 @@ mod tests {
     }
 
     #[test]
-    fn key_slots_are_redis_clusters() {
-        // Values Redis's CLUSTER KEYSLOT gives (and its documentation).
-        assert_eq!(key_slot(b"foo"), 12182);
-        assert_eq!(key_slot(b"bar"), 5061);
-        // CRC16/XMODEM's check value, under 16384 already.
-        assert_eq!(key_slot(b"123456789"), 0x31C3);
-        // A hash tag: the part in braces decides; empty braces do not count.
-        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
-        assert_eq!(key_slot(b"{user1000}.followers"), key_slot(b"user1000"));
-        assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"));
-        assert_ne!(key_slot(b"foo{}{bar}"), key_slot(b"bar"));
-        assert_eq!(key_slot(b"foo{{bar}}zap"), key_slot(b"{bar"));
-        assert_eq!(key_slot(b""), 0);
-    }
-
-    #[test]
     fn one_node_owns_everything_in_one_range() {
         let m = SlotMap::empty().reassign(&[member("a", 1)]);
         assert_eq!(m.epoch, 1);
