@@ -80,6 +80,8 @@ fn sampled_id(id: u64, rate: u64) -> bool {
 
 /// A block's id in the miniatures and in [`SegCache`]: its key's XXH3-64
 /// (a model may confuse two keys once in 2^64; it then only mispredicts).
+/// The store's index hashes keys from the same XXH3, and reuses a sampled
+/// match's ids for it.
 pub fn block_id(key: &[u8]) -> u64 {
     xxh3_64(key)
 }

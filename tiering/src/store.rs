@@ -834,8 +834,12 @@ fn by_shard(hashed: &[(usize, u64)]) -> Vec<u32> {
 /// The key's shard and its hash in that shard's map, from one XXH3 call: the
 /// value [`KeyHasher`] computes for `key` (a test holds them equal).
 fn key_hash(key: &[u8]) -> (usize, u64) {
-    let x = xxh3_64(key);
-    let h = ((key.len() as u64).rotate_left(29) ^ x).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    key_hash_of(xxh3_64(key), key.len())
+}
+
+/// [`key_hash`] of a key of `len` bytes whose XXH3-64 is `x`.
+fn key_hash_of(x: u64, len: usize) -> (usize, u64) {
+    let h = ((len as u64).rotate_left(29) ^ x).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (x as usize & (SHARDS - 1), h)
 }
 
@@ -2361,23 +2365,32 @@ impl Store {
         // prefix and pass two refreshes and leases it; without, one pass
         // (`match_once`).
         let adaptive = self.eviction == Eviction::Adaptive;
+        // `adaptive`: only sampled requests feed the miniatures (and need
+        // the keys' ids, the XXH3 the index hashes too); the others are
+        // only counted.
+        let mut ids: Option<Vec<u64>> = None;
         if adaptive {
-            // Only sampled requests feed the miniatures (and need the keys'
-            // ids); the others are only counted.
             let decider = keys.clone().nth(crate::policy::sample_index(queried));
             let rate = self.sample_rate.load(Relaxed);
-            let chain: Option<Vec<u64>> = decider
+            ids = decider
                 .is_some_and(|k| crate::policy::sampled_key(k.as_ref(), rate))
                 .then(|| {
                     keys.clone()
                         .map(|k| crate::policy::block_id(k.as_ref()))
                         .collect()
                 });
-            self.tune(chain.as_deref());
+            self.tune(ids.as_deref());
         }
         let first = self.clock.fetch_add(queried as u64, Relaxed);
         let items: Vec<I::Item> = keys.collect();
-        let hashed: Vec<(usize, u64)> = items.iter().map(|k| key_hash(k.as_ref())).collect();
+        let hashed: Vec<(usize, u64)> = match &ids {
+            Some(ids) => items
+                .iter()
+                .zip(ids)
+                .map(|(k, &x)| key_hash_of(x, k.as_ref().len()))
+                .collect(),
+            None => items.iter().map(|k| key_hash(k.as_ref())).collect(),
+        };
         let order = by_shard(&hashed);
         let groups = || order.chunk_by(|a, b| hashed[*a as usize].0 == hashed[*b as usize].0);
 
