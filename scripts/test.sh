@@ -30,17 +30,23 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-# redis-py, for the tests that run Python client code (tests/py). Debian's
-# own Python refuses pip installs outside a virtualenv (PEP 668) unless told.
-if ! python3 -c 'import redis' 2>/dev/null; then
-  if ! python3 -m pip --version >/dev/null 2>&1; then
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-pip >/dev/null
-  fi
-  echo "installing redis-py with pip"
-  python3 -m pip install --quiet redis 2>/dev/null ||
-    python3 -m pip install --quiet --break-system-packages redis
+# pip installs, for the Python tests. Debian's own Python refuses pip
+# installs outside a virtualenv (PEP 668) unless told.
+if ! python3 -m pip --version >/dev/null 2>&1; then
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-pip >/dev/null
 fi
+pip_install() {
+  python3 -m pip install --quiet --disable-pip-version-check "$@" 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$@"
+}
+# redis-py (tests/py), numpy (arrays handed to the tidepool package).
+for mod in redis numpy; do
+  if ! python3 -c "import $mod" 2>/dev/null; then
+    echo "installing $mod with pip"
+    pip_install "$mod"
+  fi
+done
 
 # Each step says how long it took; tests that skip something this machine
 # lacks (a tool, a kernel feature) list it at the end.
@@ -60,6 +66,14 @@ step "format" cargo fmt --all -- --check
 # Integration tests start the real server binary: build it first (they
 # refuse a binary older than its sources).
 step "build binaries" cargo build --workspace --bins --examples
+# The tidepool Python package, built by maturin as `pip install ./python`
+# builds it for a user, but with the dev profile: it then reuses the debug
+# build above (the tests check behaviour; bench figures need the release
+# build a plain `pip install ./python` makes).
+install_python_package() {
+  MATURIN_PEP517_ARGS="--profile dev" pip_install --force-reinstall --no-deps ./python
+}
+step "install python package" install_python_package
 # The transport crate is tested once, with its `rdma` feature: that build
 # holds the tcp and shm code unchanged plus the RDMA backend's device-free
 # parts (this machine has no RDMA device; the verbs path itself never runs

@@ -1,0 +1,127 @@
+//! The `tidepool` Python package (python/) against the real server: its
+//! unittest suite (python/tests) and every example (python/examples), run
+//! as a user runs them. scripts/test.sh installs the package with pip
+//! first; these tests refuse an installed copy older than the sources.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::SystemTime;
+
+use tidepool_tests::Server;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Every file under `dir`.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn mtime(p: &Path) -> SystemTime {
+    std::fs::metadata(p)
+        .and_then(|m| m.modified())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// Panics unless the installed package is this tree's: its Python files
+/// the same, its native module built after the Rust sources it holds.
+fn assert_installed_fresh() {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import os, tidepool, tidepool._tidepool as n; \
+             print(os.path.dirname(tidepool.__file__)); print(n.__file__)",
+        ])
+        .output()
+        .expect("python3 is needed");
+    assert!(
+        out.status.success(),
+        "the tidepool Python package is not installed: `python3 -m pip install ./python` \
+         (scripts/test.sh does)\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let (pkg, native) = (
+        PathBuf::from(lines.next().unwrap()),
+        PathBuf::from(lines.next().unwrap()),
+    );
+    let src = repo().join("python/tidepool");
+    for f in files(&src) {
+        let rel = f.strip_prefix(&src).unwrap();
+        if f.extension().is_some_and(|e| e == "py" || e == "pyi") {
+            assert!(
+                std::fs::read(&f).ok() == std::fs::read(pkg.join(rel)).ok(),
+                "the installed tidepool package differs from {} : reinstall it with \
+                 `python3 -m pip install ./python` (scripts/test.sh does)",
+                f.display()
+            );
+        }
+    }
+    let built = mtime(&native);
+    let rust: Vec<PathBuf> = ["python/src", "client/src", "transport/src", "protocol/src"]
+        .iter()
+        .flat_map(|d| files(&repo().join(d)))
+        .filter(|p| mtime(p) > built)
+        .collect();
+    assert!(
+        rust.is_empty(),
+        "the installed native module {} is older than {rust:?}: reinstall with \
+         `python3 -m pip install ./python` (scripts/test.sh does)",
+        native.display()
+    );
+}
+
+fn run_python(args: &[&str], s: &Server) {
+    let out = Command::new("python3")
+        .args(args)
+        .current_dir(repo())
+        .env("TIDEPOOL_ADDR", format!("127.0.0.1:{}", s.port))
+        .output()
+        .expect("python3 is needed");
+    assert!(
+        out.status.success(),
+        "python3 {args:?} failed\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn python_unittest_suite() {
+    assert_installed_fresh();
+    let s = Server::start(&[]);
+    run_python(
+        &["-m", "unittest", "discover", "-s", "python/tests", "-v"],
+        &s,
+    );
+}
+
+#[test]
+fn python_examples_run_and_check_themselves() {
+    assert_installed_fresh();
+    let mut examples: Vec<PathBuf> = files(&repo().join("python/examples"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "py"))
+        .collect();
+    examples.sort();
+    assert!(!examples.is_empty(), "python/examples has no examples");
+    for ex in examples {
+        // Each on a server of its own: an example's checks count blocks.
+        let s = Server::start(&[]);
+        run_python(&[ex.to_str().unwrap()], &s);
+    }
+}
