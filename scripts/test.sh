@@ -40,11 +40,12 @@ pip_install() {
   python3 -m pip install --quiet --disable-pip-version-check "$@" 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$@"
 }
-# redis-py (tests/py), numpy (arrays handed to the tidepool package).
-for mod in redis numpy; do
-  if ! python3 -c "import $mod" 2>/dev/null; then
-    echo "installing $mod with pip"
-    pip_install "$mod"
+# module:package. redis-py (tests/py); numpy (arrays handed to the tidepool
+# package); pyzmq, msgpack and msgspec (the KV events subscriber tests).
+for pair in redis:redis numpy:numpy zmq:pyzmq msgpack:msgpack msgspec:msgspec; do
+  if ! python3 -c "import ${pair%%:*}" 2>/dev/null; then
+    echo "installing ${pair#*:} with pip"
+    pip_install "${pair#*:}"
   fi
 done
 

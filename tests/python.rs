@@ -85,11 +85,11 @@ fn assert_installed_fresh() {
     );
 }
 
-fn run_python(args: &[&str], s: &Server) {
+fn run_python(args: &[&str], env: &[(&str, String)]) {
     let out = Command::new("python3")
         .args(args)
         .current_dir(repo())
-        .env("TIDEPOOL_ADDR", format!("127.0.0.1:{}", s.port))
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("python3 is needed");
     assert!(
@@ -103,10 +103,28 @@ fn run_python(args: &[&str], s: &Server) {
 #[test]
 fn python_unittest_suite() {
     assert_installed_fresh();
-    let s = Server::start(&[]);
+    let zmq = [
+        "--kv-events-zmq",
+        "tcp://127.0.0.1:0",
+        "--kv-events-topic",
+        "tidepool",
+        "--kv-events-block-size",
+        "32",
+    ];
+    let s = Server::start(&zmq);
+    // A publisher whose queue holds one event: bursts lose events.
+    let lossy = Server::start(&[
+        "--kv-events-zmq",
+        "tcp://127.0.0.1:0",
+        "--kv-events-queue",
+        "1",
+    ]);
     run_python(
         &["-m", "unittest", "discover", "-s", "python/tests", "-v"],
-        &s,
+        &[
+            ("TIDEPOOL_ADDR", format!("127.0.0.1:{}", s.port)),
+            ("TIDEPOOL_LOSSY_ADDR", format!("127.0.0.1:{}", lossy.port)),
+        ],
     );
 }
 
@@ -121,7 +139,10 @@ fn python_examples_run_and_check_themselves() {
     assert!(!examples.is_empty(), "python/examples has no examples");
     for ex in examples {
         // Each on a server of its own: an example's checks count blocks.
-        let s = Server::start(&[]);
-        run_python(&[ex.to_str().unwrap()], &s);
+        let s = Server::start(&["--kv-events-zmq", "tcp://127.0.0.1:0"]);
+        run_python(
+            &[ex.to_str().unwrap()],
+            &[("TIDEPOOL_ADDR", format!("127.0.0.1:{}", s.port))],
+        );
     }
 }

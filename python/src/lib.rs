@@ -48,6 +48,13 @@ fn key_slot(key: &Bound<'_, PyAny>) -> PyResult<u16> {
     Ok(tidepool_protocol::slot::key_slot(&buffers::key(key)?))
 }
 
+/// The 64-bit hash that names a block in the server's ZMQ KV events
+/// (`--kv-events-zmq`): XXH3-64 (seed 0) of its key.
+#[pyfunction]
+fn event_hash(key: &Bound<'_, PyAny>) -> PyResult<u64> {
+    Ok(xxhash_rust::xxh3::xxh3_64(&buffers::key(key)?))
+}
+
 #[pymodule]
 fn _tidepool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -57,6 +64,7 @@ fn _tidepool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Match>()?;
     m.add_function(wrap_pyfunction!(chain_keys, m)?)?;
     m.add_function(wrap_pyfunction!(key_slot, m)?)?;
+    m.add_function(wrap_pyfunction!(event_hash, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     let _ = py;
     Ok(())

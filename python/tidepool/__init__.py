@@ -29,6 +29,7 @@ from ._tidepool import (
     TidepoolError,
     __version__,
     chain_keys,
+    event_hash,
     key_slot,
 )
 
@@ -42,5 +43,6 @@ __all__ = [
     "TidepoolError",
     "__version__",
     "chain_keys",
+    "event_hash",
     "key_slot",
 ]

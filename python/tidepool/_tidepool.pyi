@@ -48,6 +48,10 @@ def chain_keys(seed: Key, block_tokens: int, tokens: Sequence[int]) -> list[byte
     """The chain keys of `tokens` in blocks of `block_tokens`, as KV.HASH
     makes them; a trailing partial block gets no key."""
 
+def event_hash(key: Key) -> int:
+    """The 64-bit hash naming a block in the server's ZMQ KV events:
+    XXH3-64 (seed 0) of its key."""
+
 def key_slot(key: Key) -> int:
     """The cluster slot (0..16384) of a key."""
 

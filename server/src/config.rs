@@ -129,6 +129,22 @@ pub struct Args {
     /// Seconds this node's registration outlives its last renewal. Default: 10.
     #[arg(long = "cluster-lease-ttl")]
     pub cluster_lease_ttl: Option<u64>,
+    /// Publish block events in vLLM's KV-events format (msgpack batches on
+    /// a ZMQ PUB socket) bound here, `tcp://HOST:PORT` (`*` for every
+    /// interface), for KV-aware routers. Default: none.
+    #[arg(long = "kv-events-zmq")]
+    pub kv_events_zmq: Option<String>,
+    /// The topic (first frame) of those messages. Default: "" (empty).
+    #[arg(long = "kv-events-topic")]
+    pub kv_events_topic: Option<String>,
+    /// Tokens per block, as the events' `block_size` declares it (the
+    /// engines' block size). Default: 16.
+    #[arg(long = "kv-events-block-size")]
+    pub kv_events_block_size: Option<u64>,
+    /// Events queued for the ZMQ publisher; past it events are dropped (and
+    /// subscribers see a gap in the sequence numbers). Default: 65536.
+    #[arg(long = "kv-events-queue")]
+    pub kv_events_queue: Option<usize>,
 }
 
 /// The server's settings.
@@ -203,6 +219,14 @@ pub struct Config {
     pub announce: Option<String>,
     /// Seconds a registration outlives its last renewal. Default: 10.
     pub cluster_lease_ttl: u64,
+    /// ZMQ PUB endpoint of vLLM-format KV events; none: off.
+    pub kv_events_zmq: Option<String>,
+    /// Their topic. Default: "".
+    pub kv_events_topic: String,
+    /// The `block_size` they declare. Default: 16.
+    pub kv_events_block_size: u64,
+    /// Events queued for the publisher. Default: 65536.
+    pub kv_events_queue: usize,
 }
 
 impl Default for Config {
@@ -237,6 +261,10 @@ impl Default for Config {
             cluster_name: "tidepool".into(),
             announce: None,
             cluster_lease_ttl: 10,
+            kv_events_zmq: None,
+            kv_events_topic: String::new(),
+            kv_events_block_size: 16,
+            kv_events_queue: 65_536,
         }
     }
 }
@@ -299,6 +327,10 @@ impl Config {
             c.announce = Some(v.clone());
         }
         over!(cluster_name, cluster_lease_ttl);
+        if let Some(v) = &args.kv_events_zmq {
+            c.kv_events_zmq = Some(v.clone());
+        }
+        over!(kv_events_topic, kv_events_block_size, kv_events_queue);
         c.validate()?;
         Ok(c)
     }
@@ -347,6 +379,18 @@ impl Config {
             "max-lease-ms must be from 1 to {MAX_LEASE_MS_LIMIT} (a year)"
         );
         parse_perm(&self.shm_socket_perm)?;
+        if let Some(e) = &self.kv_events_zmq {
+            anyhow::ensure!(
+                e.strip_prefix("tcp://")
+                    .and_then(|r| r.rsplit_once(':'))
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
+                "kv-events-zmq takes tcp://HOST:PORT (HOST * for every interface), not {e:?}"
+            );
+        }
+        anyhow::ensure!(
+            (1..=1 << 24).contains(&self.kv_events_queue),
+            "kv-events-queue must be from 1 to 16777216 events"
+        );
         if let Some(spec) = &self.cluster {
             cluster_endpoints(spec)?;
             anyhow::ensure!(

@@ -313,6 +313,15 @@ fn section(shared: &Shared, name: &str, o: &mut String) {
             );
             line!("kv_leases", st.leases);
             line!("kv_events_published", shared.pubsub.last_event_seq());
+            if let Some(z) = &shared.zmq {
+                line!(
+                    "kv_events_zmq_endpoint",
+                    z.endpoint.get().map_or("", |e| e.as_str())
+                );
+                line!("kv_events_zmq_batches", z.batches.load(Relaxed));
+                line!("kv_events_zmq_events", z.events.load(Relaxed));
+                line!("kv_events_zmq_lost", z.lost.load(Relaxed));
+            }
         }
         "tiers" => {
             o.push_str("# Tiers\r\n");

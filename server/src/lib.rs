@@ -16,6 +16,7 @@ pub mod info;
 pub mod observe;
 pub mod pubsub;
 pub mod state;
+pub mod zmq_events;
 
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
@@ -47,6 +48,14 @@ pub async fn run(
         "tidepool-server ready to accept connections"
     );
     let planes = start_data_plane(&shared, listener.local_addr()?.port()).await?;
+    if let Some(z) = &shared.zmq {
+        let (endpoint, topic, block_size) = {
+            let c = shared.config.read();
+            let endpoint = c.kv_events_zmq.clone().unwrap_or_default();
+            (endpoint, c.kv_events_topic.clone(), c.kv_events_block_size)
+        };
+        z.start(&endpoint, &topic, block_size).await?;
+    }
     let addr = {
         let c = shared.config.read();
         c.announce.clone().unwrap_or_else(|| {

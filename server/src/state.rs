@@ -59,6 +59,8 @@ pub struct Shared {
     /// Where clients reach this node (`--announce`, else the bound
     /// address): what WITHNODES names.
     pub addr: std::sync::OnceLock<String>,
+    /// `--kv-events-zmq`: block events for routers over ZMQ.
+    pub zmq: Option<Arc<crate::zmq_events::ZmqEvents>>,
     /// MONITOR clients, by id.
     pub monitors: parking_lot::Mutex<HashMap<u64, crate::pubsub::Subscriber>>,
     /// How many there are (read by every command: no lock when none).
@@ -72,9 +74,17 @@ impl Shared {
         let pubsub = Arc::new(PubSub::default());
         let limit = crate::config::OutputLimit::parse(&config.client_output_buffer_limit_pubsub)?;
         pubsub.limits.set(limit.hard, limit.soft, limit.soft_secs);
+        let zmq = config
+            .kv_events_zmq
+            .as_ref()
+            .map(|_| crate::zmq_events::ZmqEvents::new(config.kv_events_queue));
+        let sinks = crate::zmq_events::Sinks {
+            pubsub: pubsub.clone(),
+            zmq: zmq.clone(),
+        };
         let store = Arc::new(Store::with_parts(
             config.store_config(),
-            Some(pubsub.clone() as Arc<dyn EventSink>),
+            Some(Arc::new(sinks) as Arc<dyn EventSink>),
             Arc::new(|| {
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -129,6 +139,7 @@ impl Shared {
             pause_changed: tokio::sync::Notify::new(),
             cluster: std::sync::OnceLock::new(),
             addr: std::sync::OnceLock::new(),
+            zmq,
             monitors: Default::default(),
             monitoring: Default::default(),
             data,

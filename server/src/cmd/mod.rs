@@ -180,6 +180,9 @@ pub fn execute(
         C::DbSize => Reply::Int(shared.store.len() as i64),
         C::FlushAll => {
             offload_if(shared.store.len() > LONG_KEYS, || shared.store.flush());
+            if let Some(z) = &shared.zmq {
+                z.cleared();
+            }
             Reply::ok()
         }
         C::MemoryUsage(k) => shared
