@@ -63,6 +63,20 @@ step() {
   echo "== $name: $((SECONDS - t0)) s"
 }
 
+# The serving engines the Python connectors plug into, for their tests:
+# SGLang, LMCache and vLLM (CPU-only here), installed without their own
+# dependency sets (scripts/engine-deps.txt says why). A machine where they
+# do not install still runs everything else; their tests then say they
+# skipped.
+engines="sglang==0.5.23 lmcache==0.5.6 vllm==0.34.0"
+install_engines() {
+  pip_install -r scripts/engine-deps.txt && pip_install --no-deps $engines
+}
+if ! python3 -c 'import sglang, lmcache, vllm, torch' 2>/dev/null; then
+  echo "installing $engines (CPU) with pip"
+  install_engines || echo "could not install the engines: their connector tests will skip"
+fi
+
 step "format" cargo fmt --all -- --check
 # Integration tests start the real server binary: build it first (they
 # refuse a binary older than its sources).

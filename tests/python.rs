@@ -98,6 +98,19 @@ fn run_python(args: &[&str], env: &[(&str, String)]) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // unittest -v says "... skipped 'why'" per skipped test: each reason
+    // goes to the run's list of what this machine skipped.
+    let log = String::from_utf8_lossy(&out.stderr);
+    let mut reasons: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_once(" ... skipped '"))
+        .map(|(_, why)| why.trim_end_matches('\''))
+        .collect();
+    reasons.sort_unstable();
+    reasons.dedup();
+    for why in reasons {
+        tidepool_tests::skipped(&format!("python tests: {why}"));
+    }
 }
 
 #[test]

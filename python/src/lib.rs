@@ -8,6 +8,7 @@
 //! return an awaitable of it. Block values are the callers' own memory
 //! (the buffer protocol, or raw addresses), never copied in Python.
 
+mod bench;
 mod buffers;
 mod client;
 mod convert;
@@ -65,6 +66,7 @@ fn _tidepool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(chain_keys, m)?)?;
     m.add_function(wrap_pyfunction!(key_slot, m)?)?;
     m.add_function(wrap_pyfunction!(event_hash, m)?)?;
+    m.add_function(wrap_pyfunction!(bench::_bench_rust, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     let _ = py;
     Ok(())
