@@ -159,3 +159,49 @@ fn python_examples_run_and_check_themselves() {
         );
     }
 }
+
+#[test]
+fn python_bench_runs() {
+    assert_installed_fresh();
+    let s = Server::start(&[]);
+    let addr = format!("127.0.0.1:{}", s.port);
+    let out = Command::new("python3")
+        .args([
+            "-m",
+            "tidepool.bench",
+            "--addr",
+            &addr,
+            "--sizes",
+            "64KiB",
+            "--total",
+            "1MiB",
+        ])
+        .args([
+            "--batch",
+            "256KiB",
+            "--runs",
+            "1",
+            "--matches",
+            "10",
+            "--chain",
+            "8",
+        ])
+        .output()
+        .expect("python3 is needed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for row in [
+        "| shm | 64 KiB | put |",
+        "| shm | 64 KiB | get |",
+        "| tcp | 64 KiB | put |",
+        "| tcp | 64 KiB | get |",
+        "| python |",
+        "| rust |",
+    ] {
+        assert!(text.contains(row), "no {row} row in\n{text}");
+    }
+}

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString};
+use pyo3::types::{PyBytes, PyList, PyString};
 
 /// An object's memory, exported through the buffer protocol and held
 /// (the object cannot be freed or resized meanwhile) until dropped.
@@ -217,14 +217,48 @@ pub fn key(obj: &Bound<'_, PyAny>) -> PyResult<Bytes> {
     }
 }
 
-/// Keys from any iterable of keys.
+/// Keys from any iterable of keys. `bytes` and `str` keys (the usual
+/// case) are copied into one allocation that the keys share, rather than
+/// one each: a 256-key match spent a fifth of its time in allocating.
 pub fn keys(obj: &Bound<'_, PyAny>) -> PyResult<Vec<Bytes>> {
     if obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBytes>() {
         return Err(PyTypeError::new_err(
             "keys are a list (or other iterable) of keys, not one key",
         ));
     }
-    obj.try_iter()?.map(|k| key(&k?)).collect()
+    let items: Vec<Bound<'_, PyAny>> = match obj.cast::<PyList>() {
+        Ok(list) => list.iter().collect(),
+        Err(_) => obj.try_iter()?.collect::<PyResult<_>>()?,
+    };
+    // Borrowed bytes of the usual keys; None for any other kind.
+    let mut borrowed: Vec<Option<&[u8]>> = Vec::with_capacity(items.len());
+    for k in &items {
+        borrowed.push(if let Ok(b) = k.cast::<PyBytes>() {
+            Some(b.as_bytes())
+        } else if let Ok(s) = k.cast::<PyString>() {
+            Some(s.to_str()?.as_bytes())
+        } else {
+            None
+        });
+    }
+    let total: usize = borrowed.iter().flatten().map(|b| b.len()).sum();
+    let mut all = bytes::BytesMut::with_capacity(total);
+    for b in borrowed.iter().flatten() {
+        all.extend_from_slice(b);
+    }
+    let all = all.freeze();
+    let mut at = 0;
+    items
+        .iter()
+        .zip(&borrowed)
+        .map(|(k, b)| match b {
+            Some(b) => {
+                at += b.len();
+                Ok(all.slice(at - b.len()..at))
+            }
+            None => key(k),
+        })
+        .collect()
 }
 
 /// Refuses buffers that share memory: each receives a block of its own,

@@ -66,7 +66,7 @@ fn _tidepool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(chain_keys, m)?)?;
     m.add_function(wrap_pyfunction!(key_slot, m)?)?;
     m.add_function(wrap_pyfunction!(event_hash, m)?)?;
-    m.add_function(wrap_pyfunction!(bench::_bench_rust, m)?)?;
+    m.add_class::<bench::_RustBench>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     let _ = py;
     Ok(())

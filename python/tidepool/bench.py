@@ -5,7 +5,8 @@ GB/s over each data plane, and KV.MATCH latency.
     python -m tidepool.bench --addr 127.0.0.1:6379
 
 The Rust figures come from the same tidepool-client the Python methods
-call, timed in Rust inside this process (`tidepool._tidepool._bench_rust`),
+call, timed in Rust inside this process (`tidepool._tidepool._RustBench`,
+a long-lived client as the Python one is),
 so the ratio is what the Python layer costs: argument parsing, exporting
 buffers, releasing the GIL, converting results. Runs alternate Python and
 Rust; each cell is the median of `--runs`. Build the package optimized
@@ -36,9 +37,12 @@ def human(n):
     return f"{n} B"
 
 
+# Each side's first round is not timed, so both time warm buffers.
+
+
 def py_put(client, values, batch, rounds):
     out = []
-    for r in range(rounds):
+    for r in range(rounds + 1):
         keys = [f"py-bench-{os.getpid()}-{r}-{i}" for i in range(len(values))]
         pairs = list(zip(keys, values))
         t = time.perf_counter()
@@ -46,7 +50,8 @@ def py_put(client, values, batch, rounds):
             for res in client.put_many(pairs[i : i + batch]):
                 if res is not None:
                     raise res
-        out.append(time.perf_counter() - t)
+        if r > 0:
+            out.append(time.perf_counter() - t)
         client.delete(keys)
     return out
 
@@ -56,13 +61,14 @@ def py_get(client, values, batch, rounds):
     client.put_many(list(zip(keys, values)))
     bufs = [bytearray(len(v)) for v in values]
     out = []
-    for _ in range(rounds):
+    for r in range(rounds + 1):
         t = time.perf_counter()
         for i in range(0, len(keys), batch):
             got = client.get_many_into(keys[i : i + batch], bufs[i : i + batch])
             if any(g != len(values[0]) for g in got):
                 raise RuntimeError("a block went missing")
-        out.append(time.perf_counter() - t)
+        if r > 0:
+            out.append(time.perf_counter() - t)
     client.delete(keys)
     return out
 
@@ -99,6 +105,7 @@ def main(argv=None):
     print(f"|---|---|---|---|---|---|")
     for plane in a.planes.split(","):
         client = tidepool.Client(a.addr, plane=plane)
+        rust = _tidepool._RustBench(a.addr, plane)
         for block in [size(s) for s in a.sizes.split(",")]:
             blocks = max(1, total // block)
             batch = max(1, batch_bytes // block)
@@ -107,17 +114,18 @@ def main(argv=None):
                 py_t, rust_t = [], []
                 for _ in range(a.runs):  # alternate, so drift hits both
                     py_t += fn(client, values, batch, 1)
-                    rust_t += _tidepool._bench_rust(a.addr, plane, op, block, blocks, batch, 1)
+                    rust_t += rust.run(op, block, blocks, batch, 1)
                 moved = blocks * block
                 p = moved / statistics.median(py_t) / 1e9
                 r = moved / statistics.median(rust_t) / 1e9
                 print(f"| {plane} | {human(block)} | {op} | {p:.2f} | {r:.2f} | {p / r:.0%} |")
         client.close()
     client = tidepool.Client(a.addr)
+    rust = _tidepool._RustBench(a.addr, "auto")
     py_m, rust_m = [], []
     for _ in range(a.runs):
         py_m += py_match(client, a.chain, a.matches // a.runs)
-        rust_m += _tidepool._bench_rust(a.addr, "auto", "match", 1, a.chain, 1, a.matches // a.runs)
+        rust_m += rust.run("match", 1, a.chain, 1, a.matches // a.runs)
     client.close()
 
     def pct(xs, q):
