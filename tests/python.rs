@@ -153,9 +153,26 @@ fn python_examples_run_and_check_themselves() {
     for ex in examples {
         // Each on a server of its own: an example's checks count blocks.
         let s = Server::start(&["--kv-events-zmq", "tcp://127.0.0.1:0"]);
-        run_python(
-            &[ex.to_str().unwrap()],
-            &[("TIDEPOOL_ADDR", format!("127.0.0.1:{}", s.port))],
+        let out = Command::new("python3")
+            .arg(&ex)
+            .current_dir(repo())
+            .env("TIDEPOOL_ADDR", format!("127.0.0.1:{}", s.port))
+            .output()
+            .expect("python3 is needed");
+        let name = ex.file_name().unwrap().to_string_lossy();
+        // 77: the engine the example plugs into is not installed here.
+        if out.status.code() == Some(77) {
+            tidepool_tests::skipped(&format!(
+                "python example {name}: {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            ));
+            continue;
+        }
+        assert!(
+            out.status.success(),
+            "{name} failed\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
     }
 }

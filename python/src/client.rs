@@ -30,8 +30,12 @@ pub struct Core {
 
 impl Core {
     fn new(client: tidepool_client::Client) -> Core {
+        Core::shared(Arc::new(client))
+    }
+
+    fn shared(client: Arc<tidepool_client::Client>) -> Core {
         Core {
-            inner: Mutex::new(Some(Arc::new(client))),
+            inner: Mutex::new(Some(client)),
             pid: std::process::id(),
         }
     }
@@ -621,6 +625,15 @@ client_methods!(Client, sync_out, {
         })?;
         Ok(Client {
             core: Core::new(client),
+        })
+    }
+
+    /// An `AsyncClient` over this client's connections (for code that has
+    /// both blocking and asyncio callers, or must connect outside a loop).
+    /// Closing either leaves the other open.
+    fn aio(&self) -> PyResult<AsyncClient> {
+        Ok(AsyncClient {
+            core: Core::shared(self.core.get()?),
         })
     }
 
