@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
 
-use tidepool_tests::Server;
+use tidepool_tests::{cluster_node, converge_on, Etcd, Server};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -94,7 +94,8 @@ fn run_python(args: &[&str], env: &[(&str, String)]) {
         .expect("python3 is needed");
     assert!(
         out.status.success(),
-        "python3 {args:?} failed\n{}\n{}",
+        "python3 {args:?} failed ({})\n{}\n{}",
+        out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -221,4 +222,24 @@ fn python_bench_runs() {
     ] {
         assert!(text.contains(row), "no {row} row in\n{text}");
     }
+}
+
+#[test]
+fn python_cluster_client() {
+    assert_installed_fresh();
+    let etcd = Etcd::start();
+    let nodes: Vec<Server> = (0..3).map(|_| cluster_node(&etcd, &[])).collect();
+    converge_on(&nodes.iter().collect::<Vec<_>>(), 3);
+    let seeds: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    run_python(
+        &["-m", "unittest", "-v", "cluster_check"],
+        &[
+            ("TIDEPOOL_CLUSTER", seeds.join(",")),
+            ("PYTHONPATH", "python/tests".into()),
+            ("PYTHONFAULTHANDLER", "1".into()),
+        ],
+    );
 }

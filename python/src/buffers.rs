@@ -14,8 +14,35 @@ use pyo3::types::{PyBytes, PyList, PyString};
 /// An object's memory, exported through the buffer protocol and held
 /// (the object cannot be freed or resized meanwhile) until dropped.
 pub struct Exported {
-    // Boxed: an exporter may keep pointers into its `Py_buffer`.
-    view: Box<ffi::Py_buffer>,
+    // Boxed: an exporter may keep pointers into its `Py_buffer`. `None`
+    // once released (or handed to `PENDING`).
+    view: Option<Box<ffi::Py_buffer>>,
+}
+
+/// A view to release, moved between threads.
+struct Unreleased(Box<ffi::Py_buffer>);
+// SAFETY: released only with the interpreter attached (`release_pending`).
+unsafe impl Send for Unreleased {}
+
+/// Views dropped on threads not attached to the interpreter (the runtime's
+/// workers, the shm copy threads, where the last clone of a block's bytes
+/// often ends): releasing takes the interpreter, and a thread that
+/// attaches while the interpreter shuts down is killed under Rust code, so
+/// they wait here for the next call from Python to release them.
+static PENDING: std::sync::Mutex<Vec<Unreleased>> = std::sync::Mutex::new(Vec::new());
+static HAS_PENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Releases the views dropped off the interpreter's threads.
+pub fn release_pending(_py: Python<'_>) {
+    use std::sync::atomic::Ordering;
+    if !HAS_PENDING.swap(false, Ordering::Acquire) {
+        return;
+    }
+    let views = std::mem::take(&mut *PENDING.lock().unwrap_or_else(|p| p.into_inner()));
+    for Unreleased(mut view) in views {
+        // SAFETY: filled by PyObject_GetBuffer, released once, attached.
+        unsafe { ffi::PyBuffer_Release(&mut *view) };
+    }
 }
 
 // SAFETY: the view is only read (its pointer and length) from other
@@ -49,17 +76,21 @@ impl Exported {
             err.set_cause(obj.py(), Some(cause));
             return Err(err);
         }
-        Ok(Exported { view })
+        Ok(Exported { view: Some(view) })
+    }
+
+    fn view(&self) -> &ffi::Py_buffer {
+        self.view.as_deref().expect("held until dropped")
     }
 
     /// The exported length in bytes.
     pub fn len(&self) -> usize {
-        self.view.len as usize
+        self.view().len as usize
     }
 
     /// The start of the exported memory.
     pub fn ptr(&self) -> *mut u8 {
-        self.view.buf.cast()
+        self.view().buf.cast()
     }
 }
 
@@ -75,9 +106,20 @@ impl AsRef<[u8]> for Exported {
 
 impl Drop for Exported {
     fn drop(&mut self) {
-        // SAFETY: the view was filled by PyObject_GetBuffer and is released
-        // once, with the interpreter attached.
-        Python::attach(|_| unsafe { ffi::PyBuffer_Release(&mut *self.view) });
+        let Some(mut view) = self.view.take() else {
+            return;
+        };
+        // SAFETY: a plain query, valid on any thread.
+        if unsafe { ffi::PyGILState_Check() } == 1 {
+            // SAFETY: filled by PyObject_GetBuffer, released once, attached.
+            unsafe { ffi::PyBuffer_Release(&mut *view) };
+        } else {
+            PENDING
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Unreleased(view));
+            HAS_PENDING.store(true, std::sync::atomic::Ordering::Release);
+        }
     }
 }
 

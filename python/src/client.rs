@@ -43,6 +43,7 @@ impl Core {
     /// The client, unless closed or inherited across a fork (its sockets
     /// are shared with the parent, and its runtime's threads are gone).
     fn get(&self) -> PyResult<Arc<tidepool_client::Client>> {
+        Python::attach(buffers::release_pending);
         if std::process::id() != self.pid {
             return Err(TidepoolError::new_err(
                 "this client was connected in the parent of this forked process: \

@@ -67,6 +67,7 @@ fn _tidepool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(key_slot, m)?)?;
     m.add_function(wrap_pyfunction!(event_hash, m)?)?;
     m.add_class::<bench::_RustBench>()?;
+    m.add_function(wrap_pyfunction!(rt::_quiesce, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     let _ = py;
     Ok(())

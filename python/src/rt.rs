@@ -1,10 +1,12 @@
 //! The runtime the calls run on, and how their outcomes reach Python.
 
 use std::future::Future;
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::Mutex;
 
 use pyo3::exceptions::{PyException, PyRuntimeError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::{create_exception, IntoPyObjectExt};
 use tidepool_client::ClientError;
 use tokio::runtime::Runtime;
@@ -107,7 +109,9 @@ pub fn block_on<T: Send + 'static>(
     // Spawned rather than driven here: the task's socket events are then
     // handled on the runtime's threads, without a wakeup passed to this
     // one for each.
-    match py.detach(|| rt.block_on(rt.spawn(fut))) {
+    let joined = py.detach(|| rt.block_on(rt.spawn(fut)));
+    crate::buffers::release_pending(py);
+    match joined {
         Ok(out) => out.map_err(|e| to_py(py, e)),
         Err(e) => Err(PyRuntimeError::new_err(format!(
             "tidepool call failed: {e}"
@@ -126,14 +130,27 @@ where
     block_on(py, fut)?.into_bound_py_any(py)
 }
 
-/// The process whose runtime pyo3-async-runtimes was given (it keeps the
-/// first it is given, for good).
-static ASYNC_PID: OnceLock<u32> = OnceLock::new();
+/// Deliveries of asyncio results in progress (see [`async_out`]).
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// Set by the interpreter's exit (`quiesce`): no delivery starts after it.
+static EXITING: AtomicBool = AtomicBool::new(false);
+
+/// `tidepool._aio.deliver(future, ok, value)`, run on the event loop.
+static DELIVER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// An asyncio call: the task starts now, on the runtime, and the awaitable
-/// returned resolves with its outcome. Cancelling the awaitable does not
-/// stop the task: a transfer under way finishes (its buffers stay held
-/// until then), so memory is never released while blocks move into it.
+/// returned (a future of the running loop) resolves with its outcome.
+/// Cancelling the awaitable does not stop the task: a transfer under way
+/// finishes (its buffers stay held until then), so memory is never
+/// released while blocks move into it.
+///
+/// The result reaches the loop through `call_soon_threadsafe`, called by a
+/// runtime thread with the interpreter attached. A Python 3.11 interpreter
+/// that is shutting down kills a thread that takes it back (after the
+/// write to the loop's wake-up socket, say), and killing a thread inside
+/// Rust code aborts the process; so deliveries are counted, and the
+/// interpreter's exit (an `atexit` hook, [`quiesce`]) stops new ones and
+/// waits for those under way.
 pub fn async_out<'py, T>(
     py: Python<'py>,
     fut: impl Future<Output = Result<T, ClientError>> + Send + 'static,
@@ -141,26 +158,43 @@ pub fn async_out<'py, T>(
 where
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
-    let pid = std::process::id();
-    let first = *ASYNC_PID.get_or_init(|| {
-        let _ = pyo3_async_runtimes::tokio::init_with_runtime(runtime());
-        pid
-    });
-    if first != pid {
-        return Err(TidepoolError::new_err(
-            "the asyncio client was first used in the parent of this forked process, \
-             whose runtime threads are not here: use the blocking Client in this \
-             process, or use AsyncClient only after forking",
-        ));
-    }
-    let task = runtime().spawn(fut);
-    pyo3_async_runtimes::tokio::future_into_py(py, async move {
-        match task.await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(Python::attach(|py| to_py(py, e))),
-            Err(e) => Err(PyRuntimeError::new_err(format!(
-                "tidepool call failed: {e}"
-            ))),
+    let event_loop = py.import("asyncio")?.call_method0("get_running_loop")?;
+    let future = event_loop.call_method0("create_future")?;
+    let deliver = DELIVER
+        .get_or_try_init(py, || {
+            py.import("tidepool._aio")?
+                .getattr("deliver")
+                .map(Bound::unbind)
+        })?
+        .clone_ref(py);
+    let (lp, fu) = (event_loop.unbind(), future.clone().unbind());
+    runtime().spawn(async move {
+        let out = fut.await;
+        IN_FLIGHT.fetch_add(1, SeqCst);
+        if !EXITING.load(SeqCst) {
+            Python::attach(|py| {
+                let (ok, value) = match out.map(|v| v.into_bound_py_any(py)) {
+                    Ok(Ok(v)) => (true, v),
+                    Ok(Err(e)) => (false, e.into_value(py).into_bound(py).into_any()),
+                    Err(e) => (false, to_py(py, e).into_value(py).into_bound(py).into_any()),
+                };
+                // A loop already closed has nobody to tell.
+                let _ = lp.call_method1(py, "call_soon_threadsafe", (deliver, fu, ok, value));
+            });
         }
-    })
+        IN_FLIGHT.fetch_sub(1, SeqCst);
+    });
+    Ok(future)
+}
+
+/// The interpreter is exiting: deliveries stop, and those under way are
+/// waited for (a second at most), with the interpreter released so that
+/// they can finish.
+#[pyfunction]
+pub fn _quiesce(py: Python<'_>) {
+    EXITING.store(true, SeqCst);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while IN_FLIGHT.load(SeqCst) > 0 && std::time::Instant::now() < deadline {
+        py.detach(|| std::thread::sleep(std::time::Duration::from_millis(1)));
+    }
 }

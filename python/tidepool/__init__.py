@@ -33,6 +33,14 @@ from ._tidepool import (
     key_slot,
 )
 
+# A runtime thread handing an asyncio result to its loop must not be
+# caught by the interpreter's shutdown (see the native module's _quiesce).
+import atexit as _atexit
+
+from . import _tidepool
+
+_atexit.register(_tidepool._quiesce)
+
 __all__ = [
     "AsyncClient",
     "Client",
