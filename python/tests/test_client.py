@@ -183,6 +183,42 @@ class PlaneCase:
         self.assertEqual(self.c.get_many(keys + [fresh()]), [b"one", b"two", None])
 
 
+try:
+    import torch
+except ImportError:  # scripts/test.sh installs it with the engines
+    torch = None
+
+
+@unittest.skipIf(torch is None, "torch is not installed")
+class TorchTest(unittest.TestCase):
+    """CPU tensors have no buffer protocol: their storage is read and
+    written through data_ptr(), the tensor held meanwhile."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.c = tidepool.Client(ADDR)
+
+    def test_bfloat16_tensors_round_trip(self):
+        keys = [fresh(), fresh()]
+        src = [torch.randn(64, 128).to(torch.bfloat16) for _ in keys]
+        self.assertEqual(self.c.put_many(list(zip(keys, src))), [None, None])
+        dst = [torch.empty_like(t) for t in src]
+        self.assertEqual(self.c.get_many_into(keys, dst), [t.nbytes for t in src])
+        self.assertTrue(all(torch.equal(a, b) for a, b in zip(src, dst)))
+
+    def test_views_and_odd_tensors(self):
+        key = fresh()
+        whole = torch.arange(1024, dtype=torch.int32)
+        self.c.put(key, whole[256:512])  # a contiguous view: its own bytes
+        out = torch.zeros(256, dtype=torch.int32)
+        self.assertEqual(self.c.get_into(key, out), 1024)
+        self.assertTrue(torch.equal(out, whole[256:512]))
+        with self.assertRaisesRegex(TypeError, "contiguous"):
+            self.c.put(fresh(), whole.view(32, 32).t())
+        with self.assertRaisesRegex(TypeError, "contiguous"):
+            self.c.get_into(key, torch.zeros(512, dtype=torch.int32)[::2])
+
+
 class ShmTest(PlaneCase, unittest.TestCase):
     plane = "shm"
 
