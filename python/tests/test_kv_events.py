@@ -152,6 +152,24 @@ class KvEventsTest(unittest.TestCase):
                 self.assertEqual(e["medium"], "CPU")
         self.assertEqual(self.sub.missed, start_missed, "no batch was lost")
 
+    def test_garbage_on_the_pub_port_does_not_stop_events(self):
+        import socket
+
+        host, port = endpoint_of(self.c)[len("tcp://"):].rsplit(":", 1)
+        junk = []
+        for i in range(20):
+            s = socket.create_connection((host, int(port)), 2)
+            # Random bytes, a ZMTP-looking greeting cut short, or nothing.
+            s.sendall(os.urandom(4096) if i % 3 == 0 else b"\xff" + bytes(8) + b"\x7f" if i % 3 == 1 else b"")
+            junk.append(s)
+        key = f"after-junk-{uuid.uuid4().hex}"
+        self.c.put(key, b"v")
+        want = tidepool.event_hash(key)
+        events_until(self.sub, lambda evs: any(want in e.get("block_hashes", []) for e in evs))
+        self.assertEqual(self.c.command("PING"), "PONG")
+        for s in junk:
+            s.close()
+
     def test_zz_flushall_is_all_blocks_cleared(self):
         self.c.put(f"flush-{uuid.uuid4().hex}", b"v")
         self.c.command("FLUSHALL")
