@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyInt, PyTuple};
+use pyo3::types::{PyDict, PyInt, PyTuple};
 use tidepool_client::{ClientError, ClientOptions, PlaneChoice, PutOptions};
 
 use crate::buffers::{self, Raw, Targets};
@@ -115,43 +115,53 @@ fn plane_choice(plane: &str) -> PyResult<PlaneChoice> {
     })
 }
 
-/// The connect keywords both classes take.
-#[allow(clippy::too_many_arguments)]
-fn options(
-    connections: usize,
-    plane: &str,
-    inline_below: Option<usize>,
-    read_lease_ms: Option<u64>,
-    streaming_reads: Option<bool>,
-    shm_copy_threads: Option<usize>,
-) -> PyResult<ClientOptions> {
-    if connections == 0 || connections > MAX_CONNECTIONS {
-        return Err(PyValueError::new_err(format!(
-            "connections is 1 to {MAX_CONNECTIONS}, got {connections}"
-        )));
-    }
-    let mut o = ClientOptions {
-        connections,
-        plane: plane_choice(plane)?,
-        ..ClientOptions::default()
+/// The connect keywords both classes take (the stubs list them):
+/// `connections` (4), `plane` ("auto"), `inline_below`, `read_lease_ms`,
+/// `streaming_reads`, `shm_copy_threads`.
+fn options(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<ClientOptions> {
+    let mut o = ClientOptions::default();
+    let Some(kwargs) = kwargs else {
+        return Ok(o);
     };
-    if let Some(n) = inline_below {
-        o.inline_below = n;
-    }
-    if let Some(ms) = read_lease_ms {
-        if ms == 0 {
-            return Err(PyValueError::new_err("read_lease_ms must be at least 1"));
+    for (k, v) in kwargs.iter() {
+        let name: String = k.extract()?;
+        if v.is_none() {
+            continue; // None: the default
         }
-        o.read_lease_ms = ms;
-    }
-    if let Some(s) = streaming_reads {
-        o.streaming_reads = s;
-    }
-    if let Some(n) = shm_copy_threads {
-        if n > 64 {
-            return Err(PyValueError::new_err("shm_copy_threads is 0 to 64"));
+        match name.as_str() {
+            "connections" => {
+                let n: usize = v.extract()?;
+                if n == 0 || n > MAX_CONNECTIONS {
+                    return Err(PyValueError::new_err(format!(
+                        "connections is 1 to {MAX_CONNECTIONS}, got {n}"
+                    )));
+                }
+                o.connections = n;
+            }
+            "plane" => o.plane = plane_choice(v.extract()?)?,
+            "inline_below" => o.inline_below = v.extract()?,
+            "read_lease_ms" => {
+                let ms: u64 = v.extract()?;
+                if ms == 0 {
+                    return Err(PyValueError::new_err("read_lease_ms must be at least 1"));
+                }
+                o.read_lease_ms = ms;
+            }
+            "streaming_reads" => o.streaming_reads = v.extract()?,
+            "shm_copy_threads" => {
+                let n: usize = v.extract()?;
+                if n > 64 {
+                    return Err(PyValueError::new_err("shm_copy_threads is 0 to 64"));
+                }
+                o.shm_copy_threads = n;
+            }
+            other => {
+                return Err(PyTypeError::new_err(format!(
+                    "unexpected keyword argument {other:?} (connections, plane, inline_below, \
+                     read_lease_ms, streaming_reads, shm_copy_threads)"
+                )))
+            }
         }
-        o.shm_copy_threads = n;
     }
     Ok(o)
 }
@@ -165,6 +175,34 @@ fn seeds_of(seeds: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
         return Err(PyValueError::new_err("at least one seed address is needed"));
     }
     seeds.iter().map(|s| address(Some(s))).collect()
+}
+
+/// Where a client connects: one node, or a cluster through its seeds.
+enum Target {
+    One(String),
+    Cluster(Vec<String>),
+}
+
+impl Target {
+    fn node(addr: Option<&str>) -> PyResult<Target> {
+        address(addr).map(Target::One)
+    }
+
+    fn cluster(seeds: &Bound<'_, PyAny>) -> PyResult<Target> {
+        seeds_of(seeds).map(Target::Cluster)
+    }
+
+    /// Connects (the future both classes run).
+    async fn connect(self, opts: ClientOptions) -> Result<Core, ClientError> {
+        let client = match self {
+            Target::One(addr) => tidepool_client::Client::connect_with(&addr, opts).await?,
+            Target::Cluster(seeds) => {
+                let seeds: Vec<&str> = seeds.iter().map(String::as_str).collect();
+                tidepool_client::Client::connect_cluster_with(&seeds, opts).await?
+            }
+        };
+        Ok(Core::new(client))
+    }
 }
 
 fn tier_name(tier: Option<&str>) -> PyResult<Option<&'static str>> {
@@ -565,68 +603,31 @@ client_methods!(Client, sync_out, {
     /// the server is on this host, else its TCP data port), "shm", "tcp",
     /// "rdma" or "inline" (RESP only).
     #[new]
-    #[pyo3(signature = (addr=None, *, connections=4, plane="auto", inline_below=None,
-                        read_lease_ms=None, streaming_reads=None, shm_copy_threads=None))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (addr=None, **opts))]
     fn new(
         py: Python<'_>,
         addr: Option<&str>,
-        connections: usize,
-        plane: &str,
-        inline_below: Option<usize>,
-        read_lease_ms: Option<u64>,
-        streaming_reads: Option<bool>,
-        shm_copy_threads: Option<usize>,
+        opts: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Client> {
-        let addr = address(addr)?;
-        let opts = options(
-            connections,
-            plane,
-            inline_below,
-            read_lease_ms,
-            streaming_reads,
-            shm_copy_threads,
-        )?;
-        let client = block_on(py, async move {
-            tidepool_client::Client::connect_with(&addr, opts).await
-        })?;
-        Ok(Client {
-            core: Core::new(client),
-        })
+        let target = Target::node(addr)?;
+        let opts = options(opts)?;
+        let core = block_on(py, target.connect(opts))?;
+        Ok(Client { core })
     }
 
     /// Connects to a tidepool cluster through any of `seeds` (addresses of
     /// some of its nodes): calls over keys go to the nodes that own them.
     #[staticmethod]
-    #[pyo3(signature = (seeds, *, connections=4, plane="auto", inline_below=None,
-                        read_lease_ms=None, streaming_reads=None, shm_copy_threads=None))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (seeds, **opts))]
     fn connect_cluster(
         py: Python<'_>,
         seeds: &Bound<'_, PyAny>,
-        connections: usize,
-        plane: &str,
-        inline_below: Option<usize>,
-        read_lease_ms: Option<u64>,
-        streaming_reads: Option<bool>,
-        shm_copy_threads: Option<usize>,
+        opts: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Client> {
-        let seeds = seeds_of(seeds)?;
-        let opts = options(
-            connections,
-            plane,
-            inline_below,
-            read_lease_ms,
-            streaming_reads,
-            shm_copy_threads,
-        )?;
-        let client = block_on(py, async move {
-            let seeds: Vec<&str> = seeds.iter().map(String::as_str).collect();
-            tidepool_client::Client::connect_cluster_with(&seeds, opts).await
-        })?;
-        Ok(Client {
-            core: Core::new(client),
-        })
+        let target = Target::cluster(seeds)?;
+        let opts = options(opts)?;
+        let core = block_on(py, target.connect(opts))?;
+        Ok(Client { core })
     }
 
     /// An `AsyncClient` over this client's connections (for code that has
@@ -653,63 +654,36 @@ client_methods!(AsyncClient, async_out, {
     /// Connects (awaitable) to a tidepool server: the arguments are
     /// `Client`'s.
     #[staticmethod]
-    #[pyo3(signature = (addr=None, *, connections=4, plane="auto", inline_below=None,
-                        read_lease_ms=None, streaming_reads=None, shm_copy_threads=None))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (addr=None, **opts))]
     fn connect<'py>(
         py: Python<'py>,
         addr: Option<&str>,
-        connections: usize,
-        plane: &str,
-        inline_below: Option<usize>,
-        read_lease_ms: Option<u64>,
-        streaming_reads: Option<bool>,
-        shm_copy_threads: Option<usize>,
+        opts: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let addr = address(addr)?;
-        let opts = options(
-            connections,
-            plane,
-            inline_below,
-            read_lease_ms,
-            streaming_reads,
-            shm_copy_threads,
-        )?;
+        let target = Target::node(addr)?;
+        let opts = options(opts)?;
         async_out(py, async move {
-            let c = tidepool_client::Client::connect_with(&addr, opts).await?;
-            Ok(AsyncClient { core: Core::new(c) })
+            Ok(AsyncClient {
+                core: target.connect(opts).await?,
+            })
         })
     }
 
     /// Connects (awaitable) to a cluster through any of `seeds`: the
     /// arguments are `Client.connect_cluster`'s.
     #[staticmethod]
-    #[pyo3(signature = (seeds, *, connections=4, plane="auto", inline_below=None,
-                        read_lease_ms=None, streaming_reads=None, shm_copy_threads=None))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (seeds, **opts))]
     fn connect_cluster<'py>(
         py: Python<'py>,
         seeds: &Bound<'py, PyAny>,
-        connections: usize,
-        plane: &str,
-        inline_below: Option<usize>,
-        read_lease_ms: Option<u64>,
-        streaming_reads: Option<bool>,
-        shm_copy_threads: Option<usize>,
+        opts: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let seeds = seeds_of(seeds)?;
-        let opts = options(
-            connections,
-            plane,
-            inline_below,
-            read_lease_ms,
-            streaming_reads,
-            shm_copy_threads,
-        )?;
+        let target = Target::cluster(seeds)?;
+        let opts = options(opts)?;
         async_out(py, async move {
-            let seeds: Vec<&str> = seeds.iter().map(String::as_str).collect();
-            let c = tidepool_client::Client::connect_cluster_with(&seeds, opts).await?;
-            Ok(AsyncClient { core: Core::new(c) })
+            Ok(AsyncClient {
+                core: target.connect(opts).await?,
+            })
         })
     }
 

@@ -43,6 +43,12 @@ class ConnectTest(unittest.TestCase):
             tidepool.Client(ADDR, connections=0)
         with self.assertRaises(ValueError):
             tidepool.Client(ADDR, connections=10**6)
+        with self.assertRaisesRegex(TypeError, "planes"):
+            tidepool.Client(ADDR, planes="tcp")
+        with self.assertRaises(TypeError):
+            tidepool.Client(ADDR, connections="four")
+        with tidepool.Client(ADDR, connections=None, plane="tcp", read_lease_ms=5000) as c:
+            self.assertEqual(c.data_plane, "tcp")
 
     def test_unreachable_server_is_a_connection_error(self):
         with self.assertRaises(tidepool.ConnectionError) as cm:
