@@ -41,8 +41,9 @@ pip_install() {
     python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$@"
 }
 # module:package. redis-py (tests/py); numpy (arrays handed to the tidepool
-# package); pyzmq, msgpack and msgspec (the KV events subscriber tests).
-for pair in redis:redis numpy:numpy zmq:pyzmq msgpack:msgpack msgspec:msgspec; do
+# package); pyzmq, msgpack and msgspec (the KV events subscriber tests);
+# mypy (its stubtest checks the package's type stubs).
+for pair in redis:redis numpy:numpy zmq:pyzmq msgpack:msgpack msgspec:msgspec mypy:mypy; do
   if ! python3 -c "import ${pair%%:*}" 2>/dev/null; then
     echo "installing ${pair#*:} with pip"
     pip_install "${pair#*:}"

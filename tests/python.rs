@@ -243,3 +243,11 @@ fn python_cluster_client() {
         ],
     );
 }
+
+/// The type stubs (python/tidepool/_tidepool.pyi) say what the native
+/// module has: mypy's stubtest compares them with the module as built.
+#[test]
+fn python_stubs_match_the_native_module() {
+    assert_installed_fresh();
+    run_python(&["-m", "mypy.stubtest", "tidepool._tidepool"], &[]);
+}
