@@ -173,6 +173,10 @@ where
         IN_FLIGHT.fetch_add(1, SeqCst);
         if !EXITING.load(SeqCst) {
             Python::attach(|py| {
+                // The call's buffers were let go when `fut` ended, here,
+                // off the interpreter's threads: release them before the
+                // caller resumes (and, say, resizes a bytearray it put).
+                crate::buffers::release_pending(py);
                 let (ok, value) = match out.map(|v| v.into_bound_py_any(py)) {
                     Ok(Ok(v)) => (true, v),
                     Ok(Err(e)) => (false, e.into_value(py).into_bound(py).into_any()),

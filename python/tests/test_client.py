@@ -354,6 +354,26 @@ class CallsTest(unittest.TestCase):
         # reach about a tenth of its idle count).
         self.assertGreater(busy, idle * 0.3, f"{busy} ticks busy, {idle} idle")
 
+    def test_buffers_are_let_go_when_a_call_returns(self):
+        # An exported bytearray cannot be resized: each call must give its
+        # buffers back before returning, not at some later call.
+        for _ in range(50):
+            value = bytearray(b"x" * (512 << 10))
+            self.c.put(fresh(), value)
+            value.extend(b"more")
+            buf = bytearray(16)
+            self.c.get_into(fresh(), buf)
+            buf.extend(b"more")
+
+        async def main():
+            a = self.c.aio()
+            for _ in range(50):
+                value = bytearray(b"x" * (512 << 10))
+                await a.put(fresh(), value)
+                value.extend(b"more")
+
+        asyncio.run(main())
+
     def test_many_threads_share_one_client(self):
         errors = []
 
