@@ -46,7 +46,8 @@ impl ClientError {
         }
     }
 
-    pub(crate) fn server(text: &str) -> ClientError {
+    /// The error a server's error reply (`CODE message`) stands for.
+    pub fn server(text: &str) -> ClientError {
         let (code, message) = text.split_once(' ').unwrap_or((text, ""));
         ClientError::Server {
             code: code.to_string(),

@@ -111,16 +111,10 @@ impl<'py> IntoPyObject<'py> for Reply {
             Frame::BulkString(b) => PyBytes::new(py, &b).into_any(),
             Frame::Integer(i) => i.into_bound_py_any(py)?,
             Frame::Null => py.None().into_bound(py),
-            Frame::Error(e) => to_py(
-                py,
-                ClientError::Server {
-                    code: e.split_once(' ').map_or(&*e, |(c, _)| c).to_string(),
-                    message: e.split_once(' ').map_or("", |(_, m)| m).to_string(),
-                },
-            )
-            .into_value(py)
-            .into_bound(py)
-            .into_any(),
+            Frame::Error(e) => to_py(py, ClientError::server(&e))
+                .into_value(py)
+                .into_bound(py)
+                .into_any(),
             Frame::Array(items) => PyList::new(py, items.into_iter().map(Reply))?.into_any(),
         })
     }

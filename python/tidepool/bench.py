@@ -101,8 +101,8 @@ def main(argv=None):
     total, batch_bytes = size(a.total), size(a.batch)
     print(f"tidepool {tidepool.__version__} python bench against {a.addr}; medians of {a.runs} runs")
     print()
-    print(f"| plane | block | op | python GB/s | rust GB/s | python / rust |")
-    print(f"|---|---|---|---|---|---|")
+    print("| plane | block | op | python GB/s | rust GB/s | python / rust |")
+    print("|---|---|---|---|---|---|")
     for plane in a.planes.split(","):
         client = tidepool.Client(a.addr, plane=plane)
         rust = _tidepool._RustBench(a.addr, plane)
