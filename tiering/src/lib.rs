@@ -13,8 +13,11 @@
 pub mod dram;
 pub mod error;
 pub mod event;
+pub mod eviction;
 pub mod ids;
+pub mod index;
 pub mod io;
+pub mod leases;
 pub mod policy;
 pub mod ssd;
 pub mod store;

@@ -28,8 +28,6 @@
 //! Removing a block by other means (DEL, TTL, FLUSHALL) removes its stored
 //! descendants too, for the same reason.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -38,48 +36,19 @@ use bytes::Bytes;
 use hashbrown::hash_map::RawEntryMut;
 use parking_lot::Mutex;
 use tidepool_checksum::checksum;
-use xxhash_rust::xxh3::xxh3_64;
 
 use crate::dram::DramTier;
 use crate::error::StoreError;
 use crate::event::{Event, EventKind, EventSink};
+use crate::eviction::{Admit, Candidate, Heads, Policy, Usage};
+use crate::index::{
+    bury, by_shard, key_hash, key_hash_of, Entry, Index, Key, Shard, Zombie, MAIN, SHARDS,
+};
+use crate::leases::{Lease, Leases};
 use crate::tier::{Load, Slot, Tier, TierKind};
 
-/// Number of index shards. A power of two; enough that two to sixteen cores
-/// rarely meet on one lock, few enough that scanning the shards' LRU heads on
-/// eviction stays cheap.
-pub const SHARDS: usize = 32;
-
-/// Bytes charged per block on top of key and value: the map slot, the entry and
-/// the LRU node, rounded up. Charged so that many tiny blocks cannot exceed the
-/// capacity by their bookkeeping.
-pub const ENTRY_OVERHEAD: u64 = 128;
-
-type Key = Bytes;
-/// hashbrown rather than std for `get_key_value_mut`: an overwrite updates the
-/// entry in place and reuses the stored key with one lookup.
-type Map<V> = hashbrown::HashMap<Key, V, BuildHasherDefault<KeyHasher>>;
-
-/// Hashes a key with one call of XXH3-64 over its bytes (a streaming XXH3
-/// state costs several times more for 16-byte keys, and a key is hashed on
-/// every lookup of every prefix match).
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        self.0 = (self.0.rotate_left(29) ^ xxh3_64(bytes)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        // The length prefix of `[u8]`'s Hash; the bytes' hash covers it.
-        self.0 ^= n as u64;
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
+pub use crate::eviction::Eviction;
+pub use crate::index::{charge_of, ENTRY_OVERHEAD};
 
 /// Settings of a store.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -99,37 +68,6 @@ pub struct StoreConfig {
     /// its blocks as it copies them); blocks on SSD always carry their
     /// records' own. Default: true.
     pub dram_checksums: bool,
-}
-
-/// DRAM eviction policies. Both keep chains prefix-closed (a block with a
-/// child in DRAM is never the victim).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Eviction {
-    /// Least recently used first.
-    #[default]
-    Lru,
-    /// Probation and main segments with ghost admission, the probation share
-    /// chosen by miniature simulations (see [`crate::policy`]).
-    Adaptive,
-}
-
-impl Eviction {
-    /// The name used by `--eviction`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Eviction::Lru => "lru",
-            Eviction::Adaptive => "adaptive",
-        }
-    }
-
-    /// Parses `lru` or `adaptive`.
-    pub fn parse(s: &str) -> Option<Eviction> {
-        match s {
-            "lru" => Some(Eviction::Lru),
-            "adaptive" => Some(Eviction::Adaptive),
-            _ => None,
-        }
-    }
 }
 
 impl Default for StoreConfig {
@@ -341,224 +279,6 @@ impl StoreStats {
     }
 }
 
-#[derive(Debug)]
-struct Entry {
-    slot: Slot,
-    len: u64,
-    /// The bytes' XXH3-64, when `checked` (a flag beside the entry's other
-    /// flags keeps it at 200 bytes; an `Option<u64>` would add 8).
-    checksum: u64,
-    checked: bool,
-    parent: Option<Key>,
-    children: Vec<Key>,
-    /// Recency: the clock value of the last access.
-    stamp: u64,
-    /// The stamp this entry is filed under in the LRU index (when evictable).
-    filed: u64,
-    expires_at: Option<u64>,
-    pinned: bool,
-    leases: u32,
-    tier: TierKind,
-    /// Children whose bytes are in DRAM. A DRAM block leaves DRAM (demoted or
-    /// dropped) only after all of them: chains leave DRAM from the tail.
-    dram_children: u32,
-    /// Clock value of the write that made this version (tells a finished
-    /// demotion whether the block was rewritten meanwhile).
-    written: u64,
-    /// Writes in progress that replace this block: it stays in place until they
-    /// land (not a lease: nobody else can give it back by mistake).
-    held: u32,
-    /// This version's record on SSD, if it has one (kept after a promotion):
-    /// deleting or replacing the block writes a tombstone for it, so a restart
-    /// does not bring it back.
-    disk: Option<Slot>,
-    /// In the main segment (touched again since stored); `adaptive` only.
-    main: bool,
-    /// Holding leases (`KV.LOCATE`) that keep this version's bytes: if it
-    /// is removed or replaced while they last, its memory lives on and is
-    /// counted as retained (see [`Zombie`]).
-    holds: u32,
-}
-
-impl Entry {
-    /// Where this version's bytes are, when they are in memory (what a
-    /// holding lease is matched against).
-    fn value_ptr(&self) -> Option<usize> {
-        match &self.slot {
-            Slot::Memory(b) => Some(b.as_ptr() as usize),
-            Slot::Extent { .. } => None,
-        }
-    }
-
-    /// Whether the block may leave DRAM: it is in DRAM, no child of it is, and
-    /// nothing holds it there.
-    fn evictable(&self) -> bool {
-        self.tier == TierKind::Dram
-            && self.dram_children == 0
-            && !self.pinned
-            && self.leases == 0
-            && self.held == 0
-    }
-
-    fn expired(&self, now: u64) -> bool {
-        self.expires_at.is_some_and(|t| t <= now)
-    }
-
-    /// Its key in the eviction index: the segment in the top bit (probation
-    /// sorts first), the recency stamp below.
-    fn file_key(&self) -> u64 {
-        ((self.main as u64) << 63) | self.stamp
-    }
-}
-
-/// Where the main segment starts in the eviction index.
-const MAIN: u64 = 1 << 63;
-
-/// A value removed or replaced while holding leases still kept its bytes:
-/// its memory is freed only when they end, and until then it counts
-/// against the DRAM tier (`Store::retained`), so that a client locating
-/// blocks and deleting them in a loop makes writers evict or fail with
-/// `-OOM` instead of growing the server past its capacity.
-#[derive(Debug)]
-struct Zombie {
-    charge: u64,
-    holds: u32,
-}
-
-#[derive(Default)]
-struct Shard {
-    map: Map<Entry>,
-    /// Evictable entries by recency stamp (oldest first).
-    lru: BTreeMap<u64, Key>,
-    /// Entries with a TTL, by deadline.
-    ttl: BTreeSet<(u64, Key)>,
-    /// Held values of this shard's keys that are no longer stored, by the
-    /// address of their bytes (alive, so no other value has it).
-    zombies: HashMap<usize, Zombie>,
-}
-
-/// Moves the holds of `e`, a version leaving the index, to `zombies`.
-/// Returns the bytes that became retained.
-#[inline]
-fn bury(zombies: &mut HashMap<usize, Zombie>, key_len: usize, e: &mut Entry) -> u64 {
-    if e.holds == 0 {
-        return 0;
-    }
-    bury_held(zombies, key_len, e)
-}
-
-#[cold]
-fn bury_held(zombies: &mut HashMap<usize, Zombie>, key_len: usize, e: &mut Entry) -> u64 {
-    let Some(ptr) = e.value_ptr() else {
-        return 0;
-    };
-    let charge = charge_of(key_len, e.len as usize);
-    let holds = std::mem::take(&mut e.holds);
-    match zombies.entry(ptr) {
-        std::collections::hash_map::Entry::Occupied(mut z) => {
-            z.get_mut().holds += holds;
-            0
-        }
-        std::collections::hash_map::Entry::Vacant(v) => {
-            v.insert(Zombie { charge, holds });
-            charge
-        }
-    }
-}
-
-impl Shard {
-    /// Records an access: only the entry's stamp changes (see the module doc).
-    fn restamp(&mut self, key: &[u8], stamp: u64) {
-        if let Some(e) = self.map.get_mut(key) {
-            e.stamp = stamp;
-        }
-    }
-
-    /// Re-files `key` in the LRU index after its evictability may have changed.
-    fn refile(&mut self, key: &[u8], was_evictable: bool) {
-        if let Some((k, e)) = self.map.get_key_value_mut(key) {
-            match (was_evictable, e.evictable()) {
-                (false, true) => {
-                    e.filed = e.file_key();
-                    self.lru.insert(e.filed, k.clone());
-                }
-                (true, false) => {
-                    self.lru.remove(&e.filed);
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Moves a touched entry to the main segment (`adaptive`). Returns the
-    /// DRAM bytes that left probation.
-    fn promote_main(&mut self, key: &[u8]) -> u64 {
-        let Some((k, e)) = self.map.get_key_value_mut(key) else {
-            return 0;
-        };
-        if e.main {
-            return 0;
-        }
-        if e.evictable() {
-            self.lru.remove(&e.filed);
-        }
-        e.main = true;
-        if e.evictable() {
-            e.filed = e.file_key();
-            self.lru.insert(e.filed, k.clone());
-        }
-        if e.tier == TierKind::Dram {
-            charge_of(k.len(), e.len as usize)
-        } else {
-            0
-        }
-    }
-
-    /// The least recently used evictable entry filed in `range` (a segment).
-    fn lru_head_in(&mut self, range: std::ops::Range<u64>) -> Option<(u64, Key)> {
-        loop {
-            let (filed, key) = self
-                .lru
-                .range(range.clone())
-                .next()
-                .map(|(f, k)| (*f, k.clone()))?;
-            let e = self.map.get_mut(&key).expect("filed entries are stored");
-            if e.file_key() == filed {
-                return Some((e.stamp, key));
-            }
-            self.lru.remove(&filed);
-            e.filed = e.file_key();
-            self.lru.insert(e.filed, key);
-        }
-    }
-
-    /// Takes an entry out of the map and both indexes; bytes that holding
-    /// leases keep stay counted (`Store::retain`).
-    fn take(&mut self, key: &[u8], store: &Store) -> Option<(Key, Entry)> {
-        let (k, mut e) = self.map.remove_entry(key)?;
-        let buried = bury(&mut self.zombies, k.len(), &mut e);
-        if buried > 0 {
-            store.retain(buried);
-        }
-        if e.evictable() {
-            self.lru.remove(&e.filed);
-        }
-        if let Some(t) = e.expires_at {
-            self.ttl.remove(&(t, k.clone()));
-        }
-        Some((k, e))
-    }
-}
-
-/// A lease: blocks held against eviction until a deadline.
-#[derive(Debug)]
-struct Lease {
-    deadline: u64,
-    keys: Vec<Key>,
-    /// Values whose bytes this lease keeps (`Store::hold`).
-    held: Vec<(Key, Bytes)>,
-}
-
 /// Source of the current Unix time in milliseconds (injectable for tests).
 pub type ClockFn = Arc<dyn Fn() -> u64 + Send + Sync>;
 
@@ -571,22 +291,16 @@ fn system_ms() -> u64 {
 
 /// The block store. Cheap to share behind an `Arc`; every method takes `&self`.
 pub struct Store {
-    shards: Box<[Mutex<Shard>]>,
-    clock: AtomicU64,
+    index: Index,
     dram: Arc<dyn Tier>,
     dram_counters: TierCounters,
     /// High and low watermarks as `f64` bits (read on every write, so no lock).
     watermarks: [AtomicU64; 2],
     evict_lock: Mutex<()>,
-    /// Leases by id, sharded by id so that leasing matches do not meet on one lock.
-    leases: Box<[Mutex<HashMap<u64, Lease>>]>,
-    /// How many leases `leases` holds (kept beside it: counting the shards
-    /// takes every shard's lock).
-    live_leases: AtomicU64,
+    leases: Leases,
     /// Bytes of removed or replaced DRAM values that leases still hold (the
     /// shards' zombies): counted against the capacity with `used`.
     retained: AtomicU64,
-    next_lease: crate::ids::Ids,
     matches: AtomicU64,
     expired: AtomicU64,
     keys_queried: AtomicU64,
@@ -597,21 +311,12 @@ pub struct Store {
     ssd: std::sync::OnceLock<SsdState>,
     /// Where copies of large values go, when set (the server's arena).
     value_alloc: std::sync::OnceLock<ValueAlloc>,
-    /// The eviction policy.
-    eviction: Eviction,
+    /// How DRAM picks its victims.
+    policy: Box<dyn Policy>,
     /// Checksum every DRAM block ([`StoreConfig::dram_checksums`]).
     dram_checksums: bool,
     /// DRAM bytes in the probation segment (every DRAM block under `lru`).
     probation: AtomicU64,
-    /// `adaptive`: the probation share in force, as `f64` bits.
-    share: AtomicU64,
-    /// `adaptive`: keys evicted from probation lately.
-    ghosts: Mutex<crate::policy::Ghosts>,
-    /// `adaptive`: the miniature simulations choosing the share.
-    tuner: Mutex<Option<crate::policy::Tuner>>,
-    /// `adaptive`: the tuner's sampling rate (0 until it knows the capacity:
-    /// every request is kept).
-    sample_rate: AtomicU64,
 }
 
 /// What [`Store::fetch_memory`] found.
@@ -700,101 +405,12 @@ struct SsdState {
     pending: AtomicU64,
 }
 
-/// Which file keys a victim is looked for among.
-#[derive(Clone, Copy)]
-enum Segment {
-    /// Every evictable block (`lru`).
-    All,
-    /// Probation (`adaptive`).
-    Probation,
-    /// Main (`adaptive`).
-    Main,
-}
-
-impl Segment {
-    fn range(self) -> std::ops::Range<u64> {
-        match self {
-            Segment::All => 0..u64::MAX,
-            Segment::Probation => 0..MAIN,
-            Segment::Main => MAIN..u64::MAX,
-        }
-    }
-}
-
-/// The heads of the shards' eviction orders, kept over one eviction run
-/// (under `evict_lock`): each victim then costs a look at the shards it
-/// changed (its own and its parent's, where a parent left with no child in
-/// DRAM is filed) rather than a lock of every shard (which, with its B-tree
-/// lookups, perf put at two fifths of the server's samples while 64 KiB
-/// blocks were put into a full store). A head that
-/// another thread changed meanwhile is caught when the victim is checked
-/// under its shard's lock, and looked up again; a block another thread
-/// files with an old stamp meanwhile waits for the next run.
-struct Heads {
-    /// Per segment, per shard: the head's key, when looked up...
-    heads: [[Option<Key>; SHARDS]; 3],
-    /// ... and its stamp (`u64::MAX` for none), apart for a quick minimum.
-    stamps: [[u64; SHARDS]; 3],
-    /// The shards whose heads must be looked up again.
-    stale: u64,
-}
-
-const _: () = assert!(SHARDS <= 64, "Heads keeps a bit per shard");
-
-impl Heads {
-    fn new() -> Heads {
-        Heads {
-            heads: std::array::from_fn(|_| std::array::from_fn(|_| None)),
-            stamps: [[u64::MAX; SHARDS]; 3],
-            stale: u64::MAX >> (64 - SHARDS),
-        }
-    }
-
-    /// The least recently used evictable block of `segment`, over all shards.
-    fn oldest(&mut self, store: &Store, segment: Segment) -> Option<(u64, Key)> {
-        // The segments the policy looks in, in the order it looks (looking
-        // in probation may refile a block promoted since into main).
-        let segments: &[Segment] = match store.eviction {
-            Eviction::Lru => &[Segment::All],
-            Eviction::Adaptive => &[Segment::Probation, Segment::Main],
-        };
-        while self.stale != 0 {
-            let s = self.stale.trailing_zeros() as usize;
-            self.stale &= self.stale - 1;
-            let mut shard = store.shards[s].lock();
-            for &seg in segments {
-                let head = shard.lru_head_in(seg.range());
-                let i = seg as usize;
-                self.stamps[i][s] = head.as_ref().map_or(u64::MAX, |h| h.0);
-                self.heads[i][s] = head.map(|h| h.1);
-            }
-        }
-        let i = segment as usize;
-        let (s, &stamp) = self.stamps[i]
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, stamp)| **stamp)
-            .expect("SHARDS > 0");
-        let key = self.heads[i][s].clone()?;
-        Some((stamp, key))
-    }
-
-    /// `key`'s shard changed: its heads are looked up again.
-    fn changed(&mut self, key: &[u8]) {
-        self.stale |= 1u64 << shard_of(key);
-    }
-}
-
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("stats", &self.stats())
             .finish()
     }
-}
-
-fn shard_of(key: &[u8]) -> usize {
-    (xxh3_64(key) as usize) & (SHARDS - 1)
 }
 
 thread_local! {
@@ -813,41 +429,6 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// Indices of `hashed` (shard, hash) grouped by shard, ascending within each
-/// shard (a counting sort).
-fn by_shard(hashed: &[(usize, u64)]) -> Vec<u32> {
-    let mut start = [0u32; SHARDS + 1];
-    for &(s, _) in hashed {
-        start[s + 1] += 1;
-    }
-    for s in 0..SHARDS {
-        start[s + 1] += start[s];
-    }
-    let mut order = vec![0u32; hashed.len()];
-    for (i, &(s, _)) in hashed.iter().enumerate() {
-        order[start[s] as usize] = i as u32;
-        start[s] += 1;
-    }
-    order
-}
-
-/// The key's shard and its hash in that shard's map, from one XXH3 call: the
-/// value [`KeyHasher`] computes for `key` (a test holds them equal).
-fn key_hash(key: &[u8]) -> (usize, u64) {
-    key_hash_of(xxh3_64(key), key.len())
-}
-
-/// [`key_hash`] of a key of `len` bytes whose XXH3-64 is `x`.
-fn key_hash_of(x: u64, len: usize) -> (usize, u64) {
-    let h = ((len as u64).rotate_left(29) ^ x).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (x as usize & (SHARDS - 1), h)
-}
-
-/// Accounted size of a block.
-pub fn charge_of(key_len: usize, value_len: usize) -> u64 {
-    key_len as u64 + value_len as u64 + ENTRY_OVERHEAD
-}
-
 impl Store {
     /// A store with the given settings and no event sink.
     pub fn new(config: StoreConfig) -> Store {
@@ -863,8 +444,7 @@ impl Store {
         let counters = TierCounters::default();
         counters.capacity.store(config.dram_capacity, Relaxed);
         Store {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            clock: AtomicU64::new(1),
+            index: Index::new(),
             dram: Arc::new(DramTier),
             dram_counters: counters,
             watermarks: [
@@ -872,10 +452,8 @@ impl Store {
                 AtomicU64::new(config.low_watermark.to_bits()),
             ],
             evict_lock: Mutex::new(()),
-            leases: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            live_leases: AtomicU64::new(0),
+            leases: Leases::new(),
             retained: AtomicU64::new(0),
-            next_lease: crate::ids::Ids::default(),
             matches: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             keys_queried: AtomicU64::new(0),
@@ -884,19 +462,15 @@ impl Store {
             now,
             ssd: std::sync::OnceLock::new(),
             value_alloc: std::sync::OnceLock::new(),
-            eviction: config.eviction,
+            policy: config.eviction.build(),
             dram_checksums: config.dram_checksums,
             probation: AtomicU64::new(0),
-            share: AtomicU64::new(crate::policy::CANDIDATES[0].to_bits()),
-            ghosts: Mutex::new(crate::policy::Ghosts::default()),
-            tuner: Mutex::new(None),
-            sample_rate: AtomicU64::new(0),
         }
     }
 
     /// The eviction policy.
     pub fn eviction(&self) -> Eviction {
-        self.eviction
+        self.policy.kind()
     }
 
     /// Whether every DRAM block carries a checksum
@@ -907,45 +481,25 @@ impl Store {
 
     /// `adaptive`: the probation share in force (1.0: plain LRU).
     pub fn probation_share(&self) -> f64 {
-        f64::from_bits(self.share.load(Relaxed))
+        self.policy.probation_share()
     }
 
     /// Forces the probation share (tests; the tuner sets it otherwise).
     #[cfg(test)]
     fn force_share(&self, share: f64) {
-        self.share.store(share.to_bits(), Relaxed);
+        self.policy.force_share(share);
     }
 
-    /// The DRAM capacity in blocks, judged from the blocks stored (or from
-    /// `charge` for a store still empty).
-    fn capacity_blocks(&self, charge: u64) -> usize {
-        let (used, blocks) = (self.used(), self.dram_counters.blocks.load(Relaxed));
-        let each = if blocks > 0 && used > 0 {
-            used / blocks
-        } else {
-            charge.max(1)
-        };
-        (self.capacity() / each.max(1)) as usize
-    }
-
-    /// `adaptive`: shows the tuner a request about to be matched and
-    /// completed (its chain when sampled, else `None`), and takes the share
-    /// it chooses.
-    fn tune(&self, sampled: Option<&[u64]>) {
-        let blocks = self.capacity_blocks(1);
-        let mut tuner = self.tuner.lock();
-        let t = tuner.get_or_insert_with(crate::policy::Tuner::unknown);
-        // The capacity in blocks is known once blocks are stored: keep the
-        // miniatures at the right scale.
-        if self.dram_counters.blocks.load(Relaxed) > 0 && t.capacity() != Some(blocks) {
-            t.resize(blocks);
+    /// What DRAM holds, as the eviction policy sees it, with `incoming`
+    /// bytes of a write joining probation.
+    fn usage(&self, incoming: u64) -> Usage {
+        Usage {
+            capacity: self.capacity(),
+            used: self.used(),
+            probation: self.probation.load(Relaxed),
+            blocks: self.dram_counters.blocks.load(Relaxed),
+            incoming,
         }
-        let share = match sampled {
-            Some(chain) => t.observe_ids(chain),
-            None => t.observe_unsampled(),
-        };
-        self.sample_rate.store(t.rate(), Relaxed);
-        self.share.store(share.to_bits(), Relaxed);
     }
 
     fn counters(&self, tier: TierKind) -> &TierCounters {
@@ -1069,37 +623,10 @@ impl Store {
         // newest record of each key is recovered, written under parents
         // that changed since): a cycle would never leave the tier, so its
         // blocks go, with what hangs under them.
-        orphans.extend(self.cycles_among(&linked));
+        orphans.extend(self.index.cycles_among(&linked));
         for key in orphans {
             self.remove_tree(&key, EventKind::Orphaned);
         }
-    }
-
-    /// One block of each cycle of parents reachable from `keys` (at
-    /// recovery, before anything else runs). Linear: each walk up stops at
-    /// a block already walked.
-    fn cycles_among(&self, keys: &[Key]) -> Vec<Key> {
-        let parent_of = |k: &Key| self.shard(k).map.get(k).and_then(|e| e.parent.clone());
-        let mut done: std::collections::HashSet<Key> = std::collections::HashSet::new();
-        let mut found = Vec::new();
-        for start in keys {
-            let mut path: Vec<Key> = Vec::new();
-            let mut on_path: std::collections::HashSet<Key> = std::collections::HashSet::new();
-            let mut at = Some(start.clone());
-            while let Some(k) = at {
-                if done.contains(&k) {
-                    break;
-                }
-                if !on_path.insert(k.clone()) {
-                    found.push(k);
-                    break;
-                }
-                at = parent_of(&k);
-                path.push(k);
-            }
-            done.extend(path);
-        }
-        found
     }
 
     /// Writes a demoted block to SSD (on the demotion thread) and points its
@@ -1249,15 +776,11 @@ impl Store {
     }
 
     fn shard(&self, key: &[u8]) -> parking_lot::MutexGuard<'_, Shard> {
-        self.shards[shard_of(key)].lock()
-    }
-
-    fn lease_shard(&self, id: u64) -> parking_lot::MutexGuard<'_, HashMap<u64, Lease>> {
-        self.leases[id as usize & (SHARDS - 1)].lock()
+        self.index.shard(key)
     }
 
     fn tick_clock(&self) -> u64 {
-        self.clock.fetch_add(1, Relaxed)
+        self.index.tick()
     }
 
     fn now_ms(&self) -> u64 {
@@ -1298,6 +821,9 @@ impl Store {
     /// lives on: they stay in (or join) the DRAM tier's `used`, which is
     /// what eviction and `-OOM` go by, so the write path reads one counter.
     fn retain(&self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
         self.retained.fetch_add(bytes, Relaxed);
         self.dram_counters.used.fetch_add(bytes, Relaxed);
     }
@@ -1392,20 +918,15 @@ impl Store {
                 this.unlink_child(p, &key, !to_ssd);
             }
         };
-        // `adaptive`: a new block joins probation, or main when it was evicted
-        // from probation lately (it came back); a stored one is touched.
-        let adaptive = self.eviction == Eviction::Adaptive;
-        let exists_now = adaptive && !to_ssd && self.shard(&key).map.contains_key(&key[..]);
-        let ghost_main = adaptive
-            && !to_ssd
-            && !exists_now
-            && self.probation_share() < 1.0
-            && self.ghosts.lock().take(&key);
-        let incoming = if to_ssd || exists_now || ghost_main {
-            0
+        // Where the eviction policy puts the block in DRAM.
+        let admit = if to_ssd {
+            Admit::Rewrite
         } else {
-            charge
+            self.policy
+                .on_insert(&key, &|| self.shard(&key).map.contains_key(&key[..]))
         };
+        let ghost_main = admit == Admit::Main;
+        let incoming = if admit == Admit::Probation { charge } else { 0 };
         let checksum = match opts.checksum {
             Some(sum) => Some(sum),
             None if to_ssd || self.dram_checksums => Some(checksum(&value)),
@@ -1519,7 +1040,9 @@ impl Store {
                         self.probation
                             .fetch_sub(charge_of(k.len(), e.len as usize), Relaxed);
                     }
-                    e.main |= adaptive && tier == TierKind::Dram;
+                    if tier == TierKind::Dram {
+                        e.main = self.policy.on_access(e.main);
+                    }
                     if tier == TierKind::Dram && !e.main {
                         self.probation.fetch_add(charge, Relaxed);
                     }
@@ -1635,12 +1158,7 @@ impl Store {
         if let Some(p) = &opts.parent {
             // A concurrent removal of the parent may have run between linking and
             // inserting: if the parent no longer lists us, we are an orphan.
-            let still_linked = self
-                .shard(p)
-                .map
-                .get(p)
-                .is_some_and(|e| e.children.contains(&key));
-            if !still_linked {
+            if !self.index.is_linked(p, &key) {
                 self.remove_tree(&key, EventKind::Orphaned);
                 return Err(StoreError::NoParent);
             }
@@ -1702,50 +1220,17 @@ impl Store {
         }
     }
 
-    /// Records `child` under `parent`, which must be stored.
-    ///
-    /// Links are counted, not deduplicated: an overwrite links the new version
-    /// before the old one is gone (and the old one may be evicted meanwhile), and
-    /// each version takes its own link away when it goes.
     fn link_child(&self, parent: &Key, child: &Key, child_in_dram: bool) -> Result<(), StoreError> {
-        let now = self.now_ms();
-        let mut shard = self.shard(parent);
-        let e = match shard.map.get_mut(parent) {
-            Some(e) if !e.expired(now) => e,
-            _ => return Err(StoreError::NoParent),
-        };
-        let was = e.evictable();
-        e.children.push(child.clone());
-        e.dram_children += child_in_dram as u32;
-        shard.refile(parent, was);
-        Ok(())
+        self.index
+            .link_child(parent, child, child_in_dram, self.now_ms())
     }
 
-    /// Takes one link of `child` away from `parent` (if both are there).
     fn unlink_child(&self, parent: &Key, child: &Key, child_in_dram: bool) {
-        let mut shard = self.shard(parent);
-        if let Some(e) = shard.map.get_mut(parent) {
-            let was = e.evictable();
-            if let Some(i) = e.children.iter().position(|c| c == child) {
-                e.children.swap_remove(i);
-                e.dram_children -= child_in_dram as u32;
-            }
-            shard.refile(parent, was);
-        }
+        self.index.unlink_child(parent, child, child_in_dram);
     }
 
-    /// A child of `parent` moved into DRAM (`true`) or out of it.
     fn child_moved(&self, parent: &Key, into_dram: bool) {
-        let mut shard = self.shard(parent);
-        if let Some(e) = shard.map.get_mut(parent) {
-            let was = e.evictable();
-            if into_dram {
-                e.dram_children += 1;
-            } else {
-                e.dram_children = e.dram_children.saturating_sub(1);
-            }
-            shard.refile(parent, was);
-        }
+        self.index.child_moved(parent, into_dram);
     }
 
     /// Whether adding `extra` bytes would take DRAM past its high watermark.
@@ -1771,14 +1256,14 @@ impl Store {
         }
         let low_b = (cap as f64 * low) as u64;
         let _guard = self.evict_lock.lock();
-        let mut heads = Heads::new();
+        let mut heads = Heads::new(&self.index, &*self.policy);
         while self.used() > low_b {
             if !self.evict_one(incoming, &mut heads) {
                 if !self.demote_any() {
                     break;
                 }
                 // It may have left a parent evictable in any shard.
-                heads = Heads::new();
+                heads.reset();
             }
         }
         if self.used() > cap {
@@ -1787,35 +1272,11 @@ impl Store {
         Ok(())
     }
 
-    /// The next victim: the least recently used evictable block (`lru`), or
-    /// (`adaptive`) the least recently used of probation while probation,
-    /// `incoming` bytes included, holds more than its share, else of main.
-    fn victim(&self, incoming: u64, heads: &mut Heads) -> Option<(u64, Key)> {
-        if self.eviction == Eviction::Lru {
-            return heads.oldest(self, Segment::All);
-        }
-        let share = self.probation_share();
-        let p = heads.oldest(self, Segment::Probation);
-        let m = heads.oldest(self, Segment::Main);
-        if share >= 1.0 {
-            return match (p, m) {
-                (Some(p), Some(m)) => Some(if p.0 < m.0 { p } else { m }),
-                (p, m) => p.or(m),
-            };
-        }
-        let probation = self.probation.load(Relaxed) + incoming;
-        let main = self.used().saturating_sub(probation);
-        if probation as f64 > share * self.capacity() as f64 || main == 0 {
-            p.or(m)
-        } else {
-            m.or(p)
-        }
-    }
-
     /// Removes the least recently used evictable block. False when there is none.
     fn evict_one(&self, incoming: u64, heads: &mut Heads) -> bool {
         loop {
-            let Some((stamp, key)) = self.victim(incoming, heads) else {
+            let usage = self.usage(incoming);
+            let Some(Candidate { stamp, key }) = self.policy.victim(heads, &usage) else {
                 return false;
             };
             // Whatever happens next, the victim's shard has a new head.
@@ -1836,18 +1297,15 @@ impl Store {
             let taken = {
                 let mut shard = self.shard(&key);
                 match shard.map.get(&key) {
-                    Some(e) if e.stamp == stamp && e.evictable() => shard.take(&key, self),
+                    Some(e) if e.stamp == stamp && e.evictable() => shard.take(&key),
                     _ => None, // touched or changed since we looked: pick again
                 }
             };
-            if let Some((k, e)) = taken {
+            if let Some((k, e, buried)) = taken {
+                self.retain(buried);
                 self.dram_counters.evictions.fetch_add(1, Relaxed);
-                if self.eviction == Eviction::Adaptive && !e.main {
-                    // Remember about three capacities' worth of blocks like it.
-                    let each = charge_of(k.len(), e.len as usize).max(1);
-                    let cap = crate::policy::GHOSTS * (self.capacity() / each) as usize;
-                    self.ghosts.lock().push(k.clone(), cap);
-                }
+                let charge = charge_of(k.len(), e.len as usize);
+                self.policy.on_evict(&k, charge, e.main, &self.usage(0));
                 if let Some(p) = &e.parent {
                     heads.changed(p);
                 }
@@ -1994,7 +1452,7 @@ impl Store {
         };
         loop {
             let mut best: Option<(u64, Key)> = None;
-            for s in self.shards.iter() {
+            for s in self.index.shards() {
                 let s = s.lock();
                 for (k, e) in s.map.iter() {
                     let movable =
@@ -2041,9 +1499,10 @@ impl Store {
     /// Removes `key` and every stored block chained under it. Returns whether
     /// `key` itself was stored.
     fn remove_tree(&self, key: &[u8], kind: EventKind) -> bool {
-        let Some((k, e)) = self.shard(key).take(key, self) else {
+        let Some((k, e, buried)) = self.shard(key).take(key) else {
             return false;
         };
+        self.retain(buried);
         if kind == EventKind::Expired {
             self.expired.fetch_add(1, Relaxed);
         }
@@ -2058,8 +1517,9 @@ impl Store {
         while let Some(child) = stack.pop() {
             // Bind first: a temporary guard in an `if let` scrutinee would stay
             // locked for the whole block.
-            let taken = self.shard(&child).take(&child, self);
-            if let Some((k, e)) = taken {
+            let taken = self.shard(&child).take(&child);
+            if let Some((k, e, buried)) = taken {
+                self.retain(buried);
                 stack.extend(self.finish_removal(k, e, EventKind::Orphaned));
             }
         }
@@ -2196,12 +1656,13 @@ impl Store {
             let taken = {
                 let mut shard = self.shard(key);
                 match shard.map.get(key) {
-                    Some(e) if e.written == written => shard.take(key, self),
+                    Some(e) if e.written == written => shard.take(key),
                     Some(_) => continue, // replaced meanwhile: read the new one
                     None => return None,
                 }
             };
-            let (k, e) = taken?;
+            let (k, e, buried) = taken?;
+            self.retain(buried);
             self.remove_taken(k, e, EventKind::Deleted);
             if value.is_some() {
                 self.dram_counters.hits.fetch_add(1, Relaxed);
@@ -2364,25 +1825,14 @@ impl Store {
         // of a 256-key match). With a lease, pass one finds the stored
         // prefix and pass two refreshes and leases it; without, one pass
         // (`match_once`).
-        let adaptive = self.eviction == Eviction::Adaptive;
-        // `adaptive`: only sampled requests feed the miniatures (and need
-        // the keys' ids, the XXH3 the index hashes too); the others are
-        // only counted.
-        let mut ids: Option<Vec<u64>> = None;
-        if adaptive {
-            let decider = keys.clone().nth(crate::policy::sample_index(queried));
-            let rate = self.sample_rate.load(Relaxed);
-            ids = decider
-                .is_some_and(|k| crate::policy::sampled_key(k.as_ref(), rate))
-                .then(|| {
-                    keys.clone()
-                        .map(|k| crate::policy::block_id(k.as_ref()))
-                        .collect()
-                });
-            self.tune(ids.as_deref());
-        }
-        let first = self.clock.fetch_add(queried as u64, Relaxed);
         let items: Vec<I::Item> = keys.collect();
+        // The policy sees the request (`adaptive` feeds a sample to its
+        // tuner, and hands back the keys' ids, the XXH3 the index hashes
+        // too).
+        let ids = self
+            .policy
+            .on_match(queried, &|i| items[i].as_ref(), &self.usage(0));
+        let first = self.index.tick_n(queried as u64);
         let hashed: Vec<(usize, u64)> = match &ids {
             Some(ids) => items
                 .iter()
@@ -2409,20 +1859,21 @@ impl Store {
             return self.finish_match(items, matched, tiers, expired, stage, None);
         }
         let mut end = queried;
-        self.walk_prefix(&hashed, &order, &mut end, |shard, i| {
-            let found = shard
-                .map
-                .raw_entry()
-                .from_key_hashed_nocheck(hashed[i].1, items[i].as_ref());
-            match found {
-                Some((_, e)) if e.expires_at.is_none_or(|t| t > self.now_ms()) => true,
-                Some(_) => {
-                    expired.push(i);
-                    false
+        self.index
+            .walk_prefix(&hashed, &order, &mut end, |shard, i| {
+                let found = shard
+                    .map
+                    .raw_entry()
+                    .from_key_hashed_nocheck(hashed[i].1, items[i].as_ref());
+                match found {
+                    Some((_, e)) if e.expires_at.is_none_or(|t| t > self.now_ms()) => true,
+                    Some(_) => {
+                        expired.push(i);
+                        false
+                    }
+                    None => false,
                 }
-                None => false,
-            }
-        });
+            });
 
         #[cfg(test)]
         BETWEEN_MATCH_PASSES.with(|h| h.borrow_mut().as_mut().map(|f| f()));
@@ -2434,7 +1885,7 @@ impl Store {
             if group[0] as usize >= end {
                 continue;
             }
-            let mut guard = self.shards[hashed[group[0] as usize].0].lock();
+            let mut guard = self.index.shard_at(hashed[group[0] as usize].0);
             for &i in group {
                 let i = i as usize;
                 if i >= end {
@@ -2461,7 +1912,7 @@ impl Store {
                 if e.tier == TierKind::Ssd && self.near_reclaim(&e.slot) {
                     stage.push((i, e.slot.clone(), e.written));
                 }
-                if adaptive && !e.main {
+                if !e.main && self.policy.on_access(false) {
                     let moved = guard.promote_main(k);
                     self.probation.fetch_sub(moved, Relaxed);
                 }
@@ -2490,36 +1941,6 @@ impl Store {
         }
     }
 
-    /// Visits the keys of a match shard by shard (`order`, from
-    /// [`by_shard`]; each shard locked once), ascending within a shard,
-    /// passing over those at or past `*end`. `visit` says whether the key
-    /// is stored; one that is not ends the prefix (`*end` becomes its
-    /// index).
-    fn walk_prefix(
-        &self,
-        hashed: &[(usize, u64)],
-        order: &[u32],
-        end: &mut usize,
-        mut visit: impl FnMut(&mut Shard, usize) -> bool,
-    ) {
-        for group in order.chunk_by(|a, b| hashed[*a as usize].0 == hashed[*b as usize].0) {
-            if group[0] as usize >= *end {
-                continue;
-            }
-            let mut guard = self.shards[hashed[group[0] as usize].0].lock();
-            for &i in group {
-                let i = i as usize;
-                if i >= *end {
-                    break;
-                }
-                if !visit(&mut guard, i) {
-                    *end = i;
-                    break;
-                }
-            }
-        }
-    }
-
     /// `match_prefix` without a lease, in one pass over the shards: found
     /// keys are refreshed as they are met (the stamp `first + i`), and
     /// those that turn out to lie past the first miss (met in a shard
@@ -2535,13 +1956,12 @@ impl Store {
         expired: &mut Vec<usize>,
         stage: &mut Vec<(usize, Slot, u64)>,
     ) -> (usize, Vec<TierKind>) {
-        let adaptive = self.eviction == Eviction::Adaptive;
         let mut end = items.len();
         let mut tiers = vec![TierKind::Dram; items.len()];
         // (index, stamp before) of each key refreshed; keys to promote.
         let mut touched: Vec<(usize, u64)> = Vec::with_capacity(items.len());
         let mut promote = Vec::new();
-        self.walk_prefix(hashed, order, &mut end, |shard, i| {
+        self.index.walk_prefix(hashed, order, &mut end, |shard, i| {
             let found = shard
                 .map
                 .raw_entry_mut()
@@ -2560,7 +1980,7 @@ impl Store {
             if e.tier == TierKind::Ssd && self.near_reclaim(&e.slot) {
                 stage.push((i, e.slot.clone(), e.written));
             }
-            if adaptive && !e.main {
+            if !e.main && self.policy.on_access(false) {
                 promote.push(i);
             }
             true
@@ -2568,7 +1988,7 @@ impl Store {
         #[cfg(test)]
         BETWEEN_MATCH_PASSES.with(|h| h.borrow_mut().as_mut().map(|f| f()));
         for &(i, before) in touched.iter().filter(|(i, _)| *i > end) {
-            let mut guard = self.shards[hashed[i].0].lock();
+            let mut guard = self.index.shard_at(hashed[i].0);
             let Shard { map, lru, .. } = &mut *guard;
             let found = map
                 .raw_entry_mut()
@@ -2590,8 +2010,9 @@ impl Store {
             }
         }
         for i in promote.into_iter().filter(|i| *i < end) {
-            let moved = self.shards[hashed[i].0]
-                .lock()
+            let moved = self
+                .index
+                .shard_at(hashed[i].0)
                 .promote_main(items[i].as_ref());
             self.probation.fetch_sub(moved, Relaxed);
         }
@@ -2647,7 +2068,7 @@ impl Store {
                         .collect()
                 },
             };
-            out.lease = Some(self.insert_lease(lease));
+            out.lease = Some(self.leases.insert(lease));
         }
         out
     }
@@ -2676,20 +2097,7 @@ impl Store {
             deadline: self.now_ms().saturating_add(lease_ms),
             keys: held,
         };
-        (self.insert_lease(lease), n)
-    }
-
-    /// Files a lease under a fresh, unguessable id (see [`crate::ids`]).
-    fn insert_lease(&self, lease: Lease) -> u64 {
-        loop {
-            let id = self.next_lease.draw();
-            let mut shard = self.lease_shard(id);
-            if let std::collections::hash_map::Entry::Vacant(v) = shard.entry(id) {
-                v.insert(lease);
-                self.live_leases.fetch_add(1, Relaxed);
-                return id;
-            }
-        }
+        (self.leases.insert(lease), n)
     }
 
     /// Evicts least recently used DRAM blocks until at least `bytes` were
@@ -2700,14 +2108,14 @@ impl Store {
         let before = self.used();
         let target = before.saturating_sub(bytes);
         let _guard = self.evict_lock.lock();
-        let mut heads = Heads::new();
+        let mut heads = Heads::new(&self.index, &*self.policy);
         while self.used() > target {
             if !self.evict_one(0, &mut heads) {
                 if !self.demote_any() {
                     break;
                 }
                 // It may have left a parent evictable in any shard.
-                heads = Heads::new();
+                heads.reset();
             }
         }
         before.saturating_sub(self.used())
@@ -2717,10 +2125,9 @@ impl Store {
     /// not exist (released, or expired and swept) or its time had run out
     /// (then it is dropped now, as the sweep would have).
     pub fn release(&self, lease: u64) -> bool {
-        let Some(l) = self.lease_shard(lease).remove(&lease) else {
+        let Some(l) = self.leases.remove(lease) else {
             return false;
         };
-        self.live_leases.fetch_sub(1, Relaxed);
         let in_force = l.deadline > self.now_ms();
         self.drop_lease(l);
         in_force
@@ -2736,22 +2143,13 @@ impl Store {
         if keep == 0 {
             return self.release(lease);
         }
-        let cut = {
-            let mut shard = self.lease_shard(lease);
-            let Some(l) = shard.get_mut(&lease) else {
-                return false;
-            };
-            if l.keys.len() <= keep {
-                return true;
+        match self.leases.split_off(lease, keep) {
+            Some(cut) => {
+                self.drop_lease(cut);
+                true
             }
-            Lease {
-                deadline: l.deadline,
-                keys: l.keys.split_off(keep),
-                held: Vec::new(),
-            }
-        };
-        self.drop_lease(cut);
-        true
+            None => false,
+        }
     }
 
     /// Records that lease `lease` keeps `value`, the bytes of `key` a
@@ -2780,11 +2178,7 @@ impl Store {
         // The key is copied: a view would keep the request's whole buffer
         // for as long as the lease.
         let key_copy = Bytes::copy_from_slice(key);
-        let kept = self
-            .lease_shard(lease)
-            .get_mut(&lease)
-            .map(|l| l.held.push((key_copy, value.clone())))
-            .is_some();
+        let kept = self.leases.keep(lease, key_copy, value.clone());
         if !kept {
             self.unhold_value(key, value);
         }
@@ -2829,7 +2223,7 @@ impl Store {
     /// Whether lease `id` is held (given out, not yet released or swept; it
     /// may be past its time).
     pub fn lease_exists(&self, id: u64) -> bool {
-        self.lease_shard(id).contains_key(&id)
+        self.leases.contains(id)
     }
 
     /// Pins or unpins blocks. Returns how many were stored.
@@ -2886,7 +2280,7 @@ impl Store {
         let mut removed = 0;
         for i in 0..SHARDS {
             let due: Vec<Key> = {
-                let s = self.shards[i].lock();
+                let s = self.index.shard_at(i);
                 s.ttl
                     .iter()
                     .take_while(|(t, _)| *t <= now)
@@ -2899,20 +2293,8 @@ impl Store {
                 }
             }
         }
-        for shard in self.leases.iter() {
-            let due: Vec<Lease> = {
-                let mut leases = shard.lock();
-                let ids: Vec<u64> = leases
-                    .iter()
-                    .filter(|(_, l)| l.deadline <= now)
-                    .map(|(id, _)| *id)
-                    .collect();
-                ids.iter().filter_map(|id| leases.remove(id)).collect()
-            };
-            self.live_leases.fetch_sub(due.len() as u64, Relaxed);
-            for l in due {
-                self.drop_lease(l);
-            }
+        for l in self.leases.take_due(now) {
+            self.drop_lease(l);
         }
         removed
     }
@@ -2920,7 +2302,7 @@ impl Store {
     /// Leases held now (given by `match_prefix` with a lease and `lease`,
     /// neither released nor expired).
     pub fn live_leases(&self) -> u64 {
-        self.live_leases.load(Relaxed)
+        self.leases.live()
     }
 
     /// Number of blocks stored.
@@ -2939,17 +2321,9 @@ impl Store {
 
     /// Removes everything (leases included).
     pub fn flush(&self) {
-        for l in self.leases.iter() {
-            let mut l = l.lock();
-            self.live_leases.fetch_sub(l.len() as u64, Relaxed);
-            l.clear();
-        }
-        self.ghosts.lock().clear();
-        *self.tuner.lock() = None;
-        self.sample_rate.store(0, Relaxed);
-        self.share
-            .store(crate::policy::CANDIDATES[0].to_bits(), Relaxed);
-        for s in self.shards.iter() {
+        self.leases.clear();
+        self.policy.clear();
+        for s in self.index.shards() {
             let taken: Vec<(Key, Entry)> = {
                 let mut s = s.lock();
                 s.lru.clear();
@@ -2977,27 +2351,7 @@ impl Store {
         count: usize,
         filter: &dyn Fn(&[u8]) -> bool,
     ) -> (u64, Vec<Bytes>) {
-        let now = self.now_ms();
-        let mut out = Vec::new();
-        let mut i = cursor as usize;
-        while i < SHARDS {
-            // The keys are taken under the lock, the filter (a pattern a
-            // client chose, which may be slow to match) runs after it.
-            let keys: Vec<Key> = {
-                let s = self.shards[i].lock();
-                s.map
-                    .iter()
-                    .filter(|(_, e)| !e.expired(now))
-                    .map(|(k, _)| k.clone())
-                    .collect()
-            };
-            out.extend(keys.into_iter().filter(|k| filter(k)));
-            i += 1;
-            if out.len() >= count {
-                break;
-            }
-        }
-        (if i >= SHARDS { 0 } else { i as u64 }, out)
+        self.index.scan(cursor, count, self.now_ms(), filter)
     }
 
     /// A snapshot of the counters.
@@ -3038,9 +2392,9 @@ impl Store {
             matches: self.matches.load(Relaxed),
             keys_queried: self.keys_queried.load(Relaxed),
             keys_matched: self.keys_matched.load(Relaxed),
-            leases: self.leases.iter().map(|l| l.lock().len() as u64).sum(),
+            leases: self.leases.counted(),
             expired: self.expired.load(Relaxed),
-            with_ttl: self.shards.iter().map(|s| s.lock().ttl.len() as u64).sum(),
+            with_ttl: self.index.with_ttl(),
         }
     }
 
@@ -3066,142 +2420,52 @@ impl Store {
     /// exactly the evictable entries.
     #[doc(hidden)]
     pub fn check_invariants(&self) -> Result<(), String> {
-        let filed: u64 = self.leases.iter().map(|l| l.lock().len() as u64).sum();
+        let filed = self.leases.counted();
         if filed != self.live_leases() {
             return Err(format!(
                 "{filed} leases filed, {} counted",
                 self.live_leases()
             ));
         }
-        type Node = (Option<Key>, Vec<Key>, TierKind, u32);
-        let mut all: HashMap<Key, Node> = HashMap::new();
-        let (mut used, mut ssd_used, mut probation, mut retained) = (0, 0, 0, 0);
-        for s in self.shards.iter() {
-            let s = s.lock();
-            for z in s.zombies.values() {
-                if z.holds == 0 {
-                    return Err("a retained value that nothing holds".into());
-                }
-                retained += z.charge;
-            }
-            let evictable = s.map.values().filter(|e| e.evictable()).count();
-            if evictable != s.lru.len() {
-                return Err(format!(
-                    "lru holds {} entries, {} evictable",
-                    s.lru.len(),
-                    evictable
-                ));
-            }
-            for (k, e) in &s.map {
-                match e.tier {
-                    TierKind::Ssd => ssd_used += charge_of(k.len(), e.len as usize),
-                    _ => {
-                        used += charge_of(k.len(), e.len as usize);
-                        if !e.main {
-                            probation += charge_of(k.len(), e.len as usize);
-                        }
-                    }
-                }
-                if e.evictable()
-                    && (s.lru.get(&e.filed) != Some(k)
-                        || e.filed > e.file_key()
-                        || (e.filed >= MAIN) != e.main)
-                {
-                    return Err("evictable entry missing from lru or filed ahead".into());
-                }
-                all.insert(
-                    k.clone(),
-                    (
-                        e.parent.clone(),
-                        e.children.clone(),
-                        e.tier,
-                        e.dram_children,
-                    ),
-                );
-            }
-        }
-        if probation != self.probation.load(Relaxed) {
+        let sums = self.index.check()?;
+        if sums.probation != self.probation.load(Relaxed) {
             return Err(format!(
-                "probation accounted {} but entries sum to {probation}",
-                self.probation.load(Relaxed)
+                "probation accounted {} but entries sum to {}",
+                self.probation.load(Relaxed),
+                sums.probation
             ));
         }
-        if self.eviction == Eviction::Lru && s_main_count(self) > 0 {
+        if self.eviction() == Eviction::Lru && sums.main > 0 {
             return Err("a block in main under lru".into());
         }
-        if used + retained != self.used() {
+        if sums.dram + sums.retained != self.used() {
             return Err(format!(
-                "accounted {} but entries sum to {used} and retained values to {retained}",
-                self.used()
+                "accounted {} but entries sum to {} and retained values to {}",
+                self.used(),
+                sums.dram,
+                sums.retained
             ));
         }
-        if retained != self.retained() {
+        if sums.retained != self.retained() {
             return Err(format!(
-                "retained {} but held values sum to {retained}",
-                self.retained()
+                "retained {} but held values sum to {}",
+                self.retained(),
+                sums.retained
             ));
         }
         let ssd_accounted = self.ssd.get().map_or(0, |s| s.counters.used.load(Relaxed));
-        if ssd_used != ssd_accounted {
+        if sums.ssd != ssd_accounted {
             return Err(format!(
-                "SSD accounted {ssd_accounted} but entries sum to {ssd_used}"
+                "SSD accounted {ssd_accounted} but entries sum to {}",
+                sums.ssd
             ));
         }
-        if all.len() != self.len() {
+        if sums.blocks != self.len() {
             return Err(format!(
                 "block counter {} but {} entries",
                 self.len(),
-                all.len()
+                sums.blocks
             ));
-        }
-        for (k, (parent, children, _, dram_children)) in &all {
-            if let Some(p) = parent {
-                match all.get(p) {
-                    None => return Err("orphan: parent not stored".into()),
-                    Some((_, pc, _, _)) if !pc.contains(k) => {
-                        return Err("parent does not list its child".into())
-                    }
-                    _ => {}
-                }
-            }
-            let mut sorted = children.clone();
-            sorted.sort();
-            sorted.dedup();
-            if sorted.len() != children.len() {
-                return Err("a child is linked twice".into());
-            }
-            for c in children {
-                if all.get(c).and_then(|(p, ..)| p.as_ref()) != Some(k) {
-                    return Err("listed child is not stored under this parent".into());
-                }
-            }
-            let in_dram = children
-                .iter()
-                .filter(|c| all.get(*c).is_some_and(|n| n.2 == TierKind::Dram))
-                .count() as u32;
-            if in_dram != *dram_children {
-                return Err(format!(
-                    "{dram_children} DRAM children counted, {in_dram} found"
-                ));
-            }
-        }
-        // A chain is a tree: no block is its own ancestor. Each walk up
-        // stops at a block already known to reach a root.
-        let mut rooted: std::collections::HashSet<&Key> = std::collections::HashSet::new();
-        for k in all.keys() {
-            let mut path = Vec::new();
-            let mut at = k;
-            while !rooted.contains(at) {
-                if path.len() > all.len() {
-                    return Err("a cycle of parents".into());
-                }
-                path.push(at);
-                match all.get(at).and_then(|n| n.0.as_ref()) {
-                    Some(p) => at = p,
-                    None => break,
-                }
-            }
-            rooted.extend(path);
         }
         Ok(())
     }
@@ -3209,12 +2473,3 @@ impl Store {
 
 #[cfg(test)]
 mod tests;
-
-/// Blocks in the main segment (for the invariant check).
-fn s_main_count(store: &Store) -> usize {
-    store
-        .shards
-        .iter()
-        .map(|s| s.lock().map.values().filter(|e| e.main).count())
-        .sum()
-}

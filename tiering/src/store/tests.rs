@@ -1,7 +1,10 @@
 use super::*;
 use crate::event::EventKind;
+use crate::index::shard_of;
 use proptest::prelude::*;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
+use xxhash_rust::xxh3::xxh3_64;
 
 /// Records every event.
 #[derive(Default)]
@@ -1766,18 +1769,6 @@ fn adaptive_store_matches_its_model_request_by_request() {
         shares.len() > 1,
         "the tuner never moved off its first share"
     );
-}
-
-#[test]
-fn one_hash_gives_the_shard_and_the_maps_hash() {
-    use std::hash::BuildHasher;
-    let build = BuildHasherDefault::<KeyHasher>::default();
-    for key in [&b""[..], b"a", b"0123456789abcdef", &[7u8; 300]] {
-        let (shard, hash) = key_hash(key);
-        assert_eq!(shard, shard_of(key));
-        assert_eq!(hash, build.hash_one(key), "{key:?}");
-        assert_eq!(hash, build.hash_one(Bytes::copy_from_slice(key)));
-    }
 }
 
 /// Matches with leases race deletes and re-puts of the same keys: every lease
