@@ -248,7 +248,7 @@ impl SsdModel {
             block_record,
             tombstone_record: record_len(8, 8),
             stage_on_match,
-            stage_window: tidepool_tiering::SsdSettings::default().stage_window,
+            stage_window: tidepool_tiering::PipeSettings::default().stage_window,
         }
     }
 }

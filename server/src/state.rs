@@ -82,19 +82,13 @@ impl Shared {
             pubsub: pubsub.clone(),
             zmq: zmq.clone(),
         };
-        let store = Arc::new(Store::with_parts(
-            config.store_config(),
-            Some(Arc::new(sinks) as Arc<dyn EventSink>),
-            Arc::new(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0)
-            }),
-        ));
+        let mut builder = tidepool_tiering::StoreBuilder::new(config.store_config())
+            .events(Arc::new(sinks) as Arc<dyn EventSink>)
+            .with_tier(tidepool_tiering::TierSpec::dram(config.dram.as_u64()));
         if let Some(spec) = &config.ssd {
-            attach_ssd(&store, &config, spec)?;
+            builder = builder.with_tier(open_ssd(&config, spec)?);
         }
+        let store = builder.build().map_err(anyhow::Error::msg)?;
         // The arena backs data-plane reservations whatever the transport;
         // `shm` only decides whether local clients may map it.
         let arena = Some(config.shm_arena.unwrap_or(config.dram).as_u64());
@@ -197,7 +191,8 @@ impl Shared {
     }
 }
 
-fn attach_ssd(store: &Arc<Store>, config: &Config, spec: &str) -> anyhow::Result<()> {
+/// Opens (and recovers) the SSD tier of `--ssd`, as the store's last level.
+fn open_ssd(config: &Config, spec: &str) -> anyhow::Result<tidepool_tiering::TierSpec> {
     use anyhow::Context;
     let (path, capacity) = crate::config::parse_ssd(spec)?;
     let log = tidepool_tiering::ssd::LogConfig {
@@ -215,7 +210,7 @@ fn attach_ssd(store: &Arc<Store>, config: &Config, spec: &str) -> anyhow::Result
     for why in opened.tier.log().warnings() {
         tracing::warn!("{why}");
     }
-    let tier = Arc::new(opened.tier);
+    let tier = &opened.tier;
     tracing::info!(
         path = %tier.log().path().display(),
         capacity = tier.capacity(),
@@ -225,15 +220,12 @@ fn attach_ssd(store: &Arc<Store>, config: &Config, spec: &str) -> anyhow::Result
         recovery_ms = started.elapsed().as_millis() as u64,
         "SSD tier ready"
     );
-    let capacity = tier.capacity();
-    let settings = tidepool_tiering::SsdSettings {
+    let pipe = tidepool_tiering::PipeSettings {
         promote: config.ssd_promote,
         stage_on_match: config.ssd_stage_on_match,
         ..Default::default()
     };
-    store
-        .attach_ssd(tier, capacity, opened.recovered, settings)
-        .map_err(anyhow::Error::msg)
+    Ok(opened.into_spec(pipe))
 }
 
 /// Server-wide counters (INFO stats).

@@ -30,7 +30,7 @@ use parking_lot::{Mutex, MutexGuard};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::StoreError;
-use crate::tier::{Slot, TierKind};
+use crate::tier::Slot;
 
 /// Number of index shards. A power of two; enough that two to sixteen cores
 /// rarely meet on one lock, few enough that scanning the shards' LRU heads on
@@ -77,7 +77,9 @@ pub(crate) struct Entry {
     pub(crate) checksum: u64,
     pub(crate) checked: bool,
     pub(crate) parent: Option<Key>,
-    pub(crate) children: Vec<Key>,
+    /// Stored children, each link with the level its child was in when
+    /// the link last heard of it (see `children_in`).
+    pub(crate) children: Vec<(Key, u8)>,
     /// Recency: the clock value of the last access.
     pub(crate) stamp: u64,
     /// The stamp this entry is filed under in the LRU index (when evictable).
@@ -85,20 +87,33 @@ pub(crate) struct Entry {
     pub(crate) expires_at: Option<u64>,
     pub(crate) pinned: bool,
     pub(crate) leases: u32,
-    pub(crate) tier: TierKind,
-    /// Children whose bytes are in DRAM. A DRAM block leaves DRAM (demoted or
-    /// dropped) only after all of them: chains leave DRAM from the tail.
-    pub(crate) dram_children: u32,
+    /// Its level in the stack of tiers (0: the fastest).
+    pub(crate) level: u8,
+    /// Whether its level evicts by a policy (so that it is filed in the
+    /// eviction order while evictable).
+    pub(crate) evicts: bool,
+    /// Links in `children` per level. A block leaves its level (demoted or
+    /// dropped) only after its children in that level: chains leave a level
+    /// from the tail.
+    ///
+    /// Counted per link, from the level the link records: a child's move
+    /// and its removal reach its parent under the parent's shard lock after
+    /// the child's own has been let go (no request holds two shard locks),
+    /// in either order, and a parent may be removed and stored again under
+    /// the same key meanwhile. Each update finds its link and moves or
+    /// drops what that link counted, so the counts always add up to the
+    /// links; a link's level only lags its child's for a moment.
+    pub(crate) children_in: [u32; MAX_LEVELS],
     /// Clock value of the write that made this version (tells a finished
     /// demotion whether the block was rewritten meanwhile).
     pub(crate) written: u64,
     /// Writes in progress that replace this block: it stays in place until they
     /// land (not a lease: nobody else can give it back by mistake).
     pub(crate) held: u32,
-    /// This version's record on SSD, if it has one (kept after a promotion):
-    /// deleting or replacing the block writes a tombstone for it, so a restart
-    /// does not bring it back.
-    pub(crate) disk: Option<Slot>,
+    /// This version's record in the stack's persistent level, if it has one
+    /// (kept after a promotion): deleting or replacing the block writes a
+    /// tombstone for it, so a restart does not bring it back.
+    pub(crate) record: Option<Slot>,
     /// In the main segment (touched again since stored); `adaptive` only.
     pub(crate) main: bool,
     /// Holding leases (`KV.LOCATE`) that keep this version's bytes: if it
@@ -117,29 +132,56 @@ impl Entry {
         }
     }
 
-    /// Whether the block may leave DRAM: it is in DRAM, no child of it is, and
-    /// nothing holds it there.
+    /// Whether the block may leave its level by eviction: the level evicts
+    /// by a policy, no child of the block is in the level, and nothing holds
+    /// it there.
     pub(crate) fn evictable(&self) -> bool {
-        self.tier == TierKind::Dram
-            && self.dram_children == 0
+        self.evicts
+            && self.children_in[self.level as usize] == 0
             && !self.pinned
             && self.leases == 0
             && self.held == 0
+    }
+
+    /// Whether the block may be moved down although children of it are in
+    /// its level (nothing holds it; see `Store::demote_any`).
+    pub(crate) fn movable(&self) -> bool {
+        self.evicts && !self.pinned && self.leases == 0 && self.held == 0
     }
 
     pub(crate) fn expired(&self, now: u64) -> bool {
         self.expires_at.is_some_and(|t| t <= now)
     }
 
-    /// Its key in the eviction index: the segment in the top bit (probation
-    /// sorts first), the recency stamp below.
+    /// Whether it is filed under its own level and segment (its stamp may
+    /// be older: filing is lazy).
+    pub(crate) fn filed_in_place(&self) -> bool {
+        (file_base(self.level)..file_end(self.level)).contains(&self.filed)
+            && (self.filed & MAIN != 0) == self.main
+    }
+
+    /// Its key in the eviction order: the level in the top two bits, the
+    /// segment in the next (probation sorts first), the recency stamp below.
     pub(crate) fn file_key(&self) -> u64 {
-        ((self.main as u64) << 63) | self.stamp
+        file_base(self.level) | ((self.main as u64) * MAIN) | self.stamp
     }
 }
 
-/// Where the main segment starts in the eviction index.
-pub(crate) const MAIN: u64 = 1 << 63;
+/// Levels a stack may have (two bits of a file key).
+pub const MAX_LEVELS: usize = 4;
+
+/// The main segment's bit in a file key.
+pub(crate) const MAIN: u64 = 1 << 61;
+
+/// Where `level`'s file keys start.
+pub(crate) fn file_base(level: u8) -> u64 {
+    (level as u64) << 62
+}
+
+/// Where `level`'s file keys end (exclusive).
+pub(crate) fn file_end(level: u8) -> u64 {
+    file_base(level).saturating_add(1 << 62)
+}
 
 /// A value removed or replaced while holding leases still kept its bytes:
 /// its memory is freed only when they end, and until then it counts
@@ -217,14 +259,12 @@ impl Shard {
         }
     }
 
-    /// Moves a touched entry to the main segment (`adaptive`). Returns the
-    /// DRAM bytes that left probation.
-    pub(crate) fn promote_main(&mut self, key: &[u8]) -> u64 {
-        let Some((k, e)) = self.map.get_key_value_mut(key) else {
-            return 0;
-        };
+    /// Moves a touched entry to the main segment (`adaptive`). Returns its
+    /// level and the bytes that left probation there.
+    pub(crate) fn promote_main(&mut self, key: &[u8]) -> Option<(u8, u64)> {
+        let (k, e) = self.map.get_key_value_mut(key)?;
         if e.main {
-            return 0;
+            return None;
         }
         if e.evictable() {
             self.lru.remove(&e.filed);
@@ -234,11 +274,8 @@ impl Shard {
             e.filed = e.file_key();
             self.lru.insert(e.filed, k.clone());
         }
-        if e.tier == TierKind::Dram {
-            charge_of(k.len(), e.len as usize)
-        } else {
-            0
-        }
+        e.evicts
+            .then(|| (e.level, charge_of(k.len(), e.len as usize)))
     }
 
     /// The least recently used evictable entry filed in `range` (a segment).
@@ -362,7 +399,7 @@ impl Index {
         &self,
         parent: &Key,
         child: &Key,
-        child_in_dram: bool,
+        child_level: u8,
         now: u64,
     ) -> Result<(), StoreError> {
         let mut shard = self.shard(parent);
@@ -371,34 +408,46 @@ impl Index {
             _ => return Err(StoreError::NoParent),
         };
         let was = e.evictable();
-        e.children.push(child.clone());
-        e.dram_children += child_in_dram as u32;
+        e.children.push((child.clone(), child_level));
+        e.children_in[child_level as usize] += 1;
         shard.refile(parent, was);
         Ok(())
     }
 
     /// Takes one link of `child` away from `parent` (if both are there).
-    pub(crate) fn unlink_child(&self, parent: &Key, child: &Key, child_in_dram: bool) {
+    pub(crate) fn unlink_child(&self, parent: &Key, child: &Key, child_level: u8) {
         let mut shard = self.shard(parent);
         if let Some(e) = shard.map.get_mut(parent) {
             let was = e.evictable();
-            if let Some(i) = e.children.iter().position(|c| c == child) {
-                e.children.swap_remove(i);
-                e.dram_children -= child_in_dram as u32;
+            // The link of that level if there is one (a child linked
+            // twice, old and new version, may have them in two levels).
+            let i = e
+                .children
+                .iter()
+                .position(|c| c.0 == *child && c.1 == child_level)
+                .or_else(|| e.children.iter().position(|c| c.0 == *child));
+            if let Some(i) = i {
+                let (_, level) = e.children.swap_remove(i);
+                e.children_in[level as usize] -= 1;
             }
             shard.refile(parent, was);
         }
     }
 
-    /// A child of `parent` moved into DRAM (`true`) or out of it.
-    pub(crate) fn child_moved(&self, parent: &Key, into_dram: bool) {
+    /// `child` of `parent` moved from level `from` to level `to` (if its
+    /// link is still there).
+    pub(crate) fn child_moved(&self, parent: &Key, child: &[u8], from: u8, to: u8) {
         let mut shard = self.shard(parent);
         if let Some(e) = shard.map.get_mut(parent) {
             let was = e.evictable();
-            if into_dram {
-                e.dram_children += 1;
-            } else {
-                e.dram_children = e.dram_children.saturating_sub(1);
+            if let Some(link) = e
+                .children
+                .iter_mut()
+                .find(|c| c.0[..] == *child && c.1 == from)
+            {
+                link.1 = to;
+                e.children_in[from as usize] -= 1;
+                e.children_in[to as usize] += 1;
             }
             shard.refile(parent, was);
         }
@@ -409,7 +458,7 @@ impl Index {
         self.shard(parent)
             .map
             .get(parent)
-            .is_some_and(|e| e.children.contains(key))
+            .is_some_and(|e| e.children.iter().any(|c| c.0 == *key))
     }
 
     /// Visits the keys of a match shard by shard (`order`, from
@@ -514,7 +563,7 @@ impl Index {
     /// own ancestor; retained values are held. Returns what the entries add
     /// up to, for the store to check its counters against.
     pub(crate) fn check(&self) -> Result<IndexSums, String> {
-        type Node = (Option<Key>, Vec<Key>, TierKind, u32);
+        type Node = (Option<Key>, Vec<(Key, u8)>, u8, [u32; MAX_LEVELS]);
         let mut all: HashMap<Key, Node> = HashMap::new();
         let mut sums = IndexSums::default();
         for s in self.shards.iter() {
@@ -535,63 +584,62 @@ impl Index {
             }
             for (k, e) in &s.map {
                 let charge = charge_of(k.len(), e.len as usize);
-                match e.tier {
-                    TierKind::Ssd => sums.ssd += charge,
-                    _ => {
-                        sums.dram += charge;
-                        if !e.main {
-                            sums.probation += charge;
-                        }
-                    }
+                let l = e.level as usize;
+                sums.used[l] += charge;
+                sums.blocks[l] += 1;
+                if e.evicts && !e.main {
+                    sums.probation[l] += charge;
                 }
                 sums.main += e.main as usize;
                 if e.evictable()
                     && (s.lru.get(&e.filed) != Some(k)
                         || e.filed > e.file_key()
-                        || (e.filed >= MAIN) != e.main)
+                        || e.filed < file_base(e.level)
+                        || (e.filed & MAIN != 0) != e.main)
                 {
                     return Err("evictable entry missing from lru or filed ahead".into());
                 }
                 all.insert(
                     k.clone(),
-                    (
-                        e.parent.clone(),
-                        e.children.clone(),
-                        e.tier,
-                        e.dram_children,
-                    ),
+                    (e.parent.clone(), e.children.clone(), e.level, e.children_in),
                 );
             }
         }
-        sums.blocks = all.len();
-        for (k, (parent, children, _, dram_children)) in &all {
+        for (k, (parent, children, _, children_in)) in &all {
             if let Some(p) = parent {
                 match all.get(p) {
                     None => return Err("orphan: parent not stored".into()),
-                    Some((_, pc, _, _)) if !pc.contains(k) => {
+                    Some((_, pc, _, _)) if !pc.iter().any(|c| c.0 == *k) => {
                         return Err("parent does not list its child".into())
                     }
                     _ => {}
                 }
             }
-            let mut sorted = children.clone();
+            let mut sorted: Vec<&Key> = children.iter().map(|c| &c.0).collect();
             sorted.sort();
             sorted.dedup();
             if sorted.len() != children.len() {
                 return Err("a child is linked twice".into());
             }
-            for c in children {
-                if all.get(c).and_then(|(p, ..)| p.as_ref()) != Some(k) {
+            let mut counted = [0u32; MAX_LEVELS];
+            for (c, level) in children {
+                let Some(child) = all.get(c) else {
+                    return Err("a listed child is not stored".into());
+                };
+                if child.0.as_ref() != Some(k) {
                     return Err("listed child is not stored under this parent".into());
                 }
+                if child.2 != *level {
+                    return Err(format!(
+                        "a link says level {level}, its child is in level {}",
+                        child.2
+                    ));
+                }
+                counted[*level as usize] += 1;
             }
-            let in_dram = children
-                .iter()
-                .filter(|c| all.get(*c).is_some_and(|n| n.2 == TierKind::Dram))
-                .count() as u32;
-            if in_dram != *dram_children {
+            if counted != *children_in {
                 return Err(format!(
-                    "{dram_children} DRAM children counted, {in_dram} found"
+                    "children per level counted {children_in:?}, found {counted:?}"
                 ));
             }
         }
@@ -620,18 +668,16 @@ impl Index {
 /// What the index's entries add up to ([`Index::check`]).
 #[derive(Debug, Default)]
 pub(crate) struct IndexSums {
-    /// Charges of DRAM entries.
-    pub(crate) dram: u64,
-    /// Charges of SSD entries.
-    pub(crate) ssd: u64,
-    /// Charges of DRAM entries in probation.
-    pub(crate) probation: u64,
+    /// Charges of entries, per level.
+    pub(crate) used: [u64; MAX_LEVELS],
+    /// Entries, per level.
+    pub(crate) blocks: [u64; MAX_LEVELS],
+    /// Charges of entries in probation, per level that evicts.
+    pub(crate) probation: [u64; MAX_LEVELS],
     /// Entries in main.
     pub(crate) main: usize,
     /// Charges of values that leases keep past their removal.
     pub(crate) retained: u64,
-    /// Entries.
-    pub(crate) blocks: usize,
 }
 
 #[cfg(test)]

@@ -15,11 +15,13 @@ pub mod error;
 pub mod event;
 pub mod eviction;
 pub mod ids;
-pub mod index;
+mod index;
 pub mod io;
-pub mod leases;
+mod leases;
+pub mod noop;
 pub mod policy;
 pub mod ssd;
+pub mod stack;
 pub mod store;
 pub mod tier;
 
@@ -47,8 +49,12 @@ pub(crate) fn skipped(what: &str) {
 
 pub use error::StoreError;
 pub use event::{Event, EventKind, EventSink};
+pub use index::{ENTRY_OVERHEAD, MAX_LEVELS, SHARDS};
+pub use stack::{PipeSettings, SsdStats, TierSpec, TierStats};
 pub use store::{
-    charge_of, Eviction, Fetch, MatchResult, PutOptions, SsdSettings, SsdStats, Store, StoreConfig,
-    StoreStats, TierStats, ValueAlloc, Verified, VALUE_ALLOC_MIN,
+    charge_of, BlockMeta, Eviction, Fetch, MatchResult, PutOptions, Store, StoreBuilder,
+    StoreConfig, StoreStats, ValueAlloc, Verified, VALUE_ALLOC_MIN,
 };
-pub use tier::{Load, Reclaimed, Slot, Tier, TierError, TierKind};
+pub use tier::{
+    Load, LogFigures, Placement, Reclaimed, Recovered, Slot, Tier, TierError, TierKind,
+};

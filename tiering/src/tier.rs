@@ -66,6 +66,58 @@ pub struct Reclaimed {
     pub slot: Slot,
 }
 
+/// How the store treats a tier's level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Bytes in memory, readable without I/O: the store accounts the
+    /// level's room itself and evicts from it by its eviction policy;
+    /// blocks move in and out of it inline.
+    Memory,
+    /// Bytes on a device: `store`, `load` and `sync` block, so blocks move
+    /// into the level on a worker thread; the tier reclaims its own space
+    /// (see [`Tier::take_reclaimed`]) and blocks read from it are promoted
+    /// to the level above.
+    Device,
+}
+
+/// A block a persistent tier found on its device when it opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// Its key.
+    pub key: Bytes,
+    /// The previous block of its chain, as it was written.
+    pub parent: Option<Bytes>,
+    /// Its value's length.
+    pub len: u64,
+    /// Where it is.
+    pub slot: Slot,
+}
+
+/// The figures of a tier that keeps a log of segments on a device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogFigures {
+    /// Segments in all.
+    pub segments: u64,
+    /// Segments holding data.
+    pub segments_used: u64,
+    /// Segment size in bytes.
+    pub segment_size: u64,
+    /// Records that failed their checksum on read.
+    pub checksum_failures: u64,
+    /// Segments out of the rotation for want of space on the file system.
+    pub segments_without_space: u64,
+    /// Writes the file system refused for want of space.
+    pub no_space_errors: u64,
+    /// Flushes to stable storage.
+    pub syncs: u64,
+    /// Records appended.
+    pub appends: u64,
+    /// I/O engine.
+    pub engine: &'static str,
+    /// Whether the device is opened with O_DIRECT.
+    pub direct: bool,
+}
+
 /// Why a tier could not store a block.
 #[derive(Debug, thiserror::Error)]
 pub enum TierError {
@@ -114,5 +166,23 @@ pub trait Tier: Send + Sync + 'static {
     /// last call (an SSD tier reclaims whole segments). Default: none.
     fn take_reclaimed(&self) -> Vec<Reclaimed> {
         Vec::new()
+    }
+
+    /// How the store treats the tier. Default: [`Placement::Memory`].
+    fn placement(&self) -> Placement {
+        Placement::Memory
+    }
+
+    /// For a tier that reclaims its own space: how much of it is written
+    /// before `slot`'s bytes are reclaimed, as a share of the whole (0:
+    /// next in line). Default: `None` (the store decides when bytes go).
+    fn reclaim_horizon(&self, slot: &Slot) -> Option<f64> {
+        let _ = slot;
+        None
+    }
+
+    /// The figures of a log-structured tier, for INFO. Default: `None`.
+    fn log_figures(&self) -> Option<LogFigures> {
+        None
     }
 }

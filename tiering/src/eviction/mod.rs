@@ -23,7 +23,7 @@ pub mod lru;
 
 use bytes::Bytes;
 
-use crate::index::{Index, Key, MAIN, SHARDS};
+use crate::index::{file_base, file_end, Index, Key, MAIN, SHARDS};
 
 /// The eviction policies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -75,12 +75,14 @@ pub enum Segment {
 }
 
 impl Segment {
-    /// The file keys of the segment (the main bit on top, the stamp below).
-    pub(crate) fn range(self) -> std::ops::Range<u64> {
+    /// The file keys of the segment in `level` (see
+    /// [`crate::index::Entry::file_key`]).
+    pub(crate) fn range(self, level: u8) -> std::ops::Range<u64> {
+        let (base, end) = (file_base(level), file_end(level));
         match self {
-            Segment::All => 0..u64::MAX,
-            Segment::Probation => 0..MAIN,
-            Segment::Main => MAIN..u64::MAX,
+            Segment::All => base..end,
+            Segment::Probation => base..base | MAIN,
+            Segment::Main => base | MAIN..end,
         }
     }
 }
@@ -191,6 +193,7 @@ pub trait Policy: Send + Sync + 'static {
 /// files with an old stamp meanwhile waits for the next run.
 pub(crate) struct Heads<'a> {
     index: &'a Index,
+    level: u8,
     segments: &'static [Segment],
     /// Per segment, per shard: the head's key, when looked up...
     heads: [[Option<Key>; SHARDS]; 3],
@@ -203,9 +206,10 @@ pub(crate) struct Heads<'a> {
 const _: () = assert!(SHARDS <= 64, "Heads keeps a bit per shard");
 
 impl<'a> Heads<'a> {
-    pub(crate) fn new(index: &'a Index, policy: &dyn Policy) -> Heads<'a> {
+    pub(crate) fn new(index: &'a Index, level: u8, policy: &dyn Policy) -> Heads<'a> {
         Heads {
             index,
+            level,
             segments: policy.segments(),
             heads: std::array::from_fn(|_| std::array::from_fn(|_| None)),
             stamps: [[u64::MAX; SHARDS]; 3],
@@ -231,7 +235,7 @@ impl Candidates for Heads<'_> {
             self.stale &= self.stale - 1;
             let mut shard = self.index.shard_at(s);
             for &seg in self.segments {
-                let head = shard.lru_head_in(seg.range());
+                let head = shard.lru_head_in(seg.range(self.level));
                 let i = seg as usize;
                 self.stamps[i][s] = head.as_ref().map_or(u64::MAX, |h| h.0);
                 self.heads[i][s] = head.map(|h| h.1);

@@ -3,8 +3,9 @@
 //! NVMe-oF namespace alike), written with direct I/O where the file system
 //! allows it, recovered by scanning after a restart or a crash.
 //!
-//! The store attaches an [`SsdTier`] with `Store::attach_ssd`: DRAM evictions
-//! are demoted to it, reads promote back, `TIER ssd` writes go straight to it.
+//! A store takes an [`SsdTier`] as the last level of its stack
+//! ([`Opened::into_spec`]): DRAM evictions are demoted to it, reads promote
+//! back, `TIER ssd` writes go straight to it.
 
 pub mod log;
 pub mod record;

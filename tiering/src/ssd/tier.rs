@@ -7,10 +7,11 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::log::{Location, LogConfig, Read, Recovered, SegmentLog};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use crate::io::{build, EngineChoice, IoEngine};
-use crate::tier::{Load, Reclaimed, Slot, Tier, TierError, TierKind};
+use crate::tier::{Load, LogFigures, Placement, Reclaimed, Slot, Tier, TierError, TierKind};
 
 /// SSD tier: a [`SegmentLog`] plus the keys its segment evictions dropped.
 #[derive(Debug)]
@@ -28,6 +29,18 @@ pub struct Opened {
     pub recovered: Vec<Recovered>,
     /// Set when the engine asked for was not available and another was used.
     pub fallback: Option<String>,
+}
+
+impl Opened {
+    /// The tier as a level of a store ([`crate::StoreBuilder::with_tier`]):
+    /// its whole space, what it recovered, `pipe` for the way in and out.
+    pub fn into_spec(self, pipe: crate::PipeSettings) -> crate::TierSpec {
+        let tier = Arc::new(self.tier);
+        let capacity = tier.capacity();
+        crate::TierSpec::new(tier, capacity)
+            .with_recovered(SsdTier::recovered(self.recovered))
+            .with_pipe(pipe)
+    }
 }
 
 impl SsdTier {
@@ -73,6 +86,19 @@ impl SsdTier {
                     slot: Self::slot_of(&loc),
                 }));
         }
+    }
+
+    /// Recovered records as the store indexes them ([`crate::Recovered`]).
+    pub fn recovered(records: Vec<Recovered>) -> Vec<crate::tier::Recovered> {
+        records
+            .into_iter()
+            .map(|r| crate::tier::Recovered {
+                slot: Self::slot_of(&r.location),
+                key: r.key,
+                parent: r.parent,
+                len: r.value_len,
+            })
+            .collect()
     }
 
     /// The slot of a recovered record.
@@ -141,5 +167,33 @@ impl Tier for SsdTier {
 
     fn take_reclaimed(&self) -> Vec<Reclaimed> {
         std::mem::take(&mut *self.reclaimed.lock())
+    }
+
+    fn placement(&self) -> Placement {
+        Placement::Device
+    }
+
+    fn reclaim_horizon(&self, slot: &Slot) -> Option<f64> {
+        let Slot::Extent { offset, .. } = slot else {
+            return None;
+        };
+        let segments = self.log.segments().max(1) as f64;
+        Some(self.log.opens_until_reclaim(*offset) as f64 / segments)
+    }
+
+    fn log_figures(&self) -> Option<LogFigures> {
+        let log = &self.log;
+        Some(LogFigures {
+            segments: log.segments() as u64,
+            segments_used: log.used_segments() as u64,
+            segment_size: log.segment_size(),
+            checksum_failures: log.stats.checksum_failures.load(Relaxed),
+            segments_without_space: log.unbacked_segments() as u64,
+            no_space_errors: log.stats.no_space.load(Relaxed),
+            syncs: log.stats.syncs.load(Relaxed),
+            appends: log.stats.appends.load(Relaxed),
+            engine: log.engine_name(),
+            direct: log.is_direct(),
+        })
     }
 }

@@ -1,23 +1,15 @@
+use super::suite::{b, mkey, put, Recorder};
 use super::*;
 use crate::event::EventKind;
 use crate::index::shard_of;
+use crate::stack::TierSpec;
+use crate::store::matching::BETWEEN_MATCH_PASSES;
+use crate::StoreError;
+use crate::SHARDS;
 use proptest::prelude::*;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use xxhash_rust::xxh3::xxh3_64;
-
-/// Records every event.
-#[derive(Default)]
-struct Recorder(parking_lot::Mutex<Vec<(EventKind, Bytes)>>);
-
-impl EventSink for Recorder {
-    fn enabled(&self) -> bool {
-        true
-    }
-    fn publish(&self, e: Event) {
-        self.0.lock().push((e.kind, e.key));
-    }
-}
 
 struct Fixture {
     store: Store,
@@ -47,21 +39,6 @@ fn fixture(capacity: u64) -> Fixture {
     }
 }
 
-fn b(s: &str) -> Bytes {
-    Bytes::copy_from_slice(s.as_bytes())
-}
-
-fn put(s: &Store, k: &str, v: &str, parent: Option<&str>) -> Result<bool, StoreError> {
-    s.put(
-        b(k),
-        b(v),
-        PutOptions {
-            parent: parent.map(b),
-            ..Default::default()
-        },
-    )
-}
-
 fn evicted(f: &Fixture) -> Vec<String> {
     f.events
         .0
@@ -70,163 +47,6 @@ fn evicted(f: &Fixture) -> Vec<String> {
         .filter(|(k, _)| *k == EventKind::Evicted)
         .map(|(_, key)| String::from_utf8_lossy(key).into_owned())
         .collect()
-}
-
-#[test]
-fn put_get_overwrite_delete() {
-    let f = fixture(1 << 20);
-    put(&f.store, "a", "1", None).unwrap();
-    assert_eq!(f.store.get(b"a"), Some(b("1")));
-    put(&f.store, "a", "22", None).unwrap();
-    assert_eq!(f.store.get(b"a"), Some(b("22")));
-    assert_eq!(f.store.len(), 1);
-    assert_eq!(f.store.used(), charge_of(1, 2));
-    assert_eq!(f.store.delete([&b"a"[..], b"zz"]), 1);
-    assert_eq!(f.store.get(b"a"), None);
-    assert_eq!(f.store.used(), 0);
-    let st = f.store.stats();
-    assert_eq!((st.tiers[0].hits, st.tiers[0].misses), (2, 1));
-    f.store.check_invariants().unwrap();
-}
-
-#[test]
-fn parent_must_be_stored_and_not_self() {
-    let f = fixture(1 << 20);
-    assert_eq!(
-        put(&f.store, "b", "x", Some("a")),
-        Err(StoreError::NoParent)
-    );
-    assert_eq!(
-        put(&f.store, "a", "x", Some("a")),
-        Err(StoreError::SelfParent)
-    );
-    assert!(f.store.is_empty());
-}
-
-#[test]
-fn eviction_is_leaf_first_lru() {
-    // Room for exactly three one-byte blocks with one-byte keys.
-    let f = fixture(3 * charge_of(1, 1));
-    put(&f.store, "a", "1", None).unwrap();
-    put(&f.store, "b", "1", Some("a")).unwrap();
-    put(&f.store, "x", "1", None).unwrap();
-    // "a" is the oldest but has a child: the leaf "b" goes first, then "a".
-    f.store.get(b"x");
-    put(&f.store, "y", "1", None).unwrap();
-    assert_eq!(evicted(&f), ["b"]);
-    put(&f.store, "z", "1", None).unwrap();
-    assert_eq!(evicted(&f), ["b", "a"]);
-    f.store.check_invariants().unwrap();
-}
-
-/// One eviction run (from the high watermark down to the low one) takes
-/// many victims, in leaf-first LRU order: a parent whose last child just went
-/// is next if it is the oldest, wherever its shard (the run keeps the shards'
-/// heads and must look again where a victim changed one), for both policies.
-#[test]
-fn one_eviction_run_takes_its_victims_in_leaf_first_lru_order() {
-    for eviction in [Eviction::Lru, Eviction::Adaptive] {
-        let events = Arc::new(Recorder::default());
-        let store = Store::with_parts(
-            StoreConfig {
-                dram_capacity: 15 * charge_of(2, 1),
-                high_watermark: 0.99,
-                low_watermark: 0.3,
-                eviction,
-                dram_checksums: true,
-            },
-            Some(events.clone() as Arc<dyn EventSink>),
-            Arc::new(|| 1_000_000),
-        );
-        // Two chains of four, then six single blocks: 14 blocks, under the
-        // high watermark.
-        for chain in ["a", "b"] {
-            for i in 0..4 {
-                let parent = (i > 0).then(|| format!("{chain}{}", i - 1));
-                put(&store, &format!("{chain}{i}"), "1", parent.as_deref()).unwrap();
-            }
-        }
-        for i in 0..6 {
-            put(&store, &format!("s{i}"), "1", None).unwrap();
-        }
-        assert!(events
-            .0
-            .lock()
-            .iter()
-            .all(|(k, _)| *k != EventKind::Evicted));
-        // The 15th passes it: one run evicts down to 4 blocks.
-        put(&store, "t0", "1", None).unwrap();
-        let f = Fixture {
-            store,
-            events,
-            time: Arc::new(AtomicU64::new(0)),
-        };
-        let order = evicted(&f);
-        assert_eq!(
-            order,
-            ["a3", "a2", "a1", "a0", "b3", "b2", "b1", "b0", "s0", "s1", "s2"],
-            "{eviction:?}"
-        );
-        f.store.check_invariants().unwrap();
-    }
-}
-
-#[test]
-fn overwriting_at_capacity_evicts_only_for_growth() {
-    let f = fixture(3 * charge_of(1, 10));
-    for k in ["a", "b", "c"] {
-        put(&f.store, k, "0123456789", None).unwrap();
-    }
-    // Same size: the old version makes room for the new one; nothing else goes,
-    // not even the old version itself (it is the least recently used).
-    put(&f.store, "a", "9876543210", None).unwrap();
-    assert!(evicted(&f).is_empty(), "{:?}", evicted(&f));
-    assert_eq!(f.store.get(b"a"), Some(b("9876543210")));
-    // Growing by a byte needs a byte more: one neighbour (the LRU, "b") goes.
-    put(&f.store, "c", "0123456789x", None).unwrap();
-    assert_eq!(evicted(&f), ["b"]);
-    assert!(f.store.used() <= f.store.capacity());
-    f.store.check_invariants().unwrap();
-}
-
-#[test]
-fn pinned_and_leased_blocks_survive_and_oom_when_stuck() {
-    let f = fixture(2 * charge_of(1, 1));
-    f.store
-        .put(
-            b("p"),
-            b("1"),
-            PutOptions {
-                pin: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    put(&f.store, "l", "1", None).unwrap();
-    let m = f.store.match_prefix(&[b("l")], Some(60_000));
-    assert_eq!(m.matched, 1);
-    let err = put(&f.store, "n", "1", None).unwrap_err();
-    assert_eq!(err.code(), "OOM");
-    assert_eq!(f.store.used(), 2 * charge_of(1, 1));
-    // Releasing the lease makes "l" evictable again.
-    assert!(f.store.release(m.lease.unwrap()));
-    assert!(!f.store.release(m.lease.unwrap()));
-    put(&f.store, "n", "1", None).unwrap();
-    assert_eq!(evicted(&f), ["l"]);
-    f.store.check_invariants().unwrap();
-}
-
-#[test]
-fn leases_expire() {
-    let f = fixture(2 * charge_of(1, 1));
-    put(&f.store, "a", "1", None).unwrap();
-    put(&f.store, "b", "1", None).unwrap();
-    f.store.match_prefix(&[b("a"), b("b")], Some(100));
-    assert!(put(&f.store, "c", "1", None).is_err());
-    f.time.fetch_add(100, Relaxed);
-    f.store.expire_due();
-    assert_eq!(f.store.stats().leases, 0);
-    put(&f.store, "c", "1", None).unwrap();
 }
 
 #[test]
@@ -307,27 +127,6 @@ fn shedding_frees_at_least_what_is_asked() {
 }
 
 #[test]
-fn conditional_puts() {
-    let f = fixture(1 << 20);
-    let nx = PutOptions {
-        only_if_exists: Some(false),
-        ..Default::default()
-    };
-    let xx = PutOptions {
-        only_if_exists: Some(true),
-        ..Default::default()
-    };
-    assert_eq!(f.store.put(b("a"), b("1"), xx.clone()), Ok(false));
-    assert_eq!(f.store.put(b("a"), b("1"), nx.clone()), Ok(true));
-    assert_eq!(f.store.put(b("a"), b("2"), nx), Ok(false));
-    assert_eq!(f.store.get(b"a"), Some(b("1")));
-    assert_eq!(f.store.put(b("a"), b("3"), xx), Ok(true));
-    assert_eq!(f.store.get(b"a"), Some(b("3")));
-    assert_eq!(f.store.used(), charge_of(1, 1));
-    f.store.check_invariants().unwrap();
-}
-
-#[test]
 fn values_are_copied_unless_exclusive() {
     let f = fixture(1 << 20);
     let big = Bytes::from(vec![3u8; 8192]);
@@ -354,55 +153,6 @@ fn values_are_copied_unless_exclusive() {
 fn too_big_is_refused() {
     let f = fixture(100);
     assert_eq!(put(&f.store, "a", "1", None).unwrap_err().code(), "TOOBIG");
-}
-
-#[test]
-fn match_counts_leading_stored_keys() {
-    let f = fixture(1 << 20);
-    put(&f.store, "a", "1", None).unwrap();
-    put(&f.store, "b", "1", Some("a")).unwrap();
-    put(&f.store, "d", "1", None).unwrap();
-    let m = f
-        .store
-        .match_prefix(&[b("a"), b("b"), b("c"), b("d")], None);
-    assert_eq!((m.matched, m.tiers.len(), m.lease), (2, 2, None));
-    let st = f.store.stats();
-    assert_eq!((st.keys_queried, st.keys_matched, st.matches), (4, 2, 1));
-    assert_eq!(st.prefix_hit_ratio(), 0.5);
-}
-
-#[test]
-fn delete_and_expiry_cascade_to_descendants() {
-    let f = fixture(1 << 20);
-    put(&f.store, "a", "1", None).unwrap();
-    put(&f.store, "b", "1", Some("a")).unwrap();
-    put(&f.store, "c", "1", Some("b")).unwrap();
-    put(&f.store, "c2", "1", Some("b")).unwrap();
-    assert_eq!(f.store.delete([&b"b"[..]]), 1);
-    assert_eq!(f.store.len(), 1);
-    f.store.check_invariants().unwrap();
-    put(&f.store, "b", "1", Some("a")).unwrap();
-    f.store
-        .put(
-            b("t"),
-            b("1"),
-            PutOptions {
-                parent: Some(b("b")),
-                ttl_ms: Some(50),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    assert!(f.store.set_expiry(b"a", Some(1_000_000 + 10)));
-    f.time.fetch_add(10, Relaxed);
-    assert_eq!(
-        f.store.get(b"t"),
-        Some(b("1")),
-        "t's own ttl has not run out"
-    );
-    assert_eq!(f.store.expire_due(), 1);
-    assert!(f.store.is_empty());
-    f.store.check_invariants().unwrap();
 }
 
 #[test]
@@ -505,373 +255,6 @@ fn without_dram_checksums_only_blocks_that_brought_one_are_checked() {
     assert_eq!(store.get(b"b"), None);
 }
 
-/// A value that says whose it is: key, writer, sequence, and a body
-/// derived from all three (its length too), so a torn or misplaced value
-/// cannot pass [`check_value`].
-fn tagged_value(key: &[u8], writer: u32, seq: u32) -> Bytes {
-    let mut v = key.to_vec();
-    v.extend_from_slice(&writer.to_le_bytes());
-    v.extend_from_slice(&seq.to_le_bytes());
-    let len = 24 + (seq as usize * 7 + writer as usize) % 80;
-    let mut x = u64::from(seq) << 8 | u64::from(writer);
-    while v.len() < len {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        v.push((x >> 56) as u8);
-    }
-    Bytes::from(v)
-}
-
-fn check_value(key: &[u8], got: &[u8]) {
-    assert!(got.len() >= key.len() + 8, "{key:?}: {} bytes", got.len());
-    assert_eq!(&got[..key.len()], key, "another key's value");
-    let writer = u32::from_le_bytes(got[key.len()..key.len() + 4].try_into().unwrap());
-    let seq = u32::from_le_bytes(got[key.len() + 4..key.len() + 8].try_into().unwrap());
-    assert_eq!(
-        got,
-        &tagged_value(key, writer, seq)[..],
-        "{key:?}: torn value"
-    );
-}
-
-#[test]
-fn concurrent_writers_keep_invariants() {
-    let f = Arc::new(fixture(64 * charge_of(4, 64)));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let readers: Vec<_> = (0..2u32)
-        .map(|r| {
-            let (f, stop) = (f.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut hits = 0u64;
-                let mut i = r;
-                while !stop.load(Relaxed) {
-                    let k = (i % 300).to_le_bytes();
-                    if let Some(got) = f.store.get(&k) {
-                        check_value(&k, &got);
-                        hits += 1;
-                    }
-                    i = i.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-                }
-                hits
-            })
-        })
-        .collect();
-    let threads: Vec<_> = (0..4)
-        .map(|t| {
-            let f = f.clone();
-            std::thread::spawn(move || {
-                for i in 0..5_000u32 {
-                    let k = Bytes::from(((t * 100_000 + i) % 300).to_le_bytes().to_vec());
-                    let parent = (i % 3 != 0)
-                        .then(|| Bytes::from(((t * 100_000 + i - 1) % 300).to_le_bytes().to_vec()));
-                    let _ = f.store.put(
-                        k.clone(),
-                        tagged_value(&k, t, i),
-                        PutOptions {
-                            parent,
-                            ..Default::default()
-                        },
-                    );
-                    if let Some(got) = f.store.get(&k) {
-                        check_value(&k, &got);
-                    }
-                    if i % 97 == 0 {
-                        f.store.delete([&k[..]]);
-                    }
-                    assert!(f.store.used() <= f.store.capacity() + 4 * charge_of(4, 104));
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-    stop.store(true, Relaxed);
-    let hits: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
-    assert!(hits > 0, "the readers found nothing");
-    f.store.check_invariants().unwrap();
-    assert!(f.store.used() <= f.store.capacity());
-}
-
-// ---- Property test against a plain model: a HashMap plus an LRU stamp order ----
-
-#[derive(Debug, Clone)]
-enum Op {
-    Put {
-        key: u8,
-        len: u16,
-        parent: Option<u8>,
-        pin: bool,
-    },
-    Get(u8),
-    Match {
-        start: u8,
-        n: u8,
-        lease: bool,
-    },
-    Release(u8),
-    Delete(u8),
-    Unpin(u8),
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        6 => (0u8..16, 0u16..300, prop::option::weighted(0.6, 0u8..16), prop::bool::weighted(0.1))
-            .prop_map(|(key, len, parent, pin)| Op::Put { key, len, parent, pin }),
-        3 => (0u8..16).prop_map(Op::Get),
-        2 => (0u8..16, 1u8..5, prop::bool::weighted(0.3)).prop_map(|(start, n, lease)| Op::Match { start, n, lease }),
-        1 => (0u8..8).prop_map(Op::Release),
-        1 => (0u8..16).prop_map(Op::Delete),
-        1 => (0u8..16).prop_map(Op::Unpin),
-    ]
-}
-
-#[derive(Debug, Clone)]
-struct MEntry {
-    len: u64,
-    parent: Option<u8>,
-    children: Vec<u8>,
-    stamp: u64,
-    pinned: bool,
-    leases: u32,
-}
-
-#[derive(Default)]
-struct Model {
-    map: HashMap<u8, MEntry>,
-    clock: u64,
-    used: u64,
-    cap: u64,
-    evicted: Vec<u8>,
-    leases: Vec<Option<Vec<u8>>>,
-}
-
-fn mkey(k: u8) -> Bytes {
-    Bytes::from(vec![b'k', k])
-}
-
-impl Model {
-    fn charge(e: &MEntry) -> u64 {
-        charge_of(2, e.len as usize)
-    }
-    fn evictable(e: &MEntry) -> bool {
-        e.children.is_empty() && !e.pinned && e.leases == 0
-    }
-    fn remove(&mut self, k: u8) -> Option<MEntry> {
-        let e = self.map.remove(&k)?;
-        self.used -= Self::charge(&e);
-        if let Some(p) = e.parent {
-            self.unlink(p, k);
-        }
-        Some(e)
-    }
-    fn unlink(&mut self, p: u8, k: u8) {
-        if let Some(pe) = self.map.get_mut(&p) {
-            if let Some(i) = pe.children.iter().position(|c| *c == k) {
-                pe.children.remove(i);
-            }
-        }
-    }
-    fn remove_tree(&mut self, k: u8) -> bool {
-        let Some(e) = self.remove(k) else {
-            return false;
-        };
-        let mut stack = e.children;
-        while let Some(c) = stack.pop() {
-            if let Some(ce) = self.remove(c) {
-                stack.extend(ce.children);
-            }
-        }
-        true
-    }
-    fn make_room(&mut self) -> bool {
-        while self.used > self.cap {
-            let victim = self
-                .map
-                .iter()
-                .filter(|(_, e)| Self::evictable(e))
-                .min_by_key(|(_, e)| e.stamp)
-                .map(|(k, _)| *k);
-            match victim {
-                Some(v) => {
-                    self.remove(v);
-                    self.evicted.push(v);
-                }
-                None => return false,
-            }
-        }
-        true
-    }
-    fn put(&mut self, key: u8, len: u64, parent: Option<u8>, pin: bool) -> bool {
-        let charge = charge_of(2, len as usize);
-        if charge > self.cap {
-            return false;
-        }
-        if let Some(p) = parent {
-            if p == key {
-                return false;
-            }
-            let Some(pe) = self.map.get_mut(&p) else {
-                return false;
-            };
-            pe.children.push(key);
-        }
-        // The old version is held in place (like a lease) while room is made,
-        // and only the growth is reserved.
-        let old_charge = self.map.get(&key).map(Self::charge);
-        if let Some(e) = self.map.get_mut(&key) {
-            e.leases += 1;
-        }
-        let reserved = charge.saturating_sub(old_charge.unwrap_or(0));
-        self.used += reserved;
-        if !self.make_room() {
-            self.used -= reserved;
-            if let Some(e) = self.map.get_mut(&key) {
-                e.leases -= 1;
-            }
-            if let Some(p) = parent {
-                self.unlink(p, key);
-            }
-            return false;
-        }
-        if let Some(e) = self.map.get_mut(&key) {
-            e.leases -= 1;
-        }
-        // A block with children keeps its parent (no cycle can form).
-        let reparent = parent.is_some()
-            && self
-                .map
-                .get(&key)
-                .is_some_and(|e| e.parent != parent && !e.children.is_empty());
-        if reparent {
-            self.used -= reserved;
-            self.unlink(parent.expect("checked"), key);
-            return false;
-        }
-        self.used += charge - reserved;
-        self.clock += 1;
-        let old = self.map.remove(&key);
-        let (children, pinned, leases, old_parent) = match &old {
-            Some(e) => {
-                self.used -= Self::charge(e);
-                (e.children.clone(), e.pinned, e.leases, e.parent)
-            }
-            None => (vec![], false, 0, None),
-        };
-        self.map.insert(
-            key,
-            MEntry {
-                len,
-                parent,
-                children,
-                stamp: self.clock,
-                pinned: pinned || pin,
-                leases,
-            },
-        );
-        if let Some(op) = old_parent {
-            self.unlink(op, key);
-        }
-        true
-    }
-    fn touch(&mut self, k: u8) -> bool {
-        self.clock += 1;
-        let c = self.clock;
-        match self.map.get_mut(&k) {
-            Some(e) => {
-                e.stamp = c;
-                true
-            }
-            None => false,
-        }
-    }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
-    #[test]
-    fn store_matches_model(ops in prop::collection::vec(op(), 1..200)) {
-        let cap = 6 * charge_of(2, 150);
-        let f = fixture(cap);
-        let mut m = Model { cap, ..Default::default() };
-        let mut store_leases: Vec<Option<u64>> = Vec::new();
-        for op in ops {
-            match op {
-                Op::Put { key, len, parent, pin } => {
-                    let r = f.store.put(mkey(key), Bytes::from(vec![key; len as usize]), PutOptions {
-                        parent: parent.map(mkey), pin, ..Default::default()
-                    });
-                    let mr = m.put(key, len as u64, parent, pin);
-                    prop_assert_eq!(r.is_ok(), mr, "put {} {:?} -> {:?}", key, parent, r);
-                }
-                Op::Get(k) => {
-                    let got = f.store.get(&mkey(k));
-                    let want = m.map.contains_key(&k);
-                    if want { m.touch(k); }
-                    prop_assert_eq!(got.clone(), want.then(|| Bytes::from(vec![k; m.map[&k].len as usize])));
-                }
-                Op::Match { start, n, lease } => {
-                    let keys: Vec<Bytes> = (start..start.saturating_add(n)).map(mkey).collect();
-                    let r = f.store.match_prefix(&keys, lease.then_some(1_000_000));
-                    let mut matched = 0;
-                    for k in start..start.saturating_add(n) {
-                        if !m.touch(k) { break; }
-                        matched += 1;
-                    }
-                    prop_assert_eq!(r.matched, matched);
-                    if lease && matched == 0 {
-                        // Nothing held: no lease.
-                        prop_assert!(r.lease.is_none());
-                        m.leases.push(None);
-                        store_leases.push(None);
-                    } else if lease {
-                        let held: Vec<u8> = (start..start + matched as u8).collect();
-                        for k in &held { m.map.get_mut(k).unwrap().leases += 1; }
-                        m.leases.push(Some(held));
-                        store_leases.push(r.lease);
-                    }
-                }
-                Op::Release(i) => {
-                    let i = i as usize;
-                    if i < m.leases.len() {
-                        let held = m.leases[i].take();
-                        let r = store_leases[i].is_some_and(|id| f.store.release(id));
-                        prop_assert_eq!(r, held.is_some());
-                        for k in held.unwrap_or_default() {
-                            if let Some(e) = m.map.get_mut(&k) { e.leases = e.leases.saturating_sub(1); }
-                        }
-                    }
-                }
-                Op::Delete(k) => {
-                    let n = f.store.delete([&mkey(k)[..]]);
-                    prop_assert_eq!(n == 1, m.remove_tree(k));
-                }
-                Op::Unpin(k) => {
-                    let n = f.store.set_pinned([&mkey(k)[..]], false);
-                    if let Some(e) = m.map.get_mut(&k) { e.pinned = false; }
-                    prop_assert_eq!(n == 1, m.map.contains_key(&k));
-                    m.make_room();
-                }
-            }
-            f.store.check_invariants().map_err(TestCaseError::fail)?;
-            prop_assert!(f.store.used() <= cap);
-            prop_assert_eq!(f.store.used(), m.used);
-            let mut keys: Vec<u8> = m.map.keys().copied().collect();
-            keys.sort();
-            for k in &keys {
-                let meta = f.store.meta(&mkey(*k));
-                prop_assert!(meta.is_some(), "model has {} but store does not", k);
-                prop_assert_eq!(meta.unwrap().parent, m.map[k].parent.map(mkey));
-            }
-            prop_assert_eq!(f.store.len(), keys.len());
-            let evicted: Vec<Bytes> = f.events.0.lock().iter().filter(|(k, _)| *k == EventKind::Evicted).map(|(_, k)| k.clone()).collect();
-            let want: Vec<Bytes> = m.evicted.iter().copied().map(mkey).collect();
-            prop_assert_eq!(evicted, want, "eviction order");
-        }
-    }
-}
-
 // ---- With an SSD tier attached ----
 
 mod with_ssd {
@@ -901,7 +284,7 @@ mod with_ssd {
     }
 
     fn open_store(dir: &std::path::Path, dram: u64, segments: u64, segment: u64) -> Arc<Store> {
-        open_store_with(dir, dram, segments, segment, SsdSettings::default())
+        open_store_with(dir, dram, segments, segment, PipeSettings::default())
     }
 
     fn open_store_with(
@@ -909,7 +292,7 @@ mod with_ssd {
         dram: u64,
         segments: u64,
         segment: u64,
-        settings: SsdSettings,
+        settings: PipeSettings,
     ) -> Arc<Store> {
         let config = StoreConfig {
             dram_capacity: dram,
@@ -927,17 +310,24 @@ mod with_ssd {
         config: StoreConfig,
         segments: u64,
         segment: u64,
-        settings: SsdSettings,
+        settings: PipeSettings,
     ) -> Arc<Store> {
-        let store = Arc::new(Store::new(config));
         let opened =
             SsdTier::open(&log_config(dir, segments, segment), EngineChoice::Auto).unwrap();
-        let tier = Arc::new(opened.tier);
-        let cap = tier.capacity();
-        store
-            .attach_ssd(tier, cap, opened.recovered, settings)
-            .unwrap();
-        store
+        over_ssd(config, opened, settings)
+    }
+
+    /// A store of `config` over DRAM and the opened SSD tier.
+    pub(super) fn over_ssd(
+        config: StoreConfig,
+        opened: crate::ssd::Opened,
+        pipe: PipeSettings,
+    ) -> Arc<Store> {
+        StoreBuilder::new(config)
+            .with_tier(TierSpec::dram(config.dram_capacity))
+            .with_tier(opened.into_spec(pipe))
+            .build()
+            .unwrap()
     }
 
     /// A fresh, empty directory for one test.
@@ -979,7 +369,7 @@ mod with_ssd {
             let dir = fresh_dir(&format!("stage-{staging}"));
             // Every matched SSD block is staged (window 1.0); the window
             // itself is tested below.
-            let settings = SsdSettings {
+            let settings = PipeSettings {
                 stage_on_match: staging,
                 stage_window: 1.0,
                 ..Default::default()
@@ -1035,7 +425,7 @@ mod with_ssd {
     #[test]
     fn only_blocks_near_the_reclaim_end_are_staged() {
         let dir = fresh_dir("stage-window");
-        let settings = SsdSettings {
+        let settings = PipeSettings {
             stage_on_match: true,
             ..Default::default()
         };
@@ -1055,8 +445,7 @@ mod with_ssd {
             }
         }
         settle(&store);
-        let log = store.ssd.get().unwrap().tier.log();
-        assert_eq!(log.used_segments(), 6);
+        assert_eq!(store.stats().ssd.unwrap().segments_used, 6);
         for k in ["old", "o1390"] {
             assert_eq!(store.tier_of(k.as_bytes()), Some(TierKind::Ssd), "{k}");
         }
@@ -1090,7 +479,7 @@ mod with_ssd {
             eviction: Eviction::Adaptive,
             dram_checksums: true,
         };
-        let store = open_store_config(&dir, config, 8, 1 << 20, SsdSettings::default());
+        let store = open_store_config(&dir, config, 8, 1 << 20, PipeSettings::default());
         let put = |k: &str, i: usize| {
             store
                 .put(Bytes::from(k.to_string()), val(i), PutOptions::default())
@@ -1201,7 +590,7 @@ mod with_ssd {
             eviction: Eviction::Lru,
             dram_checksums: true,
         };
-        let store = open_store_config(&dir, config, 8, 1 << 20, SsdSettings::default());
+        let store = open_store_config(&dir, config, 8, 1 << 20, PipeSettings::default());
         let key = |s: &str| Bytes::from(s.to_string());
         for c in ["a", "b"] {
             for i in 0..4 {
@@ -1254,8 +643,8 @@ mod with_ssd {
     fn a_batch_queues_its_demotions_when_it_ends_and_skips_stale_ones() {
         let f = fixture("batch", 2 * charge_of(1, 1000), 8, 1 << 20);
         let appends = || {
-            let ssd = f.store.ssd.get().expect("attached");
-            ssd.tier.log().stats.appends.load(Relaxed)
+            let ssd = f.store.stack.level(1).tier.log_figures().unwrap();
+            ssd.appends
         };
         for k in ["a", "b"] {
             put(&f.store, k, &"x".repeat(1000), None).unwrap();
@@ -1328,20 +717,16 @@ mod with_ssd {
     fn ssd_writes_are_synced_before_they_are_acknowledged() {
         let dir = fresh_dir("synced");
         let engine = Arc::new(CountingEngine::default());
-        let store = Arc::new(Store::new(StoreConfig {
+        let config = StoreConfig {
             dram_capacity: 4 * charge_of(2, 5000),
             high_watermark: 1.0,
             low_watermark: 1.0,
             eviction: Eviction::Lru,
             dram_checksums: true,
-        }));
+        };
         let opened =
             SsdTier::open_with_engine(&log_config(&dir, 8, 64 << 10), engine.clone()).unwrap();
-        let tier = Arc::new(opened.tier);
-        let cap = tier.capacity();
-        store
-            .attach_ssd(tier, cap, opened.recovered, SsdSettings::default())
-            .unwrap();
+        let store = over_ssd(config, opened, PipeSettings::default());
         let ssd = |parent: Option<&str>| PutOptions {
             parent: parent.map(b),
             tier: Some(TierKind::Ssd),
@@ -1434,7 +819,7 @@ mod with_ssd {
         let dir = fresh_dir("drop");
         // A queue of zero: a demotion is taken only while the demotion thread
         // waits, so a burst of evictions overruns it.
-        let settings = SsdSettings {
+        let settings = PipeSettings {
             queue: 0,
             ..Default::default()
         };
@@ -1541,6 +926,7 @@ mod ssd_random {
     use super::*;
     use crate::io::EngineChoice;
     use crate::ssd::{LogConfig, SsdTier};
+    use with_ssd::over_ssd;
 
     #[derive(Debug, Clone)]
     enum SOp {
@@ -1568,13 +954,13 @@ mod ssd_random {
     }
 
     fn open(dir: &std::path::Path) -> Arc<Store> {
-        let store = Arc::new(Store::new(StoreConfig {
+        let store_config = StoreConfig {
             dram_capacity: 6 * charge_of(2, 3000),
             high_watermark: 1.0,
             low_watermark: 1.0,
             eviction: Eviction::Lru,
             dram_checksums: true,
-        }));
+        };
         let config = LogConfig {
             path: dir.to_path_buf(),
             capacity: Some(3 * (64 << 10)),
@@ -1582,12 +968,7 @@ mod ssd_random {
             direct: true,
         };
         let opened = SsdTier::open(&config, EngineChoice::Psync).unwrap();
-        let tier = Arc::new(opened.tier);
-        let cap = tier.capacity();
-        store
-            .attach_ssd(tier, cap, opened.recovered, SsdSettings::default())
-            .unwrap();
-        store
+        over_ssd(store_config, opened, PipeSettings::default())
     }
 
     fn settle(s: &Store) {
