@@ -135,8 +135,10 @@ pub fn keys_of(chain: &[u64]) -> Vec<bytes::Bytes> {
 pub fn simulate(trace: &[Chain], capacity: usize, policy: Policy) -> SimResult {
     if policy == Policy::Adaptive {
         let keyed: Vec<Vec<bytes::Bytes>> = trace.iter().map(|c| keys_of(c)).collect();
-        let per_request =
-            tidepool_tiering::policy::simulate_adaptive_requests(&keyed, capacity.min(1 << 40));
+        let per_request = tidepool_tiering::eviction::model::simulate_adaptive_requests(
+            &keyed,
+            capacity.min(1 << 40),
+        );
         return SimResult {
             queried: trace.iter().map(|c| c.len() as u64).sum(),
             matched: per_request.iter().map(|m| *m as u64).sum(),

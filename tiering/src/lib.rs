@@ -19,7 +19,6 @@ mod index;
 pub mod io;
 mod leases;
 pub mod noop;
-pub mod policy;
 pub mod ssd;
 pub mod stack;
 pub mod store;

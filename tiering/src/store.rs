@@ -811,3 +811,5 @@ impl Store {
 mod suite;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_ssd;

@@ -1,6 +1,6 @@
 //! `adaptive`: probation and main segments, ghost admission, and a tuner
 //! that chooses the probation share from miniature simulations of the
-//! traffic (the model and the tuner are in [`crate::policy`]).
+//! traffic (the model and the tuner are in [`super::model`]).
 //!
 //! A new block joins probation, or main when it was evicted from probation
 //! lately (a ghost: it came back); a block touched again (matched or
@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use parking_lot::Mutex;
 
 use super::{Admit, Candidate, Candidates, Eviction, Policy, Segment, Usage};
+use crate::eviction::model::{Ghosts, Tuner, CANDIDATES, GHOSTS};
 use crate::index::Key;
-use crate::policy::{Ghosts, Tuner, CANDIDATES, GHOSTS};
 
 /// The `adaptive` policy's state.
 pub struct Adaptive {
@@ -141,10 +141,16 @@ impl Policy for Adaptive {
         // Only sampled requests feed the miniatures (and need the keys'
         // ids); the others are only counted.
         let rate = self.sample_rate.load(Relaxed);
-        let sampled =
-            len > 0 && crate::policy::sampled_key(key(crate::policy::sample_index(len)), rate);
-        let ids: Option<Vec<u64>> =
-            sampled.then(|| (0..len).map(|i| crate::policy::block_id(key(i))).collect());
+        let sampled = len > 0
+            && crate::eviction::model::sampled_key(
+                key(crate::eviction::model::sample_index(len)),
+                rate,
+            );
+        let ids: Option<Vec<u64>> = sampled.then(|| {
+            (0..len)
+                .map(|i| crate::eviction::model::block_id(key(i)))
+                .collect()
+        });
         self.tune(ids.as_deref(), usage);
         ids
     }

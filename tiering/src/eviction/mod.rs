@@ -20,6 +20,7 @@
 
 pub mod adaptive;
 pub mod lru;
+pub mod model;
 
 use bytes::Bytes;
 
@@ -32,7 +33,7 @@ pub enum Eviction {
     #[default]
     Lru,
     /// Probation and main segments with ghost admission, the probation share
-    /// chosen by miniature simulations (see [`crate::policy`]).
+    /// chosen by miniature simulations (see [`model`]).
     Adaptive,
 }
 
@@ -160,7 +161,7 @@ pub trait Policy: Send + Sync + 'static {
     fn victim(&self, candidates: &mut dyn Candidates, usage: &Usage) -> Option<Candidate>;
 
     /// A match of `len` keys (`key(i)` the i-th) is about to run. Returns
-    /// the keys' block ids ([`crate::policy::block_id`]) when the policy
+    /// the keys' block ids ([`crate::eviction::model::block_id`]) when the policy
     /// computed them (the index hashes keys from the same XXH3).
     fn on_match<'k>(
         &self,
