@@ -3,9 +3,13 @@
 #
 #   bash bench/redis_compare.sh            # full table (a few minutes)
 #   REPS=1 bash bench/redis_compare.sh     # quicker, noisier
+#   BASE=/path/to/older/tidepool-server bash bench/redis_compare.sh
+#                                          # a column for another build too
 #
 # Same flags for both servers, runs alternating (tidepool, redis, tidepool, ...),
-# the median of REPS runs reported, and the ratio tidepool/redis.
+# the median of REPS runs reported, and the ratio tidepool/redis. With BASE,
+# that build runs in the same rotation on its own port, and a last column
+# gives this build over it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +17,9 @@ REPS=${REPS:-3}
 CLIENTS=${CLIENTS:-50}
 TP_PORT=${TP_PORT:-7379}
 RD_PORT=${RD_PORT:-7380}
+BASE_PORT=${BASE_PORT:-7381}
 TP_FLAGS=${TP_FLAGS:-}
+BASE=${BASE:-}
 for tool in redis-server redis-benchmark redis-cli; do
   command -v $tool >/dev/null || { echo "$tool missing: apt-get install redis-server redis-tools" >&2; exit 1; }
 done
@@ -27,10 +33,16 @@ trap cleanup EXIT
 
 RUST_LOG=warn $BIN --port $TP_PORT --dram 8GiB $TP_FLAGS &
 pids+=($!)
+ports="$TP_PORT $RD_PORT"
+if [ -n "$BASE" ]; then
+  RUST_LOG=warn $BASE --port $BASE_PORT --dram 8GiB $TP_FLAGS &
+  pids+=($!)
+  ports="$ports $BASE_PORT"
+fi
 redis-server --port $RD_PORT --save "" --appendonly no --maxmemory 8gb --daemonize no \
   --logfile /dev/null --protected-mode no &
 pids+=($!)
-for port in $TP_PORT $RD_PORT; do
+for port in $ports; do
   for _ in $(seq 100); do redis-cli -p $port ping >/dev/null 2>&1 && break; sleep 0.1; done
 done
 
@@ -52,21 +64,34 @@ median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 echo "# redis-benchmark -c $CLIENTS, median of $REPS alternating runs, $(date -u +%Y-%m-%d), $(nproc) cores"
 echo "# redis: $(redis-server --version | awk '{print $3}'); tidepool: $($BIN --version)"
-printf '| %-4s | %-3s | %-8s | %14s | %14s | %6s |\n' test P size "tidepool op/s" "redis op/s" ratio
-printf '|------|-----|----------|----------------|----------------|--------|\n'
+if [ -n "$BASE" ]; then
+  echo "# base: $BASE ($($BASE --version))"
+  printf '| %-4s | %-3s | %-8s | %14s | %14s | %6s | %14s | %9s |\n' test P size "tidepool op/s" "redis op/s" ratio "base op/s" "this/base"
+  printf '|------|-----|----------|----------------|----------------|--------|----------------|-----------|\n'
+else
+  printf '| %-4s | %-3s | %-8s | %14s | %14s | %6s |\n' test P size "tidepool op/s" "redis op/s" ratio
+  printf '|------|-----|----------|----------------|----------------|--------|\n'
+fi
 for size in 3 65536 1048576; do
   for p in 1 16; do
     for t in set get; do
       n=$(requests $size $p)
-      tp=(); rd=()
+      tp=(); rd=(); bs=()
       for _ in $(seq "$REPS"); do
         tp+=("$(rps $TP_PORT $t $p $size $n)")
         rd+=("$(rps $RD_PORT $t $p $size $n)")
+        [ -z "$BASE" ] || bs+=("$(rps $BASE_PORT $t $p $size $n)")
       done
       mt=$(printf '%s\n' "${tp[@]}" | median)
       mr=$(printf '%s\n' "${rd[@]}" | median)
       ratio=$(awk -v a="$mt" -v b="$mr" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
-      printf '| %-4s | %-3s | %-8s | %14s | %14s | %6s |\n' "$t" "$p" "$size" "$mt" "$mr" "$ratio"
+      if [ -n "$BASE" ]; then
+        mb=$(printf '%s\n' "${bs[@]}" | median)
+        vs=$(awk -v a="$mt" -v b="$mb" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
+        printf '| %-4s | %-3s | %-8s | %14s | %14s | %6s | %14s | %9s |\n' "$t" "$p" "$size" "$mt" "$mr" "$ratio" "$mb" "$vs"
+      else
+        printf '| %-4s | %-3s | %-8s | %14s | %14s | %6s |\n' "$t" "$p" "$size" "$mt" "$mr" "$ratio"
+      fi
     done
   done
 done
