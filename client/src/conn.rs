@@ -2,8 +2,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use redis_protocol::resp2::{decode::decode_bytes_mut, types::BytesFrame};
-use tidepool_protocol::chunks::ChunkCursor;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::ClientError;
@@ -214,15 +213,8 @@ fn put_len(out: &mut BytesMut, n: usize) {
 }
 
 async fn write_all_chunks(stream: &mut TcpStream, chunks: &[Bytes]) -> std::io::Result<()> {
-    let mut cursor = ChunkCursor::new(chunks);
-    while !cursor.is_done() {
-        let n = stream.write_vectored(&cursor.slices()).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        cursor.advance(n);
-    }
-    Ok(())
+    tidepool_transport::vectored::write_all(stream, chunks, tidepool_transport::vectored::SLICES)
+        .await
 }
 
 #[cfg(test)]

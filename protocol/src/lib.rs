@@ -10,7 +10,6 @@
 //! crates: everything here is pure functions over byte buffers, so it is easy
 //! to test and to fuzz.
 
-pub mod chunks;
 pub mod command;
 pub mod error;
 pub mod glob;

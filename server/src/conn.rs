@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tidepool_protocol::chunks::ChunkCursor;
 use tidepool_protocol::reply::OutBuf;
 use tidepool_protocol::{Command, Limits, Reply, RequestParser, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,6 +19,7 @@ use tracing::{debug, warn};
 use crate::cmd::{self, Flow};
 use crate::observe::Outcome;
 use crate::pubsub::{Output, PubMsg, Subscriber};
+use crate::session::{Parsed, Pending, Session};
 use crate::state::{ClientState, Shared};
 
 /// Replies buffered past this size are written before more requests of the
@@ -39,56 +39,6 @@ const SHRINK_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 /// [`READ_CHUNK`], and arming a timer on every wait for it cost a tenth of
 /// `redis-benchmark -P 16 SET`'s throughput.
 const SHRINK_ABOVE: usize = 4 * READ_CHUNK;
-
-/// Per-connection state the commands see and change.
-pub struct Session {
-    /// Registry entry (id, name, addresses).
-    pub client: Arc<ClientState>,
-    /// Protocol version of replies.
-    pub version: Version,
-    /// Channels subscribed to.
-    pub channels: HashSet<Bytes>,
-    /// Patterns subscribed to.
-    pub patterns: HashSet<Bytes>,
-    /// This connection's pub/sub queue (registered with each subscription).
-    pub subscriber: Subscriber,
-    /// True while the command being applied arrived alone in a read buffer sized
-    /// for it: its value may be stored without a copy.
-    pub exclusive_frame: bool,
-    /// Leases taken on this connection, given back when it closes.
-    pub leases: crate::cmd::OwnedLeases,
-    /// The transaction being queued, between MULTI and EXEC.
-    pub multi: Option<crate::cmd::multi::Multi>,
-    /// Set by MONITOR: the connection is shown every command.
-    pub monitor: bool,
-    /// A request CLIENT PAUSE holds until the pause ends.
-    pub paused: Option<Parsed>,
-    /// A cluster-wide request waiting for other nodes' answers
-    /// ([`Flow::Remote`]).
-    pub remote: Option<Pending>,
-}
-
-/// A request that asks other nodes, with what its statistics need once
-/// it is answered.
-pub struct Pending {
-    work: crate::fanout::Remote,
-    spec: Option<&'static tidepool_protocol::table::CommandSpec>,
-    sample: Option<Bytes>,
-    spans: Vec<(usize, usize)>,
-    started: quanta::Instant,
-}
-
-impl Session {
-    /// Subscriptions of both kinds.
-    pub fn subscriptions(&self) -> usize {
-        self.channels.len() + self.patterns.len()
-    }
-
-    /// RESP2 subscribed mode restricts the commands a client may send.
-    pub fn in_subscribed_mode(&self) -> bool {
-        self.version == Version::Resp2 && self.subscriptions() > 0
-    }
-}
 
 /// Serves one client until it leaves, breaks the protocol, or the server stops.
 pub async fn serve(
@@ -449,18 +399,6 @@ async fn wait_for_pause(shared: &Shared, session: &Session) -> bool {
             _ = changed => {}
         }
     }
-}
-
-/// A request parsed and not yet run: what running it needs.
-pub struct Parsed {
-    spec: Option<&'static tidepool_protocol::table::CommandSpec>,
-    cmd: Result<Command, tidepool_protocol::CommandError>,
-    /// The request's bytes, for the slow log and MONITOR to read its
-    /// arguments back (a reference count, not a copy).
-    sample: Option<Bytes>,
-    /// Its size in bytes and arguments.
-    bytes: usize,
-    args: usize,
 }
 
 /// Applies every complete request in `rbuf`, encoding replies into `out`.
@@ -871,15 +809,8 @@ async fn flush(shared: &Shared, socket: &mut TcpStream, out: &mut OutBuf) -> std
         return Ok(());
     }
     let chunks = out.take_chunks();
-    let mut cursor = ChunkCursor::new(&chunks);
-    while !cursor.is_done() {
-        let n = socket.write_vectored(&cursor.slices()).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        cursor.advance(n);
-    }
-    Ok(())
+    tidepool_transport::vectored::write_all(socket, &chunks, tidepool_transport::vectored::SLICES)
+        .await
 }
 
 #[cfg(test)]

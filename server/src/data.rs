@@ -445,7 +445,7 @@ impl DataState {
                 self.stats.committed_bytes.fetch_add(len, Relaxed);
                 Reply::ok()
             }
-            Err(e) => crate::cmd::store_error(e),
+            Err(e) => crate::errors::store_error(e),
         }
     }
 

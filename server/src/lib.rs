@@ -10,11 +10,13 @@ pub mod cmd;
 pub mod config;
 pub mod conn;
 pub mod data;
+pub mod errors;
 pub mod fanout;
 pub mod handover;
 pub mod info;
 pub mod observe;
 pub mod pubsub;
+pub mod session;
 pub mod state;
 pub mod zmq_events;
 

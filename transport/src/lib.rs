@@ -27,6 +27,7 @@ pub mod frame;
 pub mod region;
 pub mod shm;
 pub mod tcp;
+pub mod vectored;
 
 #[cfg(feature = "rdma")]
 pub mod rdma;

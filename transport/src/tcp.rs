@@ -15,14 +15,14 @@
 //! `READ_LOWAT`), not for each segment. A refused read ends the connection,
 //! so that a client can count on every byte it asked for.
 
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::future::try_join_all;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::frame::{self, Op, Reply, Request, Status, REPLY_LEN, REQUEST_LEN};
@@ -160,19 +160,15 @@ impl Owed {
     }
 
     async fn flush(&mut self, s: &mut TcpStream) -> std::io::Result<()> {
-        let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(SERVER_IOV);
+        let mut chunks: Vec<&[u8]> = Vec::with_capacity(2 * self.heads.len());
         for (head, body) in self.heads.iter().zip(&self.bodies) {
-            if iov.len() + 2 > SERVER_IOV {
-                write_all_vectored(s, &mut iov).await?;
-                iov.clear();
-            }
-            iov.push(IoSlice::new(head));
+            chunks.push(head);
             if let Some((block, range)) = body {
-                iov.push(IoSlice::new(&block[range.clone()]));
+                chunks.push(&block[range.clone()]);
             }
         }
-        write_all_vectored(s, &mut iov).await?;
-        drop(iov);
+        crate::vectored::write_all(s, &chunks, SERVER_IOV).await?;
+        drop(chunks);
         self.heads.clear();
         self.bodies.clear();
         self.bytes = 0;
@@ -388,21 +384,6 @@ async fn discard(
     Ok(())
 }
 
-/// Writes every slice, resubmitting after short writes.
-async fn write_all_vectored<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    mut bufs: &mut [IoSlice<'_>],
-) -> std::io::Result<()> {
-    while !bufs.is_empty() {
-        let n = w.write_vectored(bufs).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut bufs, n);
-    }
-    Ok(())
-}
-
 /// Settings of a client's TCP data plane.
 #[derive(Debug, Clone, Copy)]
 pub struct TcpOptions {
@@ -576,19 +557,19 @@ async fn send_writes(s: &mut TcpStream, pieces: &[Piece<&[u8]>]) -> Result<(), T
             .encode()
         })
         .collect();
-    let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(MAX_IOV);
+    let mut group: Vec<&[u8]> = Vec::with_capacity(MAX_IOV);
     let mut bytes = 0;
     for (h, p) in headers.iter().zip(pieces) {
-        if iov.len() + 2 > MAX_IOV || bytes >= WRITE_BYTES {
-            write_all_vectored(s, &mut iov).await?;
-            iov.clear();
+        if group.len() + 2 > MAX_IOV || bytes >= WRITE_BYTES {
+            crate::vectored::write_all(s, &group, MAX_IOV).await?;
+            group.clear();
             bytes = 0;
         }
-        iov.push(IoSlice::new(h));
-        iov.push(IoSlice::new(p.buf));
+        group.push(h);
+        group.push(p.buf);
         bytes += h.len() + p.buf.len();
     }
-    write_all_vectored(s, &mut iov).await?;
+    crate::vectored::write_all(s, &group, MAX_IOV).await?;
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use tidepool_protocol::{CommandError, KeyList, Reply};
 use tidepool_tiering::{MatchResult, PutOptions, TierKind};
 
 use super::store_error;
-use crate::conn::Session;
+use crate::session::Session;
 use crate::state::Shared;
 
 fn tier_kind(t: TierName) -> TierKind {

@@ -9,10 +9,10 @@ pub mod pubsub;
 pub mod server;
 
 use tidepool_protocol::reply::OutBuf;
-use tidepool_protocol::{Command, CommandError, Reply};
-use tidepool_tiering::StoreError;
+use tidepool_protocol::{Command, Reply};
 
-use crate::conn::Session;
+use crate::session::Session;
+pub use crate::session::{release_lease, OwnedLeases};
 use crate::state::Shared;
 
 /// Whether the connection goes on after a command.
@@ -32,10 +32,7 @@ pub enum Flow {
     Remote,
 }
 
-/// Maps a store error to its reply, keeping the stable code.
-pub fn store_error(e: StoreError) -> Reply {
-    Reply::Error(CommandError::new(e.code(), e.to_string()))
-}
+pub use crate::errors::store_error;
 
 /// Stores past this many blocks make KEYS and FLUSHALL long (about 0.3 s
 /// for 500,000 blocks on the development VM): they run off the runtime's
@@ -76,58 +73,6 @@ fn delete(shared: &Shared, keys: &[bytes::Bytes]) -> Reply {
     offload_if(cascades, || {
         Reply::Int(shared.store.delete(keys.iter().map(|k| &k[..])) as i64)
     })
-}
-
-/// Gives back a lease of either kind: true when it was still in force.
-pub fn release_lease(shared: &Shared, id: u64) -> bool {
-    // A cluster-wide match's lease over several nodes: all its parts.
-    if let Some(c) = shared.cluster.get() {
-        if let Some(in_force) = c.leases.release(shared, &c.peers, id) {
-            return in_force;
-        }
-    }
-    // A KV.LOCATE lease is a hold of the blocks' memory and a store lease:
-    // the hold answers (it is what keeps the bytes a client copies in
-    // place). A KV.MATCH lease is a store lease only.
-    let leased = shared.store.release(id);
-    shared.data.release(id).unwrap_or(leased)
-}
-
-/// Leases a connection took: they end when it closes (a lease is a hold on
-/// the store's memory, and nobody can give back what a vanished client
-/// held). Any connection may release one earlier with `KV.RELEASE`.
-#[derive(Debug, Default)]
-pub struct OwnedLeases {
-    ids: std::collections::HashSet<u64>,
-    /// Size at which the ids are next checked for leases released
-    /// elsewhere or expired, so the set follows the leases actually held.
-    prune_at: usize,
-}
-
-impl OwnedLeases {
-    /// Records a lease this connection took.
-    pub fn add(&mut self, shared: &Shared, id: u64) {
-        self.ids.insert(id);
-        if self.ids.len() >= self.prune_at.max(1024) {
-            self.ids.retain(|id| {
-                shared.store.lease_exists(*id)
-                    || shared.cluster.get().is_some_and(|c| c.leases.contains(*id))
-            });
-            self.prune_at = 2 * self.ids.len();
-        }
-    }
-
-    /// A lease given back through this connection.
-    pub fn forget(&mut self, id: u64) {
-        self.ids.remove(&id);
-    }
-
-    /// Gives back every lease this connection still holds.
-    pub fn release_all(&mut self, shared: &Shared) {
-        for id in self.ids.drain() {
-            release_lease(shared, id);
-        }
-    }
 }
 
 /// Applies one command. The reply (if any) is returned for the caller to encode;

@@ -22,7 +22,8 @@ use tidepool_protocol::reply::OutBuf;
 use tidepool_protocol::{Command, CommandError, Reply};
 
 use super::Flow;
-use crate::conn::Session;
+pub use crate::session::Multi;
+use crate::session::Session;
 use crate::state::Shared;
 
 /// Most commands one transaction may queue.
@@ -31,26 +32,6 @@ pub const MAX_QUEUED: usize = 1 << 20;
 /// Most request bytes one transaction may hold queued (Redis's default
 /// `client-query-buffer-limit`).
 pub const MAX_QUEUED_BYTES: usize = 1 << 30;
-
-/// A transaction being queued.
-#[derive(Default)]
-pub struct Multi {
-    queued: Vec<Command>,
-    /// Bytes of the queued requests.
-    bytes: usize,
-    /// Arguments of the queued requests (a long EXEC runs off the
-    /// runtime's workers, as a long request does).
-    args: usize,
-    /// A command could not be queued: EXEC answers `-EXECABORT`.
-    failed: bool,
-}
-
-impl Multi {
-    /// Marks the transaction failed (a command that could not be queued).
-    pub fn fail(&mut self) {
-        self.failed = true;
-    }
-}
 
 /// What [`step`] made of a command.
 pub enum Step {

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use tidepool_protocol::reply::OutBuf;
 use tidepool_protocol::{Reply, Version};
 
-use crate::conn::Session;
 use crate::pubsub::PubMsg;
+use crate::session::Session;
 use crate::state::Shared;
 
 fn kind_name(pattern: bool, sub: bool) -> &'static str {

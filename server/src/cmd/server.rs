@@ -7,7 +7,7 @@ use bytes::Bytes;
 use tidepool_protocol::table::{self, CommandSpec};
 use tidepool_protocol::{glob, Command, CommandError, Reply, Version};
 
-use crate::conn::Session;
+use crate::session::Session;
 use crate::state::{ClientState, Shared};
 
 /// The Redis version whose behaviour tidepool follows (reported to clients that
