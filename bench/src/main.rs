@@ -643,7 +643,8 @@ fn main() -> anyhow::Result<()> {
                 if let Some(n) = ssd_blocks {
                     for stage in [false, true] {
                         let model = sim::SsdModel::replay(block_bytes, n, stage);
-                        let r = sim::simulate_tiers(&trace, c, model).hit_ratio();
+                        let r = sim::simulate_tiers(&trace, c, model, sim::Policy::LeafLru)?
+                            .hit_ratio();
                         row.push_str(&format!(" {r:.4} |"));
                     }
                 }

@@ -268,15 +268,15 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         None | Some("lru") => Policy::LeafLru,
         Some(other) => Policy::parse(other)?,
     };
-    // With an SSD tier, `lru` has a model of both tiers; `adaptive` is
-    // simulated for its DRAM tier only.
-    let two_tiers = a.ssd_blocks.filter(|_| policy == Policy::LeafLru);
+    // With an SSD tier, both tiers are simulated.
+    let two_tiers = a.ssd_blocks;
     let sim_result = match two_tiers {
         Some(n) => sim::simulate_tiers(
             &chains,
             a.capacity_blocks,
             sim::SsdModel::replay(a.block_bytes, n, a.ssd_stage_on_match),
-        ),
+            policy,
+        )?,
         None => sim::simulate(&chains, a.capacity_blocks, policy),
     };
     let simulated = sim_result.hit_ratio();
@@ -311,9 +311,6 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     println!("| measure | value |");
     println!("|---|---|");
     println!("| prefix hit ratio (server) | {server_ratio:.4} |");
-    if a.ssd_blocks.is_some() && two_tiers.is_none() {
-        println!("| (the simulation models the DRAM tier only) | |");
-    }
     let what = if two_tiers.is_some() {
         format!("{} over SSD", policy.flag_name())
     } else {

@@ -3,13 +3,25 @@
 //!
 //! The replay a request at a time: count the leading blocks of its chain that
 //! are cached (the prefix hit), refresh them, then store the rest of the chain
-//! in order (refreshing blocks already cached past the first miss), evicting
-//! as the policy says whenever the cache holds more than `capacity` blocks.
+//! in order, evicting as the policy says whenever the cache holds more than
+//! `capacity` blocks.
+//!
+//! tidepool's own policies (`lru`, `adaptive`, and `lru` over an SSD tier)
+//! run through the store itself, in process: the policies behind
+//! `tidepool_tiering::eviction`, the tier stack and the SSD tier's real log
+//! (on a temporary file), driven the way `tidepool-bench replay` drives a
+//! server (`KV.MATCH`, then the rest of the chain as one `KV.MPUT CHAIN`,
+//! waiting for the SSD worker after each). What a server adds is its
+//! protocol, its data path and its threads: `tests/replay.rs` holds the two
+//! equal block for block. Plain LRU over blocks (no prefix awareness, a
+//! reference point only) is simulated on its own.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use anyhow::Context;
+use bytes::Bytes;
+use tidepool_tiering::{Eviction, PutOptions, Store, StoreBuilder, StoreConfig};
 
 /// One request of a trace: the chain of block ids of its prompt.
 pub type Chain = Vec<u64>;
@@ -117,12 +129,6 @@ impl SimResult {
     }
 }
 
-struct Block {
-    stamp: u64,
-    parent: Option<u64>,
-    children: u32,
-}
-
 /// The 8-byte big-endian keys the replay stores hash ids under.
 pub fn keys_of(chain: &[u64]) -> Vec<bytes::Bytes> {
     chain
@@ -133,103 +139,123 @@ pub fn keys_of(chain: &[u64]) -> Vec<bytes::Bytes> {
 
 /// Simulates `trace` against a cache of `capacity` blocks.
 pub fn simulate(trace: &[Chain], capacity: usize, policy: Policy) -> SimResult {
-    if policy == Policy::Adaptive {
-        let keyed: Vec<Vec<bytes::Bytes>> = trace.iter().map(|c| keys_of(c)).collect();
-        let per_request = tidepool_tiering::eviction::model::simulate_adaptive_requests(
-            &keyed,
-            capacity.min(1 << 40),
-        );
-        return SimResult {
-            queried: trace.iter().map(|c| c.len() as u64).sum(),
-            matched: per_request.iter().map(|m| *m as u64).sum(),
-            per_request: per_request.into_iter().map(|m| m as u32).collect(),
-        };
+    let eviction = match policy {
+        Policy::Lru => return simulate_plain_lru(trace, capacity),
+        Policy::LeafLru => Eviction::Lru,
+        Policy::Adaptive => Eviction::Adaptive,
+    };
+    // Empty values: every block is charged the same, so the store holds
+    // exactly `capacity` of them.
+    let charge = tidepool_tiering::charge_of(KEY_LEN, 0);
+    let store = StoreBuilder::new(store_config(capacity, charge, eviction))
+        .build()
+        .expect("one DRAM level is a valid stack");
+    replay_in(&store, trace, &Bytes::new(), false)
+}
+
+/// The settings of a store of `blocks` blocks of `charge` bytes, which
+/// evicts one block per block stored once full (as the replay's server).
+fn store_config(blocks: usize, charge: u64, eviction: Eviction) -> StoreConfig {
+    StoreConfig {
+        dram_capacity: (blocks as u64).saturating_mul(charge).min(1 << 60),
+        high_watermark: 1.0,
+        low_watermark: 1.0,
+        eviction,
+        dram_checksums: false,
     }
-    let mut blocks: HashMap<u64, Block> = HashMap::new();
-    // Eviction candidates by stamp: every block under Lru, childless ones under LeafLru.
-    let mut order: BTreeSet<(u64, u64)> = BTreeSet::new();
-    let mut clock = 0u64;
+}
+
+/// The keys' length: 8-byte big-endian hash ids ([`keys_of`]).
+const KEY_LEN: usize = 8;
+
+/// Replays `trace` through `store`: for each request a match, then the rest
+/// of its chain put in one batch, chained (as `KV.MPUT ... CHAIN`), with
+/// `value` as every block's bytes. With `device`, waits for the store's
+/// device worker after a match that found something (it may be staging) and
+/// after the puts, as the replay waits for the server's.
+fn replay_in(store: &Store, trace: &[Chain], value: &Bytes, device: bool) -> SimResult {
+    let settle = || {
+        while store.pending_demotions() > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+    };
     let mut res = SimResult::default();
-    let candidate = |b: &Block| policy == Policy::Lru || b.children == 0;
     for chain in trace {
-        let hit = chain
-            .iter()
-            .take_while(|id| blocks.contains_key(id))
-            .count();
+        let keys = keys_of(chain);
+        let hit = store.match_prefix(&keys, None).matched;
+        if device && hit > 0 {
+            settle();
+        }
         res.queried += chain.len() as u64;
         res.matched += hit as u64;
         res.per_request.push(hit as u32);
-        let mut prev: Option<u64> = None;
-        for (i, &id) in chain.iter().enumerate() {
-            clock += 1;
-            if let Some(b) = blocks.get_mut(&id) {
-                if candidate(b) {
-                    order.remove(&(b.stamp, id));
-                    order.insert((clock, id));
+        if hit < keys.len() {
+            let mut parent = hit.checked_sub(1).map(|p| keys[p].clone());
+            store.batch(|| {
+                for k in &keys[hit..] {
+                    let opts = PutOptions {
+                        parent: parent.clone(),
+                        value_exclusive: true,
+                        ..PutOptions::default()
+                    };
+                    // A refused put (its parent gone) is the server's too.
+                    let _ = store.put(k.clone(), value.clone(), opts);
+                    parent = Some(k.clone());
                 }
-                b.stamp = clock;
-                prev = Some(id);
-                continue;
+            });
+            if device {
+                settle();
             }
-            debug_assert!(i >= hit);
-            let leaf_first = policy == Policy::LeafLru;
-            let parent = prev.filter(|_| leaf_first);
-            if let Some(pb) = parent.and_then(|p| blocks.get_mut(&p)) {
-                if pb.children == 0 {
-                    order.remove(&(pb.stamp, prev.expect("parent is prev")));
-                }
-                pb.children += 1;
-            }
-            blocks.insert(
-                id,
-                Block {
-                    stamp: clock,
-                    parent,
-                    children: 0,
-                },
-            );
-            order.insert((clock, id));
-            while blocks.len() > capacity {
-                let Some(&(s, victim)) = order.iter().find(|(_, v)| *v != id) else {
-                    break;
-                };
-                order.remove(&(s, victim));
-                let vb = blocks.remove(&victim).expect("candidates are cached");
-                // Only leaf-first tracks parents (plain LRU may drop a parent and
-                // leave orphans, which then simply never hit again).
-                if let Some(pb) = vb.parent.and_then(|p| blocks.get_mut(&p).map(|b| (p, b))) {
-                    let (p, pb) = pb;
-                    pb.children -= 1;
-                    if pb.children == 0 {
-                        order.insert((pb.stamp, p));
-                    }
-                }
-            }
-            prev = Some(id);
         }
     }
     res
 }
 
-/// The SSD tier under DRAM, as the server lays it out: a log of `segments`
-/// segments of `segment_bytes`, block records of `block_record` bytes and
-/// tombstones of `tombstone_record` bytes, the oldest segment reclaimed whole
-/// when the log is full.
+/// Plain LRU over blocks: every block a candidate, parents included (a
+/// dropped parent leaves its children cached, never to hit again).
+fn simulate_plain_lru(trace: &[Chain], capacity: usize) -> SimResult {
+    // Block id -> its stamp; the candidates by stamp.
+    let mut stamps: HashMap<u64, u64> = HashMap::new();
+    let mut order: BTreeSet<(u64, u64)> = BTreeSet::new();
+    let mut clock = 0u64;
+    let mut res = SimResult::default();
+    for chain in trace {
+        let hit = chain
+            .iter()
+            .take_while(|id| stamps.contains_key(id))
+            .count();
+        res.queried += chain.len() as u64;
+        res.matched += hit as u64;
+        res.per_request.push(hit as u32);
+        for &id in chain {
+            clock += 1;
+            if let Some(old) = stamps.insert(id, clock) {
+                order.remove(&(old, id));
+            }
+            order.insert((clock, id));
+            while stamps.len() > capacity {
+                let Some((_, victim)) = order.pop_first() else {
+                    break;
+                };
+                stamps.remove(&victim);
+            }
+        }
+    }
+    res
+}
+
+/// The SSD tier under DRAM, as `tidepool-bench replay --ssd-blocks` gives
+/// it to the server: a log of `segments` segments of [`SEGMENT`] bytes,
+/// records of `block_bytes` blocks.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SsdModel {
     /// Segments in the log.
     pub segments: usize,
-    /// Bytes per segment.
-    pub segment_bytes: u64,
-    /// Bytes a block's record takes (header, keys, value, padding).
-    pub block_record: u64,
-    /// Bytes a tombstone takes.
-    pub tombstone_record: u64,
-    /// Whether a match reads the SSD blocks it finds back into DRAM...
+    /// Bytes of each block's value.
+    pub block_bytes: usize,
+    /// Whether a match reads the SSD blocks it finds near the log's reclaim
+    /// end back into DRAM (the server's `--ssd-stage-on-match`).
     pub stage_on_match: bool,
-    /// ... those whose segment is among this share of the log next in line
-    /// for reclaim (the server's default, 0.3).
-    pub stage_window: f64,
 }
 
 /// Segment size of the SSD tier the replay gives the server (4 MiB, so that
@@ -242,360 +268,70 @@ impl SsdModel {
     pub fn replay(block_bytes: usize, blocks: usize, stage_on_match: bool) -> SsdModel {
         use tidepool_tiering::ssd::record::record_len;
         // The replay's keys are 8 bytes; a block's record holds its parent's key.
-        let block_record = record_len(16, block_bytes);
-        let bytes = blocks as u64 * block_record;
+        let bytes = blocks as u64 * record_len(2 * KEY_LEN, block_bytes);
         SsdModel {
             segments: bytes.div_ceil(SEGMENT).max(2) as usize,
-            segment_bytes: SEGMENT,
-            block_record,
-            tombstone_record: record_len(8, 8),
+            block_bytes,
             stage_on_match,
-            stage_window: tidepool_tiering::PipeSettings::default().stage_window,
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Where {
-    Dram,
-    Ssd,
-}
-
-struct TBlock {
-    tier: Where,
-    stamp: u64,
-    /// The insertion that made this version (a queued write of an older
-    /// version of the same id is stale).
-    written: u64,
-    parent: Option<u64>,
-    children: Vec<u64>,
-    /// Children whose bytes are in DRAM.
-    dram_children: u32,
-    /// The block's current SSD record, while it lives on SSD.
-    record: Option<u64>,
-    /// The segment of its latest record.
-    segment: usize,
-    /// This version's record in the log, if it has one (kept after it is
-    /// staged back into DRAM, until its segment is reclaimed): a removal
-    /// cancels it with a tombstone.
-    disk: Option<u64>,
-}
-
-/// The segment log: records (block id or tombstone) appended in order.
-struct Log {
-    model: SsdModel,
-    active: Option<usize>,
-    write_pos: u64,
-    free: std::collections::VecDeque<usize>,
-    sealed: std::collections::VecDeque<usize>,
-    /// Block records in each segment: (block id, record id).
-    records: Vec<Vec<(u64, u64)>>,
-    next: u64,
-    /// The opening count at which each segment was last opened.
-    opened_at: Vec<u64>,
-    opens: u64,
-}
-
-impl Log {
-    fn new(model: SsdModel) -> Log {
-        Log {
-            model,
-            active: None,
-            write_pos: 0,
-            free: (0..model.segments).collect(),
-            sealed: Default::default(),
-            records: vec![Vec::new(); model.segments],
-            next: 0,
-            opened_at: vec![0; model.segments],
-            opens: 0,
-        }
-    }
-
-    /// Whether a record in `segment` is near the reclaim end (in the window
-    /// that staging rescues).
-    fn near_reclaim(&self, segment: usize) -> bool {
-        let segments = self.model.segments as u64;
-        let until = (self.opened_at[segment] + segments).saturating_sub(self.opens);
-        (until as f64) < self.model.stage_window * segments as f64
-    }
-
-    fn active(&self) -> usize {
-        self.active.expect("opened by the first append")
-    }
-
-    /// Appends a record of `len` bytes (a block's when `block` is given).
-    /// Returns its id and the block records of a segment reclaimed for it.
-    fn append(&mut self, len: u64, block: Option<u64>) -> (u64, Vec<(u64, u64)>) {
-        let mut reclaimed = Vec::new();
-        if self.active.is_none() || self.write_pos + len > self.model.segment_bytes {
-            if let Some(a) = self.active.take() {
-                self.sealed.push_back(a);
-            }
-            let next = match self.free.pop_front() {
-                Some(s) => s,
-                None => {
-                    let victim = self.sealed.pop_front().expect("a segment exists");
-                    reclaimed = std::mem::take(&mut self.records[victim]);
-                    victim
-                }
-            };
-            self.active = Some(next);
-            self.write_pos = 0;
-            self.opened_at[next] = self.opens;
-            self.opens += 1;
-        }
-        let id = self.next;
-        self.next += 1;
-        self.write_pos += len;
-        if let Some(b) = block {
-            self.records[self.active.expect("set above")].push((b, id));
-        }
-        (id, reclaimed)
-    }
-}
-
-/// tidepool's `lru` DRAM tier (prefix-aware LRU) over an SSD tier, replayed
-/// the way `tidepool-bench replay --ssd-blocks` drives the server (which
-/// waits for the SSD thread after each match and each put): DRAM victims are
-/// demoted, and written to the log in the order they went down; a full log
-/// reclaims its oldest segment, dropping the blocks whose records were there
-/// and every block chained under them (their own records cancelled by
-/// tombstones, which take log space too); with staging, a match reads the SSD
-/// blocks it found back into DRAM, in chain order.
-pub fn simulate_tiers(trace: &[Chain], dram_blocks: usize, ssd: SsdModel) -> SimResult {
-    let mut t = Tiers {
-        blocks: HashMap::new(),
-        order: BTreeSet::new(),
-        dram: 0,
-        capacity: dram_blocks,
-        clock: 0,
-        log: Log::new(ssd),
-        writes: Default::default(),
+/// tidepool's DRAM tier of `dram_blocks` blocks under `policy` (`lru` or
+/// `adaptive`) over the SSD tier of `ssd`, replayed the way
+/// `tidepool-bench replay --ssd-blocks` drives the server: the store with
+/// both levels, its SSD log on a temporary file.
+pub fn simulate_tiers(
+    trace: &[Chain],
+    dram_blocks: usize,
+    ssd: SsdModel,
+    policy: Policy,
+) -> anyhow::Result<SimResult> {
+    let eviction = match policy {
+        Policy::LeafLru => Eviction::Lru,
+        Policy::Adaptive => Eviction::Adaptive,
+        Policy::Lru => anyhow::bail!("plain LRU is not a policy of tidepool's DRAM tier"),
     };
-    let mut res = SimResult::default();
-    for chain in trace {
-        let hit = chain
-            .iter()
-            .take_while(|id| t.blocks.contains_key(id))
-            .count();
-        res.queried += chain.len() as u64;
-        res.matched += hit as u64;
-        res.per_request.push(hit as u32);
-        let first = t.clock;
-        t.clock += chain.len() as u64;
-        for (i, id) in chain[..hit].iter().enumerate() {
-            t.touch(*id, first + i as u64);
-        }
-        if ssd.stage_on_match {
-            for id in &chain[..hit] {
-                let b = &t.blocks[id];
-                if b.tier == Where::Ssd && b.record.is_some() && t.log.near_reclaim(b.segment) {
-                    t.stage(*id);
-                }
-            }
-            t.write_demotions();
-        }
-        let mut parent = hit.checked_sub(1).map(|p| chain[p]);
-        for &id in &chain[hit..] {
-            if parent.is_some_and(|p| !t.blocks.contains_key(&p)) {
-                break;
-            }
-            if t.blocks.contains_key(&id) {
-                t.clock += 1;
-                t.touch(id, t.clock);
-            } else {
-                t.put(id, parent);
-            }
-            parent = Some(id);
-        }
-        t.write_demotions();
-    }
-    res
-}
-
-struct Tiers {
-    blocks: HashMap<u64, TBlock>,
-    /// Evictable DRAM blocks (no child in DRAM) by recency.
-    order: BTreeSet<(u64, u64)>,
-    dram: usize,
-    capacity: usize,
-    clock: u64,
-    log: Log,
-    /// Demotions queued for the SSD thread: (id, version).
-    writes: std::collections::VecDeque<(u64, u64)>,
-}
-
-impl Tiers {
-    fn evictable(b: &TBlock) -> bool {
-        b.tier == Where::Dram && b.dram_children == 0
-    }
-
-    /// Changes block `id` through `f`, keeping the eviction order in step.
-    fn update(&mut self, id: u64, f: impl FnOnce(&mut TBlock)) {
-        let Some(b) = self.blocks.get_mut(&id) else {
-            return;
-        };
-        if Self::evictable(b) {
-            self.order.remove(&(b.stamp, id));
-        }
-        f(b);
-        if Self::evictable(b) {
-            self.order.insert((b.stamp, id));
+    use tidepool_tiering::io::EngineChoice;
+    use tidepool_tiering::ssd::{LogConfig, SsdTier};
+    use tidepool_tiering::{PipeSettings, TierSpec};
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "tp-sim-{}-{}.ssd",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_file(&path);
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
         }
     }
-
-    fn touch(&mut self, id: u64, stamp: u64) {
-        self.update(id, |b| b.stamp = stamp);
-    }
-
-    fn dram_child(&mut self, parent: Option<u64>, added: bool) {
-        if let Some(p) = parent {
-            self.update(p, |b| {
-                if added {
-                    b.dram_children += 1;
-                } else {
-                    b.dram_children -= 1;
-                }
-            });
-        }
-    }
-
-    /// Demotes DRAM victims until `incoming` more blocks fit.
-    fn make_room(&mut self, incoming: usize) {
-        while self.dram + incoming > self.capacity {
-            let victim = match self.order.first() {
-                Some(&(_, id)) => id,
-                // Every DRAM block has a child in DRAM: the oldest goes.
-                None => match self
-                    .blocks
-                    .iter()
-                    .filter(|(_, b)| b.tier == Where::Dram)
-                    .min_by_key(|(_, b)| b.stamp)
-                {
-                    Some((&id, _)) => id,
-                    None => return,
-                },
-            };
-            self.update(victim, |b| b.tier = Where::Ssd);
-            self.dram -= 1;
-            let b = &self.blocks[&victim];
-            let (parent, written) = (b.parent, b.written);
-            self.dram_child(parent, false);
-            self.writes.push_back((victim, written));
-        }
-    }
-
-    fn put(&mut self, id: u64, parent: Option<u64>) {
-        self.make_room(1);
-        self.clock += 1;
-        let b = TBlock {
-            tier: Where::Dram,
-            stamp: self.clock,
-            written: self.clock,
-            parent,
-            children: Vec::new(),
-            dram_children: 0,
-            record: None,
-            segment: 0,
-            disk: None,
-        };
-        self.order.insert((b.stamp, id));
-        self.blocks.insert(id, b);
-        self.dram += 1;
-        if let Some(p) = parent {
-            self.update(p, |b| {
-                b.children.push(id);
-                b.dram_children += 1;
-            });
-        }
-    }
-
-    /// Reads an SSD block back into DRAM (its old record stays until its
-    /// segment is reclaimed).
-    fn stage(&mut self, id: u64) {
-        self.make_room(1);
-        self.clock += 1;
-        let stamp = self.clock;
-        self.update(id, |b| {
-            b.tier = Where::Dram;
-            b.record = None;
-            b.stamp = stamp;
-        });
-        self.dram += 1;
-        let parent = self.blocks[&id].parent;
-        self.dram_child(parent, true);
-    }
-
-    /// The SSD thread's work: write queued demotions, and drop what the
-    /// reclaimed segments held.
-    fn write_demotions(&mut self) {
-        while let Some((id, written)) = self.writes.pop_front() {
-            let current = self.blocks.get(&id).is_some_and(|b| {
-                b.written == written && b.tier == Where::Ssd && b.record.is_none()
-            });
-            if !current {
-                continue;
-            }
-            let (rec, reclaimed) = self.log.append(self.log.model.block_record, Some(id));
-            let segment = self.log.active();
-            let b = self.blocks.get_mut(&id).expect("checked");
-            b.record = Some(rec);
-            b.segment = segment;
-            b.disk = Some(rec);
-            self.drop_reclaimed(reclaimed);
-        }
-    }
-
-    fn drop_reclaimed(&mut self, reclaimed: Vec<(u64, u64)>) {
-        let mut queue = std::collections::VecDeque::from(reclaimed);
-        while let Some((id, rec)) = queue.pop_front() {
-            let Some(b) = self.blocks.get_mut(&id) else {
-                continue;
-            };
-            if b.disk == Some(rec) {
-                // The record itself is gone: no tombstone for it.
-                b.disk = None;
-                // Dropped if it lived there (not if it is back in DRAM, or on
-                // its way down again to a new record).
-                if b.tier == Where::Ssd && b.record == Some(rec) {
-                    queue.extend(self.remove_tree(id));
-                }
-            }
-        }
-    }
-
-    /// Removes `id` and everything chained under it; returns the block
-    /// records of segments reclaimed for the tombstones this wrote.
-    fn remove_tree(&mut self, id: u64) -> Vec<(u64, u64)> {
-        let mut reclaimed = Vec::new();
-        let mut stack = vec![id];
-        while let Some(k) = stack.pop() {
-            let Some(b) = self.blocks.remove(&k) else {
-                continue;
-            };
-            if Self::evictable(&b) {
-                self.order.remove(&(b.stamp, k));
-            }
-            let in_dram = b.tier == Where::Dram;
-            if in_dram {
-                self.dram -= 1;
-            }
-            if b.disk.is_some() {
-                let len = self.log.model.tombstone_record;
-                reclaimed.extend(self.log.append(len, None).1);
-            }
-            if let Some(p) = b.parent {
-                self.update(p, |pb| {
-                    pb.children.retain(|c| *c != k);
-                    if in_dram {
-                        pb.dram_children -= 1;
-                    }
-                });
-            }
-            stack.extend(b.children);
-        }
-        reclaimed
-    }
+    let _remove = Remove(path.clone());
+    let log = LogConfig {
+        path,
+        capacity: Some(ssd.segments as u64 * SEGMENT),
+        segment_size: SEGMENT,
+        direct: false,
+    };
+    let opened = SsdTier::open(&log, EngineChoice::Psync).context("opening the SSD log")?;
+    let pipe = PipeSettings {
+        // Every demotion is written: the replay waits for the server's
+        // worker after each request, and a request's demotions are few.
+        queue: 1 << 20,
+        stage_on_match: ssd.stage_on_match,
+        ..PipeSettings::default()
+    };
+    let charge = tidepool_tiering::charge_of(KEY_LEN, ssd.block_bytes);
+    let config = store_config(dram_blocks, charge, eviction);
+    let store = StoreBuilder::new(config)
+        .with_tier(TierSpec::dram(config.dram_capacity))
+        .with_tier(opened.into_spec(pipe))
+        .build()
+        .map_err(anyhow::Error::msg)?;
+    let value = Bytes::from(vec![0x5Au8; ssd.block_bytes]);
+    Ok(replay_in(&store, trace, &value, true))
 }
 
 #[cfg(test)]

@@ -1,14 +1,21 @@
 //! tidepool-tiering: the block store.
 //!
-//! It owns the prefix-chain index (which block is whose parent), the tiers that
-//! hold block bytes, per-tier byte accounting with high and low watermarks,
-//! prefix-aware LRU eviction, pins, leases, TTLs and checksums.
+//! The [`Store`] keeps blocks over a stack of tiers ([`stack`]): levels
+//! fastest first, each a [`Tier`] that holds bytes, with its capacity,
+//! watermarks and, for a level in memory, an eviction policy behind the
+//! [`eviction`] seam (`lru`, `adaptive`). It owns the prefix-chain index
+//! (which block is whose parent, in which level), the moves between levels
+//! (demotion when a level is full, promotion and staging from the device
+//! level), pins, leases, TTLs and checksums. DRAM ([`dram`]), the SSD log
+//! ([`ssd`]) and a stand-in ([`noop`]) are the tiers; build a store over
+//! them with [`StoreBuilder::with_tier`].
 //!
 //! This crate must never pull in CUDA, tokio or any other crate of the
-//! workspace, not even transitively: the tier trait, the LRU and the prefix index
-//! build and test on any laptop. Device-specific tiers live behind features; the
-//! SSD tier's I/O needs only a Unix kernel (io_uring, when it comes, will be
-//! Linux-only and chosen at run time, with pread/pwrite as the fallback).
+//! workspace, not even transitively: the tier trait, the eviction policies
+//! and the prefix index build and test on any laptop. Device-specific tiers
+//! live behind features; the SSD tier's I/O needs only a Unix kernel
+//! (io_uring on Linux, chosen at run time, with pread/pwrite as the
+//! fallback).
 
 pub mod dram;
 pub mod error;
