@@ -5,6 +5,7 @@
 #   REPS=1 bash bench/redis_compare.sh     # quicker, noisier
 #   BASE=/path/to/older/tidepool-server bash bench/redis_compare.sh
 #                                          # a column for another build too
+#   BIN=/path/to/tidepool-server ...       # that binary instead of building one
 #
 # Same flags for both servers, runs alternating (tidepool, redis, tidepool, ...),
 # the median of REPS runs reported, and the ratio tidepool/redis. With BASE,
@@ -24,8 +25,10 @@ for tool in redis-server redis-benchmark redis-cli; do
   command -v $tool >/dev/null || { echo "$tool missing: apt-get install redis-server redis-tools" >&2; exit 1; }
 done
 
-cargo build --release --bin tidepool-server >&2
-BIN=target/release/tidepool-server
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --bin tidepool-server >&2
+  BIN=target/release/tidepool-server
+fi
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }

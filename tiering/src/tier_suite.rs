@@ -1,6 +1,6 @@
-//! One test suite run over every tier (DRAM, and SSD with each I/O engine, with
-//! direct and buffered I/O): whatever a tier is, it must behave the same to
-//! the store.
+//! One test suite run over every tier (DRAM, the stand-in, and SSD with each
+//! I/O engine, with direct and buffered I/O): whatever a tier is, it must
+//! behave the same to the store.
 
 use std::sync::Arc;
 
@@ -70,6 +70,13 @@ fn run_suite(make: &dyn Fn() -> Arc<dyn Tier>) {
 #[test]
 fn dram_tier() {
     run_suite(&|| Arc::new(DramTier));
+}
+
+#[test]
+fn stand_in_tier() {
+    use crate::noop::StandInTier;
+    use crate::tier::TierKind;
+    run_suite(&|| Arc::new(StandInTier::new(TierKind::Gpu)));
 }
 
 #[test]
