@@ -1,6 +1,6 @@
 //! The async client: a pool of connections and the tidepool operations.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -10,54 +10,9 @@ use tokio::sync::Mutex;
 
 use crate::conn::Conn;
 use crate::data::{self, Plane, Reserved, ServerPlanes};
+use crate::put::{Failure, Group, Mover, Written};
 use crate::{ClientError, ClientOptions, PlaneChoice};
-use tidepool_transport::shm::ShmWrite;
-use tidepool_transport::{Descriptor, TransportError};
-
-/// Cuts blocks of these sizes into runs (ranges of indices) of about
-/// `group_bytes` bytes and at most `group_blocks` blocks, none empty.
-fn put_groups(
-    sizes: impl Iterator<Item = usize>,
-    group_bytes: usize,
-    group_blocks: usize,
-) -> Vec<std::ops::Range<usize>> {
-    let mut groups = Vec::new();
-    let (mut start, mut bytes, mut n) = (0, 0, 0);
-    for (i, len) in sizes.enumerate() {
-        bytes += len;
-        n = i + 1;
-        if bytes >= group_bytes || n - start >= group_blocks {
-            groups.push(start..n);
-            (start, bytes) = (n, 0);
-        }
-    }
-    if start < n {
-        groups.push(start..n);
-    }
-    groups
-}
-
-/// Keys per group of a shm (or rdma) get. Locating and leasing costs the
-/// server about a microsecond a key; groups hide that behind the copy of
-/// the group before, at a round trip each, which pays only for many small
-/// blocks (about a tenth more for 64 KiB blocks, a tenth less for 1 MiB
-/// ones in groups of four). Over tcp a get is one group: a group's end
-/// idles the socket while its last bytes arrive.
-const GET_GROUP_KEYS: usize = 64;
-
-/// Bytes per group of a data-plane put: reserved, moved and committed
-/// together, while the neighbouring groups are at the server.
-const COMMIT_GROUP: usize = 4 << 20;
-
-/// Over tcp a group ends with a wait for the data port's replies, in which
-/// the sockets idle, so tcp groups are larger (16 MiB moved 1 MiB puts a
-/// fifth faster than 4 MiB), and cut at `TCP_GROUP_BLOCKS` blocks, since a
-/// group's reservation and commit grow with its blocks (256 beat 64 for
-/// 64 KiB blocks; 16 KiB blocks did not care). A group's bytes go out
-/// before the replies to the group before it are read, which hides most of
-/// that wait.
-const TCP_COMMIT_GROUP: usize = 16 << 20;
-const TCP_GROUP_BLOCKS: usize = 256;
+use tidepool_transport::Descriptor;
 
 /// Options of one put.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -559,11 +514,7 @@ impl Client {
         chain: bool,
         parent: Option<Bytes>,
     ) -> Result<Vec<Result<(), ClientError>>, ClientError> {
-        let sizes = blocks.iter().map(|(_, v)| v.len());
-        let groups = match plane.kind() {
-            tidepool_transport::Kind::Tcp => put_groups(sizes, TCP_COMMIT_GROUP, TCP_GROUP_BLOCKS),
-            _ => put_groups(sizes, COMMIT_GROUP, usize::MAX),
-        };
+        let groups = Mover::groups(plane.kind(), blocks.iter().map(|(_, v)| v.len()));
         let kind = plane.kind().as_str();
         let reserve_cmd = |g: &std::ops::Range<usize>| {
             let mut cmd = Vec::with_capacity(2 * g.len() + 7);
@@ -610,9 +561,6 @@ impl Client {
                 }
                 Ok::<_, ClientError>(out)
             };
-        // A group to commit: (block index, descriptor) and, over shm, the
-        // checksums the copy computed.
-        type Written = (Vec<(usize, Descriptor)>, Option<Vec<u64>>);
         let commit_cmd = |(w, sums): &Written| {
             let mut cmd = Vec::with_capacity(2 * w.len() + 2);
             cmd.push(b("KV.COMMIT"));
@@ -625,48 +573,24 @@ impl Client {
         };
         // One connection carries the whole exchange, replies read one step
         // late: at step i the client sends the commit of group i - 1 and
-        // the reservation of group i + 2 (i + `ahead`), copies group i, then
+        // the reservation of group i + 2 (i + `ahead`), moves group i, then
         // reads what it sent at step i - 1 (the commit of i - 2, the
-        // reservation of i + 1). The server has a whole group's copy time
-        // to answer.
+        // reservation of i + 1). The server has a whole group's move to
+        // answer.
         enum Owed {
-            Commit(Vec<(usize, Descriptor)>),
+            Commit(Group),
             Reserve(usize),
         }
         let n = groups.len();
-        let mut reserved: Vec<Option<Vec<(usize, Descriptor)>>> = (0..n).map(|_| None).collect();
+        let mut reserved: Vec<Option<Group>> = (0..n).map(|_| None).collect();
         let i = self.next.fetch_add(1, Relaxed) % self.conns.len();
         let mut conn = self.conn(i).await?;
-        // Over shm, each group's copies are queued on the plane's copying
-        // threads as soon as its reservation is in (`next_queued`: the next
-        // group to queue), and awaited when the group is to be committed.
-        // Declared after `conn`, so that a put given up half way stops its
-        // copies before the connection closes and the server frees the
-        // reserved ranges.
-        let shm = plane.shm();
-        // Groups reserved ahead: two; over shm as many as copy at once (the
-        // threads copy the groups queued, one group's blocks at a time
-        // when a group is one large block).
-        let ahead = shm.map_or(2, |p| p.copy_threads().max(2));
-        let mut queued: VecDeque<Result<ShmWrite, TransportError>> = VecDeque::new();
-        let mut next_queued = 0;
+        let ahead = Mover::ahead(plane);
         // When each group's KV.RESERVE went out: a one-sided write into its
         // memory starts no later than `write_window` after that.
         let mut reserve_sent: Vec<Option<std::time::Instant>> = vec![None; n];
         let deadline = |reserve_sent: &[Option<std::time::Instant>], g: usize| {
             Some(reserve_sent[g]? + self.write_window?)
-        };
-        let queue_reserved = |reserved: &[Option<Vec<(usize, Descriptor)>>],
-                              reserve_sent: &[Option<std::time::Instant>],
-                              queued: &mut VecDeque<_>,
-                              next_queued: &mut usize| {
-            let Some(p) = shm else { return };
-            while let Some(Some(r)) = reserved.get(*next_queued) {
-                let copies = r.iter().map(|(i, d)| (*d, blocks[*i].1.clone()));
-                let by = deadline(reserve_sent, *next_queued);
-                queued.push_back(p.write_queued(copies.collect(), by));
-                *next_queued += 1;
-            }
         };
         let mut owed: Vec<Owed> = Vec::new();
         let mut cmds = Vec::new();
@@ -678,7 +602,7 @@ impl Client {
         conn.send(&cmds).await?;
         let settle = |owed: Vec<Owed>,
                       frames: Vec<BytesFrame>,
-                      reserved: &mut Vec<Option<Vec<(usize, Descriptor)>>>,
+                      reserved: &mut Vec<Option<Group>>,
                       results: &mut Vec<Option<Result<(), ClientError>>>|
          -> Result<(), ClientError> {
             for (o, f) in owed.into_iter().zip(frames) {
@@ -698,15 +622,14 @@ impl Client {
             &mut results,
         )
         .inspect_err(|_| conn.broken = true)?;
-        queue_reserved(&reserved, &reserve_sent, &mut queued, &mut next_queued);
+        // Declared after `conn`, so that a put given up half way stops its
+        // moves (shm copies still queued) before the connection closes and
+        // the server frees the reserved ranges.
+        let mut mover = Mover::new(plane).await;
+        mover.reserved(&reserved, blocks, &|g| deadline(&reserve_sent, g));
+        // The group moved and ready to commit at the next step.
         let mut prev: Written = (Vec::new(), None);
-        // Over tcp a group's bytes go out before the replies to the group
-        // before it are read, so the socket does not idle while the server
-        // takes in that group's last bytes; that group is committed once
-        // its replies are in, a step late (`sent`).
-        let mut tcp = plane.tcp_writes().await;
-        let mut sent: Option<Vec<(usize, Descriptor)>> = None;
-        let mut failed = None;
+        let mut failed: Option<Failure> = None;
         for gi in 0..n {
             let cur = reserved[gi].take().unwrap_or_default();
             let mut cmds = Vec::new();
@@ -723,40 +646,22 @@ impl Client {
             if !cmds.is_empty() {
                 conn.send(&cmds).await?;
             }
-            let writes: Vec<(Descriptor, &[u8])> = match shm {
-                Some(_) => Vec::new(),
-                None => cur.iter().map(|(i, d)| (*d, &blocks[*i].1[..])).collect(),
-            };
-            // Over shm the group was queued already; it is awaited below,
-            // after the replies.
-            let moved = match (&mut tcp, shm) {
-                (Some(w), _) => Some(w.send(&writes).await.map(|()| None)),
-                (None, Some(_)) => None,
-                // rdma: the same deadline, checked before the group's
-                // writes are posted.
-                (None, None) => Some(match deadline(&reserve_sent, gi) {
-                    Some(by) if std::time::Instant::now() >= by => Err(TransportError::Expired(
-                        format!("group {gi}'s writes were due to start after its reservation's deadline"),
-                    )),
-                    _ => plane.write(&writes).await,
-                }),
-            };
-            let mut confirmed = Ok(());
-            if let (Some(w), Some(Ok(_))) = (&mut tcp, &moved) {
-                if let Some(before) = sent.take() {
-                    confirmed = w.confirm().await;
-                    if confirmed.is_ok() {
-                        let written = (before, None);
-                        conn.send(&[commit_cmd(&written)]).await?;
-                        now_owed.push(Owed::Commit(written.0));
-                    } else {
-                        sent = Some(before);
-                    }
+            let started = match mover
+                .start(gi, &cur, blocks, deadline(&reserve_sent, gi))
+                .await
+            {
+                Ok(Some(confirmed)) => {
+                    // Confirmed now (tcp, the group before): committed now.
+                    let written = (confirmed, None);
+                    conn.send(&[commit_cmd(&written)]).await?;
+                    now_owed.push(Owed::Commit(written.0));
+                    Ok(())
                 }
-            }
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
             // What was sent a step ago.
             let frames = conn.recv(owed.len()).await?;
-            // Replies out of step: the connection is not reused as is.
             settle(
                 std::mem::take(&mut owed),
                 frames,
@@ -765,42 +670,31 @@ impl Client {
             )
             .inspect_err(|_| conn.broken = true)?;
             owed = now_owed;
-            queue_reserved(&reserved, &reserve_sent, &mut queued, &mut next_queued);
-            let moved = match moved {
-                Some(m) => m,
-                None => match queued.pop_front() {
-                    Some(Ok(w)) => w.finish().await.map(Some),
-                    Some(Err(e)) => Err(e),
-                    None => Err(TransportError::Protocol(format!("group {gi} not queued"))),
-                },
+            mover.reserved(&reserved, blocks, &|g| deadline(&reserve_sent, g));
+            let finished = match started {
+                Ok(_) => mover.finish(gi, cur).await,
+                Err(e) => Err(mover.fail(e, cur)),
             };
-            match (moved, confirmed) {
-                (Ok(sums), Ok(())) if tcp.is_some() => {
-                    debug_assert!(sums.is_none() && sent.is_none());
-                    sent = Some(cur);
-                }
-                (Ok(sums), Ok(())) => prev = (cur, sums),
-                (Err(e), _) | (_, Err(e)) => {
-                    // The group before, if not confirmed, fails with this one.
-                    let mut lost = sent.take().unwrap_or_default();
-                    lost.extend(cur);
-                    failed = Some((e, lost));
+            match finished {
+                Ok(Some(written)) => prev = written,
+                Ok(None) => {}
+                Err(f) => {
+                    failed = Some(f);
                     break;
                 }
             }
         }
-        if let (Some(w), Some(last), None) = (&mut tcp, sent.take(), &failed) {
-            match w.confirm().await {
-                Ok(()) => prev = (last, None),
-                Err(e) => failed = Some((e, last)),
-            }
-        }
         if failed.is_none() {
-            if let Some(w) = tcp.take() {
-                w.finish();
+            match mover.end().await {
+                Ok(Some(last)) => prev = last,
+                Ok(None) => {}
+                Err(f) => failed = Some(f),
             }
+        } else {
+            // Nothing from the failed group on is committed; copies still
+            // queued stop before the server frees their ranges.
+            drop(mover);
         }
-        drop(tcp);
         let frames = conn.recv(owed.len()).await?;
         // Replies out of step: the connection is not reused as is.
         settle(
@@ -810,18 +704,15 @@ impl Client {
             &mut results,
         )
         .inspect_err(|_| conn.broken = true)?;
-        if let Some((e, cur)) = failed {
-            // Nothing from the failed group on is committed; copies still
-            // queued stop before the server frees their ranges.
-            queued.clear();
+        if let Some(Failure { error, lost }) = failed {
             let mut abort = vec![b("KV.ABORT")];
             abort.extend(
-                cur.iter()
+                lost.iter()
                     .chain(reserved.iter().flatten().flatten())
                     .map(|(_, d)| num(d.token)),
             );
             let _ = conn.pipeline(&[abort]).await;
-            return Err(e.into());
+            return Err(error.into());
         }
         if !prev.0.is_empty() {
             let reply = conn.pipeline(&[commit_cmd(&prev)]).await?;
@@ -987,10 +878,7 @@ impl Client {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let per_group = match plane.kind() {
-            tidepool_transport::Kind::Tcp => keys.len(),
-            _ => GET_GROUP_KEYS,
-        };
+        let per_group = plane.get_group_keys().unwrap_or(keys.len());
         let groups: Vec<std::ops::Range<usize>> = (0..keys.len())
             .step_by(per_group)
             .map(|start| start..(start + per_group).min(keys.len()))
@@ -1008,11 +896,9 @@ impl Client {
             cmd
         };
         let release_cmd = |lease: u64| vec![b("KV.RELEASE"), num(lease)];
-        // Over shm and rdma the client copies out of the server's memory
-        // itself: only a lease still in force when given back (`KV.RELEASE`
-        // answering 1) says that memory was not reused during the copy.
-        // Over tcp the server sends the bytes while it holds them.
-        let one_sided = plane.kind() != tidepool_transport::Kind::Tcp;
+        // A one-sided read is whole only if its lease was still in force
+        // when given back (`KV.RELEASE` answering 1).
+        let one_sided = plane.one_sided();
         let lapsed = |g: &std::ops::Range<usize>| {
             ClientError::LeaseExpired(format!(
                 "blocks {}..{} were copied under a lease of {} ms that had run out when \
@@ -1518,6 +1404,7 @@ fn record_commits(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::put::put_groups;
 
     #[test]
     fn the_write_window_keeps_a_quarter_of_the_timeout_and_at_most_a_second() {

@@ -54,6 +54,7 @@ mod cluster;
 mod conn;
 mod data;
 mod error;
+mod put;
 
 /// The byte buffers keys and blocks are passed in (re-exported, so that a
 /// caller needs no `bytes` dependency of its own).
