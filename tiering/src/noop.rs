@@ -4,11 +4,12 @@
 //!
 //! A tier needs only `kind`, `store`, `load` and `release`; the rest of
 //! [`Tier`] has defaults for a tier in memory. This one keeps the bytes it
-//! is given in host memory, as DRAM does, and says it is whichever kind it
-//! stands in for.
+//! is given in host memory, through the DRAM tier, and says it is whichever
+//! kind it stands in for.
 
 use bytes::Bytes;
 
+use crate::dram::DramTier;
 use crate::tier::{Load, Slot, Tier, TierError, TierKind};
 
 /// A memory tier standing in for another kind.
@@ -29,15 +30,12 @@ impl Tier for StandInTier {
         self.kind
     }
 
-    fn store(&self, _key: &[u8], _parent: Option<&[u8]>, value: Bytes) -> Result<Slot, TierError> {
-        Ok(Slot::Memory(value))
+    fn store(&self, key: &[u8], parent: Option<&[u8]>, value: Bytes) -> Result<Slot, TierError> {
+        DramTier.store(key, parent, value)
     }
 
-    fn load(&self, _key: &[u8], slot: &Slot) -> Load {
-        match slot {
-            Slot::Memory(b) => Load::Hit(b.clone()),
-            Slot::Extent { .. } => Load::Miss,
-        }
+    fn load(&self, key: &[u8], slot: &Slot) -> Load {
+        DramTier.load(key, slot)
     }
 
     fn release(&self, _slot: Slot) {}
