@@ -453,6 +453,26 @@ impl Index {
         }
     }
 
+    /// Takes the blocks of `children` and every stored block chained under
+    /// them out of the index, one at a time, each shard locked only to take
+    /// one: `f` gets each with the bytes that became retained, accounts for
+    /// it and returns its children. An explicit stack, not recursion: a
+    /// chain may be hundreds of thousands of blocks long.
+    pub(crate) fn take_descendants(
+        &self,
+        mut stack: Vec<Key>,
+        mut f: impl FnMut(Key, Entry, u64) -> Vec<Key>,
+    ) {
+        while let Some(child) = stack.pop() {
+            // Bind first: a temporary guard in an `if let` scrutinee would stay
+            // locked for the whole block.
+            let taken = self.shard(&child).take(&child);
+            if let Some((k, e, buried)) = taken {
+                stack.extend(f(k, e, buried));
+            }
+        }
+    }
+
     /// Whether the stored parent of `key` lists it.
     pub(crate) fn is_linked(&self, parent: &[u8], key: &Key) -> bool {
         self.shard(parent)

@@ -371,16 +371,11 @@ impl Store {
     /// Finishes removing an entry already taken out of its shard, and every
     /// stored block chained under it.
     fn remove_taken(&self, k: Key, e: Entry, kind: EventKind) {
-        let mut stack = self.finish_removal(k, e, kind);
-        while let Some(child) = stack.pop() {
-            // Bind first: a temporary guard in an `if let` scrutinee would stay
-            // locked for the whole block.
-            let taken = self.shard(&child).take(&child);
-            if let Some((k, e, buried)) = taken {
-                self.retain(buried);
-                stack.extend(self.finish_removal(k, e, EventKind::Orphaned));
-            }
-        }
+        let children = self.finish_removal(k, e, kind);
+        self.index.take_descendants(children, |k, e, buried| {
+            self.retain(buried);
+            self.finish_removal(k, e, EventKind::Orphaned)
+        });
     }
 
     /// Looks a key up for reading, expiring it lazily. Runs `f` under the shard

@@ -45,6 +45,15 @@ impl Store {
         let mut ids = None;
         // Whether a touch moves a block of each level to main.
         let mut to_main = [false; MAX_LEVELS];
+        // Whether blocks matched in each level may be staged (a device
+        // level staging on match): looked up once, not per key.
+        let stages: [bool; MAX_LEVELS] = std::array::from_fn(|l| {
+            (l as u8) < self.stack.len()
+                && self
+                    .stack
+                    .pipe(l as u8)
+                    .is_some_and(|p| p.settings.stage_on_match)
+        });
         for (l, level) in self.stack.iter() {
             if let Some(p) = level.policy() {
                 let got = p.on_match(queried, &|i| items[i].as_ref(), &level.usage(0));
@@ -78,7 +87,7 @@ impl Store {
                 &items,
                 &hashed,
                 &order,
-                (first, to_main),
+                (first, to_main, stages),
                 &mut expired,
                 &mut stage,
             );
@@ -135,7 +144,7 @@ impl Store {
                     leased.push(i);
                 }
                 tiers[i] = e.level;
-                if self.near_reclaim(e.level, &e.slot) {
+                if stages[e.level as usize] && self.near_reclaim(e.level, &e.slot) {
                     stage.push((i, e.slot.clone(), e.written));
                 }
                 if !e.main && to_main[e.level as usize] {
@@ -164,7 +173,7 @@ impl Store {
         items: &[K],
         hashed: &[(usize, u64)],
         order: &[u32],
-        (first, to_main): (u64, [bool; MAX_LEVELS]),
+        (first, to_main, stages): (u64, [bool; MAX_LEVELS], [bool; MAX_LEVELS]),
         expired: &mut Vec<usize>,
         stage: &mut Vec<(usize, Slot, u64)>,
     ) -> (usize, Vec<u8>) {
@@ -189,7 +198,7 @@ impl Store {
             touched.push((i, e.stamp));
             e.stamp = first + i as u64;
             tiers[i] = e.level;
-            if self.near_reclaim(e.level, &e.slot) {
+            if stages[e.level as usize] && self.near_reclaim(e.level, &e.slot) {
                 stage.push((i, e.slot.clone(), e.written));
             }
             if !e.main && to_main[e.level as usize] {
