@@ -237,14 +237,19 @@ impl Level {
     }
 
     /// Counts `bytes` as in use (a write's room, made before its block is
-    /// in place).
+    /// in place). Nothing to count is no write: every thread's puts meet on
+    /// this counter.
     pub(crate) fn reserve(&self, bytes: u64) {
-        self.counters.used.fetch_add(bytes, Relaxed);
+        if bytes > 0 {
+            self.counters.used.fetch_add(bytes, Relaxed);
+        }
     }
 
     /// Gives back what `reserve` counted.
     pub(crate) fn unreserve(&self, bytes: u64) {
-        self.counters.used.fetch_sub(bytes, Relaxed);
+        if bytes > 0 {
+            self.counters.used.fetch_sub(bytes, Relaxed);
+        }
     }
 
     /// A block of `charge` bytes whose room is reserved joined the level
