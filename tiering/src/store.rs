@@ -2,11 +2,11 @@
 //!
 //! PERFORMANCE CRITICAL: every GET, SET and KV.* command goes through here.
 //!
-//! The store orchestrates three parts: the index ([`crate::index`]: which
+//! The store orchestrates three parts: the index (`index.rs`: which
 //! blocks are stored, where, and how they chain), the stack of tiers
 //! ([`crate::stack`]: the levels that hold the bytes, fastest first, each
 //! with its capacity and, in memory, its eviction policy) and the leases
-//! ([`crate::leases`]). This file holds the requests: put, get, delete,
+//! (`leases.rs`). This file holds the requests: put, get, delete,
 //! match, verify, flush and stats; how blocks move between levels is in
 //! `store/moves.rs`, matching in `store/matching.rs`, leases and holds in
 //! `store/leasing.rs`.

@@ -2,7 +2,7 @@
 //! it.
 //!
 //! The index files a level's *evictable* blocks in each shard's eviction
-//! order, keyed by segment and recency stamp (see [`crate::index`]); a
+//! order, keyed by segment and recency stamp (see `index.rs`); a
 //! policy decides which segment a block joins and moves to, and which of
 //! the segments' oldest blocks goes next. Today's policies:
 //! [`lru::Lru`] (one segment, least recently used first) and

@@ -12,20 +12,23 @@ use crate::tier::TierKind;
 /// Settings of a store.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StoreConfig {
-    /// Capacity of the DRAM tier in bytes (keys + values + per-block overhead).
-    /// Default: 1 GiB.
+    /// Capacity in bytes (keys + values + per-block overhead) of the DRAM
+    /// level a store gets when it is built without tiers ([`Store::new`](crate::Store::new),
+    /// or [`crate::StoreBuilder`] with no `with_tier`). Default: 1 GiB.
     pub dram_capacity: u64,
-    /// Fraction of capacity above which a write starts evicting. Default: 0.95.
+    /// Fraction of a memory level's capacity above which a write starts
+    /// evicting from it. Default: 0.95.
     pub high_watermark: f64,
     /// Fraction of capacity eviction brings usage back under. Default: 0.90.
     pub low_watermark: f64,
-    /// How DRAM picks its victims. Default: [`Eviction::Lru`].
+    /// How a memory level picks its victims, unless its
+    /// [`crate::TierSpec`] says. Default: [`Eviction::Lru`].
     pub eviction: Eviction,
-    /// Checksum every block stored in DRAM (XXH3-64, kept for
-    /// [`Store::verify`]). Without, a DRAM block carries a checksum only when
-    /// the caller brought one ([`PutOptions::checksum`]: a shm client hashes
-    /// its blocks as it copies them); blocks on SSD always carry their
-    /// records' own. Default: true.
+    /// Checksum every block stored in memory (XXH3-64, kept for
+    /// [`Store::verify`](crate::Store::verify)). Without, a block in memory carries a checksum
+    /// only when the caller brought one ([`PutOptions::checksum`]: a shm
+    /// client hashes its blocks as it copies them); blocks on a device
+    /// always carry their records' own. Default: true.
     pub dram_checksums: bool,
 }
 
@@ -81,11 +84,11 @@ pub struct PutOptions {
     /// The value's checksum ([`tidepool_checksum::checksum`]), when the
     /// caller already has it: the tcp data plane hashes blocks as they
     /// arrive, a shm client as it copies. The store takes it at its word: a
-    /// wrong one makes [`Store::verify`] find the block corrupt.
+    /// wrong one makes [`Store::verify`](crate::Store::verify) find the block corrupt.
     pub checksum: Option<u64>,
 }
 
-/// What [`Store::verify`] found.
+/// What [`Store::verify`](crate::Store::verify) found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verified {
     /// The bytes match their checksum.
@@ -172,7 +175,7 @@ impl StoreStats {
     }
 }
 
-/// What [`Store::fetch_memory`] found.
+/// What [`Store::fetch_memory`](crate::Store::fetch_memory) found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fetch {
     /// The bytes, from memory.
