@@ -136,7 +136,7 @@ impl Policy for Adaptive {
         &self,
         len: usize,
         key: &dyn Fn(usize) -> &'k [u8],
-        usage: &Usage,
+        usage: &dyn Fn() -> Usage,
     ) -> Option<Vec<u64>> {
         // Only sampled requests feed the miniatures (and need the keys'
         // ids); the others are only counted.
@@ -151,7 +151,7 @@ impl Policy for Adaptive {
                 .map(|i| crate::eviction::model::block_id(key(i)))
                 .collect()
         });
-        self.tune(ids.as_deref(), usage);
+        self.tune(ids.as_deref(), &usage());
         ids
     }
 

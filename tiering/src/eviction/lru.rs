@@ -37,7 +37,7 @@ impl Policy for Lru {
         &self,
         _len: usize,
         _key: &dyn Fn(usize) -> &'k [u8],
-        _usage: &Usage,
+        _usage: &dyn Fn() -> Usage,
     ) -> Option<Vec<u64>> {
         None
     }

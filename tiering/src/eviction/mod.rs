@@ -160,14 +160,16 @@ pub trait Policy: Send + Sync + 'static {
     /// `None` when they offer none.
     fn victim(&self, candidates: &mut dyn Candidates, usage: &Usage) -> Option<Candidate>;
 
-    /// A match of `len` keys (`key(i)` the i-th) is about to run. Returns
-    /// the keys' block ids ([`crate::eviction::model::block_id`]) when the policy
-    /// computed them (the index hashes keys from the same XXH3).
+    /// A match of `len` keys (`key(i)` the i-th) is about to run; `usage`
+    /// reads the level's figures, for a policy that needs them (a match
+    /// runs per prompt: a policy that does not MUST NOT call it). Returns
+    /// the keys' block ids ([`crate::eviction::model::block_id`]) when the
+    /// policy computed them (the index hashes keys from the same XXH3).
     fn on_match<'k>(
         &self,
         len: usize,
         key: &dyn Fn(usize) -> &'k [u8],
-        usage: &Usage,
+        usage: &dyn Fn() -> Usage,
     ) -> Option<Vec<u64>>;
 
     /// The share of the capacity probation may hold (1.0: plain LRU).

@@ -44,6 +44,8 @@ impl Store {
         // too).
         let mut ids = None;
         // Whether a touch moves a block of each level to main.
+        // (A policy reads its level's usage only if it needs it: lru does
+        // not, and a match runs per prompt.)
         let mut to_main = [false; MAX_LEVELS];
         // Whether blocks matched in each level may be staged (a device
         // level staging on match): looked up once, not per key.
@@ -56,7 +58,7 @@ impl Store {
         });
         for (l, level) in self.stack.iter() {
             if let Some(p) = level.policy() {
-                let got = p.on_match(queried, &|i| items[i].as_ref(), &level.usage(0));
+                let got = p.on_match(queried, &|i| items[i].as_ref(), &|| level.usage(0));
                 ids = ids.or(got);
                 to_main[l as usize] = p.on_access(false);
             }
